@@ -1,0 +1,164 @@
+"""Input checks, run on the host before anything is traced or compiled.
+
+Every check raises ``ValueError`` naming the offending argument.  Values that
+are JAX tracers (the caller is inside ``jit``/``vmap``) can only be checked for
+shape and dtype; their values are the caller's responsibility.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_traced(x) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def _host(x):
+    return x if is_traced(x) else np.asarray(x)
+
+
+def _check_dtype(name: str, arr) -> None:
+    kind = np.dtype(arr.dtype).kind
+    if kind != "f":
+        raise ValueError(
+            f"{name} must be a floating-point array, got dtype {arr.dtype}; "
+            f"convert it first, e.g. {name}.astype('float32')"
+        )
+
+
+def _check_values(name: str, arr, *, nonneg: bool = True) -> None:
+    if is_traced(arr):
+        return
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite; it contains NaN or infinite entries")
+    if nonneg and np.any(arr < 0):
+        raise ValueError(f"{name} must be non-negative; it has entries < 0 (min {arr.min()})")
+
+
+def float_dtype(*arrays):
+    """The floating dtype of a fit: that of the inputs, canonicalized (float32 unless x64)."""
+    dts = [np.dtype(a.dtype) for a in arrays if a is not None and hasattr(a, "dtype")]
+    dt = np.result_type(*dts) if dts else np.float32
+    return jax.dtypes.canonicalize_dtype(dt if np.dtype(dt).kind == "f" else np.float32)
+
+
+def matrix(name: str, x, *, nonneg: bool = True):
+    """A non-empty, finite (non-negative) floating-point 2-d array."""
+    if x is None:
+        raise ValueError(f"{name} is required")
+    arr = _host(x)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-d matrix, got shape {tuple(arr.shape)}")
+    if arr.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(arr.shape)}")
+    _check_dtype(name, arr)
+    _check_values(name, arr, nonneg=nonneg)
+    return arr
+
+
+def factors(Y, L, R):
+    """Check Y (m x n), L (m x k), R (k x n) and return them as one float dtype."""
+    Y = matrix("Y", Y)
+    L = matrix("L", L)
+    R = matrix("R", R)
+    m, n = Y.shape
+    if L.shape[0] != m:
+        raise ValueError(f"L must have {m} rows (as Y), got shape {tuple(L.shape)}")
+    if R.shape[1] != n:
+        raise ValueError(f"R must have {n} columns (as Y), got shape {tuple(R.shape)}")
+    if L.shape[1] != R.shape[0]:
+        raise ValueError(
+            f"L's columns ({L.shape[1]}) and R's rows ({R.shape[0]}) must agree (the rank)"
+        )
+    dt = float_dtype(Y, L, R)
+    return jnp.asarray(Y, dt), jnp.asarray(L, dt), jnp.asarray(R, dt)
+
+
+def nonneg_scalar(name: str, x):
+    """A non-negative finite scalar (or a traced one)."""
+    arr = _host(x)
+    if np.ndim(arr) != 0:
+        raise ValueError(f"{name} must be a scalar, got shape {np.shape(arr)}")
+    if is_traced(arr):
+        return x
+    if np.dtype(arr.dtype).kind not in "fiub":
+        raise ValueError(f"{name} must be a real number, got {x!r}")
+    if not np.isfinite(arr) or arr < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {x!r}")
+    return x
+
+
+def in_interval(name: str, x, lo, hi, *, lo_open: bool, hi_open: bool):
+    arr = _host(x)
+    if np.ndim(arr) != 0:
+        raise ValueError(f"{name} must be a scalar, got shape {np.shape(arr)}")
+    if is_traced(arr):
+        return x
+    v = float(arr)
+    ok_lo = v > lo if lo_open else v >= lo
+    ok_hi = v < hi if hi_open else v <= hi
+    if not (np.isfinite(v) and ok_lo and ok_hi):
+        lb = "(" if lo_open else "["
+        rb = ")" if hi_open else "]"
+        raise ValueError(f"{name} must lie in {lb}{lo}, {hi}{rb}, got {x!r}")
+    return x
+
+
+def positive_int(name: str, x, *, allow_zero: bool = False):
+    if is_traced(x):
+        return x
+    if isinstance(x, bool) or not isinstance(x, int | np.integer):
+        if isinstance(x, float) and float(x).is_integer():
+            x = int(x)
+        else:
+            raise ValueError(f"{name} must be an integer, got {x!r}")
+    if x < 0 or (x == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {x!r}")
+    return int(x)
+
+
+def square_weight(name: str, w, n: int, *, allow_scalar: bool = True, psd: bool = False):
+    """None, a scalar, a length-n vector (diagonal) or an n x n symmetric matrix, all
+    with non-negative entries (the assumptions below eq. 6); ``psd`` also demands
+    positive semidefiniteness (the loss weights; the W_2 need not be, since the
+    non-orthogonality weight 11' - I of eq. 4 is indefinite)."""
+    if w is None:
+        return None
+    arr = _host(w)
+    if arr.ndim == 0 and allow_scalar:
+        return nonneg_scalar(name, w)
+    if arr.ndim == 1:
+        if arr.shape[0] != n:
+            raise ValueError(f"{name} as a vector (diagonal) must have length {n}, got {arr.shape[0]}")
+    elif arr.ndim == 2:
+        if arr.shape != (n, n):
+            raise ValueError(f"{name} must be a square {n} x {n} matrix, got shape {tuple(arr.shape)}")
+    else:
+        what = "a scalar, " if allow_scalar else ""
+        raise ValueError(f"{name} must be {what}a length-{n} vector or an {n} x {n} matrix")
+    if arr.size and not is_traced(arr):
+        _check_dtype(name, arr.astype(float) if arr.dtype.kind in "iu" else arr)
+        _check_values(name, arr)
+        if arr.ndim == 2:
+            a = arr.astype(np.float64)
+            scale = max(1.0, float(np.abs(a).max()))
+            if not np.allclose(a, a.T, rtol=1e-6, atol=1e-9 * scale):
+                raise ValueError(f"{name} must be symmetric")
+            if psd and n <= 2000 and np.linalg.eigvalsh(a).min() < -1e-8 * scale * n:
+                raise ValueError(f"{name} must be positive semidefinite")
+    return w
+
+
+def l1_weight(name: str, w, shape: tuple[int, int]):
+    """A non-negative scalar (times all-ones) or a matrix of the factor's shape."""
+    arr = _host(w)
+    if arr.ndim == 0:
+        return nonneg_scalar(name, w)
+    if tuple(arr.shape) != tuple(shape):
+        raise ValueError(f"{name} must be a scalar or of shape {shape}, got {tuple(arr.shape)}")
+    if not is_traced(arr):
+        _check_values(name, arr)
+    return w

@@ -1,0 +1,94 @@
+"""GIQPM, the general iterative QP method of Pav (2024), Algorithm 2, on an explicit (G, d).
+
+Step directions (rnnmf's ``step_func``): ``"lee_seung"`` (the default,
+``-grad (.) x (/) Gx`` with non-positive Gx replaced by 1), ``"steepest"``
+(``-grad``; it stalls on the boundary, see section 3.1), ``"complementarity"``
+(``-grad (.) x``), or a callable ``f(grad, Gx, G, d, x) -> h``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from ..quadratic import VectorQP
+from .au import giqpm_step
+from .base import Rule, StepInfo, as_setting
+
+
+def lee_seung_direction(grad, Gx, G, d, x):
+    """h = -grad (.) x (/) Gx (eq. 22), dividing by 1 where Gx <= 0 or is NaN."""
+    bad = ~(Gx > 0)
+    return -grad * x / jnp.where(bad, 1.0, Gx)
+
+
+def steepest_direction(grad, Gx, G, d, x):
+    return -grad
+
+
+def complementarity_direction(grad, Gx, G, d, x):
+    return -grad * x
+
+
+DIRECTIONS: dict[str, Callable] = {
+    "lee_seung": lee_seung_direction,
+    "steepest": steepest_direction,
+    "complementarity": complementarity_direction,
+}
+
+
+class GIQPMState(eqx.Module):
+    x: Array
+    tau_k: Array
+
+
+class GIQPM(Rule):
+    """Algorithm 2 with tau annealing and zero snapping, as rnnmf's giqpm."""
+
+    tau: Array
+    annealing_rate: Array
+    zero_tolerance: Array
+    direction: Callable = eqx.field(static=True)
+    check_optimal_step: bool = eqx.field(static=True)
+
+    def __init__(
+        self,
+        tau=0.5,
+        annealing_rate=0.25,
+        check_optimal_step=True,
+        step="lee_seung",
+        zero_tolerance=1e-9,
+    ):
+        self.tau = as_setting(tau)
+        self.annealing_rate = as_setting(annealing_rate)
+        self.zero_tolerance = as_setting(zero_tolerance)
+        self.direction = DIRECTIONS[step] if isinstance(step, str) else step
+        self.check_optimal_step = bool(check_optimal_step)
+
+    def init(self, qp: VectorQP, x: Array) -> GIQPMState:
+        return GIQPMState(x, self.tau.astype(x.dtype))
+
+    def factors(self, state: GIQPMState):
+        return (state.x,)
+
+    def with_factors(self, state: GIQPMState, factors):
+        return GIQPMState(factors[0], state.tau_k)
+
+    def objective(self, qp: VectorQP, state: GIQPMState) -> Array:
+        return qp.value(state.x)
+
+    def step(self, qp: VectorQP, state: GIQPMState):
+        x = state.x
+        Gx = qp.apply_G(x)
+        grad = Gx + qp.d
+        h = self.direction(grad, Gx, qp.G, qp.d, x)
+        a = self.annealing_rate.astype(x.dtype)
+        tau_k = (1 - a) * state.tau_k + a
+        GH = qp.apply_G(h) if self.check_optimal_step else None
+        x_new, step = giqpm_step(x, grad, h, GH, tau_k)
+        x_new = jnp.where(x_new <= self.zero_tolerance.astype(x.dtype), 0.0, x_new)
+        info = StepInfo(step[None], qp.value(x_new), jnp.zeros((), bool))
+        return GIQPMState(x_new, tau_k), info
