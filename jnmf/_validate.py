@@ -70,9 +70,7 @@ def factors(Y, L, R):
     if R.shape[1] != n:
         raise ValueError(f"R must have {n} columns (as Y), got shape {tuple(R.shape)}")
     if L.shape[1] != R.shape[0]:
-        raise ValueError(
-            f"L's columns ({L.shape[1]}) and R's rows ({R.shape[0]}) must agree (the rank)"
-        )
+        raise ValueError(f"L's columns ({L.shape[1]}) and R's rows ({R.shape[0]}) must agree (the rank)")
     dt = float_dtype(Y, L, R)
     return jnp.asarray(Y, dt), jnp.asarray(L, dt), jnp.asarray(R, dt)
 

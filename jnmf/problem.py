@@ -118,9 +118,7 @@ class Problem(eqx.Module):
     def objective(self, L: Float[Array, "m k"], R: Float[Array, "k n"]) -> Array:
         """The objective of eq. 3."""
         return (
-            self.loss(L, R)
-            + penalty_value(self.W_1L, self.l2_L, L)
-            + penalty_value(self.W_1R, self.l2_R, R)
+            self.loss(L, R) + penalty_value(self.W_1L, self.l2_L, L) + penalty_value(self.W_1R, self.l2_R, R)
         )
 
     def gradients(self, L: Array, R: Array) -> tuple[Array, Array]:

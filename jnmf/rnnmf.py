@@ -77,8 +77,12 @@ def build_problem(Y, k: int, *, W_0R=None, W_0C=None, **penalties) -> Problem:
     has_general = any(key in penalties for key in ("W_2RL", "W_2CL", "W_2RR", "W_2CR"))
     l2_L, l2_R = scalar_form.l2_L, scalar_form.l2_R
     if has_general:
-        l2_L = l2_L + _l2_pairs(penalties.get("W_2RL", 0.0), penalties.get("W_2CL", 0.0), m, k, "W_2RL", "W_2CL", dt)
-        l2_R = l2_R + _l2_pairs(penalties.get("W_2RR", 0.0), penalties.get("W_2CR", 0.0), k, n, "W_2RR", "W_2CR", dt)
+        l2_L = l2_L + _l2_pairs(
+            penalties.get("W_2RL", 0.0), penalties.get("W_2CL", 0.0), m, k, "W_2RL", "W_2CL", dt
+        )
+        l2_R = l2_R + _l2_pairs(
+            penalties.get("W_2RR", 0.0), penalties.get("W_2CR", 0.0), k, n, "W_2RR", "W_2CR", dt
+        )
     return Problem(
         Y,
         w0r,
@@ -216,7 +220,9 @@ def giqpm(
         check._check_dtype("x0", x0_h)
         check._check_values("x0", x0_h)
     if isinstance(step, str) and step not in ("lee_seung", "steepest", "complementarity"):
-        raise ValueError(f"step must be 'lee_seung', 'steepest', 'complementarity' or a callable, got {step!r}")
+        raise ValueError(
+            f"step must be 'lee_seung', 'steepest', 'complementarity' or a callable, got {step!r}"
+        )
     _annealing(tau, annealing_rate)
     check.nonneg_scalar("zero_tolerance", zero_tolerance)
     opts = _run_options(max_iterations, min_xstep, tol, history_size)

@@ -41,9 +41,7 @@ def pick_direction(X: Array, grad: Array, F: Array) -> Array:
     return jnp.where(X <= 0, jnp.maximum(-grad, 0.0), H)
 
 
-def giqpm_step(
-    X: Array, grad: Array, H: Array, GH: Array | None, tau_k: Array
-) -> tuple[Array, Array]:
+def giqpm_step(X: Array, grad: Array, H: Array, GH: Array | None, tau_k: Array) -> tuple[Array, Array]:
     """GIQPM_STEP (Algorithms 2-3): X + alpha H with alpha = min(tau_k alpha_hat, alpha*).
 
     ``GH`` None means ``check_optimal_step=False`` (alpha* = 1).  A zero direction,
