@@ -90,10 +90,10 @@ def _relative_change(new: tuple, old: tuple) -> Array:
     return total
 
 
-@eqx.filter_jit
-def _iterate(
+def iterate_impl(
     rule, problem, state, max_iterations, min_xstep, tol, rel_tol, history_size, normalize
 ) -> Result:
+    """The loop itself, unjitted (batch.py vmaps it inside its own jit)."""
     dtype = rule.factors(state)[0].dtype
     f0 = rule.objective(problem, state).astype(dtype)
     n_factors = len(rule.factors(state))
@@ -135,6 +135,26 @@ def _iterate(
     return Result(rule.factors(state), k, converged, f, history, stride, steps, state)
 
 
+_iterate = eqx.filter_jit(iterate_impl)
+
+
+def traced_options(dtype, max_iterations, min_xstep, tol, rel_tol) -> tuple:
+    """The run options as arrays, so new values never recompile."""
+    return (
+        jnp.asarray(max_iterations, jnp.int32),
+        jnp.asarray(min_xstep, dtype),
+        jnp.asarray(tol, dtype),
+        jnp.asarray(rel_tol, dtype),
+    )
+
+
+def check_static_options(history_size, normalize) -> None:
+    if normalize not in (None, "max", "sum"):
+        raise ValueError(f"normalize must be None, 'max' or 'sum'; got {normalize!r}")
+    if int(history_size) < 1:
+        raise ValueError(f"history_size must be positive; got {history_size}")
+
+
 def iterate(
     rule,
     problem,
@@ -152,19 +172,7 @@ def iterate(
     Jittable and vmappable: ``jax.vmap`` over starting states or problem leaves
     runs all fits in one loop (finished ones are frozen by the batched loop).
     """
-    if normalize not in (None, "max", "sum"):
-        raise ValueError(f"normalize must be None, 'max' or 'sum'; got {normalize!r}")
-    if int(history_size) < 1:
-        raise ValueError(f"history_size must be positive; got {history_size}")
+    check_static_options(history_size, normalize)
     dtype = rule.factors(state)[0].dtype
-    return _iterate(
-        rule,
-        problem,
-        state,
-        jnp.asarray(max_iterations, jnp.int32),
-        jnp.asarray(min_xstep, dtype),
-        jnp.asarray(tol, dtype),
-        jnp.asarray(rel_tol, dtype),
-        int(history_size),
-        normalize,
-    )
+    opts = traced_options(dtype, max_iterations, min_xstep, tol, rel_tol)
+    return _iterate(rule, problem, state, *opts, int(history_size), normalize)

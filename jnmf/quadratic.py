@@ -108,7 +108,7 @@ def half_problem_L(problem: Problem, L: Array, R: Array) -> HalfProblem:
     return HalfProblem(
         gram=R @ RW.T,
         row_weight=problem.W_0R,
-        linear=problem.W_1L - problem.Yw @ R.T,
+        linear=problem.W_1L - (R @ problem.Ywt).T,
         penalties=problem.l2_L,
     )
 

@@ -93,6 +93,17 @@ class Weight(eqx.Module):
             return jnp.diagonal(self.value).astype(dtype)
         return jnp.zeros((n,), dtype)
 
+    def row_sums(self, n: int, dtype=None) -> Array:
+        """W 1 as a length-n vector.  For W with non-negative entries,
+        Diag(W 1) - W is diagonally dominant, so Diag(W 1) >= W (Lemma 2.1 with b = 1):
+        the diagonal majorizer coordinate methods use for non-diagonal weights."""
+        dtype = dtype or jnp.result_type(float)
+        if self.kind == "full":
+            return jnp.sum(self.value, axis=1).astype(dtype)
+        if self.kind == "offdiag":
+            return jnp.full((n,), self.value * (n - 1), dtype)
+        return self.diagonal(n, dtype)
+
     def dense(self, n: int, dtype=None) -> Array:
         """The n x n matrix (tests and small problems only)."""
         dtype = dtype or jnp.result_type(float)

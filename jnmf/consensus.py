@@ -1,0 +1,90 @@
+"""Consensus clustering and rank selection (Brunet et al. 2004), on batched restarts.
+
+Each restart assigns sample j to the factor with the largest R[:, j]; the
+consensus matrix is the fraction of restarts that put two samples together.
+The cophenetic correlation of its average-linkage clustering measures how
+stable the clustering is at that rank: Brunet et al. pick the rank where it
+starts to fall.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array
+
+from . import _validate as check
+from .batch import run_restarts
+from .fit import _starts, make_rule
+from .rnnmf import build_problem
+
+
+class Consensus(eqx.Module):
+    rank: int = eqx.field(static=True)
+    consensus: Array  # n x n, fraction of restarts clustering i with j
+    labels: Array  # n, cluster of each sample in the best restart
+    cophenetic: float = eqx.field(static=True)
+    objectives: Array
+
+
+def connectivity(R: Array) -> Array:
+    """C_ij = 1 when samples i and j have the same dominant factor (argmax over R's rows)."""
+    a = jnp.argmax(R, axis=0)
+    return (a[:, None] == a[None, :]).astype(R.dtype)
+
+
+def average_linkage_cophenetic(D: np.ndarray) -> np.ndarray:
+    """Cophenetic distances of the UPGMA (average-linkage) tree of distance matrix D."""
+    n = D.shape[0]
+    D = np.asarray(D, float).copy()
+    np.fill_diagonal(D, np.inf)
+    clusters = {i: [i] for i in range(n)}
+    dist = {(i, j): D[i, j] for i in range(n) for j in range(i + 1, n)}
+    coph = np.zeros((n, n))
+    next_id = n
+    while len(clusters) > 1:
+        (a, b), h = min(dist.items(), key=lambda kv: kv[1])
+        ma, mb = clusters.pop(a), clusters.pop(b)
+        coph[np.ix_(ma, mb)] = h
+        coph[np.ix_(mb, ma)] = h
+        new = ma + mb
+        for c in list(clusters):
+            da = dist.pop((min(a, c), max(a, c)))
+            db = dist.pop((min(b, c), max(b, c)))
+            dist[(c, next_id)] = (len(ma) * da + len(mb) * db) / len(new)
+        del dist[(a, b)]
+        clusters[next_id] = new
+        next_id += 1
+    return coph
+
+
+def cophenetic_correlation(consensus: np.ndarray) -> float:
+    """Pearson correlation of 1 - consensus with the cophenetic distances of its UPGMA tree."""
+    D = 1.0 - np.asarray(consensus, float)
+    iu = np.triu_indices(D.shape[0], 1)
+    c = average_linkage_cophenetic(D)[iu]
+    d = D[iu]
+    if np.std(d) == 0 or np.std(c) == 0:
+        return 1.0
+    return float(np.corrcoef(d, c)[0, 1])
+
+
+def consensus(
+    Y, rank: int, *, restarts: int = 20, method="hals", key=None, max_iterations: int = 500, tol=1e-4
+) -> Consensus:
+    """Consensus matrix and cophenetic correlation of ``restarts`` fits (one program)."""
+    Y = jnp.asarray(check.matrix("Y", Y))
+    rank = check.positive_int("rank", rank)
+    restarts = check.positive_int("restarts", restarts)
+    rule = make_rule(method)
+    problem = build_problem(Y, rank)
+    key = jax.random.key(0) if key is None else key
+    L0, R0 = _starts(Y, rank, "random", restarts, key)
+    res = run_restarts(rule, problem, L0, R0, max_iterations=max_iterations, tol=tol, history_size=1)
+    C = jnp.mean(jax.vmap(connectivity)(res.R), axis=0)
+    obj = jax.vmap(problem.objective)(res.L, res.R)
+    best = int(jnp.argmin(obj))
+    labels = jnp.argmax(res.R[best], axis=0)
+    return Consensus(rank, C, labels, cophenetic_correlation(np.asarray(C)), obj)
