@@ -25,12 +25,10 @@ def _demo(args) -> int:
     data = load_golub()
     Y = np.asarray(data.expression, np.float32)
     types = data.cell_type
-    print(
-        f"Golub ALL/AML: {Y.shape[0]} genes x {Y.shape[1]} samples ({dict(zip(*np.unique(types, return_counts=True)))})"
-    )
-    print(
-        f"jax {jax.__version__} on {jax.devices()[0].platform}; method={args.method}, restarts={args.restarts}\n"
-    )
+    counts = dict(zip(*np.unique(types, return_counts=True)))
+    print(f"Golub ALL/AML: {Y.shape[0]} genes x {Y.shape[1]} samples ({counts})")
+    platform = jax.devices()[0].platform
+    print(f"jax {jax.__version__} on {platform}; method={args.method}, restarts={args.restarts}\n")
     print(f"{'rank':>4}  {'cophenetic':>10}  {'best rel. error':>15}  {'seconds':>7}")
     results = {}
     for k in args.ranks:

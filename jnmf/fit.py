@@ -21,7 +21,6 @@ from jaxtyping import Array
 from . import _validate as check
 from .batch import SWEEPABLE, run_grid, run_restarts, with_scalar_penalties
 from .init import initialize
-from .problem import Problem
 from .rnnmf import build_problem
 from .rules import ANLS, AURNMF, HALS, KLMU, MURNMF, ProjectedGradient, Rule
 
