@@ -17,7 +17,7 @@ from jaxtyping import Array
 
 from . import _validate as check
 from .batch import run_restarts
-from .fit import _starts, make_rule
+from .fit import evaluate, make_rule, starting_points
 from .rnnmf import build_problem
 
 
@@ -26,7 +26,8 @@ class Consensus(eqx.Module):
     consensus: Array  # n x n, fraction of restarts clustering i with j
     labels: Array  # n, cluster of each sample in the best restart
     cophenetic: float = eqx.field(static=True)
-    objectives: Array
+    objectives: Array  # each restart's objective (the one its method minimizes)
+    loss: Array  # each restart's 1/2 ||Y - LR||_F^2
 
 
 def connectivity(R: Array) -> Array:
@@ -72,19 +73,22 @@ def cophenetic_correlation(consensus: np.ndarray) -> float:
 
 
 def consensus(
-    Y, rank: int, *, restarts: int = 20, method="hals", key=None, max_iterations: int = 500, tol=1e-4
+    Y, rank: int, *, restarts: int = 20, method="kl", key=None, max_iterations: int = 500, tol=1e-4
 ) -> Consensus:
-    """Consensus matrix and cophenetic correlation of ``restarts`` fits (one program)."""
+    """Consensus matrix and cophenetic correlation of ``restarts`` fits (one program).
+
+    The default method is the KL-divergence update Brunet et al. used."""
     Y = jnp.asarray(check.matrix("Y", Y))
     rank = check.positive_int("rank", rank)
     restarts = check.positive_int("restarts", restarts)
     rule = make_rule(method)
     problem = build_problem(Y, rank)
     key = jax.random.key(0) if key is None else key
-    L0, R0 = _starts(Y, rank, "random", restarts, key)
+    L0, R0 = starting_points(Y, rank, "random", restarts, key)
     res = run_restarts(rule, problem, L0, R0, max_iterations=max_iterations, tol=tol, history_size=1)
     C = jnp.mean(jax.vmap(connectivity)(res.R), axis=0)
-    obj = jax.vmap(problem.objective)(res.L, res.R)
+    obj = jax.vmap(lambda a, b: evaluate(rule, problem, a, b))(res.L, res.R)
+    loss = jax.vmap(problem.loss)(res.L, res.R)
     best = int(jnp.argmin(obj))
     labels = jnp.argmax(res.R[best], axis=0)
-    return Consensus(rank, C, labels, cophenetic_correlation(np.asarray(C)), obj)
+    return Consensus(rank, C, labels, cophenetic_correlation(np.asarray(C)), obj, loss)

@@ -23,6 +23,7 @@ from .batch import SWEEPABLE, run_grid, run_restarts, with_scalar_penalties
 from .init import initialize
 from .rnnmf import build_problem
 from .rules import ANLS, AURNMF, HALS, KLMU, MURNMF, ProjectedGradient, Rule
+from .rules.kl import kl_objective
 
 DEFAULT_METHOD = "hals"
 
@@ -97,7 +98,7 @@ def relative_error(Y, result) -> Array:
     return jnp.linalg.norm(Y - result.L @ result.R) / jnp.linalg.norm(Y)
 
 
-def _starts(Y, rank: int, init, restarts: int, key) -> tuple[Array, Array]:
+def starting_points(Y, rank: int, init, restarts: int, key) -> tuple[Array, Array]:
     if isinstance(init, tuple | list):
         L0, R0 = init
         Y_, L0, R0 = check.factors(Y, L0, R0)
@@ -126,16 +127,16 @@ def _common(Y, rank, method, init, restarts, key, max_iterations, tol, min_xstep
     return Y, rank, make_rule(method), restarts, key
 
 
-class _LR(eqx.Module):
-    """The (L, R) view rule.objective reads."""
-
-    L: Array
-    R: Array
+def evaluate(rule, problem, L, R):
+    """The objective a rule minimizes, recomputed exactly (KL for KLMU, else eq. 3)."""
+    if isinstance(rule, KLMU):
+        return kl_objective(problem, L, R)
+    return problem.objective(L, R)
 
 
 @eqx.filter_jit
 def _exact_objectives(rule, problem, L, R):
-    return jax.vmap(lambda a, b: rule.objective(problem, _LR(a, b)))(L, R)
+    return jax.vmap(lambda a, b: evaluate(rule, problem, a, b))(L, R)
 
 
 def fit(
@@ -179,7 +180,7 @@ def fit(
     )
     _check_kl(rule, W_0R, W_0C, penalties)
     problem = build_problem(Y, rank, W_0R=W_0R, W_0C=W_0C, **penalties)
-    L0, R0 = _starts(Y, rank, init, restarts, key)
+    L0, R0 = starting_points(Y, rank, init, restarts, key)
     res = run_restarts(
         rule,
         problem,
@@ -292,7 +293,7 @@ def sweep(
         settings = dict(zip(names, columns, strict=True))
     _check_kl(rule, W_0R, W_0C, {**penalties, **dict.fromkeys(names, 1.0)})
     problem = build_problem(Y, rank, W_0R=W_0R, W_0C=W_0C, **penalties)
-    L0, R0 = _starts(Y, rank, init, restarts, key)
+    L0, R0 = starting_points(Y, rank, init, restarts, key)
     res = run_grid(
         rule,
         problem,
@@ -332,7 +333,7 @@ def sweep(
 def _grid_summaries(rule, problem, settings, L, R):
     def per_setting(values, Ls, Rs):
         p = with_scalar_penalties(problem, **values)
-        obj = jax.vmap(lambda a, b: rule.objective(p, _LR(a, b)))(Ls, Rs)
+        obj = jax.vmap(lambda a, b: evaluate(rule, p, a, b))(Ls, Rs)
         loss = jax.vmap(p.loss)(Ls, Rs)
         return obj, loss
 
