@@ -214,7 +214,7 @@ def part_gflops(Y, args):
             t = best_time(run, 3)
             g = flops / t / 1e9
             share = 100 * g / peak
-            print(f"rank {k} x {B} restarts = {k * B:>4}: {method:<5} {g:6.0f} GFLOP/s = {share:5.1f}% of peak")
+            print(f"rank {k} x {B} = {k * B:>4}: {method:<5} {g:6.0f} GFLOP/s = {share:5.1f}% of peak")
 
 
 def part_plot(Y, args):
