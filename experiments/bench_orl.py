@@ -35,7 +35,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jnmf import fit as jfit  # noqa: E402
+from jnmf import fitting as jfit  # noqa: E402
 from jnmf.batch import run_restarts  # noqa: E402
 from jnmf.driver import iterate  # noqa: E402
 from jnmf.rnnmf import build_problem  # noqa: E402

@@ -8,7 +8,7 @@ from .batch import run_grid, run_restarts, with_scalar_penalties
 from .consensus import Consensus, consensus, cophenetic_correlation
 from .datasets import load_golub
 from .driver import Result, iterate
-from .fit import METHODS, FitResult, SweepResult, fit, make_rule, sweep
+from .fitting import METHODS, FitResult, SweepResult, fit, make_rule, sweep
 from .init import initialize, nndsvd, nndsvda, nndsvdar, random_init, sparse_random_init
 from .problem import Problem
 from .quadratic import HalfProblem, VectorQP, half_problem_L, half_problem_R

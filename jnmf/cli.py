@@ -63,7 +63,7 @@ def _load_matrix(path: str) -> np.ndarray:
 def _fit(args) -> int:
     import jax
 
-    from .fit import fit
+    from .fitting import fit
 
     Y = np.asarray(_load_matrix(args.input), np.float32 if not args.float64 else np.float64)
     if args.float64:

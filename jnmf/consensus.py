@@ -17,7 +17,7 @@ from jaxtyping import Array
 
 from . import _validate as check
 from .batch import run_restarts
-from .fit import evaluate, make_rule, starting_points
+from .fitting import evaluate, make_rule, starting_points
 from .rnnmf import build_problem
 
 

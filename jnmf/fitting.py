@@ -21,9 +21,11 @@ from jaxtyping import Array
 from . import _validate as check
 from .batch import SWEEPABLE, run_grid, run_restarts, with_scalar_penalties
 from .init import initialize
+from .problem import Problem
 from .rnnmf import build_problem
 from .rules import ANLS, AURNMF, HALS, KLMU, MURNMF, ProjectedGradient, Rule
-from .rules.kl import kl_objective
+from .rules.anls import anls_supported
+from .rules.kl import kl_objective, kl_supported
 
 DEFAULT_METHOD = "hals"
 
@@ -59,12 +61,18 @@ def make_rule(method: str | Rule | optax.GradientTransformation) -> Rule:
     }[method]()
 
 
-def _check_kl(rule: Rule, W_0R, W_0C, penalties: Mapping) -> None:
-    if isinstance(rule, KLMU):
-        bad = [k for k in ("W_0R", "W_0C") if {"W_0R": W_0R, "W_0C": W_0C}[k] is not None]
-        bad += [k for k, v in penalties.items() if not k.startswith(("lambda_1", "W_1")) and np.any(v)]
-        if bad:
-            raise ValueError(f"method='kl' supports only L1 penalties; remove {bad}")
+def check_support(rule: Rule, problem: Problem, penalties: Mapping) -> None:
+    """Reject settings a rule cannot solve exactly (ValueError naming the setting)."""
+    if isinstance(rule, KLMU) and not kl_supported(problem):
+        raise ValueError("method='kl' needs identity, scalar or diagonal W_0R and W_0C")
+    if isinstance(rule, ANLS):
+        if not anls_supported(problem):
+            raise ValueError(
+                "method='anls' needs identity, scalar or diagonal W_0R, W_0C and L2 row weights "
+                "(its NNLS half steps are solved row by row)"
+            )
+        if np.any(np.asarray(penalties.get("gamma_2R", 0.0)) != 0):
+            raise ValueError("method='anls' does not support gamma_2R (it couples the columns of R)")
 
 
 class FitResult(eqx.Module):
@@ -178,8 +186,8 @@ def fit(
     Y, rank, rule, restarts, key = _common(
         Y, rank, method, init, restarts, key, max_iterations, tol, min_xstep, rel_tol
     )
-    _check_kl(rule, W_0R, W_0C, penalties)
     problem = build_problem(Y, rank, W_0R=W_0R, W_0C=W_0C, **penalties)
+    check_support(rule, problem, penalties)
     L0, R0 = starting_points(Y, rank, init, restarts, key)
     res = run_restarts(
         rule,
@@ -291,8 +299,8 @@ def sweep(
         if len({c.size for c in columns}) != 1:
             raise ValueError("with product=False every grid list must have the same length")
         settings = dict(zip(names, columns, strict=True))
-    _check_kl(rule, W_0R, W_0C, {**penalties, **dict.fromkeys(names, 1.0)})
     problem = build_problem(Y, rank, W_0R=W_0R, W_0C=W_0C, **penalties)
+    check_support(rule, problem, {**penalties, **{n: settings[n] for n in names}})
     L0, R0 = starting_points(Y, rank, init, restarts, key)
     res = run_grid(
         rule,

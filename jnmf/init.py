@@ -1,0 +1,193 @@
+"""Starting factors for NMF: random, sparse random and NNDSVD (Boutsidis & Gallopoulos 2008).
+
+Every initializer is a pure JAX function ``f(Y, rank, key) -> (L, R)`` with ``L`` of
+shape ``m x rank`` and ``R`` of shape ``rank x n`` (``Y ~ L R``), in Y's floating dtype.
+``rank`` fixes shapes, so it must be static under ``jit``
+(``jax.jit(f, static_argnums=1)``); everything else may be traced.  The NNDSVD family
+ignores ``key`` except ``nndsvdar``.
+
+* :func:`random_init`: ``sqrt(mean(Y) / rank) |z|`` with z standard normal (the scale
+  of scikit-learn's "random"): strictly positive almost surely, and
+  ``E[(LR)_ij] = (2 / pi) mean(Y)``.
+* :func:`sparse_random_init`: the same with a given fraction of exact zeros in each
+  factor (the sparse starting iterates of Pav 2024, Figure 2).
+* :func:`nndsvd`, :func:`nndsvda`, :func:`nndsvdar`: non-negative double SVD, with the
+  zeros kept, replaced by ``mean(Y)``, or replaced by ``mean(Y)/100 u``, u uniform on (0, 1].
+* :func:`initialize`: dispatch on a name, or validate a user ``(L, R)`` pair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+Factors = tuple[Float[Array, "m k"], Float[Array, "k n"]]
+
+
+def _as_data(Y) -> Array:
+    Y = jnp.asarray(Y)
+    if Y.ndim != 2:
+        raise ValueError(f"Y must be a 2-d matrix, got shape {Y.shape}")
+    if not jnp.issubdtype(Y.dtype, jnp.floating):
+        Y = Y.astype(jnp.result_type(float))
+    return Y
+
+
+def _check_rank(rank, limit: int | None = None) -> int:
+    if isinstance(rank, bool) or not isinstance(rank, int | np.integer) or rank < 1:
+        raise ValueError(f"rank must be a positive int (static under jit), got {rank!r}")
+    if limit is not None and rank > limit:
+        raise ValueError(f"rank must be at most min(m, n) = {limit} for NNDSVD, got {rank}")
+    return int(rank)
+
+
+def _scale(Y: Array, rank: int) -> Array:
+    mean = jnp.mean(Y)
+    # An all-zero Y would give all-zero factors, from which multiplicative rules never move.
+    return jnp.sqrt(jnp.where(mean > 0, mean, 1.0) / rank)
+
+
+def random_init(Y, rank: int, key) -> Factors:
+    """Half-normal factors scaled by ``sqrt(mean(Y) / rank)`` (strictly positive a.s.).
+
+    With ``mean(Y) <= 0`` the scale is ``sqrt(1 / rank)``.
+    """
+    Y = _as_data(Y)
+    rank = _check_rank(rank)
+    m, n = Y.shape
+    kL, kR = jax.random.split(key)
+    s = _scale(Y, rank)
+    L = s * jnp.abs(jax.random.normal(kL, (m, rank), Y.dtype))
+    R = s * jnp.abs(jax.random.normal(kR, (rank, n), Y.dtype))
+    return L, R
+
+
+def _zero_out(X: Array, key, zero_fraction) -> Array:
+    """Set exactly ``round(zero_fraction * X.size)`` entries, chosen uniformly, to zero."""
+    n_zero = jnp.round(jnp.asarray(zero_fraction, X.dtype) * X.size).astype(jnp.int32)
+    ranks = jnp.argsort(jnp.argsort(jax.random.uniform(key, (X.size,))))
+    return jnp.where((ranks < n_zero).reshape(X.shape), 0.0, X)
+
+
+def sparse_random_init(Y, rank: int, key, zero_fraction=1 / 3) -> Factors:
+    """:func:`random_init` with ``round(zero_fraction * size)`` exact zeros in each factor.
+
+    The sparse starting iterates of Pav (2024), Figure 2 (about a third of the elements
+    zero).  ``zero_fraction`` may be traced.  Multiplicative updates never move such
+    zeros; additive ones (AURNMF, HALS, ANLS, projected gradient) can.
+    """
+    Y = _as_data(Y)
+    k_init, kL, kR = jax.random.split(key, 3)
+    L, R = random_init(Y, rank, k_init)
+    return _zero_out(L, kL, zero_fraction), _zero_out(R, kR, zero_fraction)
+
+
+def _unit(x: Array, norm: Array) -> Array:
+    return x / jnp.where(norm > 0, norm, 1.0)
+
+
+def nndsvd(Y, rank: int, key=None) -> Factors:
+    """Non-negative double SVD (Boutsidis & Gallopoulos 2008, Algorithm NNDSVD).
+
+    From the rank leading singular triplets ``(s_j, u_j, v_j)`` of Y: the first pair is
+    ``sqrt(s_1) |u_1|``, ``sqrt(s_1) |v_1|`` (Perron-Frobenius: the leading singular
+    vectors of a non-negative matrix can be taken non-negative).  For j >= 2 split
+    ``u_j = u+ - u-`` and ``v_j = v+ - v-`` into non-negative parts, keep the pair
+    (``u+, v+`` or ``u-, v-``) with the larger product of norms ``mu``, normalize it and scale
+    both by ``sqrt(s_j mu)``.  The choice is unaffected by the sign ambiguity of the SVD.
+    The result is sparse (about half the entries of columns j >= 2 are zero).
+    ``key`` is unused.  Requires ``rank <= min(m, n)``.
+    """
+    del key
+    Y = _as_data(Y)
+    rank = _check_rank(rank, min(Y.shape))
+    U, S, Vt = jnp.linalg.svd(Y, full_matrices=False)
+    U, S, V = U[:, :rank], S[:rank], Vt[:rank].T  # V: n x rank, columns v_j
+
+    up, un = jnp.maximum(U, 0.0), jnp.maximum(-U, 0.0)
+    vp, vn = jnp.maximum(V, 0.0), jnp.maximum(-V, 0.0)
+    nup, nun = jnp.linalg.norm(up, axis=0), jnp.linalg.norm(un, axis=0)
+    nvp, nvn = jnp.linalg.norm(vp, axis=0), jnp.linalg.norm(vn, axis=0)
+    mp, mn = nup * nvp, nun * nvn
+    pos = mp > mn
+    u = jnp.where(pos, _unit(up, nup), _unit(un, nun))
+    v = jnp.where(pos, _unit(vp, nvp), _unit(vn, nvn))
+    mu = jnp.where(pos, mp, mn)
+
+    first = jnp.arange(rank) == 0
+    u = jnp.where(first, jnp.abs(U), u)
+    v = jnp.where(first, jnp.abs(V), v)
+    mu = jnp.where(first, 1.0, mu)
+    coef = jnp.sqrt(jnp.maximum(S, 0.0) * mu)
+    return u * coef[None, :], (v * coef[None, :]).T
+
+
+def nndsvda(Y, rank: int, key=None) -> Factors:
+    """:func:`nndsvd` with its zeros replaced by ``mean(Y)`` (no zeros, for multiplicative rules)."""
+    del key
+    Y = _as_data(Y)
+    L, R = nndsvd(Y, rank)
+    avg = jnp.mean(Y)
+    return jnp.where(L == 0, avg, L), jnp.where(R == 0, avg, R)
+
+
+def nndsvdar(Y, rank: int, key) -> Factors:
+    """:func:`nndsvd` with its zeros replaced by ``mean(Y) / 100 u``, u uniform on (0, 1]."""
+    Y = _as_data(Y)
+    L, R = nndsvd(Y, rank)
+    avg = jnp.mean(Y)
+    kL, kR = jax.random.split(key)
+    small_L = avg / 100 * (1.0 - jax.random.uniform(kL, L.shape, L.dtype))
+    small_R = avg / 100 * (1.0 - jax.random.uniform(kR, R.shape, R.dtype))
+    return jnp.where(L == 0, small_L, L), jnp.where(R == 0, small_R, R)
+
+
+INITIALIZERS: dict[str, Callable[..., Factors]] = {
+    "random": random_init,
+    "sparse": sparse_random_init,
+    "nndsvd": nndsvd,
+    "nndsvda": nndsvda,
+    "nndsvdar": nndsvdar,
+}
+_NEEDS_KEY = ("random", "sparse", "nndsvdar")
+
+
+def _check_user_factor(name: str, X, shape: tuple[int, int], dtype) -> Array:
+    X = jnp.asarray(X)
+    if X.shape != shape:
+        raise ValueError(f"init {name} must have shape {shape}, got {X.shape}")
+    if not isinstance(X, jax.core.Tracer):
+        host = np.asarray(X)
+        if not np.all(np.isfinite(host)):
+            raise ValueError(f"init {name} must be finite")
+        if np.any(host < 0):
+            raise ValueError(f"init {name} must be non-negative (min {host.min()})")
+    return X.astype(dtype)
+
+
+def initialize(Y, rank: int, init: str | tuple = "random", key=None) -> Factors:
+    """Starting ``(L, R)`` for a rank-``rank`` factorization of Y.
+
+    ``init`` is one of ``"random"``, ``"sparse"``, ``"nndsvd"``, ``"nndsvda"``, ``"nndsvdar"``
+    (see the module docstring; the random ones need ``key``), or a user pair
+    ``(L, R)``, checked for shapes ``m x rank`` and ``rank x n`` and, when not traced, for
+    finite non-negative values; it is cast to Y's dtype.
+    """
+    Y = _as_data(Y)
+    rank = _check_rank(rank)
+    m, n = Y.shape
+    if isinstance(init, str):
+        if init not in INITIALIZERS:
+            raise ValueError(f"init must be one of {sorted(INITIALIZERS)} or an (L, R) tuple, got {init!r}")
+        if init in _NEEDS_KEY and key is None:
+            raise ValueError(f"init={init!r} is random: pass key=jax.random.PRNGKey(...)")
+        return INITIALIZERS[init](Y, rank, key)
+    if isinstance(init, tuple | list) and len(init) == 2:
+        L = _check_user_factor("L", init[0], (m, rank), Y.dtype)
+        R = _check_user_factor("R", init[1], (rank, n), Y.dtype)
+        return L, R
+    raise ValueError(f"init must be a name or an (L, R) tuple, got {type(init).__name__}")

@@ -1,0 +1,116 @@
+"""ANLS: alternating non-negative least squares (seed 001, section 2), for eq. 3.
+
+Each half step solves its subproblem (Pav 2024, eqs. 6-9) exactly:
+
+    X <- argmin_{X >= 0} phi(X) = 1/2 <X, G X> + <d, X>.
+
+When every weight acting on the rows of X (the p side: the loss weight, and the
+first weight of each L2 pair) is diagonal, phi separates over the p rows of X into
+
+    min_{x >= 0} 1/2 x' Q_i x + c_i' x,   Q_i = w_i gram + sum_j a_ij B_j,   c_i = d_i,
+
+with ``w_i``, ``a_ij`` the diagonals of the p-side weights and ``B_j`` the k-side weights
+(any kind: the non-orthogonality ``gamma (11' - I)`` on the k side just adds to Q).
+These are solved together by block principal pivoting (:mod:`jnmf.nnls`), warm
+started at the current iterate.  When all p-side weights are identity or scalar,
+one Q is shared by all rows (the common case); otherwise each row gets its own.
+
+Supported: any ``W_1L`` / ``W_1R``; ridge (``lambda_2``); ``gamma_2L`` (k side for L);
+identity/scalar/diagonal ``W_0R`` / ``W_0C``; general L2 pairs whose p-side weight is
+diagonal.
+
+Not supported (p-side non-diagonal weights couple the rows): ``full`` or ``offdiag``
+``W_0R`` / ``W_0C``, ``gamma_2R`` (in the R step, on X = R', its ``n x n`` weight is on
+the p side), and L2 pairs with a full p-side weight.  Such weights are replaced by
+their diagonals (zero for ``offdiag``), so the step is exact only when they vanish;
+nothing is raised at trace time (their values are traced).  Front doors should
+check :func:`anls_supported` and that ``gamma_2R == 0``.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from ..nnls import nnls_bpp
+from ..problem import Problem
+from ..quadratic import HalfProblem, half_problem_L, half_problem_R, objective_after_R_step
+from ..weights import Weight
+from .base import NMFState, Rule, StepInfo, as_setting, max_abs
+
+_SHARED = ("identity", "scalar")
+
+
+def _scalar_of(w: Weight, dtype) -> Array:
+    return jnp.ones((), dtype) if w.kind == "identity" else w.value.astype(dtype)
+
+
+def anls_supported(problem: Problem) -> bool:
+    """Whether the half steps of ANLS are exact for this problem's weight *kinds*.
+
+    True when ``W_0R``, ``W_0C`` and the p-side weights of the L2 pairs (the row
+    weights of L's pairs, the column weights of R's pairs) are identity, scalar or
+    diagonal, or ``offdiag`` on R's column side (gamma_2R: exact only when its value
+    is zero, which the caller must check since values are traced).
+    """
+    diagonal = ("identity", "scalar", "diag")
+    return (
+        problem.W_0R.kind in diagonal
+        and problem.W_0C.kind in diagonal
+        and all(row.kind in diagonal for row, _ in problem.l2_L)
+        and all(col.kind in diagonal + ("offdiag",) for _, col in problem.l2_R)
+    )
+
+
+def half_problem_qp(hp: HalfProblem) -> tuple[Array, Array]:
+    """(Q, C) of the row-separated half problem: Q is ``k x k`` (shared) or ``p x k x k``.
+
+    p-side weights enter through their diagonals; ``offdiag`` ones (zero diagonal)
+    are dropped, see the module docstring.
+    """
+    p, k = hp.linear.shape
+    dt = hp.linear.dtype
+    terms = [(hp.row_weight, hp.gram)] + [
+        (row, col.dense(k, dt)) for row, col in hp.penalties if row.kind != "offdiag"
+    ]
+    if all(w.kind in _SHARED for w, _ in terms):
+        Q = sum(_scalar_of(w, dt) * B for w, B in terms)
+    else:
+        Q = sum(w.diagonal(p, dt)[:, None, None] * B[None] for w, B in terms)
+    return Q, hp.linear
+
+
+def anls_half_step(hp: HalfProblem, X: Array, max_iter: Array, ridge: Array) -> Array:
+    """The exact half step: BPP on every row, warm started at X."""
+    Q, C = half_problem_qp(hp)
+    return nnls_bpp(Q, C, X, max_iter=max_iter, ridge=ridge).x
+
+
+class ANLS(Rule):
+    """Alternating exact NNLS half steps: L given R, then R given the new L.
+
+    ``max_nnls_iter`` caps the pivoting iterations of each half step (traced);
+    ``ridge`` adds a relative ridge to the subproblems' Q (beyond the ``k eps`` that
+    keeps singular Gram matrices solvable).
+    """
+
+    max_nnls_iter: Array
+    ridge: Array
+
+    def __init__(self, max_nnls_iter=100, ridge=0.0):
+        self.max_nnls_iter = as_setting(max_nnls_iter, jnp.int32)
+        self.ridge = as_setting(ridge)
+
+    def step(self, problem: Problem, state: NMFState):
+        L, R = state.L, state.R
+        ridge = self.ridge.astype(L.dtype)
+        L_new = anls_half_step(half_problem_L(problem, L, R), L, self.max_nnls_iter, ridge)
+        hp_R = half_problem_R(problem, L_new, R)
+        Rt_new = anls_half_step(hp_R, R.T, self.max_nnls_iter, ridge)
+        R_new = Rt_new.T
+        info = StepInfo(
+            steps=jnp.stack([max_abs(L_new - L), max_abs(R_new - R)]),
+            objective=objective_after_R_step(problem, hp_R, L_new, Rt_new),
+            stuck=jnp.zeros((), bool),
+        )
+        return NMFState(L_new, R_new), info

@@ -1,0 +1,233 @@
+"""ANLS and the batched block-principal-pivoting NNQP solver (jnmf.nnls)."""
+
+import jax
+
+# Exactness tests run in float64: enable x64 before any array is created
+# (the float32 robustness test builds float32 arrays explicitly).
+jax.config.update("jax_enable_x64", True)
+
+import hypothesis.extra.numpy as hnp  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+scipy_optimize = pytest.importorskip("scipy.optimize")
+
+from jnmf.driver import iterate  # noqa: E402
+from jnmf.nnls import nnls_bpp, nnls_gram, qp_values  # noqa: E402
+from jnmf.problem import Problem  # noqa: E402
+from jnmf.quadratic import half_problem_L, half_problem_R, kkt_residual  # noqa: E402
+from jnmf.rules.anls import ANLS, anls_half_step, anls_supported, half_problem_qp  # noqa: E402
+
+M, N, K = 9, 7, 3  # NMF shapes (fixed: one compilation per problem layout)
+A_ROWS, A_COLS, N_RHS = 10, 5, 6  # NNLS shapes
+ITERS = 20
+RULE = ANLS()
+SETTINGS = settings(max_examples=15, deadline=None)
+
+bpp = jax.jit(nnls_bpp)
+half_step = jax.jit(anls_half_step)
+values = st.floats(-5.0, 5.0, allow_subnormal=False)
+data = hnp.arrays(np.float64, (M, N), elements=st.one_of(st.just(0.0), st.floats(1e-4, 10.0)))
+penalty = st.floats(0.0, 1.0)
+seeds = st.integers(0, 2**31 - 1)
+
+
+def scipy_rows(A, B):
+    return np.stack([scipy_optimize.nnls(A, B[:, j])[0] for j in range(B.shape[1])])
+
+
+def start(seed: int, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    return (
+        jnp.asarray(rng.uniform(0.1, 1.0, (M, K)), dtype),
+        jnp.asarray(rng.uniform(0.1, 1.0, (K, N)), dtype),
+    )
+
+
+def run(problem, L, R, iters=ITERS):
+    return iterate(
+        RULE, problem, RULE.init(problem, L, R), max_iterations=iters, min_xstep=0.0, history_size=iters
+    )
+
+
+# ------------------------------------------------------------------ the NNQP solver
+@SETTINGS
+@given(
+    hnp.arrays(np.float64, (A_ROWS, A_COLS), elements=values),
+    hnp.arrays(np.float64, (A_ROWS, N_RHS), elements=values),
+)
+def test_nnls_matches_scipy(A, B):
+    Q, C = A.T @ A, -(A.T @ B).T
+    res = bpp(jnp.asarray(Q), jnp.asarray(C))
+    ref = scipy_rows(A, B)
+    assert bool(jnp.all(res.converged))
+    x = np.asarray(res.x)
+    assert np.all(x >= 0)
+    xm = 1.0 + max(np.max(np.abs(ref)), np.max(np.abs(x)))
+    gscale = 1.0 + np.max(np.abs(Q)) * xm + np.max(np.abs(C))  # the size of a gradient entry
+    for i in range(N_RHS):
+        assert float(kkt_residual(x[i], Q @ x[i] + C[i])) <= 1e-8 * gscale
+    if xm < 1e6:  # (nearly singular A can have huge minimizers)
+        # the optimal value is unique even where the minimizer is not (rank-deficient A)
+        np.testing.assert_allclose(qp_values(Q, C, x), qp_values(Q, C, ref), atol=1e-9 * gscale * xm)
+    if np.linalg.cond(A) < 1e6:
+        np.testing.assert_allclose(x, ref, atol=1e-9 * (1.0 + np.max(np.abs(ref))))
+
+
+def test_nnls_warm_start_and_rank_deficient_gram():
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(A_ROWS, A_COLS))
+    A[:, 1] = 0.0  # a vanished column of the fixed factor
+    A[:, 3] = A[:, 2]  # collinear columns
+    B = rng.normal(size=(A_ROWS, N_RHS))
+    Q, C = A.T @ A, -(A.T @ B).T
+    ref = scipy_rows(A, B)
+    for X0 in (None, jnp.asarray(np.abs(rng.normal(size=(N_RHS, A_COLS))))):
+        res = nnls_bpp(jnp.asarray(Q), jnp.asarray(C), X0)
+        assert bool(jnp.all(res.converged)) and np.all(np.isfinite(res.x))
+        np.testing.assert_allclose(qp_values(Q, C, res.x), qp_values(Q, C, ref), rtol=1e-12, atol=1e-12)
+    # warm starting at the solution: converged with no pivoting
+    warm = nnls_bpp(jnp.asarray(Q), jnp.asarray(C), jnp.asarray(res.x))
+    assert int(warm.iterations) == 0
+    np.testing.assert_allclose(warm.x, res.x, atol=1e-12)
+    np.testing.assert_array_equal(nnls_gram(jnp.asarray(Q), jnp.asarray(C), res.x), warm.x)
+
+
+def test_nnls_per_row_gram_matches_scipy():
+    """Q_i = w_i A'A + lambda I (a diagonal row weight and a ridge), one Q per row."""
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(A_ROWS, A_COLS))
+    B = rng.normal(size=(A_ROWS, N_RHS))
+    w = rng.uniform(0.0, 2.0, N_RHS)
+    w[0] = 0.0  # a zero-weight row: only the ridge is left
+    lam = 0.3
+    Qs = w[:, None, None] * (A.T @ A)[None] + lam * np.eye(A_COLS)[None]
+    C = -(w[:, None] * (A.T @ B).T)
+    res = nnls_bpp(jnp.asarray(Qs), jnp.asarray(C))
+    assert bool(jnp.all(res.converged))
+    for i in range(N_RHS):
+        # min 1/2 x'Q_i x + c_i'x = min 1/2 ||A_i x - b_i||^2 with A_i = chol(Q_i)', b_i = -A_i^-T c_i
+        Li = np.linalg.cholesky(Qs[i])
+        ref = scipy_optimize.nnls(Li.T, -np.linalg.solve(Li, C[i]))[0]
+        np.testing.assert_allclose(res.x[i], ref, atol=1e-10)
+
+
+def test_nnls_max_iter_falls_back_to_warm_start():
+    rng = np.random.default_rng(2)
+    A = rng.normal(size=(A_ROWS, A_COLS))
+    B = rng.normal(size=(A_ROWS, N_RHS))
+    Q, C = jnp.asarray(A.T @ A), jnp.asarray(-(A.T @ B).T)
+    X0 = jnp.asarray(scipy_rows(A, B)) + 0.01
+    res = nnls_bpp(Q, C, X0, max_iter=0)
+    better = qp_values(Q, C, res.x) <= qp_values(Q, C, X0) + 1e-14
+    assert bool(jnp.all(better))
+
+
+# ------------------------------------------------------------------ the ANLS rule
+def test_one_step_matches_scipy_anls():
+    """Plain NMF: each row of L, then each column of R, is scipy's NNLS solution."""
+    rng = np.random.default_rng(3)
+    Y = rng.uniform(0, 3, (M, N))
+    L, R = start(4)
+    problem = Problem.from_scalars(jnp.asarray(Y))
+    state, info = RULE.step(problem, RULE.init(problem, L, R))
+    L_ref = scipy_rows(np.asarray(R).T, Y.T)
+    R_ref = scipy_rows(L_ref, Y).T
+    np.testing.assert_allclose(state.L, L_ref, atol=1e-10)
+    np.testing.assert_allclose(state.R, R_ref, atol=1e-10)
+    np.testing.assert_allclose(info.objective, 0.5 * np.sum((Y - L_ref @ R_ref) ** 2), rtol=1e-10)
+
+
+@SETTINGS
+@given(data, penalty, penalty, penalty, seeds)
+def test_half_steps_satisfy_kkt(Y, l1, l2, gamma, seed):
+    """After each half step the KKT residual of that half problem vanishes (eq. 10),
+    with L1, ridge, non-orthogonality on L and diagonal W_0R / W_0C (per-row Q)."""
+    rng = np.random.default_rng(seed)
+    problem = Problem.from_scalars(
+        jnp.asarray(Y),
+        W_0R=jnp.asarray(rng.uniform(0.2, 2.0, M)),
+        W_0C=jnp.asarray(rng.uniform(0.2, 2.0, N)),
+        lambda_1L=l1,
+        lambda_1R=l1,
+        lambda_2L=l2,
+        lambda_2R=l2,
+        gamma_2L=gamma / 10,
+    )
+    L, R = start(seed)
+    max_iter, ridge = jnp.asarray(100), jnp.asarray(0.0)
+    hp_L = half_problem_L(problem, L, R)
+    L1 = half_step(hp_L, L, max_iter, ridge)
+    hp_R = half_problem_R(problem, L1, R)
+    Rt1 = half_step(hp_R, R.T, max_iter, ridge)
+    for hp, X, X0 in ((hp_L, L1, L), (hp_R, Rt1, R.T)):
+        assert np.all(np.asarray(X) >= 0)
+        # never worse than the starting point, whatever Q
+        assert float(hp.value(X)) <= float(hp.value(X0)) + 1e-10 * (1 + abs(float(hp.value(X0))))
+        Q, _ = half_problem_qp(hp)
+        if np.min(np.linalg.eigvalsh(np.asarray(Q))) < 0:
+            continue  # gram + gamma (11' - I) indefinite (small row weight): non-convex, no KKT claim
+        g = hp.gradient(X)
+        scale = 1.0 + float(jnp.max(jnp.abs(hp.linear))) + float(jnp.max(jnp.abs(hp.apply_G(X))))
+        assert float(kkt_residual(X, g)) <= 1e-8 * scale
+
+
+@SETTINGS
+@given(data, penalty, penalty, seeds)
+def test_monotone(Y, l1, l2, seed):
+    problem = Problem.from_scalars(jnp.asarray(Y), lambda_1L=l1, lambda_1R=l1, lambda_2L=l2, lambda_2R=l2)
+    L, R = start(seed)
+    res = run(problem, L, R)
+    h = np.concatenate([[float(problem.objective(L, R))], np.asarray(res.history)])
+    assert np.all(np.isfinite(h))
+    assert np.all(np.diff(h) <= 1e-9 * (1.0 + np.abs(h[:-1])))
+    np.testing.assert_allclose(res.objective, problem.objective(res.L, res.R), rtol=1e-8, atol=1e-10)
+
+
+def test_zero_rows_and_columns_float32_no_nan():
+    rng = np.random.default_rng(8)
+    Y = rng.uniform(0, 3, (M, N)).astype(np.float32)
+    Y[2, :] = 0.0
+    Y[:, 4] = 0.0
+    L, R = start(9, np.float32)
+    L = L.at[:, 1].set(0.0)  # a vanished column of L: its row of R has a zero Gram row
+    problem = Problem.from_scalars(jnp.asarray(Y), lambda_1L=0.1, lambda_2R=0.1)
+    res = run(problem, L, R, iters=50)
+    assert res.L.dtype == jnp.float32
+    for X in (res.L, res.R, res.history, res.objective):
+        assert np.all(np.isfinite(np.asarray(X)))
+    np.testing.assert_array_equal(np.asarray(res.L)[2], 0.0)
+    np.testing.assert_array_equal(np.asarray(res.R)[:, 4], 0.0)
+    assert float(res.objective) < float(problem.objective(L, R))
+
+
+def test_batched_equals_unbatched():
+    rng = np.random.default_rng(10)
+    problem = Problem.from_scalars(jnp.asarray(rng.uniform(0, 2, (M, N))), lambda_1R=0.05)
+    starts = [start(s) for s in (11, 12, 13)]
+    Ls, Rs = jnp.stack([s[0] for s in starts]), jnp.stack([s[1] for s in starts])
+    batched = jax.vmap(lambda L, R: run(problem, L, R).factors)(Ls, Rs)
+    for i, (L, R) in enumerate(starts):
+        L1, R1 = run(problem, L, R).factors
+        np.testing.assert_allclose(batched[0][i], L1, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(batched[1][i], R1, rtol=1e-10, atol=1e-12)
+
+
+def test_supported_and_shared_gram():
+    Y = jnp.ones((M, N))
+    scalar_form = Problem.from_scalars(Y, lambda_2L=0.1, gamma_2L=0.2, gamma_2R=0.0)
+    assert anls_supported(scalar_form)
+    assert anls_supported(Problem.from_scalars(Y, W_0R=jnp.ones(M)))
+    assert not anls_supported(Problem.from_scalars(Y, W_0R=jnp.eye(M)))
+    L, R = start(0)
+    Q, C = half_problem_qp(half_problem_L(scalar_form, L, R))
+    assert Q.shape == (K, K)  # identity / scalar p-side weights: one Gram for all rows
+    G = np.asarray(R @ R.T) + 0.1 * np.eye(K) + 0.2 * (np.ones((K, K)) - np.eye(K))
+    np.testing.assert_allclose(Q, G, rtol=1e-14)
+    Q, _ = half_problem_qp(half_problem_R(scalar_form, L, R))
+    assert Q.shape == (K, K)  # gamma_2R's offdiag p-side weight is dropped, not per-row
+    Q, _ = half_problem_qp(half_problem_L(Problem.from_scalars(Y, W_0R=jnp.ones(M)), L, R))
+    assert Q.shape == (M, K, K)
