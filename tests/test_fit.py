@@ -1,0 +1,186 @@
+"""jnmf.fit, jnmf.sweep, consensus and the CLI (the surfaces).
+
+Exactness checks run in float64 (jax_enable_x64 is switched on for this module).
+"""
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import jnmf  # noqa: E402
+from jnmf import fitting  # noqa: E402
+from jnmf.consensus import average_linkage_cophenetic  # noqa: E402
+from jnmf.rules import MURNMF  # noqa: E402
+
+M, N, K = 24, 15, 3
+
+
+@pytest.fixture(scope="module")
+def Y():
+    rng = np.random.default_rng(0)
+    return rng.random((M, K)) @ rng.random((K, N)) + 0.05 * rng.random((M, N))
+
+
+@pytest.mark.parametrize("method", sorted(fitting.METHODS))
+def test_every_method_fits_and_reports_its_best_restart(Y, method):
+    res = jnmf.fit(Y, K, method=method, restarts=3, max_iterations=60, tol=0.0, key=jax.random.key(1))
+    assert res.L.shape == (M, K) and res.R.shape == (K, N)
+    assert jnp.all(res.L >= 0) and jnp.all(res.R >= 0)
+    assert res.objectives.shape == (3,) and jnp.all(jnp.isfinite(res.objectives))
+    assert int(res.best) == int(jnp.argmin(res.objectives))
+    assert res.objective == res.objectives[res.best]
+    assert jnp.all(res.all_iterations == 60)  # tol=0 and min_xstep=0: no early stop
+    if method != "kl":
+        np.testing.assert_allclose(res.objective, jnmf.objective(Y, res.L, res.R), rtol=1e-10)
+    # fitting decreased the objective from every start
+    L0, R0 = fitting.starting_points(jnp.asarray(Y), K, "random", 3, jax.random.key(1))
+    rule = fitting.make_rule(method)
+    P = jnmf.build_problem(jnp.asarray(Y), K)
+    start = jax.vmap(lambda a, b: fitting.evaluate(rule, P, a, b))(L0, R0)
+    assert jnp.all(res.objectives < start)
+
+
+def test_restarts_equal_single_fits(Y):
+    key = jax.random.key(7)
+    batched = jnmf.fit(Y, K, restarts=4, key=key, max_iterations=80, tol=1e-6, lambda_1L=0.01)
+    L0, R0 = fitting.starting_points(jnp.asarray(Y), K, "random", 4, key)
+    for i in range(4):
+        single = jnmf.fit(Y, K, init=(L0[i], R0[i]), max_iterations=80, tol=1e-6, lambda_1L=0.01)
+        np.testing.assert_allclose(batched.objectives[i], single.objective, rtol=1e-10)
+        assert batched.all_iterations[i] == single.iterations
+
+
+def test_tolerance_stops_early_and_history_is_monotone(Y):
+    res = jnmf.fit(Y, K, method="hals", max_iterations=2000, tol=1e-5)
+    assert res.converged and res.iterations < 2000
+    assert res.history_stride == 2  # 2000 iterations into the default 1000 slots
+    h = np.asarray(res.history)[: int(res.iterations) // 2]
+    assert np.all(np.isfinite(h)) and np.all(np.isnan(np.asarray(res.history)[len(h) + 1 :]))
+    assert np.all(np.diff(h) <= 1e-12 * h[0])
+
+
+class CountingMU(MURNMF):
+    """MURNMF that counts how often its step is traced (i.e. compiled)."""
+
+    def step(self, problem, state):
+        CountingMU.traces += 1
+        return super().step(problem, state)
+
+
+CountingMU.traces = 0
+
+
+def test_changing_iterations_tolerance_or_penalty_does_not_recompile(Y):
+    jnmf.fit(Y, K, method=CountingMU(), restarts=2, max_iterations=10, tol=1e-3, lambda_1L=0.1)
+    first = CountingMU.traces
+    jnmf.fit(Y, K, method=CountingMU(), restarts=2, max_iterations=25, tol=0.0, lambda_1L=0.5, gamma_2L=2.0)
+    jnmf.fit(Y, K, method=CountingMU(1e-5), restarts=2, max_iterations=3, min_xstep=1e-3, lambda_2R=1.0)
+    assert first >= 1 and CountingMU.traces == first
+
+
+def test_sweep_matches_fits_at_each_grid_point(Y):
+    grid = {"lambda_1L": [0.0, 0.5], "gamma_2L": [0.0, 1.0, 3.0]}
+    sw = jnmf.sweep(Y, K, grid, restarts=2, max_iterations=50, tol=0.0, factors="all", key=jax.random.key(3))
+    assert sw.objectives.shape == (6, 2) and sw.L.shape == (6, 2, M, K)
+    np.testing.assert_array_equal(sw.settings["gamma_2L"], [0, 1, 3, 0, 1, 3])
+    for g in (1, 5):
+        kw = {name: float(v[g]) for name, v in sw.settings.items()}
+        single = jnmf.fit(Y, K, restarts=2, max_iterations=50, tol=0.0, key=jax.random.key(3), **kw)
+        np.testing.assert_allclose(sw.objectives[g], single.objectives, rtol=1e-9)
+    best = jnmf.sweep(Y, K, {"lambda_1R": [0.0, 5.0]}, product=False, restarts=2, max_iterations=50)
+    assert best.L.shape == (2, M, K)
+    # a large L1 penalty makes R sparser
+    assert best.sparsity_R[1].mean() > best.sparsity_R[0].mean()
+    none = jnmf.sweep(Y, K, {"lambda_2L": [0.0, 1.0]}, factors="none", max_iterations=5)
+    assert none.L is None and none.loss.shape == (2, 1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(method="nope"), "method"),
+        (dict(rank=0), "rank"),
+        (dict(rank=99), "rank"),
+        (dict(restarts=0), "restarts"),
+        (dict(init="bogus"), "init"),
+        (dict(max_iterations=-1), "max_iterations"),
+        (dict(tol=-1.0), "tol"),
+        (dict(lambda_1L=-1.0), "lambda_1L"),
+        (dict(method="anls", gamma_2R=1.0), "gamma_2R"),
+        (dict(method="kl", W_0R=np.eye(M)), "W_0R"),
+        (dict(bogus_penalty=1.0), "bogus_penalty"),
+    ],
+)
+def test_fit_rejects_bad_input(Y, kwargs, match):
+    kwargs = {"rank": K, **kwargs}
+    rank = kwargs.pop("rank")
+    with pytest.raises(ValueError, match=match):
+        jnmf.fit(Y, rank, **kwargs)
+
+
+def test_fit_rejects_bad_data():
+    with pytest.raises(ValueError, match="Y"):
+        jnmf.fit(np.ones((5, 4), dtype=np.int64), 2)
+    with pytest.raises(ValueError, match="Y"):
+        jnmf.fit(-np.ones((5, 4)), 2)
+    with pytest.raises(ValueError, match="Y"):
+        jnmf.fit(np.zeros((0, 4)), 2)
+    with pytest.raises(ValueError, match="grid"):
+        jnmf.sweep(np.ones((5, 4)), 2, {"W_0R": [1.0]})
+
+
+def test_zero_data_rows_and_columns_give_finite_fits():
+    rng = np.random.default_rng(2)
+    Y = rng.random((M, N)).astype(np.float32)
+    Y[3] = 0.0
+    Y[:, 5] = 0.0
+    for method in sorted(fitting.METHODS):
+        res = jnmf.fit(Y, K, method=method, max_iterations=30, restarts=2)
+        assert jnp.all(jnp.isfinite(res.L)) and jnp.all(jnp.isfinite(res.R)), method
+        assert jnp.isfinite(res.objective), method
+
+
+def test_upgma_cophenetic_matches_scipy():
+    hierarchy = pytest.importorskip("scipy.cluster.hierarchy")
+    from scipy.spatial.distance import squareform
+
+    rng = np.random.default_rng(4)
+    P = rng.random((9, 2))
+    D = np.linalg.norm(P[:, None] - P[None], axis=-1)
+    Z = hierarchy.linkage(squareform(D), method="average")
+    want = squareform(hierarchy.cophenet(Z))
+    np.testing.assert_allclose(average_linkage_cophenetic(D), want, rtol=1e-12)
+
+
+def test_consensus_recovers_planted_clusters():
+    rng = np.random.default_rng(5)
+    labels = np.repeat(np.arange(3), 6)
+    L = rng.random((30, 3)) + 0.1
+    R = np.where(np.arange(3)[:, None] == labels[None, :], 1.0, 0.02)
+    Y = L @ R
+    c = jnmf.consensus(Y, 3, restarts=6, max_iterations=200)
+    assert c.cophenetic > 0.99
+    found = np.asarray(c.labels)
+    # same partition up to relabelling
+    assert len({(a, b) for a, b in zip(found, labels)}) == 3
+
+
+def test_golub_is_shipped():
+    g = jnmf.load_golub()
+    assert g.expression.shape == (5000, 38)
+    assert sorted(set(g.cell_type)) == ["ALL-B", "ALL-T", "AML"]
+
+
+def test_cli_fit_writes_factors(tmp_path, Y):
+    from jnmf.cli import main
+
+    path = tmp_path / "y.npy"
+    np.save(path, Y.astype(np.float32))
+    out = tmp_path / "f.npz"
+    assert main(["fit", str(path), "--rank", "2", "--output", str(out), "--max-iterations", "20"]) == 0
+    got = np.load(out)
+    assert got["L"].shape == (M, 2) and got["R"].shape == (2, N)
