@@ -137,8 +137,8 @@ def square_weight(name: str, w, n: int, *, allow_scalar: bool = True, psd: bool 
     else:
         what = "a scalar, " if allow_scalar else ""
         raise ValueError(f"{name} must be {what}a length-{n} vector or an {n} x {n} matrix")
+    _check_dtype(name, arr)
     if arr.size and not is_traced(arr):
-        _check_dtype(name, arr.astype(float) if arr.dtype.kind in "iu" else arr)
         _check_values(name, arr)
         if arr.ndim == 2:
             a = arr.astype(np.float64)
@@ -157,6 +157,7 @@ def l1_weight(name: str, w, shape: tuple[int, int]):
         return nonneg_scalar(name, w)
     if tuple(arr.shape) != tuple(shape):
         raise ValueError(f"{name} must be a scalar or of shape {shape}, got {tuple(arr.shape)}")
+    _check_dtype(name, arr)
     if not is_traced(arr):
         _check_values(name, arr)
     return w

@@ -110,7 +110,8 @@ def iterate_impl(
         if normalize is not None:
             L, R = rescale_columns(*rule.factors(state), normalize)
             state = rule.with_factors(state, (L, R))
-        k = k + 1
+        halted = jnp.zeros((), bool) if info.halted is None else info.halted
+        k = k + jnp.where(halted, 0, 1).astype(k.dtype)
         f_new = info.objective.astype(dtype)
         record = (k % stride) == 0
         slot = jnp.clip(k // stride - 1, 0, history_size - 1)
@@ -119,6 +120,7 @@ def iterate_impl(
         converged = jnp.max(steps) < min_xstep
         converged |= (tol > 0) & (jnp.abs(f - f_new) <= tol * jnp.abs(f))
         converged |= (rel_tol > 0) & (_relative_change(rule.factors(state), old) < rel_tol)
+        converged |= halted
         done = converged | (k >= max_iterations) | info.stuck
         return k, state, f_new, history, steps, converged, done
 

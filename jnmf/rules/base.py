@@ -26,12 +26,15 @@ class StepInfo(eqx.Module):
         objective: the objective at the new iterate (rules compute it cheaply from
             quantities of the last half step).
         stuck: True when the rule can make no further progress (MURNMF with no
-            positive denominator, as in rnnmf).
+            positive denominator, as in rnnmf): the loop ends, not converged.
+        halted: True when the step found nothing to do (GIQPM's all-zero direction):
+            as in rnnmf the pass is not counted and the run ends converged.
     """
 
     steps: Array
     objective: Array
     stuck: Array
+    halted: Array | None = None
 
 
 class NMFState(eqx.Module):

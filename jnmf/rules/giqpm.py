@@ -90,5 +90,8 @@ class GIQPM(Rule):
         GH = qp.apply_G(h) if self.check_optimal_step else None
         x_new, step = giqpm_step(x, grad, h, GH, tau_k)
         x_new = jnp.where(x_new <= self.zero_tolerance.astype(x.dtype), 0.0, x_new)
-        info = StepInfo(step[None], qp.value(x_new), jnp.zeros((), bool))
+        # rnnmf stops at an all-zero direction before annealing tau or counting the pass
+        halted = ~jnp.any(h != 0)
+        tau_k = jnp.where(halted, state.tau_k, tau_k)
+        info = StepInfo(step[None], qp.value(x_new), jnp.zeros((), bool), halted)
         return GIQPMState(x_new, tau_k), info
