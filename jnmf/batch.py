@@ -1,6 +1,7 @@
 """Batching (layer 5): restarts and penalty grids as one compiled program.
 
-Everything here is ``jax.vmap`` of the one driver loop.  Y is shared (not
+Everything here runs the one driver loop over a batch of fits (the rule's step
+under ``jax.vmap``, see :func:`jnmf.driver.iterate_impl`).  Y is shared (not
 batched), so each product with Y becomes one large GEMM over all fits: JAX's
 batching rule for ``dot_general`` folds the batch axis of the factor into its
 free dimension, i.e. the restarts are stacked along the rank axis
@@ -63,7 +64,7 @@ def with_scalar_penalties(problem: Problem, **values) -> Problem:
 
 
 def _run_many(rule, problem, states, opts, history_size, normalize):
-    return jax.vmap(lambda s: iterate_impl(rule, problem, s, *opts, history_size, normalize))(states)
+    return iterate_impl(rule, problem, states, *opts, history_size, normalize, batched=True)
 
 
 @eqx.filter_jit

@@ -34,9 +34,11 @@ class Result(eqx.Module):
         factors: the final factors ((L, R) for NMF rules, (x,) for GIQPM).
         iterations: number of iterations taken.
         converged: whether a convergence test (not the iteration cap) stopped it.
-        objective: the objective at the final iterate.
+        objective: the objective at the final iterate (computed from the residual).
         history: objective after iterations ``stride, 2 stride, ...`` (NaN-padded),
-            a fixed-size buffer so ``max_iterations`` never changes shapes.
+            a fixed-size buffer so ``max_iterations`` never changes shapes.  Rules
+            compute it cheaply from the last half step, which is exact only to about
+            ``eps * ||Y||^2`` (cancellation): below that floor, use ``objective``.
         history_stride: iterations between history entries.
         steps: the last largest absolute step of each factor.
         state: the final rule state.
@@ -72,16 +74,6 @@ class Result(eqx.Module):
         return self.steps[1]
 
 
-def rescale_columns(L: Array, R: Array, mode: Literal["max", "sum"]) -> tuple[Array, Array]:
-    """Scale the columns of L to unit inf-norm ("max") or 1-norm ("sum"), moving the
-    scale into the rows of R so LR is unchanged (seed 001, algorithms I and II).
-    Zero columns are left alone.
-    """
-    scale = jnp.max(L, axis=0) if mode == "max" else jnp.sum(L, axis=0)
-    scale = jnp.where(scale > 0, scale, 1.0)
-    return L / scale[None, :], R * scale[:, None]
-
-
 def _relative_change(new: tuple, old: tuple) -> Array:
     total = 0.0
     for a, b in zip(new, old, strict=True):
@@ -91,25 +83,40 @@ def _relative_change(new: tuple, old: tuple) -> Array:
 
 
 def iterate_impl(
-    rule, problem, state, max_iterations, min_xstep, tol, rel_tol, history_size, normalize
+    rule,
+    problem,
+    state,
+    max_iterations,
+    min_xstep,
+    tol,
+    rel_tol,
+    history_size,
+    normalize,
+    batched: bool = False,
 ) -> Result:
-    """The loop itself, unjitted (batch.py vmaps it inside its own jit)."""
-    dtype = rule.factors(state)[0].dtype
-    f0 = rule.objective(problem, state).astype(dtype)
-    n_factors = len(rule.factors(state))
+    """The loop itself, unjitted.
+
+    With ``batched=True`` every leaf of ``state`` has a leading fit axis and the one
+    loop advances all fits together (``vmap`` of the step); it runs while any fit is
+    unfinished and freezes finished ones.  Unlike ``vmap`` of the whole loop, the
+    freezing select is skipped (``lax.cond``) while no fit has finished, which saves
+    full passes over every factor per iteration: with many restarts of a large
+    problem the factors do not fit in cache, so those passes cost as much as the
+    small products.
+    """
+    per_fit = (lambda f: jax.vmap(f)) if batched else (lambda f: f)
+    factors0 = rule.factors(state)
+    dtype = factors0[0].dtype
+    f0 = per_fit(lambda s: rule.objective(problem, s).astype(dtype))(state)
+    lead = f0.shape  # () or (batch,)
     stride = jnp.maximum(1, -(-max_iterations // history_size)).astype(jnp.int32)
 
-    def cond(carry):
-        k, _, _, _, _, _, done = carry
-        return ~done
-
-    def body(carry):
-        k, state, f, history, _, _, _ = carry
+    def advance(k, state, f, history):
+        """One iteration of one fit, and its stopping tests."""
         old = rule.factors(state)
         state, info = rule.step(problem, state)
         if normalize is not None:
-            L, R = rescale_columns(*rule.factors(state), normalize)
-            state = rule.with_factors(state, (L, R))
+            state = rule.rescale(state, normalize)
         halted = jnp.zeros((), bool) if info.halted is None else info.halted
         k = k + jnp.where(halted, 0, 1).astype(k.dtype)
         f_new = info.objective.astype(dtype)
@@ -119,22 +126,49 @@ def iterate_impl(
         steps = info.steps.astype(dtype)
         converged = jnp.max(steps) < min_xstep
         converged |= (tol > 0) & (jnp.abs(f - f_new) <= tol * jnp.abs(f))
-        converged |= (rel_tol > 0) & (_relative_change(rule.factors(state), old) < rel_tol)
+        # the relative change costs passes over the factors: only when asked for
+        rel = jax.lax.cond(
+            rel_tol > 0,
+            lambda: _relative_change(rule.factors(state), old),
+            lambda: jnp.asarray(jnp.inf, dtype),
+        )
+        converged |= rel < rel_tol
         converged |= halted
         done = converged | (k >= max_iterations) | info.stuck
         return k, state, f_new, history, steps, converged, done
 
+    def cond(carry):
+        return jnp.any(~carry[-1])
+
+    def body(carry):
+        new = per_fit(advance)(*carry[:4])
+        if not batched:
+            return new
+        done = carry[-1]
+
+        def freeze():
+            return jax.tree.map(
+                lambda a, b: jnp.where(done.reshape(done.shape + (1,) * (a.ndim - 1)), a, b), carry, new
+            )
+
+        return jax.lax.cond(jnp.any(done), freeze, lambda: new)
+
     carry = (
-        jnp.zeros((), jnp.int32),
+        jnp.zeros(lead, jnp.int32),
         state,
         f0,
-        jnp.full((history_size,), jnp.nan, dtype),
-        jnp.full((n_factors,), jnp.inf, dtype),
-        jnp.zeros((), bool),
-        max_iterations <= 0,
+        jnp.full(lead + (history_size,), jnp.nan, dtype),
+        jnp.full(lead + (len(factors0),), jnp.inf, dtype),
+        jnp.zeros(lead, bool),
+        jnp.broadcast_to(max_iterations <= 0, lead),
     )
-    k, state, f, history, steps, converged, _ = jax.lax.while_loop(cond, body, carry)
-    return Result(rule.factors(state), k, converged, f, history, stride, steps, state)
+    k, state, _, history, steps, converged, _ = jax.lax.while_loop(cond, body, carry)
+    # The per-iteration objective (history, tol test) is the cheap form of
+    # quadratic.objective_after_R_step, exact only to ~eps ||Y||^2; the reported
+    # final objective is recomputed once, from the residual.
+    f = per_fit(lambda s: rule.objective(problem, s).astype(dtype))(state)
+    factors = per_fit(rule.result_factors)(state)
+    return Result(factors, k, converged, f, history, jnp.broadcast_to(stride, lead), steps, state)
 
 
 _iterate = eqx.filter_jit(iterate_impl)

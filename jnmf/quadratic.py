@@ -9,13 +9,24 @@ with (eq. 8)
     G = (R W_0C R') (x) (W_0R) + sum_j W_2C_j (x) W_2R_j
     d = vec(W_1 - W_0R Y W_0C R').
 
-G is never formed: :meth:`HalfProblem.apply_G` applies it in matrix form,
-``G vec(X) = vec(W_0R X (R W_0C R') + sum_j W_2R_j X W_2C_j)``.
+G is never formed: :meth:`HalfProblem.apply_G` applies it in matrix form.
 
-Both half steps use this one code path.  The L step is stated directly; the R
-step is stated on ``X = R'`` (transpose eq. 3: ``Y' ~ R' L'``, the row weight
-becomes W_0C and each penalty pair is swapped), so every update rule is written
-once, for a "left" unknown ``X`` of shape ``p x k``.
+**Layout.**  Both half steps are written once, on the unknown stored
+*factor-major*: ``Xt`` of shape ``k x p`` (one row per factor).  For the R step
+``Xt = R`` itself; for the L step ``Xt = L'``, and jnmf's rules keep L in that
+layout (``Lt``) throughout a fit.  Then every product with the data is a
+"short-wide times tall" GEMM (``R @ (W_0R Y W_0C)'`` for the L step, ``Lt @ (W_0R Y W_0C)``
+for the R step), the fastest shape on CPU and the one that stacks restarts along
+the rank axis under ``vmap``.  In this layout (transpose eq. 6 for the L step)
+
+    G Xt = sum_t B_t Xt A_t,   over the quadratic terms t = (k-side B_t, p-side A_t):
+           the loss term (B = F W F', A = the free factor's loss weight) and each L2 pair,
+    d    = W_1 - F (W Y W)     (k x p; F the fixed factor, factor-major).
+
+Terms whose p-side weight is a multiple of I (the loss with identity or scalar
+weights, ridge, non-orthogonality of L) fold into one ``k x k`` *mixing* matrix,
+so in the common case ``G Xt`` is a single small GEMM, with no extra pass over Xt
+per penalty.
 """
 
 from __future__ import annotations
@@ -24,8 +35,10 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .problem import PenaltyPairs, Problem, _pair_quadratic, penalty_value
+from .problem import Problem
 from .weights import Weight
+
+_SCALAR_KINDS = ("identity", "scalar")
 
 
 def optimal_step_length(grad: Array, H: Array, GH: Array) -> Array:
@@ -37,8 +50,7 @@ def optimal_step_length(grad: Array, H: Array, GH: Array) -> Array:
     slope = jnp.sum(grad * H)
     curvature = jnp.sum(H * GH)
     safe = jnp.where(curvature > 0, curvature, 1.0)
-    alpha = jnp.where(curvature > 0, -slope / safe, jnp.where(slope < 0, jnp.inf, 0.0))
-    return alpha
+    return jnp.where(curvature > 0, -slope / safe, jnp.where(slope < 0, jnp.inf, 0.0))
 
 
 def max_feasible_step(X: Array, H: Array) -> Array:
@@ -47,8 +59,7 @@ def max_feasible_step(X: Array, H: Array) -> Array:
     +inf when no element of H is negative (Algorithm 2, line 3).
     """
     neg = H < 0
-    ratios = jnp.where(neg, -X / jnp.where(neg, H, -1.0), jnp.inf)
-    return jnp.min(ratios)
+    return jnp.min(jnp.where(neg, -X / jnp.where(neg, H, -1.0), jnp.inf))
 
 
 def projected_gradient(X: Array, grad: Array) -> Array:
@@ -65,79 +76,139 @@ def kkt_residual(X: Array, grad: Array) -> Array:
 
 
 class HalfProblem(eqx.Module):
-    """phi(X) = 1/2 <X, G X> + <d, X> for a ``p x k`` unknown X (eqs. 6-9).
+    """phi(Xt) = 1/2 <Xt, G Xt> + <d, Xt> for a factor-major unknown Xt (``k x p``).
 
     Attributes:
-        gram: the ``k x k`` matrix ``F W F'`` of the fixed factor F (``R W_0C R'``
-            for the L step, ``L' W_0R L`` for the R step).
-        row_weight: the ``p x p`` loss weight acting on the rows of X.
-        linear: d in matrix form, ``W_1 - W_0R Y W_0C R'`` (``p x k``).
-        penalties: the (p-side, k-side) weight pairs of the L2 terms.
+        gram: ``F W F'`` of the fixed factor F (``R W_0C R'`` in the L step,
+            ``L' W_0R L`` in the R step), ``k x k``.
+        weight: the free factor's ``p x p`` loss weight (W_0R in the L step, W_0C in
+            the R step); it acts on the columns of Xt.
+        linear: d of eq. 8 in factor-major layout, ``W_1 - F (W Y W)``, ``k x p``.
+        penalties: the L2 pairs as (k-side, p-side) weights.
     """
 
     gram: Float[Array, "k k"]
-    row_weight: Weight
-    linear: Float[Array, "p k"]
-    penalties: PenaltyPairs
+    weight: Weight
+    linear: Float[Array, "k p"]
+    penalties: tuple[tuple[Weight, Weight], ...]
 
-    def apply_G(self, X: Float[Array, "p k"]) -> Float[Array, "p k"]:
-        """G vec(X) in matrix form (eq. 8), O(p k^2) plus the weights' cost."""
-        return self.row_weight.left(X) @ self.gram + _pair_quadratic(self.penalties, X)
+    def terms(self) -> list[tuple[Weight, Array]]:
+        """Every quadratic term as (p-side weight, dense k-side matrix)."""
+        k = self.gram.shape[0]
+        dt = self.gram.dtype
+        pens = [(p_side, k_side.dense(k, dt)) for k_side, p_side in self.penalties]
+        return [(self.weight, self.gram)] + pens
 
-    def gradient(self, X: Array, GX: Array | None = None) -> Array:
-        """G x + d (the gradient below eq. 10)."""
-        return (self.apply_G(X) if GX is None else GX) + self.linear
+    def split_terms(self) -> tuple[Array, list[tuple[Weight, Array]]]:
+        """(mixing, others): the sum of the terms whose p-side weight is a multiple of
+        I, folded into one k x k matrix, and the remaining (p-side, k-side) terms."""
+        k = self.gram.shape[0]
+        mixing = jnp.zeros((k, k), self.gram.dtype)
+        others = []
+        for p_side, B in self.terms():
+            if p_side.kind == "identity":
+                mixing = mixing + B
+            elif p_side.kind == "scalar":
+                mixing = mixing + p_side.value * B
+            else:
+                others.append((p_side, B))
+        return mixing, others
 
-    def value(self, X: Array) -> Array:
-        """phi(X) of eq. 9 (without the constant c of eq. 7)."""
-        return 0.5 * jnp.sum(X * self.apply_G(X)) + jnp.sum(self.linear * X)
+    def apply_G(self, Xt: Float[Array, "k p"]) -> Float[Array, "k p"]:
+        """G vec(X) in factor-major matrix form (eq. 8): ``sum_t B_t Xt A_t``."""
+        mixing, others = self.split_terms()
+        out = mixing @ Xt
+        for p_side, B in others:
+            out = out + p_side.right(B @ Xt)
+        return out
 
-    def diagonal(self) -> Float[Array, "p k"]:
-        """diag(G) in matrix form: the curvature of each coordinate."""
-        p, k = self.linear.shape
+    def gradient(self, Xt: Array, GX: Array | None = None) -> Array:
+        """G x + d (the gradient below eq. 10), factor-major."""
+        return (self.apply_G(Xt) if GX is None else GX) + self.linear
+
+    def value(self, Xt: Array) -> Array:
+        """phi(Xt) of eq. 9 (without the constant c of eq. 7)."""
+        return 0.5 * jnp.sum(Xt * self.apply_G(Xt)) + jnp.sum(self.linear * Xt)
+
+    def diagonal(self) -> Float[Array, "k p"]:
+        """diag(G): the exact curvature of each coordinate."""
+        k, p = self.linear.shape
         dt = self.linear.dtype
-        out = self.row_weight.diagonal(p, dt)[:, None] * jnp.diagonal(self.gram)[None, :]
-        for row, col in self.penalties:
-            out = out + row.diagonal(p, dt)[:, None] * col.diagonal(k, dt)[None, :]
+        out = jnp.zeros((k, p), dt)
+        for p_side, B in self.terms():
+            out = out + jnp.diagonal(B)[:, None] * p_side.diagonal(p, dt)[None, :]
+        return out
+
+    def block_majorizer(self) -> Float[Array, "k p"]:
+        """A diagonal majorizer of the block of G of each factor row (HALS's curvature).
+
+        The block of row j is ``sum_t B_t[j, j] A_t``; each p-side A_t is replaced by
+        Diag(A_t 1) >= A_t (Lemma 2.1 with b = 1; entries are non-negative), which is
+        A_t itself when A_t is diagonal, so then this equals :meth:`diagonal`.
+        """
+        k, p = self.linear.shape
+        dt = self.linear.dtype
+        out = jnp.zeros((k, p), dt)
+        for p_side, B in self.terms():
+            out = out + jnp.diagonal(B)[:, None] * p_side.row_sums(p, dt)[None, :]
         return out
 
 
-def half_problem_L(problem: Problem, L: Array, R: Array) -> HalfProblem:
-    """The subproblem in L with R fixed (eq. 6 with X = L)."""
-    RW = problem.W_0C.right(R)
-    return HalfProblem(
-        gram=R @ RW.T,
-        row_weight=problem.W_0R,
-        linear=problem.W_1L - (R @ problem.Ywt).T,
-        penalties=problem.l2_L,
-    )
+def _half_problem(F, data_t, fixed_weight: Weight, free_weight: Weight, W_1, pairs) -> HalfProblem:
+    """The subproblem of a factor-major unknown given the fixed factor F (``k x q``) and
+    the weighted data in (q x p) layout."""
+    FW = fixed_weight.right(F)
+    return HalfProblem(gram=FW @ F.T, weight=free_weight, linear=W_1 - F @ data_t, penalties=tuple(pairs))
 
 
-def half_problem_R(problem: Problem, L: Array, R: Array) -> HalfProblem:
-    """The subproblem in R with L fixed, posed on the transposed unknown X = R'.
+def half_problem_L(problem: Problem, Lt: Array, R: Array) -> HalfProblem:
+    """The subproblem in L with R fixed (eq. 6 with X = L), on Xt = L' (``k x m``).
 
-    (R is not needed to build it; the argument keeps the signature symmetric.)
+    Lt is not needed to build it; the argument keeps the signature symmetric.
     """
+    del Lt
+    W_1 = problem.W_1L.T if problem.W_1L.ndim == 2 else problem.W_1L
+    pairs = [(col, row) for row, col in problem.l2_L]  # L' W_2R L W_2C: k-side is W_2C
+    return _half_problem(R, problem.Ywt, problem.W_0C, problem.W_0R, W_1, pairs)
+
+
+def half_problem_R(problem: Problem, Lt: Array, R: Array) -> HalfProblem:
+    """The subproblem in R with L fixed, on Xt = R (``k x n``)."""
     del R
-    WL = problem.W_0R.left(L)
-    linear = jnp.broadcast_to(problem.W_1R, (L.shape[1], problem.Y.shape[1])) - L.T @ problem.Yw
-    return HalfProblem(
-        gram=WL.T @ L,
-        row_weight=problem.W_0C,
-        linear=linear.T,
-        penalties=tuple((col, row) for row, col in problem.l2_R),
-    )
+    return _half_problem(Lt, problem.Yw, problem.W_0R, problem.W_0C, problem.W_1R, problem.l2_R)
 
 
-def objective_after_R_step(problem: Problem, hp_R: HalfProblem, L: Array, Rt: Array) -> Array:
+def penalty_L_from_gram(problem: Problem, Lt: Array, LtLt: Array | None = None) -> Array:
+    """tr(W_1L' L) + 1/2 sum_j tr(L' W_2RL_j L W_2CL_j), cheaply in factor-major layout.
+
+    Pairs with a scalar or identity m-side weight use the k x k Gram ``Lt Lt'``:
+    ``tr(L' a L B) = a <B, Lt Lt'>``; others fall back to the direct form.
+    """
+    k = Lt.shape[0]
+    dt = Lt.dtype
+    W_1 = problem.W_1L.T if problem.W_1L.ndim == 2 else problem.W_1L
+    total = jnp.sum(W_1 * Lt) if W_1.ndim == 2 else W_1 * jnp.sum(Lt)
+    gram = Lt @ Lt.T if LtLt is None else LtLt
+    for row, col in problem.l2_L:
+        if row.kind in _SCALAR_KINDS:
+            a = 1.0 if row.kind == "identity" else row.value
+            total = total + 0.5 * a * jnp.sum(col.dense(k, dt) * gram)
+        else:
+            total = total + 0.5 * jnp.sum(Lt * col.left(row.right(Lt)))
+    return total
+
+
+def objective_after_R_step(problem: Problem, hp_R: HalfProblem, Lt: Array, R: Array) -> Array:
     """eq. 3 at (L, R) reusing the R half problem built from this L.
 
-    eq. 3 = phi_R(R') + 1/2 tr(Y' W_0R Y W_0C) + (L's penalty terms); phi_R needs only
-    O(n k^2) work, so rules report the objective every iteration almost for free.
-    In float32 this loses ~1e-7 of ||Y||^2 to cancellation, which is why the final
-    objective of a fit is recomputed from the residual.
+    eq. 3 = phi_R(R) + 1/2 tr(Y' W_0R Y W_0C) + (L's penalty terms); phi_R needs only
+    O(n k^2) work and L's penalties O(k^2) given the Gram matrix, so rules report the
+    objective every iteration almost for free.  In float32 this loses ~1e-7 of
+    ||Y||^2 to cancellation, which is why final objectives are recomputed from the
+    residual.
     """
-    return hp_R.value(Rt) + problem.half_data_norm + penalty_value(problem.W_1L, problem.l2_L, L)
+    LtLt = hp_R.gram if problem.W_0R.kind == "identity" else None
+    return hp_R.value(R) + problem.half_data_norm + penalty_L_from_gram(problem, Lt, LtLt)
 
 
 class VectorQP(eqx.Module):

@@ -159,11 +159,12 @@ def test_half_steps_satisfy_kkt(Y, l1, l2, gamma, seed):
     )
     L, R = start(seed)
     max_iter, ridge = jnp.asarray(100), jnp.asarray(0.0)
-    hp_L = half_problem_L(problem, L, R)
-    L1 = half_step(hp_L, L, max_iter, ridge)
-    hp_R = half_problem_R(problem, L1, R)
-    Rt1 = half_step(hp_R, R.T, max_iter, ridge)
-    for hp, X, X0 in ((hp_L, L1, L), (hp_R, Rt1, R.T)):
+    # half steps work on the factor-major unknown: Xt = L' for L, Xt = R for R
+    hp_L = half_problem_L(problem, L.T, R)
+    Lt1 = half_step(hp_L, L.T, max_iter, ridge)
+    hp_R = half_problem_R(problem, Lt1, R)
+    R1 = half_step(hp_R, R, max_iter, ridge)
+    for hp, X, X0 in ((hp_L, Lt1, L.T), (hp_R, R1, R)):
         assert np.all(np.asarray(X) >= 0)
         # never worse than the starting point, whatever Q
         assert float(hp.value(X)) <= float(hp.value(X0)) + 1e-10 * (1 + abs(float(hp.value(X0))))
@@ -223,11 +224,11 @@ def test_supported_and_shared_gram():
     assert anls_supported(Problem.from_scalars(Y, W_0R=jnp.ones(M)))
     assert not anls_supported(Problem.from_scalars(Y, W_0R=jnp.eye(M)))
     L, R = start(0)
-    Q, C = half_problem_qp(half_problem_L(scalar_form, L, R))
+    Q, C = half_problem_qp(half_problem_L(scalar_form, L.T, R))
     assert Q.shape == (K, K)  # identity / scalar p-side weights: one Gram for all rows
     G = np.asarray(R @ R.T) + 0.1 * np.eye(K) + 0.2 * (np.ones((K, K)) - np.eye(K))
     np.testing.assert_allclose(Q, G, rtol=1e-14)
-    Q, _ = half_problem_qp(half_problem_R(scalar_form, L, R))
+    Q, _ = half_problem_qp(half_problem_R(scalar_form, L.T, R))
     assert Q.shape == (K, K)  # gamma_2R's offdiag p-side weight is dropped, not per-row
-    Q, _ = half_problem_qp(half_problem_L(Problem.from_scalars(Y, W_0R=jnp.ones(M)), L, R))
+    Q, _ = half_problem_qp(half_problem_L(Problem.from_scalars(Y, W_0R=jnp.ones(M)), L.T, R))
     assert Q.shape == (M, K, K)

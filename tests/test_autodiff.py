@@ -150,12 +150,14 @@ def test_from_scalars_is_eq_4():
 
 
 # ---------------------------------------------------------------- eqs. 6-9
-def objective_in_L(problem, R):
-    return lambda L: problem.objective(L, R)
+# Half problems are posed on the factor-major unknown Xt (k x p): Xt = L' for the L step,
+# Xt = R for the R step; so eq. 3 is differentiated with respect to L' and R.
+def objective_in_Lt(problem, R):
+    return lambda Lt: problem.objective(Lt.T, R)
 
 
-def objective_in_Rt(problem, L):
-    return lambda Rt: problem.objective(L, Rt.T)
+def objective_in_R(problem, L):
+    return lambda R: problem.objective(L, R)
 
 
 @pytest.mark.parametrize("w0,w1", LAYOUTS)
@@ -164,12 +166,12 @@ def test_half_problems_reproduce_the_objective(w0, w1):
     rng = np.random.default_rng(50)
     for side in ("L", "R"):
         if side == "L":
-            hp, f = half_problem_L(problem, L, R), objective_in_L(problem, R)
-            X0 = L
+            hp, f = half_problem_L(problem, L.T, R), objective_in_Lt(problem, R)
+            X0 = L.T
             const = problem.half_data_norm + penalty_value(problem.W_1R, problem.l2_R, R)
         else:
-            hp, f = half_problem_R(problem, L, R), objective_in_Rt(problem, L)
-            X0 = R.T
+            hp, f = half_problem_R(problem, L.T, R), objective_in_R(problem, L)
+            X0 = R
             const = problem.half_data_norm + penalty_value(problem.W_1L, problem.l2_L, L)
         for X in (X0, jnp.asarray(rng.random(X0.shape)), jnp.asarray(3 * rng.random(X0.shape))):
             fx = float(f(X))
@@ -179,20 +181,20 @@ def test_half_problems_reproduce_the_objective(w0, w1):
 
 def test_objective_after_R_step():
     problem, L, R = make_problem(6)
-    hp = half_problem_R(problem, L, R)
+    hp = half_problem_R(problem, L.T, R)
     R2 = jnp.asarray(np.random.default_rng(60).random(R.shape))
     f = float(problem.objective(L, R2))
-    assert abs(float(objective_after_R_step(problem, hp, L, R2.T)) - f) <= 1e-12 * f
+    assert abs(float(objective_after_R_step(problem, hp, L.T, R2)) - f) <= 1e-12 * f
 
 
 @pytest.mark.parametrize("side", ["L", "R"])
 @pytest.mark.parametrize("w0", ["full", "diag", "none"])
 def test_apply_G_is_linear_and_symmetric(side, w0):
     problem, L, R = make_problem(7, w0)
-    hp = half_problem_L(problem, L, R) if side == "L" else half_problem_R(problem, L, R)
-    p, k = hp.linear.shape
+    hp = half_problem_L(problem, L.T, R) if side == "L" else half_problem_R(problem, L.T, R)
+    k, p = hp.linear.shape
     rng = np.random.default_rng(70)
-    A, B = (jnp.asarray(rng.standard_normal((p, k))) for _ in range(2))
+    A, B = (jnp.asarray(rng.standard_normal((k, p))) for _ in range(2))
     a, b = 0.7, -1.3
     close(hp.apply_G(a * A + b * B), a * hp.apply_G(A) + b * hp.apply_G(B))
     lhs, rhs = float(jnp.sum(A * hp.apply_G(B))), float(jnp.sum(hp.apply_G(A) * B))
@@ -204,10 +206,18 @@ def vec(X):
     return np.asarray(X).reshape(-1, order="F")
 
 
+def vec_t(Xt):
+    """vec(X) of the paper's X (p x k) from jnmf's factor-major Xt = X' (k x p)."""
+    return vec(np.asarray(Xt).T)
+
+
 @pytest.mark.parametrize("w0", ["full", "diag", "none"])
 def test_half_problems_equal_dense_kronecker_form(w0):
     """G = kron(F W F', W_row) + sum_j kron(W_2C_j, W_2R_j) and d = vec(W_1 - W_0R Y W_0C R')
-    (eq. 8), for the L step and for the R step posed on X = R'; G is also the Hessian."""
+    (eq. 8), for the L step and for the R step posed on X = R'; G is also the Hessian.
+
+    jnmf's half problems act on the factor-major Xt = X' (L' or R), so vectors are
+    compared through vec(Xt') = vec(X), the paper's ordering."""
     problem, L, R = make_problem(8, w0)
     W0R, W0C = np.asarray(problem.W_0R.dense(M)), np.asarray(problem.W_0C.dense(N))
     Y, Ln, Rn = np.asarray(problem.Y), np.asarray(L), np.asarray(R)
@@ -217,20 +227,21 @@ def test_half_problems_equal_dense_kronecker_form(w0):
     G_R = np.kron(Ln.T @ W0R @ Ln, W0C) + sum(np.kron(r, c) for r, c in dense_pairs(problem.l2_R, K, N))
     d_R = vec((np.asarray(problem.W_1R) - Ln.T @ W0R @ Y @ W0C).T)
     rng = np.random.default_rng(80)
-    for hp, G, d, f, X0 in (
-        (half_problem_L(problem, L, R), G_L, d_L, objective_in_L(problem, R), L),
-        (half_problem_R(problem, L, R), G_R, d_R, objective_in_Rt(problem, L), R.T),
+    for hp, G, d, f, Xt0 in (
+        (half_problem_L(problem, L.T, R), G_L, d_L, objective_in_Lt(problem, R), L.T),
+        (half_problem_R(problem, L.T, R), G_R, d_R, objective_in_R(problem, L), R),
     ):
-        p, k = X0.shape
-        X = jnp.asarray(rng.random((p, k)))
-        close(vec(hp.apply_G(X)), G @ vec(X))
-        close(vec(hp.linear), d)
-        x = vec(X)
+        k, p = Xt0.shape
+        Xt = jnp.asarray(rng.random((k, p)))
+        close(vec_t(hp.apply_G(Xt)), G @ vec_t(Xt))
+        close(vec_t(hp.linear), d)
+        x = vec_t(Xt)
         val = 0.5 * x @ G @ x + d @ x
-        assert abs(float(hp.value(X)) - val) <= 1e-12 * max(abs(val), 1.0)
-        close(vec(hp.diagonal()), np.diag(G))
-        hess = np.asarray(jax.hessian(f)(X0))  # (p, k, p, k), row-major pairs
-        close(hess.transpose(1, 0, 3, 2).reshape(p * k, p * k), G)
+        assert abs(float(hp.value(Xt)) - val) <= 1e-12 * max(abs(val), 1.0)
+        close(vec_t(hp.diagonal()), np.diag(G))
+        # Hessian in Xt: (k, p, k, p); row-major flattening of Xt (k x p) is vec(X)
+        hess = np.asarray(jax.hessian(f)(Xt0))
+        close(hess.reshape(k * p, k * p), G)
 
 
 # ---------------------------------------------------------------- eq. 24
@@ -238,8 +249,8 @@ def test_half_problems_equal_dense_kronecker_form(w0):
 @pytest.mark.parametrize("direction", ["lee_seung", "random"])
 def test_optimal_step_minimizes_phi_along_direction(side, direction):
     problem, L, R = make_problem(9, "full", "matrix", PAIRS[:1] + PAIRS[2:3])  # PSD penalties
-    hp = half_problem_L(problem, L, R) if side == "L" else half_problem_R(problem, L, R)
-    X = L if side == "L" else R.T
+    hp = half_problem_L(problem, L.T, R) if side == "L" else half_problem_R(problem, L.T, R)
+    X = L.T if side == "L" else R  # factor-major unknown
     F = hp.apply_G(X)
     grad = F + hp.linear
     if direction == "lee_seung":

@@ -50,7 +50,7 @@ _sweep = jax.jit(lambda hp, Xt: hals_sweeps(hp, Xt, 1, jnp.asarray(0.1)))
 def test_column_sweep_matches_explicit_formula(seed, lam1, lam2):
     Y, L, R = _data(seed)
     P = jnmf.build_problem(Y, K, lambda_1L=lam1, lambda_2L=lam2)
-    got = _sweep(half_problem_L(P, L, R), L.T).T
+    got = _sweep(half_problem_L(P, L.T, R), L.T).T
     want = _reference_column_sweep(Y, L, R, lam1, lam2)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-10, atol=1e-12)
 
@@ -75,7 +75,7 @@ def test_objective_never_increases(rule, seed, pen, weighted):
     if weighted:
         kw.update(W_0R=W @ W.T / M, W_0C=rng.random(N) + 0.1)
     P = jnmf.build_problem(Y, K, **kw)
-    state = NMFState(L, R)
+    state = NMFState(L.T, R)  # L is stored factor-major
     f = P.objective(L, R)
     for _ in range(3):
         state, info = _step(rule, P, state)
@@ -88,9 +88,9 @@ def test_objective_never_increases(rule, seed, pen, weighted):
 
 def test_exactness_flag():
     Y, L, R = _data(0)
-    assert hals_is_exact(half_problem_L(jnmf.build_problem(Y, K, gamma_2L=1.0), L, R))
-    assert not hals_is_exact(half_problem_R(jnmf.build_problem(Y, K, gamma_2R=1.0), L, R))
-    assert not hals_is_exact(half_problem_L(jnmf.build_problem(Y, K, W_0R=np.eye(M)), L, R))
+    assert hals_is_exact(half_problem_L(jnmf.build_problem(Y, K, gamma_2L=1.0), L.T, R))
+    assert not hals_is_exact(half_problem_R(jnmf.build_problem(Y, K, gamma_2R=1.0), L.T, R))
+    assert not hals_is_exact(half_problem_L(jnmf.build_problem(Y, K, W_0R=np.eye(M)), L.T, R))
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])

@@ -69,8 +69,9 @@ def problem_of(Y, W0R, W0C, pen) -> Problem:
 
 
 def half_problems(p, L, R):
-    """The L step (X = L) and the R step (X = R', with the same L)."""
-    return (half_problem_L(p, L, R), L), (half_problem_R(p, L, R), R.T)
+    """The L step and the R step (with the same L), each with its factor-major unknown
+    (Xt = L' for the L step, Xt = R for the R step)."""
+    return (half_problem_L(p, L.T, R), L.T), (half_problem_R(p, L.T, R), R)
 
 
 # ------------------------------------------------------------ jitted helpers
@@ -104,9 +105,9 @@ def mu_iteration(Y, L, R, W0R, W0C, pen):
     """eq. 3 before and after one MURNMF iteration (epsilon = 0), and whether the eq.-19
     clipping was inactive (d <= 0 on both half steps)."""
     p = problem_of(Y, W0R, W0C, pen)
-    state, info = MURNMF(0.0).step(p, NMFState(L, R))
-    d_L = half_problem_L(p, L, R).linear
-    d_R = half_problem_R(p, state.L, R).linear
+    state, info = MURNMF(0.0).step(p, NMFState(L.T, R))
+    d_L = half_problem_L(p, L.T, R).linear
+    d_R = half_problem_R(p, state.Lt, R).linear
     inactive = (jnp.max(d_L) <= 0) & (jnp.max(d_R) <= 0)
     return p.objective(L, R), p.objective(state.L, state.R), info.objective, inactive, state.L, state.R
 
@@ -117,7 +118,7 @@ def au_iteration(Y, L, R, W0R, W0C, pen, tau, rate):
     values <= zero_tolerance to zero) and after snapping."""
     p = problem_of(Y, W0R, W0C, pen)
     rule = AURNMF(tau, rate)
-    state, info = rule.step(p, AUState(L, R, rule.tau))
+    state, info = rule.step(p, AUState(L.T, R, rule.tau))
     return p.objective(L, R), info.objective, p.objective(state.L, state.R), state.L, state.R
 
 

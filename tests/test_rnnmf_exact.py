@@ -119,15 +119,17 @@ def one_step_nmf(name, rule, problem, r, L0, R0, tau0=None):
     reference iterate i and the same (Lstep, Rstep)."""
     idx = sample_iterations(r.iterations)
     Ls, Rs = [L0] + r.L_hist, [R0] + r.R_hist
-    Lp = jnp.asarray(np.stack([Ls[i - 1] for i in idx]))
+    # states keep L factor-major: a batch of L' (b x k x m)
+    Ltp = jnp.asarray(np.stack([Ls[i - 1].T for i in idx]))
     Rp = jnp.asarray(np.stack([Rs[i - 1] for i in idx]))
     if tau0 is None:
-        states = NMFState(Lp, Rp)
+        states = NMFState(Ltp, Rp)
     else:
         taus = [tau0] + r.tau_hist
-        states = AUState(Lp, Rp, jnp.asarray([taus[i - 1] for i in idx]))
+        states = AUState(Ltp, Rp, jnp.asarray([taus[i - 1] for i in idx]))
     new, info = batched_step(rule, problem, states)
-    new_L, new_R, steps = np.asarray(new.L), np.asarray(new.R), np.asarray(info.steps)
+    new_L = np.swapaxes(np.asarray(new.Lt), 1, 2)  # (state.L would transpose the batch axis too)
+    new_R, steps = np.asarray(new.R), np.asarray(info.steps)
     worst = 0.0
     for b, i in enumerate(idx):
         d = max(

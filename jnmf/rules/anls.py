@@ -63,27 +63,27 @@ def anls_supported(problem: Problem) -> bool:
 
 
 def half_problem_qp(hp: HalfProblem) -> tuple[Array, Array]:
-    """(Q, C) of the row-separated half problem: Q is ``k x k`` (shared) or ``p x k x k``.
+    """(Q, C) of the row-separated half problem: Q is ``k x k`` (shared) or ``p x k x k``,
+    C is d as ``p x k`` (one row per independent k-variable QP).
 
     p-side weights enter through their diagonals; ``offdiag`` ones (zero diagonal)
     are dropped, see the module docstring.
     """
-    p, k = hp.linear.shape
+    k, p = hp.linear.shape
     dt = hp.linear.dtype
-    terms = [(hp.row_weight, hp.gram)] + [
-        (row, col.dense(k, dt)) for row, col in hp.penalties if row.kind != "offdiag"
-    ]
+    terms = [(w, B) for w, B in hp.terms() if w.kind != "offdiag"]
     if all(w.kind in _SHARED for w, _ in terms):
         Q = sum(_scalar_of(w, dt) * B for w, B in terms)
     else:
         Q = sum(w.diagonal(p, dt)[:, None, None] * B[None] for w, B in terms)
-    return Q, hp.linear
+    return Q, hp.linear.T
 
 
-def anls_half_step(hp: HalfProblem, X: Array, max_iter: Array, ridge: Array) -> Array:
-    """The exact half step: BPP on every row, warm started at X."""
+def anls_half_step(hp: HalfProblem, Xt: Array, max_iter: Array, ridge: Array) -> Array:
+    """The exact half step: BPP on every row of X (column of the factor-major Xt),
+    warm started at the current iterate."""
     Q, C = half_problem_qp(hp)
-    return nnls_bpp(Q, C, X, max_iter=max_iter, ridge=ridge).x
+    return nnls_bpp(Q, C, Xt.T, max_iter=max_iter, ridge=ridge).x.T
 
 
 class ANLS(Rule):
@@ -102,15 +102,14 @@ class ANLS(Rule):
         self.ridge = as_setting(ridge)
 
     def step(self, problem: Problem, state: NMFState):
-        L, R = state.L, state.R
-        ridge = self.ridge.astype(L.dtype)
-        L_new = anls_half_step(half_problem_L(problem, L, R), L, self.max_nnls_iter, ridge)
-        hp_R = half_problem_R(problem, L_new, R)
-        Rt_new = anls_half_step(hp_R, R.T, self.max_nnls_iter, ridge)
-        R_new = Rt_new.T
+        Lt, R = state.Lt, state.R
+        ridge = self.ridge.astype(Lt.dtype)
+        Lt_new = anls_half_step(half_problem_L(problem, Lt, R), Lt, self.max_nnls_iter, ridge)
+        hp_R = half_problem_R(problem, Lt_new, R)
+        R_new = anls_half_step(hp_R, R, self.max_nnls_iter, ridge)
         info = StepInfo(
-            steps=jnp.stack([max_abs(L_new - L), max_abs(R_new - R)]),
-            objective=objective_after_R_step(problem, hp_R, L_new, Rt_new),
+            steps=jnp.stack([max_abs(Lt_new - Lt), max_abs(R_new - R)]),
+            objective=objective_after_R_step(problem, hp_R, Lt_new, R_new),
             stuck=jnp.zeros((), bool),
         )
-        return NMFState(L_new, R_new), info
+        return NMFState(Lt_new, R_new), info

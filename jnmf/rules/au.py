@@ -57,9 +57,13 @@ def giqpm_step(X: Array, grad: Array, H: Array, GH: Array | None, tau_k: Array) 
 
 
 class AUState(eqx.Module):
-    L: Array
+    Lt: Array  # L', factor-major (see jnmf/quadratic.py)
     R: Array
     tau_k: Array
+
+    @property
+    def L(self) -> Array:
+        return jnp.swapaxes(self.Lt, -1, -2)  # also right for a batch of states
 
 
 class AURNMF(Rule):
@@ -77,26 +81,26 @@ class AURNMF(Rule):
         self.check_optimal_step = bool(check_optimal_step)
 
     def init(self, problem: Problem, L: Array, R: Array) -> AUState:
-        return AUState(L, R, self.tau.astype(L.dtype))
+        return AUState(L.T, R, self.tau.astype(L.dtype))
 
-    def half_step(self, hp: HalfProblem, X: Array, tau_k: Array) -> tuple[Array, Array]:
-        F = hp.apply_G(X)
+    def half_step(self, hp: HalfProblem, Xt: Array, tau_k: Array) -> tuple[Array, Array]:
+        F = hp.apply_G(Xt)
         grad = F + hp.linear
-        H = pick_direction(X, grad, F)
+        H = pick_direction(Xt, grad, F)
         GH = hp.apply_G(H) if self.check_optimal_step else None
-        return giqpm_step(X, grad, H, GH, tau_k)
+        return giqpm_step(Xt, grad, H, GH, tau_k)
 
     def step(self, problem: Problem, state: AUState):
-        L, R = state.L, state.R
-        a = self.annealing_rate.astype(L.dtype)
+        Lt, R = state.Lt, state.R
+        a = self.annealing_rate.astype(Lt.dtype)
         tau_k = (1 - a) * state.tau_k + a
-        L_new, L_step = self.half_step(half_problem_L(problem, L, R), L, tau_k)
-        hp_R = half_problem_R(problem, L_new, R)
-        Rt_new, R_step = self.half_step(hp_R, R.T, tau_k)
-        objective = objective_after_R_step(problem, hp_R, L_new, Rt_new)
+        Lt_new, L_step = self.half_step(half_problem_L(problem, Lt, R), Lt, tau_k)
+        hp_R = half_problem_R(problem, Lt_new, R)
+        R_new, R_step = self.half_step(hp_R, R, tau_k)
+        objective = objective_after_R_step(problem, hp_R, Lt_new, R_new)
         # rnnmf snaps tiny values to zero only after both half steps.
-        zt = self.zero_tolerance.astype(L.dtype)
-        L_new = jnp.where(L_new <= zt, 0.0, L_new)
-        R_new = jnp.where(Rt_new.T <= zt, 0.0, Rt_new.T)
+        zt = self.zero_tolerance.astype(Lt.dtype)
+        Lt_new = jnp.where(Lt_new <= zt, 0.0, Lt_new)
+        R_new = jnp.where(R_new <= zt, 0.0, R_new)
         info = StepInfo(jnp.stack([L_step, R_step]), objective, jnp.zeros((), bool))
-        return AUState(L_new, R_new, tau_k), info
+        return AUState(Lt_new, R_new, tau_k), info

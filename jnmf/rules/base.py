@@ -38,8 +38,14 @@ class StepInfo(eqx.Module):
 
 
 class NMFState(eqx.Module):
-    L: Array
+    """(L, R) with L stored factor-major as ``Lt = L'`` (``k x m``; see jnmf/quadratic.py)."""
+
+    Lt: Array
     R: Array
+
+    @property
+    def L(self) -> Array:
+        return jnp.swapaxes(self.Lt, -1, -2)  # also right for a batch of states
 
 
 def as_setting(x, dtype=None) -> Array:
@@ -51,21 +57,41 @@ def max_abs(x: Array) -> Array:
     return jnp.max(jnp.abs(x)) if x.size else jnp.zeros((), x.dtype)
 
 
+def rescale_rows(Lt: Array, R: Array, mode: str) -> tuple[Array, Array]:
+    """Scale L's columns (Lt's rows) to unit inf-norm ("max") or 1-norm ("sum"), moving
+    the scale into R's rows so LR is unchanged (seed 001, algorithms I and II).
+    Vanished factors are left alone."""
+    scale = jnp.max(Lt, axis=1) if mode == "max" else jnp.sum(Lt, axis=1)
+    scale = jnp.where(scale > 0, scale, 1.0)
+    return Lt / scale[:, None], R * scale[:, None]
+
+
 class Rule(eqx.Module):
-    """Base class of the matrix factorization rules."""
+    """Base class of the matrix factorization rules.
+
+    States keep L factor-major (``state.Lt``); :meth:`factors` gives the loop layout
+    (used for the relative-change test), :meth:`result_factors` the public (L, R).
+    """
 
     def init(self, problem: Problem, L: Array, R: Array) -> NMFState:
-        return NMFState(L, R)
+        return NMFState(L.T, R)
 
     def step(self, problem: Problem, state) -> tuple[object, StepInfo]:  # pragma: no cover
         raise NotImplementedError
 
     def factors(self, state) -> tuple[Array, ...]:
-        return (state.L, state.R)
+        return (state.Lt, state.R)
 
     def with_factors(self, state, factors: tuple[Array, ...]):
-        return eqx.tree_at(lambda s: (s.L, s.R), state, tuple(factors))
+        return eqx.tree_at(lambda s: (s.Lt, s.R), state, tuple(factors))
+
+    def result_factors(self, state) -> tuple[Array, ...]:
+        return (state.Lt.T, state.R)
+
+    def rescale(self, state, mode: str):
+        """The driver's ``normalize`` option (columns of L, seed 001)."""
+        return self.with_factors(state, rescale_rows(state.Lt, state.R, mode))
 
     def objective(self, problem: Problem, state) -> Array:
         """The objective this rule decreases (eq. 3 unless the rule says otherwise)."""
-        return problem.objective(state.L, state.R)
+        return problem.objective(state.Lt.T, state.R)

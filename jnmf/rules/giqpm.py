@@ -77,6 +77,9 @@ class GIQPM(Rule):
     def with_factors(self, state: GIQPMState, factors):
         return GIQPMState(factors[0], state.tau_k)
 
+    def result_factors(self, state: GIQPMState):
+        return (state.x,)
+
     def objective(self, qp: VectorQP, state: GIQPMState) -> Array:
         return qp.value(state.x)
 

@@ -22,10 +22,10 @@ d and the Gram matrix, while it pays: at most ``1 + alpha * rho`` sweeps, where
 rho ~ (cost of d) / (cost of a sweep), stopping early when a sweep changes X by
 less than ``delta`` times what the first sweep did (Gillis & Glineur, sec. 3).
 
-Implementation note: the sweep runs on the transposed unknown Xt = X' (k x p), so
-each column update reads and writes one contiguous row; for the R step Xt is R
-itself.  A coordinate with zero curvature (a vanished column of the fixed
-factor) is left unchanged, which keeps float32 free of division by zero.
+Implementation note: the sweep runs on the factor-major unknown Xt (k x p, see
+jnmf/quadratic.py), so each column update of X reads and writes one contiguous
+row.  A coordinate with zero curvature (a vanished column of the fixed factor)
+is left unchanged, which keeps float32 free of division by zero.
 """
 
 from __future__ import annotations
@@ -41,44 +41,32 @@ from .base import NMFState, Rule, StepInfo, as_setting, max_abs
 
 
 def hals_is_exact(hp: HalfProblem) -> bool:
-    """Whether the column blocks of G are diagonal (the closed form is exact)."""
+    """Whether the row blocks of G are diagonal (the closed form is exact)."""
     diagonal_kinds = ("identity", "scalar", "diag")
-    return hp.row_weight.kind in diagonal_kinds and all(row.kind in diagonal_kinds for row, _ in hp.penalties)
+    p_sides = [hp.weight] + [p_side for _, p_side in hp.penalties]
+    return all(w.kind in diagonal_kinds for w in p_sides)
 
 
 def hals_sweeps(hp: HalfProblem, Xt: Array, max_sweeps: int, delta: Array) -> Array:
-    """Up to ``max_sweeps`` HALS sweeps over the rows of Xt = X' (k x p).
+    """Up to ``max_sweeps`` HALS sweeps over the rows of the factor-major unknown Xt (k x p).
 
-    Row j's update needs ``(G X)[:, j]' = sum_t A_t (B_t[j] @ Xt)`` over the quadratic
-    terms (A_t p-side, B_t k-side) and the curvature ``c_j = sum_t B_t[j, j] A_t 1``.
+    Row j's update needs ``(G Xt)[j] = sum_t (B_t[j] @ Xt) A_t`` over the quadratic terms
+    (k-side B_t, p-side A_t); terms with a multiple of I on the p side are folded into
+    one mixing matrix, so the common case costs one GEMV per row.
     """
-    k, p = Xt.shape
-    dt = Xt.dtype
-    # Terms whose p-side weight is a multiple of I fold into one k x k matrix M0,
-    # so the common case costs one GEMV per column.
-    M0 = jnp.zeros((k, k), dt)
-    other_terms = []
-    curvature = jnp.zeros((k, p), dt)
-    terms = [(hp.row_weight, hp.gram)] + [(row, col.dense(k, dt)) for row, col in hp.penalties]
-    for row, B in terms:
-        curvature = curvature + jnp.diagonal(B)[:, None] * row.row_sums(p, dt)[None, :]
-        if row.kind == "identity":
-            M0 = M0 + B
-        elif row.kind == "scalar":
-            M0 = M0 + row.value * B
-        else:
-            other_terms.append((row, B))
-    linear_t = hp.linear.T
+    k = Xt.shape[0]
+    mixing, others = hp.split_terms()
+    curvature = hp.block_majorizer()
 
     def G_row(j, Xt):
-        out = M0[j] @ Xt
-        for row, B in other_terms:
-            out = out + row.left((B[j] @ Xt)[:, None])[:, 0]
+        out = mixing[j] @ Xt
+        for p_side, B in others:
+            out = out + p_side.right((B[j] @ Xt)[None, :])[0]
         return out
 
     def sweep(Xt):
         def update(j, Xt):
-            g = G_row(j, Xt) + linear_t[j]
+            g = G_row(j, Xt) + hp.linear[j]
             c = curvature[j]
             row = Xt[j]
             new = jnp.where(c > 0, jnp.maximum(row - g / jnp.where(c > 0, c, 1.0), 0.0), row)
@@ -136,16 +124,16 @@ class HALS(Rule):
         return accelerated_sweeps(p, q, k, self.alpha)
 
     def step(self, problem: Problem, state: NMFState):
-        L, R = state.L, state.R
-        (m, k), n = L.shape, R.shape[1]
-        delta = self.delta.astype(L.dtype)
-        hp_L = half_problem_L(problem, L, R)
-        L_new = hals_sweeps(hp_L, L.T, self._sweeps(m, n, k), delta).T
-        hp_R = half_problem_R(problem, L_new, R)
+        Lt, R = state.Lt, state.R
+        k, m = Lt.shape
+        n = R.shape[1]
+        delta = self.delta.astype(Lt.dtype)
+        Lt_new = hals_sweeps(half_problem_L(problem, Lt, R), Lt, self._sweeps(m, n, k), delta)
+        hp_R = half_problem_R(problem, Lt_new, R)
         R_new = hals_sweeps(hp_R, R, self._sweeps(n, m, k), delta)
         info = StepInfo(
-            steps=jnp.stack([max_abs(L_new - L), max_abs(R_new - R)]),
-            objective=objective_after_R_step(problem, hp_R, L_new, R_new.T),
+            steps=jnp.stack([max_abs(Lt_new - Lt), max_abs(R_new - R)]),
+            objective=objective_after_R_step(problem, hp_R, Lt_new, R_new),
             stuck=jnp.zeros((), bool),
         )
-        return NMFState(L_new, R_new), info
+        return NMFState(Lt_new, R_new), info

@@ -55,7 +55,7 @@ from jax.scipy.special import xlogy
 from jaxtyping import Array
 
 from ..problem import Problem, _pair_quadratic, penalty_value
-from .base import Rule, StepInfo, as_setting, max_abs
+from .base import Rule, StepInfo, as_setting, max_abs, rescale_rows
 
 _DIAGONAL_KINDS = ("identity", "scalar", "diag")
 
@@ -149,9 +149,20 @@ class KLMU(Rule):
     def init(self, problem: Problem, L: Array, R: Array) -> KLState:
         return KLState(L, R, L @ R)
 
+    # KL keeps L in its natural layout: its products are with Y / LR, not with Yw.
+    def factors(self, state: KLState) -> tuple[Array, ...]:
+        return (state.L, state.R)
+
+    def result_factors(self, state: KLState) -> tuple[Array, ...]:
+        return (state.L, state.R)
+
     def with_factors(self, state: KLState, factors: tuple[Array, ...]) -> KLState:
         L, R = factors
         return KLState(L, R, L @ R)
+
+    def rescale(self, state: KLState, mode: str) -> KLState:
+        Lt, R = rescale_rows(state.L.T, state.R, mode)
+        return self.with_factors(state, (Lt.T, R))
 
     def objective(self, problem: Problem, state: KLState) -> Array:
         return kl_objective(problem, state.L, state.R, state.LR, self.epsilon.astype(state.L.dtype))

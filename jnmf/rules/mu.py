@@ -14,18 +14,18 @@ from ..quadratic import HalfProblem, half_problem_L, half_problem_R, objective_a
 from .base import NMFState, Rule, StepInfo, as_setting, max_abs
 
 
-def murnmf_half_step(hp: HalfProblem, X: Array, epsilon: Array) -> tuple[Array, Array]:
+def murnmf_half_step(hp: HalfProblem, Xt: Array, epsilon: Array) -> tuple[Array, Array]:
     """One multiplicative step X <- -X (.) (d ^ -eps) (/) (G X)  (eqs. 12, 14, 19).
 
     The numerator d is clipped to at most ``-epsilon`` (eq. 19) so the iterate stays
     positive whatever the L1 weights; elements whose denominator G X is not
-    positive (or is NaN) are left unchanged, as in rnnmf.  Returns the new X and
-    the mask of updated elements.
+    positive (or is NaN) are left unchanged, as in rnnmf.  Works on the
+    factor-major unknown; returns the new Xt and the mask of updated elements.
     """
     numerator = jnp.minimum(hp.linear, -epsilon)
-    denominator = hp.apply_G(X)
+    denominator = hp.apply_G(Xt)
     ok = denominator > 0
-    X_new = jnp.where(ok, -X * numerator / jnp.where(ok, denominator, 1.0), X)
+    X_new = jnp.where(ok, -Xt * numerator / jnp.where(ok, denominator, 1.0), Xt)
     return X_new, ok
 
 
@@ -43,15 +43,14 @@ class MURNMF(Rule):
         self.epsilon = as_setting(epsilon)
 
     def step(self, problem: Problem, state: NMFState):
-        L, R = state.L, state.R
-        eps = self.epsilon.astype(L.dtype)
-        L_new, _ = murnmf_half_step(half_problem_L(problem, L, R), L, eps)
-        hp_R = half_problem_R(problem, L_new, R)
-        Rt_new, ok_R = murnmf_half_step(hp_R, R.T, eps)
-        R_new = Rt_new.T
+        Lt, R = state.Lt, state.R
+        eps = self.epsilon.astype(Lt.dtype)
+        Lt_new, _ = murnmf_half_step(half_problem_L(problem, Lt, R), Lt, eps)
+        hp_R = half_problem_R(problem, Lt_new, R)
+        R_new, ok_R = murnmf_half_step(hp_R, R, eps)
         info = StepInfo(
-            steps=jnp.stack([max_abs(L_new - L), max_abs(R_new - R)]),
-            objective=objective_after_R_step(problem, hp_R, L_new, Rt_new),
+            steps=jnp.stack([max_abs(Lt_new - Lt), max_abs(R_new - R)]),
+            objective=objective_after_R_step(problem, hp_R, Lt_new, R_new),
             stuck=~jnp.any(ok_R),
         )
-        return NMFState(L_new, R_new), info
+        return NMFState(Lt_new, R_new), info

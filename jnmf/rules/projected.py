@@ -37,12 +37,16 @@ from .base import Rule, StepInfo, max_abs
 
 
 class PGState(eqx.Module):
-    """The factors and one optimizer state per factor."""
+    """The factors (L factor-major, as ``Lt``) and one optimizer state per factor."""
 
-    L: Array
+    Lt: Array
     R: Array
     opt_L: PyTree
     opt_R: PyTree
+
+    @property
+    def L(self) -> Array:
+        return jnp.swapaxes(self.Lt, -1, -2)  # also right for a batch of states
 
 
 class ProjectedGradient(Rule):
@@ -57,23 +61,23 @@ class ProjectedGradient(Rule):
         self.optimizer = optimizer
 
     def init(self, problem: Problem, L: Array, R: Array) -> PGState:
-        return PGState(L, R, self.optimizer.init(L), self.optimizer.init(R))
+        return PGState(L.T, R, self.optimizer.init(L.T), self.optimizer.init(R))
 
     def step(self, problem: Problem, state: PGState):
-        L, R = state.L, state.R
+        Lt, R = state.Lt, state.R
         opt = self.optimizer
-        g_L = half_problem_L(problem, L, R).gradient(L)
-        u_L, opt_L = opt.update(g_L, state.opt_L, L)
-        L_new = jnp.maximum(optax.apply_updates(L, u_L), 0.0)
+        g_L = half_problem_L(problem, Lt, R).gradient(Lt)
+        u_L, opt_L = opt.update(g_L, state.opt_L, Lt)
+        Lt_new = jnp.maximum(optax.apply_updates(Lt, u_L), 0.0)
 
-        hp_R = half_problem_R(problem, L_new, R)
-        g_R = hp_R.gradient(R.T).T
+        hp_R = half_problem_R(problem, Lt_new, R)
+        g_R = hp_R.gradient(R)
         u_R, opt_R = opt.update(g_R, state.opt_R, R)
         R_new = jnp.maximum(optax.apply_updates(R, u_R), 0.0)
 
         info = StepInfo(
-            steps=jnp.stack([max_abs(L_new - L), max_abs(R_new - R)]),
-            objective=objective_after_R_step(problem, hp_R, L_new, R_new.T),
+            steps=jnp.stack([max_abs(Lt_new - Lt), max_abs(R_new - R)]),
+            objective=objective_after_R_step(problem, hp_R, Lt_new, R_new),
             stuck=jnp.zeros((), bool),
         )
-        return PGState(L_new, R_new, opt_L, opt_R), info
+        return PGState(Lt_new, R_new, opt_L, opt_R), info
