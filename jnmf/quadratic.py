@@ -32,6 +32,7 @@ per penalty.
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -154,11 +155,45 @@ class HalfProblem(eqx.Module):
         return out
 
 
+@jax.custom_batching.custom_vmap
+def _cross_gram_impl(A: Array, B: Array) -> Array:
+    return A @ B.T
+
+
+@_cross_gram_impl.def_vmap
+def _cross_gram_vmap(axis_size, in_batched, A, B):
+    a_batched, b_batched = in_batched
+    if a_batched and b_batched:
+        # XLA's CPU batched "A B'" with a long contraction runs ~5x below a loop of
+        # single products (measured: 32 restarts of 25 x 10304, 25 ms vs 5 ms).
+        return jax.lax.map(lambda ab: ab[0] @ ab[1].T, (A, B)), True
+    if a_batched:
+        return jnp.einsum("bkq,jq->bkj", A, B), True
+    return jnp.einsum("kq,bjq->bkj", A, B), True
+
+
+@jax.custom_jvp
+def cross_gram(A: Array, B: Array) -> Array:
+    """``A @ B.T`` for factor-major A, B (``k x q``): the Gram matrices of eq. 8.
+
+    Under ``vmap`` over fits it runs as a loop of single products (see
+    :func:`_cross_gram_vmap`); it stays differentiable (d(A B') = dA B' + A dB').
+    """
+    return _cross_gram_impl(A, B)
+
+
+@cross_gram.defjvp
+def _cross_gram_jvp(primals, tangents):
+    A, B = primals
+    dA, dB = tangents
+    return cross_gram(A, B), cross_gram(dA, B) + cross_gram(A, dB)
+
+
 def _half_problem(F, data_t, fixed_weight: Weight, free_weight: Weight, W_1, pairs) -> HalfProblem:
     """The subproblem of a factor-major unknown given the fixed factor F (``k x q``) and
     the weighted data in (q x p) layout."""
-    FW = fixed_weight.right(F)
-    return HalfProblem(gram=FW @ F.T, weight=free_weight, linear=W_1 - F @ data_t, penalties=tuple(pairs))
+    gram = cross_gram(fixed_weight.right(F), F)
+    return HalfProblem(gram=gram, weight=free_weight, linear=W_1 - F @ data_t, penalties=tuple(pairs))
 
 
 def half_problem_L(problem: Problem, Lt: Array, R: Array) -> HalfProblem:
@@ -188,7 +223,7 @@ def penalty_L_from_gram(problem: Problem, Lt: Array, LtLt: Array | None = None) 
     dt = Lt.dtype
     W_1 = problem.W_1L.T if problem.W_1L.ndim == 2 else problem.W_1L
     total = jnp.sum(W_1 * Lt) if W_1.ndim == 2 else W_1 * jnp.sum(Lt)
-    gram = Lt @ Lt.T if LtLt is None else LtLt
+    gram = cross_gram(Lt, Lt) if LtLt is None else LtLt
     for row, col in problem.l2_L:
         if row.kind in _SCALAR_KINDS:
             a = 1.0 if row.kind == "identity" else row.value
