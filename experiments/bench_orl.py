@@ -160,6 +160,9 @@ def part_restarts(Y, args):
     results = {}
     for method in args.methods:
         rule = jfit.make_rule(method)
+        # ANLS solves 10304 exact NNLS problems per half step (~0.1 s an iteration): its
+        # batched-vs-loop ratio is measured on fewer restarts and iterations.
+        B, iters = (8, 20) if method == "anls" else (args.restarts, args.iterations)
         opts = dict(max_iterations=iters, min_xstep=0.0, tol=0.0, history_size=1)
 
         def batched(rule=rule, opts=opts):
@@ -173,12 +176,17 @@ def part_restarts(Y, args):
         batched(), loop()  # compile both
         tb, tl = best_time(batched, 2), best_time(loop, 2)
         results[method] = (tb, tl)
-        print(f"{method:<8} {tb:>10.3f} {tl:>8.3f} {tl / tb:>20.2f}x")
+        note = f"  ({B} restarts x {iters} iterations)" if method == "anls" else ""
+        print(f"{method:<8} {tb:>10.3f} {tl:>8.3f} {tl / tb:>20.2f}x{note}")
+    B, iters = args.restarts, args.iterations
     n_sk = min(8, B)
     t_sk = best_time(lambda: [sk_nmf(Y, L0[i], R0[i], "cd", iters) for i in range(n_sk)], 1) * B / n_sk
-    tb = results[jfit.DEFAULT_METHOD][0]
     print(f"sklearn cd loop ({n_sk} timed, scaled to {B}): {t_sk:.3f} s")
-    print(f"goal: batched {jfit.DEFAULT_METHOD} >= 3.5x sklearn cd loop -> {t_sk / tb:.2f}x")
+    for method in ("hals", "ahals"):
+        if method in results:
+            tag = " (default)" if method == jfit.DEFAULT_METHOD else ""
+            ratio = t_sk / results[method][0]
+            print(f"goal: batched {method}{tag} >= 3.5x sklearn cd loop -> {ratio:.2f}x")
     worst = min(tl / tb for tb, tl in results.values())
     print(f"goal: batched >= 1.5x jnmf loop for every method -> worst {worst:.2f}x")
 

@@ -27,7 +27,7 @@ from .rules import ANLS, AURNMF, HALS, KLMU, MURNMF, ProjectedGradient, Rule
 from .rules.anls import anls_supported
 from .rules.kl import kl_objective, kl_supported
 
-DEFAULT_METHOD = "hals"
+DEFAULT_METHOD = "ahals"
 
 METHODS = {
     "hals": "HALS (Cichocki & Phan 2009), one column sweep per half step",
@@ -142,6 +142,14 @@ def evaluate(rule, problem, L, R):
     return problem.objective(L, R)
 
 
+def _problem_and_starts(Y, rank, rule, init, restarts, key, W_0R, W_0C, penalties, swept):
+    """The validated problem (swept penalties enter later, as traced values) and the
+    restarts' starting points."""
+    problem = build_problem(Y, rank, W_0R=W_0R, W_0C=W_0C, **penalties)
+    check_support(rule, problem, {**penalties, **swept})
+    return (problem, *starting_points(Y, rank, init, restarts, key))
+
+
 @eqx.filter_jit
 def _exact_objectives(rule, problem, L, R):
     return jax.vmap(lambda a, b: evaluate(rule, problem, a, b))(L, R)
@@ -170,8 +178,9 @@ def fit(
     Args:
         Y: ``m x n`` non-negative floating-point data.
         rank: the inner dimension k.
-        method: a name in :data:`METHODS` (default ``"hals"``, the fastest
-            Frobenius solver measured, see experiments/), a :class:`~jnmf.rules.Rule`,
+        method: a name in :data:`METHODS` (default ``"ahals"``, accelerated HALS,
+            the fastest Frobenius solver measured, see experiments/bench_orl.py), a
+            :class:`~jnmf.rules.Rule`,
             or an optax optimizer (projected gradient).
         init: ``"random"`` (scikit-learn's scaling), ``"sparse"``, ``"nndsvd"``,
             ``"nndsvda"``, ``"nndsvdar"`` or an ``(L0, R0)`` tuple.
@@ -186,9 +195,7 @@ def fit(
     Y, rank, rule, restarts, key = _common(
         Y, rank, method, init, restarts, key, max_iterations, tol, min_xstep, rel_tol
     )
-    problem = build_problem(Y, rank, W_0R=W_0R, W_0C=W_0C, **penalties)
-    check_support(rule, problem, penalties)
-    L0, R0 = starting_points(Y, rank, init, restarts, key)
+    problem, L0, R0 = _problem_and_starts(Y, rank, rule, init, restarts, key, W_0R, W_0C, penalties, {})
     res = run_restarts(
         rule,
         problem,
@@ -299,9 +306,7 @@ def sweep(
         if len({c.size for c in columns}) != 1:
             raise ValueError("with product=False every grid list must have the same length")
         settings = dict(zip(names, columns, strict=True))
-    problem = build_problem(Y, rank, W_0R=W_0R, W_0C=W_0C, **penalties)
-    check_support(rule, problem, {**penalties, **{n: settings[n] for n in names}})
-    L0, R0 = starting_points(Y, rank, init, restarts, key)
+    problem, L0, R0 = _problem_and_starts(Y, rank, rule, init, restarts, key, W_0R, W_0C, penalties, settings)
     res = run_grid(
         rule,
         problem,

@@ -32,6 +32,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from .._fitwise import fitwise
 from ..nnls import nnls_bpp
 from ..problem import Problem
 from ..quadratic import HalfProblem, half_problem_L, half_problem_R, objective_after_R_step
@@ -82,8 +83,14 @@ def half_problem_qp(hp: HalfProblem) -> tuple[Array, Array]:
 def anls_half_step(hp: HalfProblem, Xt: Array, max_iter: Array, ridge: Array) -> Array:
     """The exact half step: BPP on every row of X (column of the factor-major Xt),
     warm started at the current iterate."""
-    Q, C = half_problem_qp(hp)
-    return nnls_bpp(Q, C, Xt.T, max_iter=max_iter, ridge=ridge).x.T
+
+    # Fit by fit under vmap (jnmf._fitwise): the pivoting loop is data dependent, so
+    # batched it would run for the slowest fit and pay a select per pass.
+    def solve(hp, Xt, max_iter, ridge):
+        Q, C = half_problem_qp(hp)
+        return nnls_bpp(Q, C, Xt.T, max_iter=max_iter, ridge=ridge).x.T
+
+    return fitwise(solve)(hp, Xt, max_iter, ridge)
 
 
 class ANLS(Rule):

@@ -54,6 +54,7 @@ import jax.numpy as jnp
 from jax.scipy.special import xlogy
 from jaxtyping import Array
 
+from .._fitwise import fitwise
 from ..problem import Problem, _pair_quadratic, penalty_value
 from .base import Rule, StepInfo, as_setting, max_abs, rescale_rows
 
@@ -168,6 +169,12 @@ class KLMU(Rule):
         return kl_objective(problem, state.L, state.R, state.LR, self.epsilon.astype(state.L.dtype))
 
     def step(self, problem: Problem, state: KLState):
+        # Every product here involves the fit's own m x n quotient Y / LR, so batching
+        # fits shares no work and only multiplies the memory traffic: under vmap the
+        # step runs fit by fit (jnmf._fitwise).
+        return fitwise(lambda rule, problem, state: rule._step(problem, state))(self, problem, state)
+
+    def _step(self, problem: Problem, state: KLState):
         L, R, P = state.L, state.R, state.LR
         eps = self.epsilon.astype(L.dtype)
         w, v = _loss_weights(problem, L.dtype)
