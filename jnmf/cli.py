@@ -24,7 +24,7 @@ def _demo(args) -> int:
     data = load_golub()
     Y = np.asarray(data.expression, np.float32)
     types = data.cell_type
-    counts = dict(zip(*np.unique(types, return_counts=True)))
+    counts = {str(t): int(c) for t, c in zip(*np.unique(types, return_counts=True))}
     print(f"Golub ALL/AML: {Y.shape[0]} genes x {Y.shape[1]} samples ({counts})")
     platform = jax.devices()[0].platform
     print(f"jax {jax.__version__} on {platform}; method={args.method}, restarts={args.restarts}\n")
