@@ -17,7 +17,7 @@ from jaxtyping import Array
 
 from . import _validate as check
 from .batch import run_restarts
-from .fitting import evaluate, make_rule, starting_points
+from .fitting import exact_objectives, make_rule, starting_points
 from .rnnmf import build_problem
 
 
@@ -87,7 +87,7 @@ def consensus(
     L0, R0 = starting_points(Y, rank, "random", restarts, key)
     res = run_restarts(rule, problem, L0, R0, max_iterations=max_iterations, tol=tol, history_size=1)
     C = jnp.mean(jax.vmap(connectivity)(res.R), axis=0)
-    obj = jax.vmap(lambda a, b: evaluate(rule, problem, a, b))(res.L, res.R)
+    obj = exact_objectives(rule, problem, res.L, res.R)
     loss = jax.vmap(problem.loss)(res.L, res.R)
     best = int(jnp.argmin(obj))
     labels = jnp.argmax(res.R[best], axis=0)

@@ -20,7 +20,7 @@ from jaxtyping import Array
 
 from . import _validate as check
 from .batch import SWEEPABLE, run_grid, run_restarts, with_scalar_penalties
-from .init import initialize
+from .init import INITIALIZERS, initialize
 from .problem import Problem
 from .rnnmf import build_problem
 from .rules import ANLS, AURNMF, HALS, KLMU, MURNMF, ProjectedGradient, Rule
@@ -100,23 +100,15 @@ class FitResult(eqx.Module):
     best: Array
 
 
-def relative_error(Y, result) -> Array:
-    """||Y - LR||_F / ||Y||_F."""
-    Y = jnp.asarray(Y)
-    return jnp.linalg.norm(Y - result.L @ result.R) / jnp.linalg.norm(Y)
-
-
 def starting_points(Y, rank: int, init, restarts: int, key) -> tuple[Array, Array]:
     if isinstance(init, tuple | list):
         L0, R0 = init
-        Y_, L0, R0 = check.factors(Y, L0, R0)
+        _, L0, R0 = check.factors(Y, L0, R0)
         if L0.shape[1] != rank:
             raise ValueError(f"init L has rank {L0.shape[1]}, expected rank={rank}")
         return jnp.broadcast_to(L0, (restarts, *L0.shape)), jnp.broadcast_to(R0, (restarts, *R0.shape))
-    if init not in ("random", "sparse", "nndsvd", "nndsvda", "nndsvdar"):
-        raise ValueError(
-            f"init must be 'random', 'sparse', 'nndsvd', 'nndsvda', 'nndsvdar' or (L, R); got {init!r}"
-        )
+    if init not in INITIALIZERS:
+        raise ValueError(f"init must be one of {sorted(INITIALIZERS)} or (L, R); got {init!r}")
     keys = jax.random.split(key, restarts)
     return jax.vmap(lambda k: initialize(Y, rank, init, k))(keys)
 
@@ -151,7 +143,8 @@ def _problem_and_starts(Y, rank, rule, init, restarts, key, W_0R, W_0C, penaltie
 
 
 @eqx.filter_jit
-def _exact_objectives(rule, problem, L, R):
+def exact_objectives(rule, problem, L, R):
+    """Each fit's objective (:func:`evaluate`), jitted and vmapped over the leading axis."""
     return jax.vmap(lambda a, b: evaluate(rule, problem, a, b))(L, R)
 
 
@@ -208,7 +201,7 @@ def fit(
         history_size=history_size,
         normalize=normalize,
     )
-    objectives = _exact_objectives(rule, problem, res.L, res.R)
+    objectives = exact_objectives(rule, problem, res.L, res.R)
     best = jnp.argmin(jnp.where(jnp.isnan(objectives), jnp.inf, objectives))
     return FitResult(
         L=res.L[best],

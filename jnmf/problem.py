@@ -26,7 +26,7 @@ from .weights import Weight
 PenaltyPairs = tuple[tuple[Weight, Weight], ...]
 
 
-def _pair_quadratic(pairs: PenaltyPairs, X: Array) -> Array:
+def pair_quadratic(pairs: PenaltyPairs, X: Array) -> Array:
     """sum_j W_R,j X W_C,j, the gradient of 1/2 sum_j tr(X' W_R,j X W_C,j)."""
     out = jnp.zeros_like(X)
     for row, col in pairs:
@@ -36,7 +36,7 @@ def _pair_quadratic(pairs: PenaltyPairs, X: Array) -> Array:
 
 def penalty_value(W_1: Array, pairs: PenaltyPairs, X: Array) -> Array:
     """tr(W_1' X) + 1/2 sum_j tr(X' W_R,j X W_C,j)  (the penalty part of eq. 3)."""
-    return jnp.sum(W_1 * X) + 0.5 * jnp.sum(X * _pair_quadratic(pairs, X))
+    return jnp.sum(W_1 * X) + 0.5 * jnp.sum(X * pair_quadratic(pairs, X))
 
 
 class Problem(eqx.Module):
@@ -135,10 +135,6 @@ class Problem(eqx.Module):
         """
         WL = self.W_0R.left(L)
         RW = self.W_0C.right(R)
-        gL = WL @ (R @ RW.T) - (R @ self.Ywt).T + self.W_1L + _pair_quadratic(self.l2_L, L)
-        gR = (WL.T @ L) @ RW - L.T @ self.Yw + self.W_1R + _pair_quadratic(self.l2_R, R)
+        gL = WL @ (R @ RW.T) - (R @ self.Ywt).T + self.W_1L + pair_quadratic(self.l2_L, L)
+        gR = (WL.T @ L) @ RW - L.T @ self.Yw + self.W_1R + pair_quadratic(self.l2_R, R)
         return gL, gR
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.Y.shape

@@ -108,7 +108,3 @@ class Weight(eqx.Module):
         """The n x n matrix (tests and small problems only)."""
         dtype = dtype or jnp.result_type(float)
         return self.left(jnp.eye(n, dtype=dtype))
-
-    @property
-    def is_identity(self) -> bool:
-        return self.kind == "identity"

@@ -55,7 +55,7 @@ from jax.scipy.special import xlogy
 from jaxtyping import Array
 
 from .._fitwise import fitwise
-from ..problem import Problem, _pair_quadratic, penalty_value
+from ..problem import Problem, pair_quadratic, penalty_value
 from .base import Rule, StepInfo, as_setting, max_abs, rescale_rows
 
 _DIAGONAL_KINDS = ("identity", "scalar", "diag")
@@ -183,13 +183,13 @@ class KLMU(Rule):
         # L half step: num = (Yw / LR) R',  den = w (R v)' + W_1L.
         num = (Yw / jnp.maximum(P, eps)) @ R.T
         den = w[:, None] * (R @ v)[None, :] + problem.W_1L
-        L_new = kl_mm_update(L, num, den, _pair_quadratic(problem.l2_L, L))
+        L_new = kl_mm_update(L, num, den, pair_quadratic(problem.l2_L, L))
 
         # R half step at the new L: num = L' (Yw / LR),  den = (w' L)' v' + W_1R.
         P = L_new @ R
         num = L_new.T @ (Yw / jnp.maximum(P, eps))
         den = (w @ L_new)[:, None] * v[None, :] + problem.W_1R
-        R_new = kl_mm_update(R, num, den, _pair_quadratic(problem.l2_R, R))
+        R_new = kl_mm_update(R, num, den, pair_quadratic(problem.l2_R, R))
 
         P = L_new @ R_new
         info = StepInfo(
