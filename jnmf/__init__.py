@@ -1,53 +1,53 @@
 """jnmf: regularized non-negative matrix factorization as composable JAX functions.
 
 Layers (each imports only those below it): problem -> quadratic -> rules ->
-driver -> batch -> surfaces (rnnmf-compatible functions, fit, estimator, CLI).
+driver -> batch -> surfaces (``fit``, ``sweep``, ``consensus``, the rnnmf front doors,
+the CLI).  The top level holds what users call; building blocks stay in their
+modules (:mod:`jnmf.problem`, :mod:`jnmf.quadratic`, :mod:`jnmf.rules`,
+:mod:`jnmf.driver`, :mod:`jnmf.batch`, :mod:`jnmf.init`).
 """
 
-from .batch import run_grid, run_restarts, with_scalar_penalties
-from .consensus import Consensus, consensus, cophenetic_correlation
+from .consensus import Consensus, consensus
 from .datasets import load_golub
-from .driver import Result, iterate
-from .fitting import METHODS, FitResult, SweepResult, fit, make_rule, sweep
-from .init import initialize, nndsvd, nndsvda, nndsvdar, random_init, sparse_random_init
-from .problem import Problem
-from .quadratic import HalfProblem, VectorQP, half_problem_L, half_problem_R
-from .rnnmf import aurnmf, build_problem, gaurnmf, giqpm, murnmf, objective
-from .weights import Weight
+from .driver import STATUS, Result, Stopping, iterate
+from .fitting import ConvergenceWarning, FitResult, SweepResult, fit, sweep
+from .giqpm import GIQPM
+from .problem import Problem, build_problem
+from .rnnmf import aurnmf, gaurnmf, giqpm, murnmf, objective
+from .rules import ANLS, AURNMF, HALS, KLMU, METHODS, MURNMF, ProjectedGradient, make_rule
 
 __all__ = [
-    "METHODS",
-    "Consensus",
-    "FitResult",
-    "SweepResult",
-    "consensus",
-    "cophenetic_correlation",
+    # surfaces
     "fit",
-    "initialize",
-    "load_golub",
-    "make_rule",
-    "nndsvd",
-    "nndsvda",
-    "nndsvdar",
-    "random_init",
-    "run_grid",
-    "run_restarts",
-    "sparse_random_init",
     "sweep",
-    "with_scalar_penalties",
-    "HalfProblem",
-    "Problem",
-    "Result",
-    "VectorQP",
-    "Weight",
+    "consensus",
+    "load_golub",
+    # rnnmf front doors (Pav 2024)
+    "murnmf",
     "aurnmf",
-    "build_problem",
     "gaurnmf",
     "giqpm",
-    "half_problem_L",
-    "half_problem_R",
-    "iterate",
-    "murnmf",
     "objective",
+    # the problem, rules and driver
+    "Problem",
+    "build_problem",
+    "METHODS",
+    "make_rule",
+    "HALS",
+    "MURNMF",
+    "AURNMF",
+    "ANLS",
+    "KLMU",
+    "ProjectedGradient",
+    "GIQPM",
+    "iterate",
+    "Stopping",
+    "STATUS",
+    # results and warnings
+    "Result",
+    "FitResult",
+    "SweepResult",
+    "Consensus",
+    "ConvergenceWarning",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

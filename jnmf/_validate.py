@@ -7,6 +7,8 @@ shape and dtype; their values are the caller's responsibility.
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,11 +40,63 @@ def _check_values(name: str, arr, *, nonneg: bool = True) -> None:
         raise ValueError(f"{name} must be non-negative; it has entries < 0 (min {arr.min()})")
 
 
+_warned_downcast = False
+
+
+def _warn_float64_downcast() -> None:
+    global _warned_downcast
+    if not _warned_downcast:
+        _warned_downcast = True
+        warnings.warn(
+            "float64 input is computed in float32 because JAX's 64-bit mode is off; to fit in "
+            "float64, run jax.config.update('jax_enable_x64', True) (or set JAX_ENABLE_X64=1) "
+            "before any JAX computation",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
 def float_dtype(*arrays):
-    """The floating dtype of a fit: that of the inputs, canonicalized (float32 unless x64)."""
+    """The floating dtype of a fit (the dtype policy):
+
+    * float64 inputs give float64 when JAX's x64 mode is on, else float32 with a
+      one-time warning saying how to enable float64;
+    * float16/bfloat16 give float32 (half precision is too coarse for the sums of
+      NMF's products);
+    * integer and boolean inputs give float32 (float64 with x64), as scikit-learn
+      converts them.
+    """
     dts = [np.dtype(a.dtype) for a in arrays if a is not None and hasattr(a, "dtype")]
-    dt = np.result_type(*dts) if dts else np.float32
-    return jax.dtypes.canonicalize_dtype(dt if np.dtype(dt).kind == "f" else np.float32)
+    dts = [dt if dt.kind == "f" and dt.itemsize >= 4 else np.dtype(np.float32) for dt in dts]
+    dt = np.result_type(*dts) if dts else np.dtype(np.float32)
+    if any(np.dtype(a.dtype).kind in "iub" for a in arrays if a is not None and hasattr(a, "dtype")):
+        dt = np.result_type(dt, np.float64 if jax.config.jax_enable_x64 else np.float32)
+    if dt == np.float64 and not jax.config.jax_enable_x64:
+        _warn_float64_downcast()
+    return jax.dtypes.canonicalize_dtype(dt)
+
+
+def data(name: str, x) -> np.ndarray:
+    """Data for ``fit``-like surfaces: a non-empty, finite, non-negative 2-d array of any
+    real dtype, converted to its fit dtype (:func:`float_dtype`) on the host."""
+    if x is None:
+        raise ValueError(f"{name} is required")
+    if is_traced(x):
+        raise ValueError(f"{name} must be a concrete array (fit validates and rescales it on the host)")
+    if hasattr(x, "toarray") and not isinstance(x, np.ndarray):  # scipy.sparse
+        x = x.toarray()
+    arr = np.asarray(x)
+    if arr.dtype == object or not (
+        np.dtype(arr.dtype).kind in "iub" or jnp.issubdtype(arr.dtype, jnp.floating)
+    ):
+        raise ValueError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-d matrix, got shape {tuple(arr.shape)}")
+    if arr.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(arr.shape)}")
+    arr = arr.astype(float_dtype(arr), copy=False)
+    _check_values(name, arr)
+    return arr
 
 
 def matrix(name: str, x, *, nonneg: bool = True):

@@ -1,16 +1,20 @@
 """Batching (layer 5): restarts and penalty grids as one compiled program.
 
-Everything here runs the one driver loop over a batch of fits (the rule's step
-under ``jax.vmap``, see :func:`jnmf.driver.iterate_impl`).  Y is shared (not
-batched), so each product with Y becomes one large GEMM over all fits: JAX's
-batching rule for ``dot_general`` folds the batch axis of the factor into its
-free dimension, i.e. the restarts are stacked along the rank axis
-(``(b k) x n`` times ``n x m``), which runs near the machine's matmul peak where a
-loop of small ``k x n`` products cannot.
+Every function here runs the one driver loop (:func:`jnmf.driver.iterate_impl`)
+over a batch of fits, with one of two strategies, chosen here and nowhere else:
 
-The batched ``while_loop`` runs until every fit has stopped; fits that stopped
-early are frozen (their state is carried unchanged), so results equal the
-unbatched ones.
+* ``"vmap"``: the rule's step under ``jax.vmap``, all fits in ONE loop.  Y is shared
+  (not batched), so each product with Y becomes one large GEMM over all fits: JAX's
+  batching rule for ``dot_general`` folds the batch axis of the factor into its free
+  dimension, i.e. the restarts are stacked along the rank axis.  Fits that stopped
+  early are frozen (their state is carried unchanged), so results equal the
+  unbatched ones.
+* ``"map"``: ``lax.map`` over the fits, each with its own loop, in one program.  It
+  shares no product with Y, but each fit stops on its own and runs its unbatched
+  code.
+
+:func:`batching_strategy` picks one per rule and backend from measurements
+(experiments/bench_batching.py); every function takes ``strategy=`` to override it.
 """
 
 from __future__ import annotations
@@ -20,66 +24,61 @@ from collections.abc import Mapping
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array
 
-from .driver import Result, check_static_options, iterate_impl, traced_options
-from .problem import Problem
+from .driver import DEFAULT_STOPPING, Result, Stopping, check_static_options, iterate_impl
+from .problem import Problem, check_replacements
 
-# The penalty leaves a sweep may vary, and where they live in a Problem built by
-# jnmf.build_problem (the first two L2 pairs per side are the scalar form of eq. 4).
-SWEEPABLE = ("lambda_1L", "lambda_1R", "lambda_2L", "lambda_2R", "gamma_2L", "gamma_2R")
+STRATEGIES = ("vmap", "map")
 
-
-def with_scalar_penalties(problem: Problem, **values) -> Problem:
-    """A copy of ``problem`` with eq.-4 scalars added/set; traced values are fine.
-
-    lambda_1* are added to W_1* (the base problem should hold 0 for swept keys);
-    lambda_2* and gamma_2* replace the values of the scalar-form L2 pairs.
-    """
-    unknown = set(values) - set(SWEEPABLE)
-    if unknown:
-        raise ValueError(f"cannot sweep {sorted(unknown)}; sweepable: {SWEEPABLE}")
-    dt = problem.Y.dtype
-    out = problem
-    for side in ("L", "R"):
-        if f"lambda_1{side}" in values:
-            out = eqx.tree_at(
-                lambda p, s=side: getattr(p, f"W_1{s}"),
-                out,
-                getattr(out, f"W_1{side}") + jnp.asarray(values[f"lambda_1{side}"], dt),
-            )
-        if f"lambda_2{side}" in values:
-            out = eqx.tree_at(
-                lambda p, s=side: getattr(p, f"l2_{s}")[0][0].value,
-                out,
-                jnp.asarray(values[f"lambda_2{side}"], dt),
-            )
-        if f"gamma_2{side}" in values:
-            out = eqx.tree_at(
-                lambda p, s=side: getattr(p, f"l2_{s}")[1][1].value,
-                out,
-                jnp.asarray(values[f"gamma_2{side}"], dt),
-            )
-    return out
+# Rules whose batched fits run faster as a loop of fits on CPU (measured, see
+# experiments/bench_batching.py); on GPU/TPU every rule is batched.
+_LOOP_ON_CPU: frozenset[str] = frozenset()
 
 
-def _run_many(rule, problem, states, opts, history_size, normalize):
-    return iterate_impl(rule, problem, states, *opts, history_size, normalize, batched=True)
+def batching_strategy(rule, backend: str | None = None) -> str:
+    """The strategy for a batch of fits of ``rule`` on ``backend`` (default: JAX's)."""
+    backend = backend or jax.default_backend()
+    if backend == "cpu" and getattr(rule, "method_name", None) in _LOOP_ON_CPU:
+        return "map"
+    return "vmap"
+
+
+def _run(rule, problem, states, opts, history_size, normalize, strategy) -> Result:
+    if strategy == "vmap":
+        return iterate_impl(rule, problem, states, *opts, history_size, normalize, batched=True)
+    return jax.lax.map(lambda s: iterate_impl(rule, problem, s, *opts, history_size, normalize), states)
 
 
 @eqx.filter_jit
-def _restarts(rule, problem, states, opts, history_size, normalize) -> Result:
-    return _run_many(rule, problem, states, opts, history_size, normalize)
+def _restarts(rule, problem, states, opts, history_size, normalize, strategy) -> Result:
+    return _run(rule, problem, states, opts, history_size, normalize, strategy)
 
 
 @eqx.filter_jit
-def _grid(rule, problem, grid, states, opts, history_size, normalize) -> Result:
+def _grid(rule, problem, grid, states, opts, history_size, normalize, strategy) -> Result:
     def one_setting(values):
-        return _run_many(
-            rule, with_scalar_penalties(problem, **values), states, opts, history_size, normalize
-        )
+        return _run(rule, problem.replace(**values), states, opts, history_size, normalize, strategy)
 
-    return jax.vmap(one_setting)(grid)
+    if strategy == "vmap":
+        return jax.vmap(one_setting)(grid)
+    return jax.lax.map(one_setting, grid)
+
+
+def _prepare(rule, problem, L0, R0, stopping, overrides, history_size, normalize, strategy):
+    check_static_options(history_size, normalize)
+    stop = (stopping or DEFAULT_STOPPING).replace(**overrides).validate()
+    strategy = strategy or batching_strategy(rule)
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}; got {strategy!r}")
+    if L0.ndim != 3 or R0.ndim != 3 or L0.shape[0] != R0.shape[0]:
+        raise ValueError(
+            f"L0 and R0 must be stacks of starting factors with one leading axis, got shapes "
+            f"{L0.shape} and {R0.shape}"
+        )
+    states = jax.vmap(lambda L, R: rule.init(problem, L, R))(L0, R0)
+    return states, stop.traced(L0.dtype), strategy
 
 
 def run_restarts(
@@ -88,21 +87,35 @@ def run_restarts(
     L0: Array,
     R0: Array,
     *,
-    max_iterations=1000,
-    min_xstep=0.0,
-    tol=0.0,
-    rel_tol=0.0,
+    stopping: Stopping | None = None,
+    max_iterations: int | None = None,
+    min_xstep: float | None = None,
+    tol: float | None = None,
+    rel_tol: float | None = None,
     history_size: int = 1000,
     normalize=None,
+    strategy: str | None = None,
 ) -> Result:
-    """Fit from each of the starting points ``L0[i], R0[i]`` in one jitted, vmapped loop.
+    """Fit from each of the starting points ``L0[i], R0[i]`` as one compiled program.
 
-    Returns a :class:`~jnmf.driver.Result` whose leaves have a leading restart axis.
+    Args:
+        rule: an NMF rule; ``rule.check(problem)`` runs first.
+        problem: the :class:`~jnmf.problem.Problem` (run as given: ``jnmf.fit`` also
+            rescales the data, see :func:`jnmf.fitting.fit`).
+        L0, R0: starting factors with a leading restart axis, ``(b, m, k)`` and ``(b, k, n)``.
+        stopping, max_iterations, min_xstep, tol, rel_tol: as for :func:`jnmf.driver.iterate`.
+        history_size, normalize: as for :func:`jnmf.driver.iterate`.
+        strategy: ``"vmap"`` or ``"map"`` (default: :func:`batching_strategy`).
+
+    Returns:
+        A :class:`~jnmf.driver.Result` whose leaves have a leading restart axis.
     """
-    check_static_options(history_size, normalize)
-    states = jax.vmap(lambda L, R: rule.init(problem, L, R))(L0, R0)
-    opts = traced_options(L0.dtype, max_iterations, min_xstep, tol, rel_tol)
-    return _restarts(rule, problem, states, opts, int(history_size), normalize)
+    rule.check(problem)
+    overrides = dict(max_iterations=max_iterations, min_xstep=min_xstep, tol=tol, rel_tol=rel_tol)
+    states, opts, strategy = _prepare(
+        rule, problem, L0, R0, stopping, overrides, history_size, normalize, strategy
+    )
+    return _restarts(rule, problem, states, opts, int(history_size), normalize, strategy)
 
 
 def run_grid(
@@ -112,21 +125,41 @@ def run_grid(
     L0: Array,
     R0: Array,
     *,
-    max_iterations=1000,
-    min_xstep=0.0,
-    tol=0.0,
-    rel_tol=0.0,
+    stopping: Stopping | None = None,
+    max_iterations: int | None = None,
+    min_xstep: float | None = None,
+    tol: float | None = None,
+    rel_tol: float | None = None,
     history_size: int = 1000,
     normalize=None,
+    strategy: str | None = None,
 ) -> Result:
-    """Fit every (penalty setting, restart) pair as one program.
+    """Fit every (setting, restart) pair as one compiled program.
 
-    ``grid`` maps sweepable names to 1-d arrays of equal length G (one entry per
-    setting); the result's leaves have leading axes (G, restarts).
+    Args:
+        rule, problem, L0, R0, stopping, ...: as for :func:`run_restarts`.
+        grid: maps leaf names of :meth:`jnmf.problem.Problem.replace` (``lambda_1L`` ...
+            ``gamma_2R``, ``W_1L``, ``W_1R``, ``W_0R``, ``W_0C``) to arrays with one leading
+            axis of equal length G (one entry per setting).  Each value REPLACES the
+            problem's.
+
+    Returns:
+        A :class:`~jnmf.driver.Result` whose leaves have leading axes (G, restarts).
     """
-    check_static_options(history_size, normalize)
     dt = L0.dtype
-    grid = {key: jnp.asarray(v, dt) for key, v in grid.items()}
-    states = jax.vmap(lambda L, R: rule.init(problem, L, R))(L0, R0)
-    opts = traced_options(dt, max_iterations, min_xstep, tol, rel_tol)
-    return _grid(rule, problem, grid, states, opts, int(history_size), normalize)
+    m, n = problem.Y.shape
+    k = L0.shape[-1]
+    grid = {key: np.asarray(v, dt) for key, v in grid.items()}
+    sizes = {v.shape[0] if v.ndim else None for v in grid.values()}
+    if not grid or None in sizes or len(sizes) != 1:
+        raise ValueError("grid must map names to arrays with one leading axis of equal length")
+    for i in range(next(iter(sizes))):
+        values = {key: v[i] for key, v in grid.items()}
+        check_replacements(values, m, n, k)
+        rule.check(problem.replace(**values))
+    overrides = dict(max_iterations=max_iterations, min_xstep=min_xstep, tol=tol, rel_tol=rel_tol)
+    states, opts, strategy = _prepare(
+        rule, problem, L0, R0, stopping, overrides, history_size, normalize, strategy
+    )
+    grid = {key: jnp.asarray(v) for key, v in grid.items()}
+    return _grid(rule, problem, grid, states, opts, int(history_size), normalize, strategy)

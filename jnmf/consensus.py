@@ -15,10 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from . import _validate as check
-from .batch import run_restarts
-from .fitting import exact_objectives, make_rule, starting_points
-from .rnnmf import build_problem
+from .fitting import fit
 
 
 class Consensus(eqx.Module):
@@ -77,18 +74,26 @@ def consensus(
 ) -> Consensus:
     """Consensus matrix and cophenetic correlation of ``restarts`` fits (one program).
 
-    The default method is the KL-divergence update Brunet et al. used."""
-    Y = jnp.asarray(check.matrix("Y", Y))
-    rank = check.positive_int("rank", rank)
-    restarts = check.positive_int("restarts", restarts)
-    rule = make_rule(method)
-    problem = build_problem(Y, rank)
-    key = jax.random.key(0) if key is None else key
-    L0, R0 = starting_points(Y, rank, "random", restarts, key)
-    res = run_restarts(rule, problem, L0, R0, max_iterations=max_iterations, tol=tol, history_size=1)
-    C = jnp.mean(jax.vmap(connectivity)(res.R), axis=0)
-    obj = exact_objectives(rule, problem, res.L, res.R)
-    loss = jax.vmap(problem.loss)(res.L, res.R)
-    best = int(jnp.argmin(obj))
-    labels = jnp.argmax(res.R[best], axis=0)
-    return Consensus(rank, C, labels, cophenetic_correlation(np.asarray(C)), obj, loss)
+    Args:
+        Y: ``m x n`` non-negative data (samples are the n columns).
+        rank: the number of factors (clusters).
+        restarts: number of random restarts.
+        method: any method of :func:`jnmf.fit`; default the KL-divergence update Brunet
+            et al. (2004) used.
+        key: int seed, JAX key or NumPy Generator.
+        max_iterations, tol: stopping settings of each restart.
+
+    Returns:
+        A :class:`Consensus`.
+    """
+    res = fit(
+        Y, rank, method=method, restarts=restarts, key=key, max_iterations=max_iterations, tol=tol,
+        history_size=1, return_all=True,
+    )  # fmt: skip
+    C = jnp.mean(jax.vmap(connectivity)(res.all_R), axis=0)
+    Yh = jnp.asarray(np.asarray(Y), res.L.dtype)
+    loss = jax.vmap(lambda L, R: 0.5 * jnp.sum((Yh - L @ R) ** 2))(res.all_L, res.all_R)
+    labels = jnp.argmax(res.R, axis=0)
+    return Consensus(
+        rank, C, labels, cophenetic_correlation(np.asarray(C)), jnp.asarray(res.objectives), loss
+    )

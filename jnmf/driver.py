@@ -1,30 +1,107 @@
 """The one iteration driver (layer 4): a single ``lax.while_loop`` for every rule.
 
-It owns step counting, the stopping rules, the objective history and the
-result.  Everything that may change between calls without changing shapes
+It owns step counting, the stopping rules, the status, the objective history and
+the result.  Everything that may change between calls without changing shapes
 (``max_iterations``, ``min_xstep``, ``tol``, ``rel_tol``, penalty values, rule
 settings) is traced, so changing it never recompiles; only ``history_size`` and
 ``normalize`` are static.
 
-Stopping rules (any may end the loop):
+Stopping rules (:class:`Stopping`; any may end the loop):
 
-* rnnmf's: the largest absolute step of every factor is below ``min_xstep``;
-* relative objective change: ``|f_{k-1} - f_k| <= tol |f_{k-1}|`` (``tol=0`` disables);
-* the lecture's relative change of the factors (seed 001):
+* rnnmf's: the largest absolute step of every factor is below ``min_xstep``
+  (``0`` disables).  In float32 (and narrower) a step below ``4 eps max|X|`` is
+  rounding noise, so there the threshold is ``max(min_xstep, 4 eps max|X|)``: rnnmf's
+  absolute ``1e-9`` could otherwise never fire on data of order 1.  Float64 uses
+  ``min_xstep`` exactly, as rnnmf;
+* relative objective change: ``|f_{k-1} - f_k| <= tol |f_{k-1}|`` (``0`` disables);
+* relative change of the factors (the stopping rule of the DAMC lecture notes,
+  Xiamen University 2022):
   ``delta = sum_i ||X_i^{k} - X_i^{k-1}||_F / ||X_i^{k-1}||_F < rel_tol`` (``0`` disables);
-* ``max_iterations`` reached, or the rule reports it is stuck.
+* ``max_iterations`` reached, the rule reports it is stuck, or the objective or a
+  factor stopped being finite.
+
+Every result carries a :data:`STATUS` code: converged / max_iterations / stuck /
+nonfinite.
+
+A rule is any object with ``init``, ``step(problem, state) -> (state, StepInfo)``,
+``objective(problem, state)``, ``factors(state)``, ``result_factors(state)`` and
+``check(problem)`` (and ``rescale(state, mode)`` for ``normalize``): the NMF rules of
+:mod:`jnmf.rules` and :class:`jnmf.giqpm.GIQPM`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array
 
+from . import _validate as check
+
 Normalize = Literal["max", "sum"] | None
+
+# Status codes of a result, in the order they are tested.
+STATUS = ("converged", "max_iterations", "stuck", "nonfinite")
+CONVERGED, MAX_ITERATIONS, STUCK, NONFINITE = range(4)
+
+# Steps below this many ulps of the factor's largest entry are rounding noise.
+_NOISE_ULPS = 4.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Stopping:
+    """The stopping settings shared by ``iterate``, the batch functions, ``fit``,
+    ``sweep`` and the CLI (the rnnmf front doors use :data:`RNNMF_STOPPING`).
+
+    Attributes:
+        max_iterations: iteration cap (default 1000).
+        tol: relative objective change ``|f_{k-1} - f_k| <= tol |f_{k-1}|`` (default
+            1e-4, as scikit-learn; 0 disables).
+        min_xstep: rnnmf's largest-step test (default 0, off; see the module docstring
+            for float32).
+        rel_tol: relative change of the factors (default 0, off).
+    """
+
+    max_iterations: int = 1000
+    tol: float = 1e-4
+    min_xstep: float = 0.0
+    rel_tol: float = 0.0
+
+    def replace(self, **overrides) -> Stopping:
+        """A copy with the given (non-None) settings replaced."""
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def validate(self) -> Stopping:
+        """Check every setting on the host (ValueError naming it)."""
+        check.positive_int("max_iterations", self.max_iterations, allow_zero=True)
+        for name in ("tol", "min_xstep", "rel_tol"):
+            check.nonneg_scalar(name, getattr(self, name))
+        return self
+
+    def traced(self, dtype) -> tuple:
+        """The settings as arrays, so new values never recompile."""
+        return (
+            jnp.asarray(self.max_iterations, jnp.int32),
+            jnp.asarray(self.min_xstep, dtype),
+            jnp.asarray(self.tol, dtype),
+            jnp.asarray(self.rel_tol, dtype),
+        )
+
+
+DEFAULT_STOPPING = Stopping()
+RNNMF_STOPPING = Stopping(max_iterations=1000, tol=0.0, min_xstep=1e-9)
+
+
+def status_names(status) -> str | np.ndarray:
+    """The name(s) of status code(s): a str for one fit, an array of str for a batch."""
+    codes = np.asarray(status)
+    if codes.ndim == 0:
+        return STATUS[int(codes)]
+    return np.array(STATUS, dtype=object)[codes]
 
 
 class Result(eqx.Module):
@@ -34,6 +111,7 @@ class Result(eqx.Module):
         factors: the final factors ((L, R) for NMF rules, (x,) for GIQPM).
         iterations: number of iterations taken.
         converged: whether a convergence test (not the iteration cap) stopped it.
+        status: a code of :data:`STATUS` (``status_name`` gives its name).
         objective: the objective at the final iterate (computed from the residual).
         history: objective after iterations ``stride, 2 stride, ...`` (NaN-padded),
             a fixed-size buffer so ``max_iterations`` never changes shapes.  Rules
@@ -47,11 +125,16 @@ class Result(eqx.Module):
     factors: tuple
     iterations: Array
     converged: Array
+    status: Array
     objective: Array
     history: Array
     history_stride: Array
     steps: Array
     state: Any
+
+    @property
+    def status_name(self):
+        return status_names(self.status)
 
     @property
     def L(self) -> Array:
@@ -67,11 +150,11 @@ class Result(eqx.Module):
 
     @property
     def Lstep(self) -> Array:
-        return self.steps[0]
+        return self.steps[..., 0]
 
     @property
     def Rstep(self) -> Array:
-        return self.steps[1]
+        return self.steps[..., 1]
 
 
 def _relative_change(new: tuple, old: tuple) -> Array:
@@ -105,8 +188,11 @@ def iterate_impl(
     small products.
     """
     per_fit = (lambda f: jax.vmap(f)) if batched else (lambda f: f)
+    if hasattr(problem, "prepared"):
+        problem = problem.prepared()  # derived data terms, once per fit
     factors0 = rule.factors(state)
     dtype = factors0[0].dtype
+    noise_floor = jnp.finfo(dtype).eps > 1e-10  # static: float32 and narrower
     f0 = per_fit(lambda s: rule.objective(problem, s).astype(dtype))(state)
     lead = f0.shape  # () or (batch,)
     stride = jnp.maximum(1, -(-max_iterations // history_size)).astype(jnp.int32)
@@ -124,7 +210,12 @@ def iterate_impl(
         slot = jnp.clip(k // stride - 1, 0, history_size - 1)
         history = history.at[slot].set(jnp.where(record, f_new, history[slot]))
         steps = info.steps.astype(dtype)
-        converged = jnp.max(steps) < min_xstep
+        threshold = min_xstep
+        if noise_floor:
+            sizes = jnp.stack([jnp.max(jnp.abs(x)) for x in rule.factors(state)]).astype(dtype)
+            floor = _NOISE_ULPS * jnp.finfo(dtype).eps * sizes
+            threshold = jnp.where(min_xstep > 0, jnp.maximum(min_xstep, floor), 0.0)
+        converged = jnp.all(steps < threshold)
         converged |= (tol > 0) & (jnp.abs(f - f_new) <= tol * jnp.abs(f))
         # the relative change costs passes over the factors: only when asked for
         rel = jax.lax.cond(
@@ -134,8 +225,14 @@ def iterate_impl(
         )
         converged |= rel < rel_tol
         converged |= halted
-        done = converged | (k >= max_iterations) | info.stuck
-        return k, state, f_new, history, steps, converged, done
+        finite = jnp.isfinite(f_new) & jnp.all(jnp.isfinite(steps))
+        converged &= finite
+        stuck = info.stuck & finite & ~converged
+        status = jnp.select(
+            [~finite, converged, stuck], [NONFINITE, CONVERGED, STUCK], MAX_ITERATIONS
+        ).astype(jnp.int32)
+        done = converged | (k >= max_iterations) | stuck | ~finite
+        return k, state, f_new, history, steps, converged, status, done
 
     def cond(carry):
         return jnp.any(~carry[-1])
@@ -160,35 +257,28 @@ def iterate_impl(
         jnp.full(lead + (history_size,), jnp.nan, dtype),
         jnp.full(lead + (len(factors0),), jnp.inf, dtype),
         jnp.zeros(lead, bool),
+        jnp.full(lead, MAX_ITERATIONS, jnp.int32),
         jnp.broadcast_to(max_iterations <= 0, lead),
     )
-    k, state, _, history, steps, converged, _ = jax.lax.while_loop(cond, body, carry)
+    k, state, _, history, steps, converged, status, _ = jax.lax.while_loop(cond, body, carry)
     # The per-iteration objective (history, tol test) is the cheap form of
     # quadratic.objective_after_R_step, exact only to ~eps ||Y||^2; the reported
     # final objective is recomputed once, from the residual.
     f = per_fit(lambda s: rule.objective(problem, s).astype(dtype))(state)
     factors = per_fit(rule.result_factors)(state)
-    return Result(factors, k, converged, f, history, jnp.broadcast_to(stride, lead), steps, state)
+    # a final objective that overflows (the cheap one did not) is non-finite too
+    status = jnp.where(jnp.isfinite(f), status, NONFINITE).astype(jnp.int32)
+    converged = converged & (status == CONVERGED)
+    return Result(factors, k, converged, status, f, history, jnp.broadcast_to(stride, lead), steps, state)
 
 
 _iterate = eqx.filter_jit(iterate_impl)
 
 
-def traced_options(dtype, max_iterations, min_xstep, tol, rel_tol) -> tuple:
-    """The run options as arrays, so new values never recompile."""
-    return (
-        jnp.asarray(max_iterations, jnp.int32),
-        jnp.asarray(min_xstep, dtype),
-        jnp.asarray(tol, dtype),
-        jnp.asarray(rel_tol, dtype),
-    )
-
-
 def check_static_options(history_size, normalize) -> None:
     if normalize not in (None, "max", "sum"):
         raise ValueError(f"normalize must be None, 'max' or 'sum'; got {normalize!r}")
-    if int(history_size) < 1:
-        raise ValueError(f"history_size must be positive; got {history_size}")
+    check.positive_int("history_size", history_size)
 
 
 def iterate(
@@ -196,10 +286,11 @@ def iterate(
     problem,
     state,
     *,
-    max_iterations: int = 1000,
-    min_xstep: float = 1e-9,
-    tol: float = 0.0,
-    rel_tol: float = 0.0,
+    stopping: Stopping | None = None,
+    max_iterations: int | None = None,
+    min_xstep: float | None = None,
+    tol: float | None = None,
+    rel_tol: float | None = None,
     history_size: int = 1000,
     normalize: Normalize = None,
 ) -> Result:
@@ -207,8 +298,28 @@ def iterate(
 
     Jittable and vmappable: ``jax.vmap`` over starting states or problem leaves
     runs all fits in one loop (finished ones are frozen by the batched loop).
+
+    Args:
+        rule: an NMF rule (:mod:`jnmf.rules`) or :class:`jnmf.giqpm.GIQPM`.
+        problem: the :class:`~jnmf.problem.Problem` (or :class:`~jnmf.quadratic.VectorQP`).
+        state: the rule's starting state (``rule.init(problem, L0, R0)``).
+        stopping: the stopping settings (default :data:`DEFAULT_STOPPING`); the
+            keywords ``max_iterations``, ``min_xstep``, ``tol``, ``rel_tol`` override it.
+        history_size: length of the objective history buffer (static).
+        normalize: ``"max"``/``"sum"`` rescale L's columns after every iteration (static).
+
+    Returns:
+        A :class:`Result` with the factors, iteration count, status and history.
+
+    Raises:
+        ValueError: a bad setting, or a problem the rule cannot solve (``rule.check``).
     """
     check_static_options(history_size, normalize)
+    stop = (stopping or DEFAULT_STOPPING).replace(
+        max_iterations=max_iterations, min_xstep=min_xstep, tol=tol, rel_tol=rel_tol
+    )
+    if not any(check.is_traced(x) for x in jax.tree.leaves(dataclasses.astuple(stop))):
+        stop.validate()
+    rule.check(problem)
     dtype = rule.factors(state)[0].dtype
-    opts = traced_options(dtype, max_iterations, min_xstep, tol, rel_tol)
-    return _iterate(rule, problem, state, *opts, int(history_size), normalize)
+    return _iterate(rule, problem, state, *stop.traced(dtype), int(history_size), normalize)

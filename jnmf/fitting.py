@@ -1,14 +1,24 @@
 """``jnmf.fit`` and ``jnmf.sweep``: the entry points users reach for (layer 6).
 
 ``fit`` factors Y at a given rank with any rule, from any initialization, with
-N restarts run as ONE jitted, vmapped program, and returns the best fit by
-objective together with every restart's objective and iteration count.
-``sweep`` does the same over a grid of eq.-4 penalty values x restarts.
+N restarts run as ONE compiled program, and returns the best fit by objective
+together with every restart's summary (and, on request, every restart's factors).
+``sweep`` does the same over a grid of penalty values x restarts.
+
+Both are scale-robust: the data are divided by their largest entry, the penalty
+values are transformed along (:meth:`jnmf.problem.Problem.scaled`), and the
+factors are mapped back, so ``fit(c Y)`` returns ``c`` times the product of
+``fit(Y)`` for any c from 1e-30 to 1e30, in float32, for every method, and
+penalties keep their meaning.  Rule settings in absolute units (MU's ``epsilon``,
+AU's ``zero_tolerance``, KL's ``epsilon``, an optax learning rate) therefore apply to
+the scaled data, whose largest entry is 1.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import equinox as eqx
@@ -19,211 +29,288 @@ import optax
 from jaxtyping import Array
 
 from . import _validate as check
-from .batch import SWEEPABLE, run_grid, run_restarts, with_scalar_penalties
+from .batch import run_grid, run_restarts
+from .driver import CONVERGED, NONFINITE, STATUS, Stopping, status_names
 from .init import INITIALIZERS, initialize
-from .problem import Problem
-from .rnnmf import build_problem
-from .rules import ANLS, AURNMF, HALS, KLMU, MURNMF, ProjectedGradient, Rule
-from .rules.anls import anls_supported
-from .rules.kl import kl_objective, kl_supported
+from .problem import REPLACEABLE, Problem, build_problem, check_replacements, scale_factors
+from .rules import DEFAULT_METHOD, METHODS, AlternatingRule, make_rule
 
-DEFAULT_METHOD = "ahals"
-
-METHODS = {
-    "hals": "HALS (Cichocki & Phan 2009), one column sweep per half step",
-    "ahals": "accelerated HALS (Gillis & Glineur 2012): repeated sweeps while they pay",
-    "mu": "multiplicative update (Lee & Seung; MURNMF, Pav 2024 Alg. 1)",
-    "au": "additive update with optimal step (AURNMF/GAURNMF, Pav 2024 Alg. 3)",
-    "anls": "alternating non-negative least squares, exact NNLS half steps",
-    "kl": "KL-divergence multiplicative update (Lee & Seung)",
-    "pg": "projected gradient driven by an optax optimizer (default adam(1e-2))",
-}
+__all__ = [
+    "ConvergenceWarning",
+    "FitResult",
+    "SweepResult",
+    "fit",
+    "sweep",
+    "DEFAULT_METHOD",
+    "METHODS",
+    "make_rule",
+]
 
 
-def make_rule(method: str | Rule | optax.GradientTransformation) -> Rule:
-    """A rule from a method name, a :class:`~jnmf.rules.Rule`, or an optax optimizer."""
-    if isinstance(method, Rule):
-        return method
-    if isinstance(method, optax.GradientTransformation):
-        return ProjectedGradient(method)
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(
-            f"method must be one of {sorted(METHODS)}, a jnmf Rule or an optax optimizer; got {method!r}"
-        )
-    return {
-        "hals": lambda: HALS(inner_sweeps=1),
-        "ahals": lambda: HALS(inner_sweeps=None),
-        "mu": lambda: MURNMF(),
-        "au": lambda: AURNMF(),
-        "anls": lambda: ANLS(),
-        "kl": lambda: KLMU(),
-        "pg": lambda: ProjectedGradient(optax.adam(1e-2)),
-    }[method]()
-
-
-def check_support(rule: Rule, problem: Problem, penalties: Mapping) -> None:
-    """Reject settings a rule cannot solve exactly (ValueError naming the setting)."""
-    if isinstance(rule, KLMU) and not kl_supported(problem):
-        raise ValueError("method='kl' needs identity, scalar or diagonal W_0R and W_0C")
-    if isinstance(rule, ANLS):
-        if not anls_supported(problem):
-            raise ValueError(
-                "method='anls' needs identity, scalar or diagonal W_0R, W_0C and L2 row weights "
-                "(its NNLS half steps are solved row by row)"
-            )
-        if np.any(np.asarray(penalties.get("gamma_2R", 0.0)) != 0):
-            raise ValueError("method='anls' does not support gamma_2R (it couples the columns of R)")
+class ConvergenceWarning(UserWarning):
+    """The returned fit stopped at the iteration cap, not on a convergence test."""
 
 
 class FitResult(eqx.Module):
     """The best of ``restarts`` fits, plus every restart's summary.
 
+    Objectives are in the user's units (float64 NumPy values: data near 1e30 have
+    objectives near 1e60, beyond float32).
+
     Attributes:
-        L, R: the best factors.
+        L, R: the best factors (``m x k``, ``k x n``).
         objective: the best restart's objective (eq. 3, or KL for ``method="kl"``),
             recomputed from the residual.
-        iterations, converged, history, history_stride: of the best restart.
-        objectives, all_iterations, all_converged: per restart.
+        iterations, converged, status, history, history_stride: of the best restart
+            (``status`` is a code of :data:`jnmf.driver.STATUS`; see ``status_name``).
+        objectives, all_iterations, all_converged, all_status: per restart.
         best: index of the best restart.
+        all_L, all_R: every restart's factors (``restarts x m x k``, ``restarts x k x n``)
+            with ``return_all=True``, else None.
     """
 
     L: Array
     R: Array
-    objective: Array
+    objective: np.ndarray
     iterations: Array
     converged: Array
-    history: Array
+    status: Array
+    history: np.ndarray
     history_stride: Array
-    objectives: Array
+    objectives: np.ndarray
     all_iterations: Array
     all_converged: Array
-    best: Array
+    all_status: Array
+    best: int = eqx.field(static=True)
+    all_L: Array | None = None
+    all_R: Array | None = None
+
+    @property
+    def status_name(self) -> str:
+        """The best restart's status: converged / max_iterations / stuck / nonfinite."""
+        return status_names(self.status)
+
+
+def as_key(key) -> Array:
+    """A JAX key from None (seed 0), an int seed, a JAX key or a NumPy Generator."""
+    if key is None:
+        return jax.random.key(0)
+    if isinstance(key, np.random.Generator):
+        return jax.random.key(int(key.integers(0, 2**31 - 1)))
+    if isinstance(key, int | np.integer) and not isinstance(key, bool):
+        return jax.random.key(int(key))
+    if isinstance(key, jax.Array) and (
+        jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or (key.dtype == jnp.uint32 and key.shape == (2,))
+    ):
+        return key
+    raise ValueError(f"key must be None, an int seed, a JAX PRNG key or a numpy Generator; got {key!r}")
+
+
+def data_scale(Y: np.ndarray) -> float:
+    """max(Y), or 1 for an all-zero Y: ``fit`` works on ``Y / data_scale(Y)``.
+
+    Dividing by max(Y) itself (not a nearby power of 2, which would be exact) makes
+    the scaled data of ``Y`` and ``c Y`` equal up to rounding, so even rules that are
+    not scale-equivariant (an optax optimizer's absolute learning rate) give ``c``
+    times the same fit.
+    """
+    top = float(np.max(Y)) if Y.size else 0.0
+    return top if top > 0 else 1.0
 
 
 def starting_points(Y, rank: int, init, restarts: int, key) -> tuple[Array, Array]:
+    """``restarts`` starting pairs, stacked: from an initializer name or one user (L0, R0)."""
     if isinstance(init, tuple | list):
         L0, R0 = init
         _, L0, R0 = check.factors(Y, L0, R0)
         if L0.shape[1] != rank:
             raise ValueError(f"init L has rank {L0.shape[1]}, expected rank={rank}")
         return jnp.broadcast_to(L0, (restarts, *L0.shape)), jnp.broadcast_to(R0, (restarts, *R0.shape))
-    if init not in INITIALIZERS:
-        raise ValueError(f"init must be one of {sorted(INITIALIZERS)} or (L, R); got {init!r}")
     keys = jax.random.split(key, restarts)
     return jax.vmap(lambda k: initialize(Y, rank, init, k))(keys)
 
 
-def _common(Y, rank, method, init, restarts, key, max_iterations, tol, min_xstep, rel_tol):
-    Y = check.matrix("Y", Y)
+class _Setup(eqx.Module):
+    """Validated inputs shared by ``fit`` and ``sweep`` (host side, before compiling)."""
+
+    Y: np.ndarray
+    rank: int
+    rule: AlternatingRule
+    restarts: int
+    key: Array
+    stopping: Stopping
+    scale: float
+    degree: int
+
+
+def _setup(Y, rank, method, init, restarts, key, stopping, overrides) -> _Setup:
+    Y = check.data("Y", Y)
     rank = check.positive_int("rank", rank)
     if rank > min(Y.shape):
         raise ValueError(f"rank must be at most min(Y.shape) = {min(Y.shape)}, got {rank}")
     restarts = check.positive_int("restarts", restarts)
-    check.positive_int("max_iterations", max_iterations, allow_zero=True)
-    for name, v in (("tol", tol), ("min_xstep", min_xstep), ("rel_tol", rel_tol)):
-        check.nonneg_scalar(name, v)
-    Y = jnp.asarray(Y, check.float_dtype(Y))
-    key = jax.random.key(0) if key is None else key
-    return Y, rank, make_rule(method), restarts, key
+    stop = (stopping or Stopping()).replace(**overrides).validate()
+    rule = make_rule(method)
+    if not isinstance(init, tuple | list) and init not in INITIALIZERS:
+        raise ValueError(f"init must be one of {sorted(INITIALIZERS)} or an (L, R) pair; got {init!r}")
+    degree = 1 if rule.method_name == "kl" else 2  # the objective's degree in Y
+    return _Setup(Y, rank, rule, restarts, as_key(key), stop, data_scale(Y), degree)
 
 
-def evaluate(rule, problem, L, R):
-    """The objective a rule minimizes, recomputed exactly (KL for KLMU, else eq. 3)."""
-    if isinstance(rule, KLMU):
-        return kl_objective(problem, L, R)
-    return problem.objective(L, R)
+def _scaled_starts(s: _Setup, Ys, init) -> tuple[Array, Array]:
+    root = math.sqrt(s.scale)
+    if isinstance(init, tuple | list):
+        init = (check.matrix("init L", init[0]) / root, check.matrix("init R", init[1]) / root)
+    return starting_points(Ys, s.rank, init, s.restarts, s.key)
 
 
-def _problem_and_starts(Y, rank, rule, init, restarts, key, W_0R, W_0C, penalties, swept):
-    """The validated problem (swept penalties enter later, as traced values) and the
-    restarts' starting points."""
-    problem = build_problem(Y, rank, W_0R=W_0R, W_0C=W_0C, **penalties)
-    check_support(rule, problem, {**penalties, **swept})
-    return (problem, *starting_points(Y, rank, init, restarts, key))
+def _pick_best(objectives: np.ndarray, status: np.ndarray) -> int:
+    ok = np.isfinite(objectives) & (status != NONFINITE)
+    if not ok.any():
+        raise FloatingPointError(
+            "every restart produced non-finite values; jnmf rescales its input, so this should not "
+            "happen for valid data: please report it with the data's shape, dtype and range"
+        )
+    return int(np.argmin(np.where(ok, objectives, np.inf)))
 
 
-@eqx.filter_jit
-def exact_objectives(rule, problem, L, R):
-    """Each fit's objective (:func:`evaluate`), jitted and vmapped over the leading axis."""
-    return jax.vmap(lambda a, b: evaluate(rule, problem, a, b))(L, R)
+def _warn_status(status_code: int, where: str) -> None:
+    if status_code != CONVERGED and STATUS[status_code] == "max_iterations":
+        warnings.warn(
+            f"{where} stopped at max_iterations without meeting a convergence test; "
+            "raise max_iterations or loosen tol",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+
+
+def _zero_fit(s: _Setup, return_all: bool, history_size: int) -> FitResult:
+    """An all-zero Y: the zero factors are the exact solution (status converged)."""
+    m, n = s.Y.shape
+    dt = s.Y.dtype
+    b = s.restarts
+    zeros_b = np.zeros(b)
+    return FitResult(
+        L=jnp.zeros((m, s.rank), dt),
+        R=jnp.zeros((s.rank, n), dt),
+        objective=np.float64(0.0),
+        iterations=jnp.zeros((), jnp.int32),
+        converged=jnp.ones((), bool),
+        status=jnp.asarray(CONVERGED, jnp.int32),
+        history=np.full(history_size, np.nan),
+        history_stride=jnp.ones((), jnp.int32),
+        objectives=zeros_b,
+        all_iterations=jnp.zeros(b, jnp.int32),
+        all_converged=jnp.ones(b, bool),
+        all_status=jnp.full(b, CONVERGED, jnp.int32),
+        best=0,
+        all_L=jnp.zeros((b, m, s.rank), dt) if return_all else None,
+        all_R=jnp.zeros((b, s.rank, n), dt) if return_all else None,
+    )
 
 
 def fit(
     Y,
     rank: int,
     *,
-    method: str | Rule | optax.GradientTransformation = DEFAULT_METHOD,
+    method: str | AlternatingRule | optax.GradientTransformation = DEFAULT_METHOD,
     init="random",
     restarts: int = 1,
     key=None,
-    max_iterations: int = 500,
-    tol: float = 1e-4,
-    min_xstep: float = 0.0,
-    rel_tol: float = 0.0,
+    stopping: Stopping | None = None,
+    max_iterations: int | None = None,
+    tol: float | None = None,
+    min_xstep: float | None = None,
+    rel_tol: float | None = None,
     normalize=None,
     history_size: int = 1000,
+    return_all: bool = False,
+    strategy: str | None = None,
     W_0R=None,
     W_0C=None,
     **penalties,
 ) -> FitResult:
-    """Factor a non-negative ``Y ~ L R`` at ``rank``.
+    """Factor a non-negative ``Y ~ L R`` at ``rank`` (eq. 3 of Pav 2024, or KL).
 
     Args:
-        Y: ``m x n`` non-negative floating-point data.
+        Y: ``m x n`` non-negative data (integers are converted; float16/bfloat16 are
+            computed in float32; float64 needs JAX's x64 mode, else float32 with a warning).
         rank: the inner dimension k.
-        method: a name in :data:`METHODS` (default ``"ahals"``, accelerated HALS,
-            the fastest Frobenius solver measured, see experiments/bench_orl.py), a
-            :class:`~jnmf.rules.Rule`,
-            or an optax optimizer (projected gradient).
+        method: a name in :data:`jnmf.rules.METHODS` (default ``"ahals"``, accelerated
+            HALS, the fastest Frobenius solver measured, see experiments/bench_orl.py),
+            a rule of :mod:`jnmf.rules`, or an optax optimizer (projected gradient).
         init: ``"random"`` (scikit-learn's scaling), ``"sparse"``, ``"nndsvd"``,
-            ``"nndsvda"``, ``"nndsvdar"`` or an ``(L0, R0)`` tuple.
-        restarts: number of fits, run as one vmapped program; the best is returned.
-        key: a ``jax.random`` key for the initializations (default ``key(0)``).
-        max_iterations, tol, min_xstep, rel_tol: stopping rules (see
-            :mod:`jnmf.driver`); ``tol=0`` disables the relative objective test.
-        normalize: ``"max"``/``"sum"`` rescale L's columns each iteration (seed 001).
+            ``"nndsvda"``, ``"nndsvdar"`` or an ``(L0, R0)`` pair.
+        restarts: number of fits, run as one compiled program; the best is returned.
+        key: int seed, JAX key or NumPy Generator for the initializations (default 0).
+        stopping: a :class:`~jnmf.driver.Stopping` (default: its documented defaults,
+            1000 iterations, ``tol=1e-4``); ``max_iterations``, ``tol``, ``min_xstep``,
+            ``rel_tol`` override single settings.
+        normalize: ``"max"``/``"sum"`` rescale L's columns every iteration.
+        history_size: length of the objective history buffer.
+        return_all: also return every restart's factors (``all_L``, ``all_R``).
+        strategy: ``"vmap"`` or ``"map"`` batching of restarts (default: per backend,
+            :func:`jnmf.batch.batching_strategy`).
         W_0R, W_0C, **penalties: weights and penalties of eq. 3 / eq. 4, as for
-            :func:`jnmf.objective`.
+            :func:`jnmf.problem.build_problem` (``lambda_1L`` ... ``gamma_2R``, ``W_1L`` ...).
+
+    Returns:
+        A :class:`FitResult`.  Warns :class:`ConvergenceWarning` when the best fit hit the
+        iteration cap.
+
+    Raises:
+        ValueError: bad input or settings, naming the argument (before compiling).
+        FloatingPointError: every restart became non-finite (a bug for valid input).
     """
-    Y, rank, rule, restarts, key = _common(
-        Y, rank, method, init, restarts, key, max_iterations, tol, min_xstep, rel_tol
-    )
-    problem, L0, R0 = _problem_and_starts(Y, rank, rule, init, restarts, key, W_0R, W_0C, penalties, {})
+    overrides = dict(max_iterations=max_iterations, tol=tol, min_xstep=min_xstep, rel_tol=rel_tol)
+    s = _setup(Y, rank, method, init, restarts, key, stopping, overrides)
+    problem = build_problem(jnp.asarray(s.Y), s.rank, W_0R=W_0R, W_0C=W_0C, **penalties)
+    s.rule.check(problem)
+    if not np.any(s.Y):
+        return _zero_fit(s, return_all, history_size)
+    problem = problem.scaled(s.scale, s.degree)
+    L0, R0 = _scaled_starts(s, problem.Y, init)
     res = run_restarts(
-        rule,
+        s.rule,
         problem,
         L0,
         R0,
-        max_iterations=max_iterations,
-        min_xstep=min_xstep,
-        tol=tol,
-        rel_tol=rel_tol,
+        stopping=s.stopping,
         history_size=history_size,
         normalize=normalize,
+        strategy=strategy,
     )
-    objectives = exact_objectives(rule, problem, res.L, res.R)
-    best = jnp.argmin(jnp.where(jnp.isnan(objectives), jnp.inf, objectives))
+    unit = float(s.scale) ** s.degree  # objectives scale as Y^degree
+    objectives = np.asarray(res.objective, np.float64) * unit
+    all_status = np.asarray(res.status)
+    best = _pick_best(objectives, all_status)
+    _warn_status(int(all_status[best]), "the best fit")
+    L, R = scale_factors(res.L, res.R, s.scale)
     return FitResult(
-        L=res.L[best],
-        R=res.R[best],
+        L=L[best],
+        R=R[best],
         objective=objectives[best],
         iterations=res.iterations[best],
         converged=res.converged[best],
-        history=res.history[best],
+        status=res.status[best],
+        history=np.asarray(res.history[best], np.float64) * unit,
         history_stride=res.history_stride[best],
         objectives=objectives,
         all_iterations=res.iterations,
         all_converged=res.converged,
+        all_status=res.status,
         best=best,
+        all_L=L if return_all else None,
+        all_R=R if return_all else None,
     )
 
 
 class SweepResult(eqx.Module):
-    """Every (setting, restart) fit of a penalty sweep.
+    """Every (setting, restart) fit of a penalty sweep (objectives in the user's units).
 
     Attributes:
-        settings: dict name -> (G,) values, one entry per grid point.
-        objectives, loss, iterations, converged: shape (G, restarts).
+        settings: dict name -> values, one entry per grid point (leading axis G).
+        objectives, loss, iterations, converged, status: shape (G, restarts).
         sparsity_L, sparsity_R: fraction of exact zeros, shape (G, restarts).
         L, R: factors of shape (G, restarts, ...) if ``factors="all"``, (G, ...) for
             the best restart of each setting if ``"best"``, None if ``"none"``.
@@ -231,102 +318,127 @@ class SweepResult(eqx.Module):
     """
 
     settings: dict
-    objectives: Array
-    loss: Array
+    objectives: np.ndarray
+    loss: np.ndarray
     iterations: Array
     converged: Array
+    status: Array
     sparsity_L: Array
     sparsity_R: Array
-    best: Array
+    best: np.ndarray
     L: Array | None
     R: Array | None
+
+
+def _grid_points(grid: Mapping[str, Sequence], product: bool) -> dict[str, np.ndarray]:
+    if not grid:
+        raise ValueError("grid must name at least one value to sweep")
+    bad = set(grid) - set(REPLACEABLE)
+    if bad:
+        raise ValueError(f"grid: cannot sweep {sorted(bad)}; sweepable: {REPLACEABLE}")
+    columns = {}
+    for name, vals in grid.items():
+        if isinstance(vals, np.ndarray | jax.Array) and np.ndim(vals) >= 1:
+            vals = list(vals)
+        if not isinstance(vals, list | tuple) or len(vals) == 0:
+            raise ValueError(f"grid[{name!r}] must be a non-empty list of values")
+        try:
+            stacked = np.stack([np.asarray(v, dtype=float) for v in vals])
+        except ValueError as e:
+            raise ValueError(f"grid[{name!r}]: every value must have the same shape ({e})") from None
+        columns[name] = stacked
+    names = list(columns)
+    if product:
+        idx = list(itertools.product(*(range(len(columns[n])) for n in names)))
+        return {n: columns[n][[p[i] for p in idx]] for i, n in enumerate(names)}
+    if len({len(c) for c in columns.values()}) != 1:
+        raise ValueError("with product=False every grid list must have the same length")
+    return columns
 
 
 def sweep(
     Y,
     rank: int,
-    grid: Mapping[str, Sequence[float]],
+    grid: Mapping[str, Sequence],
     *,
     product: bool = True,
-    method: str | Rule | optax.GradientTransformation = DEFAULT_METHOD,
+    method: str | AlternatingRule | optax.GradientTransformation = DEFAULT_METHOD,
     init="random",
     restarts: int = 1,
     key=None,
-    max_iterations: int = 500,
-    tol: float = 1e-4,
-    min_xstep: float = 0.0,
-    rel_tol: float = 0.0,
+    stopping: Stopping | None = None,
+    max_iterations: int | None = None,
+    tol: float | None = None,
+    min_xstep: float | None = None,
+    rel_tol: float | None = None,
     factors: str = "best",
     history_size: int = 1,
+    strategy: str | None = None,
     W_0R=None,
     W_0C=None,
     **penalties,
 ) -> SweepResult:
-    """Fit a grid of eq.-4 penalty values x restarts as one vmapped program.
+    """Fit a grid of problem settings x restarts as one compiled program.
 
-    ``grid`` maps any of lambda_1L, lambda_1R, lambda_2L, lambda_2R, gamma_2L,
-    gamma_2R to a list of values; with ``product=True`` the grid is their Cartesian
-    product, otherwise the lists are zipped (equal lengths).  Every setting uses
-    the same ``restarts`` starting points.  ``factors``: ``"all"``, ``"best"`` or
-    ``"none"`` (summaries only, when factors would not fit in memory).
+    Args:
+        Y, rank, method, init, restarts, key, stopping, ...: as for :func:`fit`.
+        grid: maps names to lists of values: the eq.-4 scalars ``lambda_1L`` ...
+            ``gamma_2R``, elementwise L1 weights ``W_1L`` (``m x k`` each) / ``W_1R``
+            (``k x n``), diagonal loss weights ``W_0R`` (length m) / ``W_0C`` (length n).
+            A swept value REPLACES the base value given as a keyword (so naming a key
+            in both is an error).
+        product: the Cartesian product of the lists (True) or zip them (equal lengths).
+        factors: ``"all"``, ``"best"`` or ``"none"`` (summaries only).
+
+    Returns:
+        A :class:`SweepResult`; every setting starts from the same ``restarts`` points.
     """
-    Y, rank, rule, restarts, key = _common(
-        Y, rank, method, init, restarts, key, max_iterations, tol, min_xstep, rel_tol
+    overrides = dict(max_iterations=max_iterations, tol=tol, min_xstep=min_xstep, rel_tol=rel_tol)
+    s = _setup(Y, rank, method, init, restarts, key, stopping, overrides)
+    settings = _grid_points(grid, product)
+    clash = set(settings) & (
+        set(penalties) | {k for k, v in (("W_0R", W_0R), ("W_0C", W_0C)) if v is not None}
     )
-    if not grid:
-        raise ValueError("grid must name at least one penalty to sweep")
-    bad = set(grid) - set(SWEEPABLE)
-    if bad:
-        raise ValueError(f"grid: cannot sweep {sorted(bad)}; sweepable: {SWEEPABLE}")
-    clash = set(grid) & set(penalties)
     if clash:
-        raise ValueError(f"{sorted(clash)} given both in grid and as fixed penalties")
+        raise ValueError(f"{sorted(clash)} given both in grid and as fixed values")
     if factors not in ("all", "best", "none"):
         raise ValueError(f"factors must be 'all', 'best' or 'none'; got {factors!r}")
-    names = list(grid)
-    columns = []
-    for name in names:
-        vals = np.atleast_1d(np.asarray(grid[name], dtype=float))
-        if vals.ndim != 1 or vals.size == 0:
-            raise ValueError(f"grid[{name!r}] must be a non-empty list of numbers")
-        for v in vals:
-            check.nonneg_scalar(f"grid[{name!r}]", v)
-        columns.append(vals)
-    if product:
-        points = list(itertools.product(*columns))
-        settings = {n: np.array([p[i] for p in points]) for i, n in enumerate(names)}
-    else:
-        if len({c.size for c in columns}) != 1:
-            raise ValueError("with product=False every grid list must have the same length")
-        settings = dict(zip(names, columns, strict=True))
-    problem, L0, R0 = _problem_and_starts(Y, rank, rule, init, restarts, key, W_0R, W_0C, penalties, settings)
+    m, n = s.Y.shape
+    for i in range(len(next(iter(settings.values())))):
+        check_replacements({k: v[i] for k, v in settings.items()}, m, n, s.rank)
+    base = build_problem(jnp.asarray(s.Y), s.rank, W_0R=W_0R, W_0C=W_0C, **penalties)
+    problem = base.scaled(s.scale, s.degree)
+    scaled_settings = scale_settings(settings, s.scale, s.degree)
+    L0, R0 = _scaled_starts(s, problem.Y, init)
     res = run_grid(
-        rule,
+        s.rule,
         problem,
-        settings,
+        scaled_settings,
         L0,
         R0,
-        max_iterations=max_iterations,
-        min_xstep=min_xstep,
-        tol=tol,
-        rel_tol=rel_tol,
+        stopping=s.stopping,
         history_size=history_size,
+        strategy=strategy,
     )
-    objectives, loss = _grid_summaries(rule, problem, settings, res.L, res.R)
-    best = jnp.argmin(jnp.where(jnp.isnan(objectives), jnp.inf, objectives), axis=1)
+    unit = float(s.scale) ** s.degree
+    objectives = np.asarray(res.objective, np.float64) * unit
+    loss = np.asarray(_grid_losses(problem, {k: jnp.asarray(v, s.Y.dtype) for k, v in scaled_settings.items()},
+                                   res.L, res.R), np.float64) * float(s.scale) ** 2  # fmt: skip
+    ok = np.isfinite(objectives) & (np.asarray(res.status) != NONFINITE)
+    best = np.argmin(np.where(ok, objectives, np.inf), axis=1)
     G = objectives.shape[0]
-    if factors == "all":
-        L, R = res.L, res.R
-    elif factors == "best":
-        L, R = res.L[jnp.arange(G), best], res.R[jnp.arange(G), best]
-    else:
+    L, R = scale_factors(res.L, res.R, s.scale)
+    if factors == "best":
+        L, R = L[np.arange(G), best], R[np.arange(G), best]
+    elif factors == "none":
         L = R = None
     return SweepResult(
-        settings={k: jnp.asarray(v) for k, v in settings.items()},
+        settings={k: np.asarray(v) for k, v in settings.items()},
         objectives=objectives,
         loss=loss,
         iterations=res.iterations,
         converged=res.converged,
+        status=res.status,
         sparsity_L=jnp.mean(res.L == 0, axis=(-2, -1)),
         sparsity_R=jnp.mean(res.R == 0, axis=(-2, -1)),
         best=best,
@@ -335,13 +447,27 @@ def sweep(
     )
 
 
-@eqx.filter_jit
-def _grid_summaries(rule, problem, settings, L, R):
-    def per_setting(values, Ls, Rs):
-        p = with_scalar_penalties(problem, **values)
-        obj = jax.vmap(lambda a, b: evaluate(rule, p, a, b))(Ls, Rs)
-        loss = jax.vmap(p.loss)(Ls, Rs)
-        return obj, loss
+def scale_settings(settings: Mapping[str, np.ndarray], scale: float, degree: int) -> dict:
+    """Swept values transformed as :meth:`jnmf.problem.Problem.scaled` transforms the base."""
+    l1 = scale ** (0.5 - degree)
+    l2 = scale ** (1 - degree)
+    out = {}
+    for name, v in settings.items():
+        if name.startswith(("lambda_1", "W_1")):
+            out[name] = v * l1
+        elif name.startswith(("lambda_2", "gamma_2")):
+            out[name] = v * l2
+        else:
+            out[name] = v
+    return out
 
-    settings = {k: jnp.asarray(v, L.dtype) for k, v in settings.items()}
+
+@eqx.filter_jit
+def _grid_losses(problem: Problem, settings, L, R):
+    """1/2 ||Y - LR||^2 (weighted) of every (setting, restart) fit."""
+
+    def per_setting(values, Ls, Rs):
+        p = problem.replace(**values)
+        return jax.vmap(p.loss)(Ls, Rs)
+
     return jax.vmap(per_setting)(settings, L, R)

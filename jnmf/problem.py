@@ -5,25 +5,41 @@
                       + 1/2 sum_j tr(L' W_2RL_j L W_2CL_j)
                       + 1/2 sum_j tr(R' W_2RR_j R W_2CR_j)
 
-Every number a user may sweep (lambdas, gammas, weights) is an array leaf of
-:class:`Problem`, so ``jax.vmap`` over it needs no special handling.  The scalar
-form of eq. 4 is :meth:`Problem.from_scalars`; it maps
+Every number a user may sweep is a *named* array leaf of :class:`Problem`, so
+``jax.vmap`` over it needs no special handling and :meth:`Problem.replace` can set
+it by the name users know.  Each factor's penalties are one :class:`FactorPenalty`:
 
-    lambda_2 -> the pair (lambda_2 I, I)   and   gamma_2 -> the pair (I, gamma_2 (11' - I)).
+* ``lambda_1`` (eq. 4's L1 scalar) and ``W_1`` (eq. 3's L1 weight, a scalar or a
+  factor-shaped matrix); the L1 weight of eq. 3 is their sum;
+* ``lambda_2`` (eq. 4's ridge: the pair ``(lambda_2 I, I)``);
+* ``gamma_2`` (eq. 4's non-orthogonality: the pair ``(I, gamma_2 (11' - I))``);
+* ``W_2``: any further general pairs ``(W_2R_j, W_2C_j)`` of eq. 3.
 
-For R the non-orthogonality matrix is ``c x c`` (it acts on the columns of R), exactly
-as in the reference package rnnmf.
+For R the non-orthogonality matrix is ``n x n`` (it acts on the columns of R),
+exactly as in the reference package rnnmf.
+
+Nothing derived from the leaves (``W_0R Y W_0C``, its transpose, the constant of
+eq. 7) is stored: :class:`DataTerms` computes it from the current leaves, once per
+fit, inside the compiled program, so it cannot go stale when a leaf is replaced.
 """
 
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
+from . import _validate as check
 from .weights import Weight
 
 PenaltyPairs = tuple[tuple[Weight, Weight], ...]
+
+# User-facing names of the sweepable leaves, and where they live.
+SCALAR_PENALTIES = ("lambda_1L", "lambda_1R", "lambda_2L", "lambda_2R", "gamma_2L", "gamma_2R")
+GENERAL_PENALTIES = ("W_1L", "W_1R", "W_2RL", "W_2CL", "W_2RR", "W_2CR")
+REPLACEABLE = SCALAR_PENALTIES + ("W_1L", "W_1R", "W_0R", "W_0C")
 
 
 def pair_quadratic(pairs: PenaltyPairs, X: Array) -> Array:
@@ -39,45 +55,102 @@ def penalty_value(W_1: Array, pairs: PenaltyPairs, X: Array) -> Array:
     return jnp.sum(W_1 * X) + 0.5 * jnp.sum(X * pair_quadratic(pairs, X))
 
 
+class FactorPenalty(eqx.Module):
+    """The penalties of eq. 3 / eq. 4 on one factor, each a named array leaf.
+
+    Attributes:
+        lambda_1: the L1 scalar of eq. 4 (times the all-ones matrix).
+        W_1: the L1 weight of eq. 3: a scalar or a matrix of the factor's shape.
+            The L1 term is ``tr((W_1 + lambda_1)' X)``.
+        lambda_2: the ridge scalar of eq. 4, the pair ``(lambda_2 I, I)``.
+        gamma_2: the non-orthogonality scalar of eq. 4, the pair ``(I, gamma_2 (11' - I))``.
+        W_2: further general L2 pairs ``(W_2R_j, W_2C_j)`` of eq. 3.
+    """
+
+    lambda_1: Array
+    W_1: Array
+    lambda_2: Array
+    gamma_2: Array
+    W_2: PenaltyPairs
+
+    @staticmethod
+    def zero(dtype) -> FactorPenalty:
+        z = jnp.zeros((), dtype)
+        return FactorPenalty(z, z, z, z, ())
+
+    def l1(self) -> Array:
+        """The L1 weight of eq. 3 (a scalar or the factor's shape)."""
+        return self.W_1 + self.lambda_1
+
+    def pairs(self) -> PenaltyPairs:
+        """Every L2 pair of eq. 3: ridge, non-orthogonality, then the general ones."""
+        return (
+            (Weight.scalar(self.lambda_2), Weight.identity()),
+            (Weight.identity(), Weight.offdiag(self.gamma_2)),
+        ) + tuple(self.W_2)
+
+    def value(self, X: Array) -> Array:
+        """tr(W_1' X) + 1/2 sum_j tr(X' W_2R_j X W_2C_j)."""
+        return penalty_value(self.l1(), self.pairs(), X)
+
+    def gradient(self, X: Array) -> Array:
+        return self.l1() + pair_quadratic(self.pairs(), X)
+
+    def scaled(self, l1_factor, l2_factor) -> FactorPenalty:
+        """The penalty with its L1 weights times ``l1_factor`` and L2 weights times ``l2_factor``."""
+        return FactorPenalty(
+            self.lambda_1 * l1_factor,
+            self.W_1 * l1_factor,
+            self.lambda_2 * l2_factor,
+            self.gamma_2 * l2_factor,
+            tuple((row.times(l2_factor), col) for row, col in self.W_2),
+        )
+
+    def is_zero(self) -> bool | None:
+        """True / False when every value is concrete, None when some are traced."""
+        leaves = [self.lambda_1, self.W_1, self.lambda_2, self.gamma_2]
+        leaves += [w.value for pair in self.W_2 for w in pair if w.value is not None]
+        if any(check.is_traced(x) for x in leaves):
+            return None
+        return all(not np.any(np.asarray(x)) for x in leaves)
+
+
+class DataTerms(eqx.Module):
+    """What the algorithms need of Y, derived from a :class:`Problem`'s current leaves.
+
+    Attributes:
+        Yw: ``W_0R Y W_0C`` (``m x n``), all the algorithms ever need of Y.
+        Ywt: its transpose, stored contiguously: the L step's product ``R Yw'`` and the
+            R step's ``L' Yw`` are then both "short-wide times tall" GEMMs, about 1.6x
+            faster on CPU than products against a transposed operand.
+        half_data_norm: ``1/2 tr(Y' W_0R Y W_0C)``, the constant c of eq. 7.
+    """
+
+    Yw: Float[Array, "m n"]
+    Ywt: Float[Array, "n m"]
+    half_data_norm: Array
+
+
 class Problem(eqx.Module):
-    """Data, weights and penalties of eq. 3 (all numeric fields are array leaves).
+    """Data, weights and penalties of eq. 3 (every numeric field is a named array leaf).
+
+    Build one with :func:`build_problem` (validating) or :meth:`Problem.from_scalars`;
+    change leaves with :meth:`replace`.
 
     Attributes:
         Y: the ``m x n`` non-negative data.
         W_0R, W_0C: row (``m x m``) and column (``n x n``) weights of the loss.
-        W_1L, W_1R: L1 weights, a scalar (times the all-ones matrix) or ``m x k`` /
-            ``k x n`` matrices.
-        l2_L, l2_R: the J pairs ``(W_2R_j, W_2C_j)`` of the L2 terms for L and R.
-        Yw: ``W_0R Y W_0C``, precomputed (it is all the algorithms ever need of Y).
-        Ywt: its transpose, stored contiguously: the L step's product ``R Yw'`` and the
-            R step's ``L' Yw`` are then both "short-wide times tall" GEMMs, about 1.6x
-            faster on CPU than products against a transposed operand.
-        half_data_norm: ``1/2 tr(Y' W_0R Y W_0C)``, the constant of eq. 7.
+        penalty_L, penalty_R: the penalties on L and on R (:class:`FactorPenalty`).
+        data: cached :class:`DataTerms`, or None.  Only the driver fills it (once per
+            fit, after every leaf is final); :meth:`replace` clears it.
     """
 
     Y: Float[Array, "m n"]
     W_0R: Weight
     W_0C: Weight
-    W_1L: Array
-    W_1R: Array
-    l2_L: PenaltyPairs
-    l2_R: PenaltyPairs
-    Yw: Float[Array, "m n"]
-    Ywt: Float[Array, "n m"]
-    half_data_norm: Array
-
-    def __init__(self, Y, W_0R=None, W_0C=None, W_1L=0.0, W_1R=0.0, l2_L=(), l2_R=()):
-        Y = jnp.asarray(Y)
-        self.Y = Y
-        self.W_0R = Weight.from_user(W_0R)
-        self.W_0C = Weight.from_user(W_0C)
-        self.W_1L = jnp.asarray(W_1L, Y.dtype)
-        self.W_1R = jnp.asarray(W_1R, Y.dtype)
-        self.l2_L = tuple(l2_L)
-        self.l2_R = tuple(l2_R)
-        self.Yw = self.W_0R.left(self.W_0C.right(Y))
-        self.Ywt = self.Yw.T  # eagerly, a contiguous copy
-        self.half_data_norm = 0.5 * jnp.sum(Y * self.Yw)
+    penalty_L: FactorPenalty
+    penalty_R: FactorPenalty
+    data: DataTerms | None = None
 
     @staticmethod
     def from_scalars(
@@ -90,24 +163,121 @@ class Problem(eqx.Module):
         lambda_2R=0.0,
         gamma_2L=0.0,
         gamma_2R=0.0,
+        W_1L=0.0,
+        W_1R=0.0,
+        W_2L: PenaltyPairs = (),
+        W_2R: PenaltyPairs = (),
     ) -> Problem:
-        """The reduced form of eq. 4 (J = 2: ridge and non-orthogonality)."""
-        dt = jnp.asarray(Y).dtype
+        """Eq. 3 from the scalars of eq. 4 (and optional general terms), unvalidated.
 
-        def pairs(lam2, gam2):
-            return (
-                (Weight.scalar(jnp.asarray(lam2, dt)), Weight.identity()),
-                (Weight.identity(), Weight.offdiag(jnp.asarray(gam2, dt))),
-            )
+        ``W_2L`` / ``W_2R`` are tuples of :class:`~jnmf.weights.Weight` pairs.
+        """
+        Y = jnp.asarray(Y)
+        dt = Y.dtype
+
+        def side(l1, W1, l2, g2, W2):
+            a = lambda v: jnp.asarray(v, dt)
+            return FactorPenalty(a(l1), a(W1), a(l2), a(g2), tuple(W2))
 
         return Problem(
             Y,
-            W_0R,
-            W_0C,
-            W_1L=lambda_1L,
-            W_1R=lambda_1R,
-            l2_L=pairs(lambda_2L, gamma_2L),
-            l2_R=pairs(lambda_2R, gamma_2R),
+            Weight.from_user(W_0R),
+            Weight.from_user(W_0C),
+            side(lambda_1L, W_1L, lambda_2L, gamma_2L, W_2L),
+            side(lambda_1R, W_1R, lambda_2R, gamma_2R, W_2R),
+        )
+
+    # ----------------------------------------------------------- derived terms
+    def data_terms(self) -> DataTerms:
+        """:class:`DataTerms` from the current leaves (the cache when the driver set it)."""
+        if self.data is not None:
+            return self.data
+        Yw = self.W_0R.left(self.W_0C.right(self.Y))
+        return DataTerms(Yw, Yw.T, 0.5 * jnp.sum(self.Y * Yw))
+
+    def prepared(self) -> Problem:
+        """This problem with :class:`DataTerms` computed once (the driver calls it)."""
+        if self.data is not None:
+            return self
+        Yw = self.W_0R.left(self.W_0C.right(self.Y))
+        # an explicit copy: the transpose must be materialized, not a view fused into
+        # each product (see DataTerms.Ywt)
+        Ywt = jnp.copy(Yw.T)
+        return eqx.tree_at(
+            lambda p: p.data,
+            self,
+            DataTerms(Yw, Ywt, 0.5 * jnp.sum(self.Y * Yw)),
+            is_leaf=lambda x: x is None,
+        )
+
+    @property
+    def Yw(self) -> Array:
+        return self.data_terms().Yw
+
+    @property
+    def Ywt(self) -> Array:
+        return self.data_terms().Ywt
+
+    @property
+    def half_data_norm(self) -> Array:
+        return self.data_terms().half_data_norm
+
+    # -------------------------------------------------------------- leaves
+    def replace(self, **values) -> Problem:
+        """A copy with the named leaves replaced (traced values are fine).
+
+        Names: the eq.-4 scalars ``lambda_1L`` ... ``gamma_2R``, the L1 weights ``W_1L`` /
+        ``W_1R`` (scalar or factor-shaped), and the loss weights ``W_0R`` / ``W_0C``
+        (``None``, a scalar, a vector for a diagonal, or a matrix).  Each value
+        REPLACES the current one; nothing is added.  Shapes are checked here, values by
+        :func:`build_problem` / the surfaces (they may be traced).
+        """
+        unknown = set(values) - set(REPLACEABLE)
+        if unknown:
+            raise ValueError(f"cannot replace {sorted(unknown)}; replaceable: {REPLACEABLE}")
+        dt = self.Y.dtype
+        m, n = self.Y.shape
+        out = self
+        for name, v in values.items():
+            if name in ("W_0R", "W_0C"):
+                size = m if name == "W_0R" else n
+                if v is not None and jnp.ndim(v) in (1, 2) and jnp.shape(v)[0] != size:
+                    raise ValueError(f"{name} must have size {size}, got shape {jnp.shape(v)}")
+                w = Weight.from_user(None if v is None else jnp.asarray(v, dt))
+                out = eqx.tree_at(lambda p, nm=name: getattr(p, nm), out, w)
+                continue
+            side = name[-1]
+            field = name[:-1] if name.startswith(("lambda", "gamma")) else "W_1"
+            v = jnp.asarray(v, dt)
+            if field != "W_1" and v.ndim != 0:
+                raise ValueError(f"{name} must be a scalar, got shape {v.shape}")
+            out = eqx.tree_at(lambda p, s=side, f=field: getattr(getattr(p, f"penalty_{s}"), f), out, v)
+        if out.data is not None:
+            out = eqx.tree_at(lambda p: p.data, out, None)
+        return out
+
+    def scaled(self, scale: float, degree: int = 2) -> Problem:
+        """The same problem for the data ``Y / scale``, with factors ``L / sqrt(scale)``,
+        ``R / sqrt(scale)``: its objective is the original's divided by ``scale^degree``.
+
+        ``degree`` is the degree of the loss in Y: 2 for eq. 3 (Frobenius), 1 for the
+        KL divergence.  Then the L1 weights are multiplied by ``scale^(1/2 - degree)``
+        and the L2 weights by ``scale^(1 - degree)`` (loss weights unchanged), so a
+        fit of the scaled problem, mapped back with :func:`scale_factors`, solves the
+        original problem without its overflow or underflow.  (With ``scale`` a power
+        of 4 every one of these operations is exact in floating point.)
+        """
+        dt = self.Y.dtype
+        # capped at the largest finite value, so zero penalties stay zero (not 0 * inf)
+        top = float(jnp.finfo(dt).max)
+        l1 = jnp.asarray(min(float(np.float64(scale) ** (0.5 - degree)), top), dt)
+        l2 = jnp.asarray(min(float(np.float64(scale) ** (1 - degree)), top), dt)
+        return Problem(
+            self.Y / jnp.asarray(scale, dt),
+            self.W_0R,
+            self.W_0C,
+            self.penalty_L.scaled(l1, l2),
+            self.penalty_R.scaled(l1, l2),
         )
 
     # ----------------------------------------------------------------- eq. 3
@@ -122,9 +292,7 @@ class Problem(eqx.Module):
 
     def objective(self, L: Float[Array, "m k"], R: Float[Array, "k n"]) -> Array:
         """The objective of eq. 3."""
-        return (
-            self.loss(L, R) + penalty_value(self.W_1L, self.l2_L, L) + penalty_value(self.W_1R, self.l2_R, R)
-        )
+        return self.loss(L, R) + self.penalty_L.value(L) + self.penalty_R.value(R)
 
     def gradients(self, L: Array, R: Array) -> tuple[Array, Array]:
         """Analytic gradients of eq. 3 with respect to L and R.
@@ -135,6 +303,96 @@ class Problem(eqx.Module):
         """
         WL = self.W_0R.left(L)
         RW = self.W_0C.right(R)
-        gL = WL @ (R @ RW.T) - (R @ self.Ywt).T + self.W_1L + pair_quadratic(self.l2_L, L)
-        gR = (WL.T @ L) @ RW - L.T @ self.Yw + self.W_1R + pair_quadratic(self.l2_R, R)
+        Yw = self.Yw
+        gL = WL @ (R @ RW.T) - Yw @ R.T + self.penalty_L.gradient(L)
+        gR = (WL.T @ L) @ RW - L.T @ Yw + self.penalty_R.gradient(R)
         return gL, gR
+
+
+def scale_factors(L: Array, R: Array, scale: float) -> tuple[Array, Array]:
+    """Factors of :meth:`Problem.scaled` mapped back: both times ``sqrt(scale)``."""
+    root = float(np.sqrt(np.float64(scale)))
+    return L * root, R * root
+
+
+def _as_list(x) -> list:
+    return list(x) if isinstance(x, list | tuple) else [x]
+
+
+def _l2_pairs(rows, cols, row_n: int, col_n: int, rname: str, cname: str, dtype) -> PenaltyPairs:
+    rows, cols = _as_list(rows), _as_list(cols)
+    if len(rows) != len(cols):
+        raise ValueError(
+            f"{rname} and {cname} must be lists of the same length (paired by position), "
+            f"got {len(rows)} and {len(cols)}"
+        )
+    pairs = []
+    for j, (a, b) in enumerate(zip(rows, cols, strict=True)):
+        tag = f"[{j}]" if len(rows) > 1 else ""
+        check.square_weight(f"{rname}{tag}", a, row_n)
+        check.square_weight(f"{cname}{tag}", b, col_n)
+        pairs.append((Weight.from_user(jnp.asarray(a, dtype)), Weight.from_user(jnp.asarray(b, dtype))))
+    return tuple(pairs)
+
+
+def build_problem(Y, rank: int, *, W_0R=None, W_0C=None, **penalties) -> Problem:
+    """Validate data, weights and penalties and build eq. 3 (the validating constructor).
+
+    Args:
+        Y: ``m x n`` non-negative floating-point data (already validated arrays pass
+            through unchanged).
+        rank: the inner dimension k (fixes the shapes of ``W_1L``, ``W_1R``, ``W_2CL``,
+            ``W_2RR``).
+        W_0R, W_0C: loss weights: None (identity), a scalar, a vector (diagonal) or a
+            symmetric PSD matrix with non-negative entries.
+        **penalties: the scalar keywords of eq. 4 (``lambda_1L`` ... ``gamma_2R``) and/or
+            the general ones of eq. 3 as in rnnmf's ``gaurnmf`` (``W_1L``, ``W_1R``: scalar
+            or factor-shaped; ``W_2RL``, ``W_2CL``, ``W_2RR``, ``W_2CR``: a weight or a list
+            of weights paired by position).  Their terms add up.
+
+    Returns:
+        The :class:`Problem`.
+
+    Raises:
+        ValueError naming the offending argument.
+    """
+    unknown = set(penalties) - set(SCALAR_PENALTIES) - set(GENERAL_PENALTIES)
+    if unknown:
+        raise ValueError(f"unknown penalty keyword(s): {sorted(unknown)}")
+    m, n = Y.shape
+    dt = Y.dtype
+    check.square_weight("W_0R", W_0R, m, psd=True)
+    check.square_weight("W_0C", W_0C, n, psd=True)
+    w0r = None if W_0R is None else jnp.asarray(W_0R, dt)
+    w0c = None if W_0C is None else jnp.asarray(W_0C, dt)
+    sc = {key: check.nonneg_scalar(key, penalties.get(key, 0.0)) for key in SCALAR_PENALTIES}
+    W_1L = check.l1_weight("W_1L", penalties.get("W_1L", 0.0), (m, rank))
+    W_1R = check.l1_weight("W_1R", penalties.get("W_1R", 0.0), (rank, n))
+    W_2L: PenaltyPairs = ()
+    W_2R: PenaltyPairs = ()
+    if any(key in penalties for key in ("W_2RL", "W_2CL")):
+        W_2L = _l2_pairs(
+            penalties.get("W_2RL", 0.0), penalties.get("W_2CL", 0.0), m, rank, "W_2RL", "W_2CL", dt
+        )
+    if any(key in penalties for key in ("W_2RR", "W_2CR")):
+        W_2R = _l2_pairs(
+            penalties.get("W_2RR", 0.0), penalties.get("W_2CR", 0.0), rank, n, "W_2RR", "W_2CR", dt
+        )
+    return Problem.from_scalars(Y, w0r, w0c, **sc, W_1L=W_1L, W_1R=W_1R, W_2L=W_2L, W_2R=W_2R)
+
+
+def check_replacements(values: dict, m: int, n: int, rank: int) -> None:
+    """Host-side validation of values for :meth:`Problem.replace` (before compiling)."""
+    for name, v in values.items():
+        if name in SCALAR_PENALTIES:
+            check.nonneg_scalar(name, v)
+        elif name == "W_1L":
+            check.l1_weight(name, v, (m, rank))
+        elif name == "W_1R":
+            check.l1_weight(name, v, (rank, n))
+        elif name in ("W_0R", "W_0C"):
+            check.square_weight(name, v, m if name == "W_0R" else n, psd=True)
+
+
+def is_traced_problem(problem: Problem) -> bool:
+    return any(check.is_traced(x) for x in jax.tree.leaves(problem))

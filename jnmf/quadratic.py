@@ -32,15 +32,63 @@ per penalty.
 from __future__ import annotations
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._fitwise import fitwise
 from .problem import Problem
 from .weights import Weight
 
 _SCALAR_KINDS = ("identity", "scalar")
+
+
+def positive_or_one(F: Array) -> Array:
+    """F where it is positive, 1 elsewhere (NaN included): the one guard of every
+    Lee-Seung ratio ``x / (G x)`` in jnmf."""
+    return jnp.where(F > 0, F, 1.0)
+
+
+def lee_seung_direction(X: Array, grad: Array, GX: Array) -> Array:
+    """h = -grad (.) x (/) Gx, eq. 22 (the multiplicative update as an additive direction)."""
+    return -grad * X / positive_or_one(GX)
+
+
+def pick_direction(X: Array, grad: Array, GX: Array) -> Array:
+    """PICK_DIRECTION of Algorithm 3: the Lee-Seung direction made safe.
+
+    Where X is zero the direction is ``max(-grad, 0)``, so a zero element can grow
+    (the multiplicative update can never leave zero).
+    """
+    return jnp.where(X <= 0, jnp.maximum(-grad, 0.0), lee_seung_direction(X, grad, GX))
+
+
+def anneal(tau_k: Array, rate: Array) -> Array:
+    """tau_{k} = (1 - rate) tau_{k-1} + rate: the step fraction of Algorithms 2-3 tends to 1."""
+    return (1 - rate) * tau_k + rate
+
+
+def snap_zeros(X: Array, zero_tolerance: Array) -> Array:
+    """Elements ``<= zero_tolerance`` set to exactly zero (rnnmf, after each iteration)."""
+    return jnp.where(X <= zero_tolerance, 0.0, X)
+
+
+def max_abs(x: Array) -> Array:
+    """max |x| (0 for an empty array): the step size rnnmf's ``min_xstep`` test reads."""
+    return jnp.max(jnp.abs(x)) if x.size else jnp.zeros((), x.dtype)
+
+
+def giqpm_step(X: Array, grad: Array, H: Array, GH: Array | None, tau_k: Array) -> tuple[Array, Array]:
+    """GIQPM_STEP (Algorithms 2-3): X + alpha H with alpha = min(tau_k alpha_hat, alpha*).
+
+    ``GH`` None means ``check_optimal_step=False`` (alpha* = 1).  A zero direction,
+    or a step length that is not finite (no curvature and no bound), takes no
+    step.  Returns the new X and the largest absolute step.
+    """
+    alpha_hat = max_feasible_step(X, H)
+    alpha_star = jnp.ones((), X.dtype) if GH is None else optimal_step_length(grad, H, GH)
+    alpha = jnp.minimum(tau_k * alpha_hat, alpha_star)
+    alpha = jnp.where(jnp.isfinite(alpha) & jnp.any(H != 0), alpha, 0.0).astype(X.dtype)
+    step = alpha * H
+    return X + step, max_abs(step)
 
 
 def optimal_step_length(grad: Array, H: Array, GH: Array) -> Array:
@@ -87,12 +135,15 @@ class HalfProblem(eqx.Module):
             the R step); it acts on the columns of Xt.
         linear: d of eq. 8 in factor-major layout, ``W_1 - F (W Y W)``, ``k x p``.
         penalties: the L2 pairs as (k-side, p-side) weights.
+        fixed_size: q, the length of the fixed factor (n in the L step, m in the R
+            step); cost models such as accelerated HALS's need it.
     """
 
     gram: Float[Array, "k k"]
     weight: Weight
     linear: Float[Array, "k p"]
     penalties: tuple[tuple[Weight, Weight], ...]
+    fixed_size: int = eqx.field(static=True, default=0)
 
     def terms(self) -> list[tuple[Weight, Array]]:
         """Every quadratic term as (p-side weight, dense k-side matrix)."""
@@ -156,36 +207,22 @@ class HalfProblem(eqx.Module):
         return out
 
 
-@fitwise
-def _cross_gram_impl(A: Array, B: Array) -> Array:
-    # Under vmap over fits this runs as a loop of single products: XLA's CPU batched
-    # "A B'" with a long contraction is ~5x slower (32 restarts of 25 x 10304: 25 ms
-    # against 5 ms).
-    return A @ B.T
-
-
-@jax.custom_jvp
 def cross_gram(A: Array, B: Array) -> Array:
-    """``A @ B.T`` for factor-major A, B (``k x q``): the Gram matrices of eq. 8.
-
-    Under ``vmap`` over fits it runs as a loop of single products (see
-    :mod:`jnmf._fitwise`); it stays differentiable (d(A B') = dA B' + A dB').
-    """
-    return _cross_gram_impl(A, B)
-
-
-@cross_gram.defjvp
-def _cross_gram_jvp(primals, tangents):
-    A, B = primals
-    dA, dB = tangents
-    return cross_gram(A, B), cross_gram(dA, B) + cross_gram(A, dB)
+    """``A @ B.T`` for factor-major A, B (``k x q``): the Gram matrices of eq. 8."""
+    return A @ B.T
 
 
 def _half_problem(F, data_t, fixed_weight: Weight, free_weight: Weight, W_1, pairs) -> HalfProblem:
     """The subproblem of a factor-major unknown given the fixed factor F (``k x q``) and
     the weighted data in (q x p) layout."""
     gram = cross_gram(fixed_weight.right(F), F)
-    return HalfProblem(gram=gram, weight=free_weight, linear=W_1 - F @ data_t, penalties=tuple(pairs))
+    return HalfProblem(
+        gram=gram,
+        weight=free_weight,
+        linear=W_1 - F @ data_t,
+        penalties=tuple(pairs),
+        fixed_size=F.shape[-1],
+    )
 
 
 def half_problem_L(problem: Problem, Lt: Array, R: Array) -> HalfProblem:
@@ -194,15 +231,22 @@ def half_problem_L(problem: Problem, Lt: Array, R: Array) -> HalfProblem:
     Lt is not needed to build it; the argument keeps the signature symmetric.
     """
     del Lt
-    W_1 = problem.W_1L.T if problem.W_1L.ndim == 2 else problem.W_1L
-    pairs = [(col, row) for row, col in problem.l2_L]  # L' W_2R L W_2C: k-side is W_2C
+    W_1 = problem.penalty_L.l1()
+    W_1 = W_1.T if W_1.ndim == 2 else W_1
+    pairs = [(col, row) for row, col in problem.penalty_L.pairs()]  # L' W_2R L W_2C: k-side is W_2C
     return _half_problem(R, problem.Ywt, problem.W_0C, problem.W_0R, W_1, pairs)
 
 
 def half_problem_R(problem: Problem, Lt: Array, R: Array) -> HalfProblem:
     """The subproblem in R with L fixed, on Xt = R (``k x n``)."""
     del R
-    return _half_problem(Lt, problem.Yw, problem.W_0R, problem.W_0C, problem.W_1R, problem.l2_R)
+    pen = problem.penalty_R
+    return _half_problem(Lt, problem.Yw, problem.W_0R, problem.W_0C, pen.l1(), pen.pairs())
+
+
+def half_problem(problem: Problem, side: str, Lt: Array, R: Array) -> HalfProblem:
+    """The half problem of ``side`` ("L" or "R") at the current factors (one code path)."""
+    return (half_problem_L if side == "L" else half_problem_R)(problem, Lt, R)
 
 
 def penalty_L_from_gram(problem: Problem, Lt: Array, LtLt: Array | None = None) -> Array:
@@ -213,10 +257,10 @@ def penalty_L_from_gram(problem: Problem, Lt: Array, LtLt: Array | None = None) 
     """
     k = Lt.shape[0]
     dt = Lt.dtype
-    W_1 = problem.W_1L.T if problem.W_1L.ndim == 2 else problem.W_1L
-    total = jnp.sum(W_1 * Lt) if W_1.ndim == 2 else W_1 * jnp.sum(Lt)
+    W_1 = problem.penalty_L.l1()
+    total = jnp.sum(W_1.T * Lt) if W_1.ndim == 2 else W_1 * jnp.sum(Lt)
     gram = cross_gram(Lt, Lt) if LtLt is None else LtLt
-    for row, col in problem.l2_L:
+    for row, col in problem.penalty_L.pairs():
         if row.kind in _SCALAR_KINDS:
             a = 1.0 if row.kind == "identity" else row.value
             total = total + 0.5 * a * jnp.sum(col.dense(k, dt) * gram)

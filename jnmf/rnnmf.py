@@ -1,7 +1,9 @@
 """rnnmf-compatible front doors (layer 6): murnmf, aurnmf, gaurnmf, giqpm, objective.
 
 Argument names, defaults and semantics follow the R package rnnmf 0.3.0 (Pav
-2024).  Each validates its input on the host (``ValueError`` naming the
+2024), including its stopping rule (``min_xstep=1e-9`` on the largest absolute step;
+in float32 the threshold is at least a few ulps of the factors, see
+:mod:`jnmf.driver`; float64 is exactly rnnmf's).  Each validates its input on the host (``ValueError`` naming the
 argument), builds a :class:`~jnmf.problem.Problem`, and runs one rule in the one
 driver.  Extra keywords beyond rnnmf's: ``tol`` (relative objective change,
 0 = off) and ``history_size`` (length of the objective history buffer).
@@ -25,81 +27,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _validate as check
-from .driver import Result, iterate
-from .problem import Problem
+from .driver import RNNMF_STOPPING, Result, iterate
+from .giqpm import GIQPM
+from .problem import build_problem
 from .quadratic import VectorQP
-from .rules import AURNMF, GIQPM, MURNMF
-from .weights import Weight
-
-_SCALAR_KEYS = ("lambda_1L", "lambda_1R", "lambda_2L", "lambda_2R", "gamma_2L", "gamma_2R")
-_GENERAL_KEYS = ("W_1L", "W_1R", "W_2RL", "W_2CL", "W_2RR", "W_2CR")
-
-
-def _as_list(x) -> list:
-    return list(x) if isinstance(x, list | tuple) else [x]
-
-
-def _l2_pairs(rows, cols, row_n: int, col_n: int, rname: str, cname: str, dtype):
-    rows, cols = _as_list(rows), _as_list(cols)
-    if len(rows) != len(cols):
-        raise ValueError(
-            f"{rname} and {cname} must be lists of the same length (paired by position), "
-            f"got {len(rows)} and {len(cols)}"
-        )
-    pairs = []
-    for j, (a, b) in enumerate(zip(rows, cols, strict=True)):
-        tag = f"[{j}]" if len(rows) > 1 else ""
-        check.square_weight(f"{rname}{tag}", a, row_n)
-        check.square_weight(f"{cname}{tag}", b, col_n)
-        pairs.append((Weight.from_user(jnp.asarray(a, dtype)), Weight.from_user(jnp.asarray(b, dtype))))
-    return tuple(pairs)
-
-
-def build_problem(Y, k: int, *, W_0R=None, W_0C=None, **penalties) -> Problem:
-    """Validate weights/penalties for an ``m x n`` Y and rank k and build eq. 3.
-
-    Accepts the scalar keywords of eq. 4 (``lambda_1L`` ... ``gamma_2R``), the general
-    ones of ``gaurnmf`` (``W_1L`` ... ``W_2CR``), or both (their terms add up).
-    """
-    unknown = set(penalties) - set(_SCALAR_KEYS) - set(_GENERAL_KEYS)
-    if unknown:
-        raise ValueError(f"unknown penalty keyword(s): {sorted(unknown)}")
-    m, n = Y.shape
-    dt = Y.dtype
-    check.square_weight("W_0R", W_0R, m, psd=True)
-    check.square_weight("W_0C", W_0C, n, psd=True)
-    w0r = None if W_0R is None else jnp.asarray(W_0R, dt)
-    w0c = None if W_0C is None else jnp.asarray(W_0C, dt)
-    sc = {key: check.nonneg_scalar(key, penalties.get(key, 0.0)) for key in _SCALAR_KEYS}
-    W_1L = check.l1_weight("W_1L", penalties.get("W_1L", 0.0), (m, k))
-    W_1R = check.l1_weight("W_1R", penalties.get("W_1R", 0.0), (k, n))
-    scalar_form = Problem.from_scalars(Y, w0r, w0c, **{key: jnp.asarray(v, dt) for key, v in sc.items()})
-    has_general = any(key in penalties for key in ("W_2RL", "W_2CL", "W_2RR", "W_2CR"))
-    l2_L, l2_R = scalar_form.l2_L, scalar_form.l2_R
-    if has_general:
-        l2_L = l2_L + _l2_pairs(
-            penalties.get("W_2RL", 0.0), penalties.get("W_2CL", 0.0), m, k, "W_2RL", "W_2CL", dt
-        )
-        l2_R = l2_R + _l2_pairs(
-            penalties.get("W_2RR", 0.0), penalties.get("W_2CR", 0.0), k, n, "W_2RR", "W_2CR", dt
-        )
-    return Problem(
-        Y,
-        w0r,
-        w0c,
-        W_1L=jnp.asarray(W_1L, dt) + jnp.asarray(sc["lambda_1L"], dt),
-        W_1R=jnp.asarray(W_1R, dt) + jnp.asarray(sc["lambda_1R"], dt),
-        l2_L=l2_L,
-        l2_R=l2_R,
-    )
+from .rules import AURNMF, MURNMF
 
 
 def _run_options(max_iterations, min_xstep, tol, history_size):
-    check.positive_int("max_iterations", max_iterations, allow_zero=True)
-    check.nonneg_scalar("min_xstep", min_xstep)
-    check.nonneg_scalar("tol", tol)
+    """rnnmf's stopping settings (:data:`jnmf.driver.RNNMF_STOPPING`) with the caller's values."""
+    stopping = RNNMF_STOPPING.replace(max_iterations=max_iterations, min_xstep=min_xstep, tol=tol).validate()
     check.positive_int("history_size", history_size)
-    return dict(max_iterations=max_iterations, min_xstep=min_xstep, tol=tol, history_size=history_size)
+    return dict(stopping=stopping, history_size=history_size)
 
 
 def _annealing(tau, annealing_rate):

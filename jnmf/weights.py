@@ -53,6 +53,12 @@ class Weight(eqx.Module):
         kind = {0: "scalar", 1: "diag", 2: "full"}[w.ndim]
         return Weight(w, kind)
 
+    def times(self, c) -> Weight:
+        """c W, of the same kind (the identity becomes the scalar c)."""
+        if self.kind == "identity":
+            return Weight.scalar(c)
+        return Weight(self.value * c, self.kind)
+
     def left(self, X: Array) -> Array:
         """W @ X (W acts on the rows of X)."""
         v = self.value

@@ -1,23 +1,80 @@
-"""Update rules (layer 3): one file per rule, each an ``eqx.Module`` with init/step."""
+"""Update rules (layer 3): one file per rule, each an :class:`AlternatingRule`.
+
+:data:`METHODS` is the registry of method names that ``fit``, ``sweep``, the
+estimator and the CLI accept; :func:`make_rule` turns a name (or a rule, or an optax
+optimizer) into a rule.
+"""
+
+from __future__ import annotations
+
+import optax
 
 from .anls import ANLS
 from .au import AURNMF
-from .base import NMFState, Rule, StepInfo
-from .giqpm import GIQPM
+from .base import AlternatingRule, HalfStep, NMFState, Rule, StepInfo
 from .hals import HALS
 from .kl import KLMU
 from .mu import MURNMF
 from .projected import ProjectedGradient
 
+DEFAULT_METHOD = "ahals"
+
+# name -> (description, factory)
+METHODS: dict[str, tuple[str, object]] = {
+    "ahals": (
+        "accelerated HALS (Gillis & Glineur 2012): repeated sweeps while they pay",
+        lambda: HALS(inner_sweeps=None),
+    ),
+    "hals": ("HALS (Cichocki & Phan 2009), one column sweep per half step", lambda: HALS(inner_sweeps=1)),
+    "mu": ("multiplicative update (Lee & Seung 2001; MURNMF, Pav 2024 Alg. 1)", MURNMF),
+    "au": ("additive update with optimal step (AURNMF/GAURNMF, Pav 2024 Alg. 3)", AURNMF),
+    "anls": ("alternating non-negative least squares, exact NNLS half steps (Kim & Park 2011)", ANLS),
+    "kl": ("KL-divergence multiplicative update (Lee & Seung 2001)", KLMU),
+    "pg": (
+        "projected gradient driven by an optax optimizer (default adam(1e-2))",
+        lambda: ProjectedGradient(optax.adam(1e-2)),
+    ),
+}
+
+
+def make_rule(method: str | AlternatingRule | optax.GradientTransformation) -> AlternatingRule:
+    """A rule from a method name in :data:`METHODS`, a rule, or an optax optimizer.
+
+    Args:
+        method: ``"ahals"``, ``"hals"``, ``"mu"``, ``"au"``, ``"anls"``, ``"kl"``, ``"pg"``; an
+            :class:`AlternatingRule` (returned as is); or an optax optimizer (projected
+            gradient with it).
+
+    Returns:
+        The rule.
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    if isinstance(method, AlternatingRule):
+        return method
+    if isinstance(method, optax.GradientTransformation):
+        return ProjectedGradient(method)
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(
+            f"method must be one of {sorted(METHODS)}, a jnmf rule or an optax optimizer; got {method!r}"
+        )
+    return METHODS[method][1]()
+
+
 __all__ = [
     "ANLS",
     "AURNMF",
-    "GIQPM",
+    "AlternatingRule",
+    "DEFAULT_METHOD",
     "HALS",
+    "HalfStep",
     "KLMU",
+    "METHODS",
     "MURNMF",
     "NMFState",
     "ProjectedGradient",
     "Rule",
     "StepInfo",
+    "make_rule",
 ]

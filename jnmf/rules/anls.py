@@ -22,22 +22,22 @@ diagonal.
 Not supported (p-side non-diagonal weights couple the rows): ``full`` or ``offdiag``
 ``W_0R`` / ``W_0C``, ``gamma_2R`` (in the R step, on X = R', its ``n x n`` weight is on
 the p side), and L2 pairs with a full p-side weight.  Such weights are replaced by
-their diagonals (zero for ``offdiag``), so the step is exact only when they vanish;
-nothing is raised at trace time (their values are traced).  Front doors should
-check :func:`anls_supported` and that ``gamma_2R == 0``.
+their diagonals (zero for ``offdiag``), so the step would be exact only when they
+vanish: :meth:`ANLS.check` rejects them (``gamma_2R`` when its value is non-zero).
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from .._fitwise import fitwise
 from ..nnls import nnls_bpp
 from ..problem import Problem
-from ..quadratic import HalfProblem, half_problem_L, half_problem_R, objective_after_R_step
+from ..quadratic import HalfProblem
 from ..weights import Weight
-from .base import NMFState, Rule, StepInfo, as_setting, max_abs
+from .base import AlternatingRule, HalfStep, as_setting, nonzero_value, unsupported
 
 _SHARED = ("identity", "scalar")
 
@@ -58,8 +58,8 @@ def anls_supported(problem: Problem) -> bool:
     return (
         problem.W_0R.kind in diagonal
         and problem.W_0C.kind in diagonal
-        and all(row.kind in diagonal for row, _ in problem.l2_L)
-        and all(col.kind in diagonal + ("offdiag",) for _, col in problem.l2_R)
+        and all(row.kind in diagonal for row, _ in problem.penalty_L.pairs())
+        and all(col.kind in diagonal + ("offdiag",) for _, col in problem.penalty_R.pairs())
     )
 
 
@@ -83,24 +83,19 @@ def half_problem_qp(hp: HalfProblem) -> tuple[Array, Array]:
 def anls_half_step(hp: HalfProblem, Xt: Array, max_iter: Array, ridge: Array) -> Array:
     """The exact half step: BPP on every row of X (column of the factor-major Xt),
     warm started at the current iterate."""
-
-    # Fit by fit under vmap (jnmf._fitwise): the pivoting loop is data dependent, so
-    # batched it would run for the slowest fit and pay a select per pass.
-    def solve(hp, Xt, max_iter, ridge):
-        Q, C = half_problem_qp(hp)
-        return nnls_bpp(Q, C, Xt.T, max_iter=max_iter, ridge=ridge).x.T
-
-    return fitwise(solve)(hp, Xt, max_iter, ridge)
+    Q, C = half_problem_qp(hp)
+    return nnls_bpp(Q, C, Xt.T, max_iter=max_iter, ridge=ridge).x.T
 
 
-class ANLS(Rule):
+class ANLS(AlternatingRule):
     """Alternating exact NNLS half steps: L given R, then R given the new L.
 
     ``max_nnls_iter`` caps the pivoting iterations of each half step (traced);
     ``ridge`` adds a relative ridge to the subproblems' Q (beyond the ``k eps`` that
-    keeps singular Gram matrices solvable).
+    keeps singular Gram matrices solvable).  See the module docstring for support.
     """
 
+    method_name: ClassVar[str] = "anls"
     max_nnls_iter: Array
     ridge: Array
 
@@ -108,15 +103,15 @@ class ANLS(Rule):
         self.max_nnls_iter = as_setting(max_nnls_iter, jnp.int32)
         self.ridge = as_setting(ridge)
 
-    def step(self, problem: Problem, state: NMFState):
-        Lt, R = state.Lt, state.R
-        ridge = self.ridge.astype(Lt.dtype)
-        Lt_new = anls_half_step(half_problem_L(problem, Lt, R), Lt, self.max_nnls_iter, ridge)
-        hp_R = half_problem_R(problem, Lt_new, R)
-        R_new = anls_half_step(hp_R, R, self.max_nnls_iter, ridge)
-        info = StepInfo(
-            steps=jnp.stack([max_abs(Lt_new - Lt), max_abs(R_new - R)]),
-            objective=objective_after_R_step(problem, hp_R, Lt_new, R_new),
-            stuck=jnp.zeros((), bool),
-        )
-        return NMFState(Lt_new, R_new), info
+    def check(self, problem: Problem) -> None:
+        if not anls_supported(problem):
+            raise unsupported(
+                self,
+                "full or non-orthogonality W_0R / W_0C or non-diagonal L2 row weights "
+                "(its NNLS half steps are solved row by row)",
+            )
+        if nonzero_value(problem.penalty_R.gamma_2):
+            raise unsupported(self, "gamma_2R (it couples the columns of R)")
+
+    def half_step(self, hp: HalfProblem, Xt: Array, aux, side: str) -> HalfStep:
+        return HalfStep(anls_half_step(hp, Xt, self.max_nnls_iter, self.ridge.astype(Xt.dtype)), aux)

@@ -1,25 +1,48 @@
-"""What every update rule shares (layer 3).
+"""The one protocol of jnmf's NMF update rules (layer 3).
 
-A rule is an ``eqx.Module`` of its settings with two methods, in the style of
-optax transformations and optimistix solvers:
+Every NMF rule is an :class:`AlternatingRule`: an ``eqx.Module`` of its settings that
+implements ONE abstract method, :meth:`AlternatingRule.half_step`, a step on the
+half-step problem of Pav (2024), eqs. 6-9, for the factor-major unknown ``Xt``
+(``k x p``: ``L'`` in the L step, ``R`` in the R step; see jnmf/quadratic.py).  The
+shared, final :meth:`AlternatingRule.step` (:func:`alternate`) does "L half step,
+then R half step" for every rule, with rnnmf's bookkeeping: the largest step of each
+factor, whether the rule is stuck, the objective at the new iterate.
 
-* ``init(problem, L, R) -> state``: the rule's state (always with fields L, R);
-* ``step(problem, state) -> (state, StepInfo)``: one full iteration (both half steps).
+Rules differ only in ``half_step`` and, where their algorithm needs it, in a few
+optional hooks with neutral defaults:
 
-Numeric settings are array leaves, so changing them never recompiles the driver.
+* :meth:`~AlternatingRule.init_aux`: rule-specific state carried in ``NMFState.aux``
+  (AURNMF's annealed ``tau_k``, an optax optimizer's state per factor, KL's ``L R``);
+* :meth:`~AlternatingRule.begin_iteration`: once per iteration, before the L step
+  (AURNMF anneals ``tau_k`` here);
+* :meth:`~AlternatingRule.half_problem`: the subproblem of a side (eq. 8's ``(G, d)``
+  by default; the KL rule, whose objective is not eq. 3, builds its own);
+* :meth:`~AlternatingRule.finish_iteration`: after the R step, the objective at the
+  new iterate and any clean-up (AURNMF snaps tiny values to zero).
+
+One state type, :class:`NMFState`, serves every rule.  Numeric settings are array
+leaves, so changing them never recompiles the driver.  Each rule also says what it
+can solve: :meth:`~AlternatingRule.check` raises a ``ValueError`` naming the setting,
+and every entry point (``iterate``, the batch functions, ``fit``, ``sweep``) calls it.
 """
 
 from __future__ import annotations
 
+import abc
+from typing import Any, ClassVar
+
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array
+import numpy as np
+from jaxtyping import Array, PyTree
 
+from .._validate import is_traced
 from ..problem import Problem
+from ..quadratic import half_problem, max_abs, objective_after_R_step
 
 
 class StepInfo(eqx.Module):
-    """What a step reports to the driver.
+    """What a full step reports to the driver.
 
     Attributes:
         steps: the largest absolute change of each factor (rnnmf's Lstep, Rstep).
@@ -37,11 +60,35 @@ class StepInfo(eqx.Module):
     halted: Array | None = None
 
 
+class HalfStep(eqx.Module):
+    """What :meth:`AlternatingRule.half_step` returns.
+
+    Attributes:
+        X: the new factor-major unknown.
+        aux: the rule's auxiliary state after this half step.
+        step: the largest absolute change, when the rule has it for free (None: the
+            shared code computes ``max |X_new - X|``).
+        stuck: True when no element could be updated (None: False).
+    """
+
+    X: Array
+    aux: PyTree = None
+    step: Array | None = None
+    stuck: Array | None = None
+
+
 class NMFState(eqx.Module):
-    """(L, R) with L stored factor-major as ``Lt = L'`` (``k x m``; see jnmf/quadratic.py)."""
+    """The state of every NMF rule.
+
+    Attributes:
+        Lt: L stored factor-major, ``L'`` (``k x m``; see jnmf/quadratic.py).
+        R: ``k x n``.
+        aux: rule-specific auxiliaries (None for most rules).
+    """
 
     Lt: Array
     R: Array
+    aux: PyTree = None
 
     @property
     def L(self) -> Array:
@@ -53,45 +100,110 @@ def as_setting(x, dtype=None) -> Array:
     return jnp.asarray(x, dtype)
 
 
-def max_abs(x: Array) -> Array:
-    return jnp.max(jnp.abs(x)) if x.size else jnp.zeros((), x.dtype)
-
-
 def rescale_rows(Lt: Array, R: Array, mode: str) -> tuple[Array, Array]:
     """Scale L's columns (Lt's rows) to unit inf-norm ("max") or 1-norm ("sum"), moving
-    the scale into R's rows so LR is unchanged (seed 001, algorithms I and II).
-    Vanished factors are left alone."""
+    the scale into R's rows so LR is unchanged (the column normalization of Lee &
+    Seung's KL algorithm).  Vanished factors are left alone."""
     scale = jnp.max(Lt, axis=1) if mode == "max" else jnp.sum(Lt, axis=1)
     scale = jnp.where(scale > 0, scale, 1.0)
     return Lt / scale[:, None], R * scale[:, None]
 
 
-class Rule(eqx.Module):
-    """Base class of the matrix factorization rules.
+def unsupported(rule: AlternatingRule, what: str) -> ValueError:
+    """The error every support check raises: names the method and the setting."""
+    return ValueError(f"method {rule.method_name!r} ({type(rule).__name__}) does not support {what}")
 
-    States keep L factor-major (``state.Lt``); :meth:`factors` gives the loop layout
-    (used for the relative-change test), :meth:`result_factors` the public (L, R).
-    """
 
-    def init(self, problem: Problem, L: Array, R: Array) -> NMFState:
-        return NMFState(L.T, R)
+def nonzero_value(x) -> bool:
+    """True when ``x`` is concrete and has a non-zero entry (traced values: False; the
+    surfaces check swept values on the host before tracing)."""
+    if x is None or is_traced(x):
+        return False
+    return bool(np.any(np.asarray(x) != 0))
 
-    def step(self, problem: Problem, state) -> tuple[object, StepInfo]:  # pragma: no cover
-        raise NotImplementedError
 
-    def factors(self, state) -> tuple[Array, ...]:
-        return (state.Lt, state.R)
+class AlternatingRule(eqx.Module):
+    """Base of the NMF rules: alternate ``half_step`` on L, then on R (see module docstring)."""
 
-    def with_factors(self, state, factors: tuple[Array, ...]):
-        return eqx.tree_at(lambda s: (s.Lt, s.R), state, tuple(factors))
+    method_name: ClassVar[str] = "custom"
 
-    def result_factors(self, state) -> tuple[Array, ...]:
-        return (state.Lt.T, state.R)
+    # ----------------------------------------------------------- the protocol
+    @abc.abstractmethod
+    def half_step(self, hp: Any, Xt: Array, aux: PyTree, side: str) -> HalfStep:
+        """One half step on the subproblem ``hp`` for the factor-major unknown ``Xt``.
 
-    def rescale(self, state, mode: str):
-        """The driver's ``normalize`` option (columns of L, seed 001)."""
-        return self.with_factors(state, rescale_rows(state.Lt, state.R, mode))
+        Args:
+            hp: the subproblem of :meth:`half_problem` (a
+                :class:`~jnmf.quadratic.HalfProblem`, eqs. 6-9, unless the rule says
+                otherwise).
+            Xt: the current unknown, ``k x p``.
+            aux: the rule's auxiliary state.
+            side: ``"L"`` or ``"R"`` (static).
 
-    def objective(self, problem: Problem, state) -> Array:
+        Returns:
+            A :class:`HalfStep`.
+        """
+
+    # ------------------------------------------------------ optional hooks
+    def init_aux(self, problem: Problem, Lt: Array, R: Array) -> PyTree:
+        return None
+
+    def begin_iteration(self, aux: PyTree) -> PyTree:
+        return aux
+
+    def half_problem(self, problem: Problem, side: str, Lt: Array, R: Array, aux: PyTree):
+        return half_problem(problem, side, Lt, R)
+
+    def finish_iteration(self, problem: Problem, hp_R, Lt: Array, R: Array, aux: PyTree):
+        """(Lt, R, aux, objective) at the end of an iteration."""
+        return Lt, R, aux, objective_after_R_step(problem, hp_R, Lt, R)
+
+    def check(self, problem: Problem) -> None:
+        """Raise a ValueError naming the setting when this rule cannot solve ``problem``
+        exactly (weight kinds are static; values are checked when concrete)."""
+
+    def objective(self, problem: Problem, state: NMFState) -> Array:
         """The objective this rule decreases (eq. 3 unless the rule says otherwise)."""
         return problem.objective(state.Lt.T, state.R)
+
+    # ----------------------------------------------------- final machinery
+    def init(self, problem: Problem, L: Array, R: Array) -> NMFState:
+        """The starting state from L (``m x k``) and R (``k x n``)."""
+        Lt = jnp.swapaxes(L, -1, -2)
+        return NMFState(Lt, R, self.init_aux(problem, Lt, R))
+
+    def step(self, problem: Problem, state: NMFState) -> tuple[NMFState, StepInfo]:
+        return alternate(self, problem, state)
+
+    def factors(self, state: NMFState) -> tuple[Array, ...]:
+        return (state.Lt, state.R)
+
+    def result_factors(self, state: NMFState) -> tuple[Array, ...]:
+        return (state.Lt.T, state.R)
+
+    def rescale(self, state: NMFState, mode: str) -> NMFState:
+        """The driver's ``normalize`` option: L's columns to unit norm, LR unchanged."""
+        Lt, R = rescale_rows(state.Lt, state.R, mode)
+        return NMFState(Lt, R, state.aux)
+
+
+def alternate(rule: AlternatingRule, problem: Problem, state: NMFState) -> tuple[NMFState, StepInfo]:
+    """One iteration of any alternating rule: L half step, then R half step at the new L.
+
+    The step of each factor is rnnmf's ``max |X_new - X|``; the rule is stuck when its
+    R half step reports so (rnnmf's murnmf ends when no denominator of the R step
+    is positive).
+    """
+    aux = rule.begin_iteration(state.aux)
+    hp_L = rule.half_problem(problem, "L", state.Lt, state.R, aux)
+    half_L = rule.half_step(hp_L, state.Lt, aux, "L")
+    hp_R = rule.half_problem(problem, "R", half_L.X, state.R, half_L.aux)
+    half_R = rule.half_step(hp_R, state.R, half_L.aux, "R")
+    step_L = max_abs(half_L.X - state.Lt) if half_L.step is None else half_L.step
+    step_R = max_abs(half_R.X - state.R) if half_R.step is None else half_R.step
+    Lt, R, aux, objective = rule.finish_iteration(problem, hp_R, half_L.X, half_R.X, half_R.aux)
+    stuck = jnp.zeros((), bool) if half_R.stuck is None else half_R.stuck
+    return NMFState(Lt, R, aux), StepInfo(jnp.stack([step_L, step_R]), objective, stuck)
+
+
+Rule = AlternatingRule  # the short name used across jnmf: every NMF rule is alternating

@@ -30,15 +30,15 @@ is left unchanged, which keeps float32 free of division by zero.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from .._fitwise import fitwise
-from ..problem import Problem
-from ..quadratic import HalfProblem, half_problem_L, half_problem_R, objective_after_R_step
-from .base import NMFState, Rule, StepInfo, as_setting, max_abs
+from ..quadratic import HalfProblem
+from .base import AlternatingRule, HalfStep, as_setting
 
 
 def hals_is_exact(hp: HalfProblem) -> bool:
@@ -51,19 +51,11 @@ def hals_is_exact(hp: HalfProblem) -> bool:
 def hals_sweeps(hp: HalfProblem, Xt: Array, max_sweeps: int, delta: Array) -> Array:
     """Up to ``max_sweeps`` HALS sweeps over the rows of the factor-major unknown Xt (k x p).
 
-    Under ``vmap`` over fits the sweeps run fit by fit (:func:`jnmf._fitwise.fitwise`):
-    they are memory-bound row updates that batching only slows down, and each fit
-    keeps its own early exit.  (Not differentiable: it is a loop of projections.)
-    """
-    return fitwise(lambda hp, Xt, delta: _sweeps(hp, Xt, max_sweeps, delta))(hp, Xt, delta)
-
-
-def _sweeps(hp: HalfProblem, Xt: Array, max_sweeps: int, delta: Array) -> Array:
-    """The sweeps of one fit (see :func:`hals_sweeps`).
-
     Row j's update needs ``(G Xt)[j] = sum_t (B_t[j] @ Xt) A_t`` over the quadratic terms
     (k-side B_t, p-side A_t); terms with a multiple of I on the p side are folded into
-    one mixing matrix, so the common case costs one GEMV per row.
+    one mixing matrix, so the common case costs one GEMV per row.  After the first
+    sweep, further sweeps run while the last one changed Xt by more than ``delta``
+    times what the first did (Gillis & Glineur 2012).
     """
     k = Xt.shape[0]
     mixing, others = hp.split_terms()
@@ -111,7 +103,7 @@ def accelerated_sweeps(p: int, q: int, k: int, alpha: float) -> int:
     return 1 + int(alpha * rho)
 
 
-class HALS(Rule):
+class HALS(AlternatingRule):
     """HALS / accelerated HALS for eq. 3 (exact column minimization for diagonal
     weights, a monotone majorization step otherwise; see the module docstring).
 
@@ -121,9 +113,10 @@ class HALS(Rule):
     memory-bound and runs several times below the GEMM's flop rate, so the default
     ``alpha`` is 0.2 rather than their 0.5 (on ORL faces, rank 25, time to a fixed
     error was flat for alpha in [0.1, 0.25] and 45% longer at 0.5; see
-    experiments/bench_orl.py).
+    experiments/bench_orl.py).  Supports every term of eq. 3.
     """
 
+    method_name: ClassVar[str] = "hals"
     alpha: float = eqx.field(static=True)
     inner_sweeps: int | None = eqx.field(static=True)
     delta: Array
@@ -133,22 +126,13 @@ class HALS(Rule):
         self.alpha = float(alpha)
         self.delta = as_setting(delta)
 
-    def _sweeps(self, p: int, q: int, k: int) -> int:
+    def sweeps(self, p: int, q: int, k: int) -> int:
+        """How many sweeps a half step on a ``k x p`` unknown may take (fixed factor ``k x q``)."""
         if self.inner_sweeps is not None:
             return int(self.inner_sweeps)
         return accelerated_sweeps(p, q, k, self.alpha)
 
-    def step(self, problem: Problem, state: NMFState):
-        Lt, R = state.Lt, state.R
-        k, m = Lt.shape
-        n = R.shape[1]
-        delta = self.delta.astype(Lt.dtype)
-        Lt_new = hals_sweeps(half_problem_L(problem, Lt, R), Lt, self._sweeps(m, n, k), delta)
-        hp_R = half_problem_R(problem, Lt_new, R)
-        R_new = hals_sweeps(hp_R, R, self._sweeps(n, m, k), delta)
-        info = StepInfo(
-            steps=jnp.stack([max_abs(Lt_new - Lt), max_abs(R_new - R)]),
-            objective=objective_after_R_step(problem, hp_R, Lt_new, R_new),
-            stuck=jnp.zeros((), bool),
-        )
-        return NMFState(Lt_new, R_new), info
+    def half_step(self, hp: HalfProblem, Xt: Array, aux, side: str) -> HalfStep:
+        k, p = Xt.shape
+        n_sweeps = self.sweeps(p, hp.fixed_size, k)
+        return HalfStep(hals_sweeps(hp, Xt, n_sweeps, self.delta.astype(Xt.dtype)), aux)

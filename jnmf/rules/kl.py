@@ -1,7 +1,8 @@
-"""KL-divergence NMF: the multiplicative update of Lee & Seung (seed 001, "algorithm II").
+"""KL-divergence NMF: the multiplicative update of Lee & Seung (2001), with the column
+normalization of the DAMC lecture notes (Xiamen University 2022, "algorithm II").
 
 With our naming ``Y ~ L R`` (the lecture's ``X ~ W H``, ``L = W``, ``R = H``) the rule
-minimizes the generalized Kullback-Leibler divergence (seed 001, section 4)
+minimizes the generalized Kullback-Leibler divergence
 
     D(Y || LR) = sum_ij  Y_ij log(Y_ij / (LR)_ij) - Y_ij + (LR)_ij      (0 log 0 = 0)
 
@@ -29,9 +30,13 @@ Supported beyond the lecture (all exact majorize-minimize steps, so monotone):
   weights ``w_i v_j`` of ``sum_ij w_i v_j D_ij`` (``problem.Yw = W_0R Y W_0C`` is then ``w_i Y_ij v_j``).
 
 Not supported: ``full`` or ``offdiag`` ``W_0R`` / ``W_0C`` (a weighted KL divergence has
-no meaning for a non-diagonal weight); the rule would mix ``problem.Yw`` with the
-weights' diagonals and minimize nothing meaningful.  Nothing is raised at trace time;
-front doors should validate with :func:`kl_supported` (weight kinds are static).
+no meaning for a non-diagonal weight): :meth:`KLMU.check` rejects them.
+
+Where this rule differs from the protocol's default (jnmf/rules/base.py): its
+objective is not eq. 3, so its half problem is not eq. 8's ``(G, d)`` but
+:class:`KLHalfProblem` (the Lee-Seung numerator and denominator of the free
+factor), and ``NMFState.aux`` carries the product ``L R`` so each iteration forms it
+once per half step.
 
 Column normalization (the lecture's unit 1-norm columns of L) is the driver option
 ``normalize="sum"`` of :func:`jnmf.driver.iterate`; without penalties it leaves the
@@ -43,20 +48,23 @@ Guards: the quotient is ``Y (/) max(LR, epsilon)``, so zero rows and columns of 
 vanished columns of a factor, give no NaN; an element on which the objective does
 not depend (its partner column or row has vanished and it carries no penalty) is
 left unchanged.
-The order is L then R (the lecture updates H = R first; the two orders differ only
-by half a step), matching the other rules of jnmf.
+The order is L then R (the lecture notes update H = R first; the two orders differ
+only by half a step), matching the other rules of jnmf.  L is kept factor-major
+(``Lt = L'``) as in every rule.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
 from jax.scipy.special import xlogy
 from jaxtyping import Array
 
-from .._fitwise import fitwise
-from ..problem import Problem, pair_quadratic, penalty_value
-from .base import Rule, StepInfo, as_setting, max_abs, rescale_rows
+from ..problem import Problem
+from ..weights import Weight
+from .base import AlternatingRule, HalfStep, as_setting, unsupported
 
 _DIAGONAL_KINDS = ("identity", "scalar", "diag")
 
@@ -78,7 +86,7 @@ def kl_divergence(
     row_weight: Array | None = None,
     col_weight: Array | None = None,
 ) -> Array:
-    """Generalized KL divergence ``sum w_i v_j (Y log(Y / LR) - Y + LR)`` (seed 001, section 4).
+    """Generalized KL divergence ``sum w_i v_j (Y log(Y / LR) - Y + LR)`` (Lee & Seung 2001).
 
     ``0 log 0 = 0``.  ``LR`` is clamped below at ``epsilon`` inside the logarithm (as
     in the update), so the value is finite wherever the update is; with
@@ -101,9 +109,7 @@ def kl_objective(
     LR = L @ R if LR is None else LR
     w, v = _loss_weights(problem, L.dtype)
     return (
-        kl_divergence(problem.Y, LR, epsilon, w, v)
-        + penalty_value(problem.W_1L, problem.l2_L, L)
-        + penalty_value(problem.W_1R, problem.l2_R, R)
+        kl_divergence(problem.Y, LR, epsilon, w, v) + problem.penalty_L.value(L) + problem.penalty_R.value(R)
     )
 
 
@@ -125,76 +131,78 @@ def kl_mm_update(X: Array, numerator: Array, denominator: Array, quadratic: Arra
     return jnp.where(ok, 2.0 * X * numerator / jnp.where(ok, den, 1.0), stay)
 
 
-class KLState(eqx.Module):
-    """L, R and their product (carried so each step forms ``L R`` once per half step)."""
+class KLHalfProblem(eqx.Module):
+    """The KL subproblem of one factor, factor-major (``Xt`` is ``k x p``).
 
-    L: Array
-    R: Array
-    LR: Array
+    Attributes:
+        numerator: the Lee-Seung numerator, ``F (Yw (/) max(LR, eps))`` in ``k x p`` layout
+            (F the fixed factor).
+        denominator: the linear coefficient ``(F v) w' + W_1`` (``k x p``; w, v the
+            diagonal loss weights of the free and fixed side).
+        penalties: the L2 pairs as (k-side, p-side) weights.
+    """
+
+    numerator: Array
+    denominator: Array
+    penalties: tuple[tuple[Weight, Weight], ...]
+
+    def quadratic(self, Xt: Array) -> Array:
+        """sum_j B_j Xt A_j: the gradient of the L2 terms, factor-major."""
+        out = jnp.zeros_like(Xt)
+        for k_side, p_side in self.penalties:
+            out = out + k_side.left(p_side.right(Xt))
+        return out
 
 
-class KLMU(Rule):
-    """Lee-Seung multiplicative update for the KL divergence (seed 001, algorithm II).
+class KLMU(AlternatingRule):
+    """Lee-Seung multiplicative update for the KL divergence (Lee & Seung 2001).
 
     ``epsilon`` is the floor of ``LR`` in the quotient ``Y / LR`` (absolute units of Y;
-    the default suits data of order 1e-6 and above in float32).  The objective
+    ``fit`` scales Y to a maximum near 1 first, so there it is relative).  The objective
     reported in ``StepInfo`` and by :meth:`objective` is :func:`kl_objective`, not eq. 3.
     See the module docstring for the supported penalties and weights.
     """
 
+    method_name: ClassVar[str] = "kl"
     epsilon: Array
 
     def __init__(self, epsilon=1e-10):
         self.epsilon = as_setting(epsilon)
 
-    def init(self, problem: Problem, L: Array, R: Array) -> KLState:
-        return KLState(L, R, L @ R)
+    def check(self, problem: Problem) -> None:
+        if not kl_supported(problem):
+            raise unsupported(self, "full or non-orthogonality W_0R / W_0C (only diagonal loss weights)")
 
-    # KL keeps L in its natural layout: its products are with Y / LR, not with Yw.
-    def factors(self, state: KLState) -> tuple[Array, ...]:
-        return (state.L, state.R)
+    def init_aux(self, problem: Problem, Lt: Array, R: Array) -> Array:
+        return Lt.T @ R
 
-    def result_factors(self, state: KLState) -> tuple[Array, ...]:
-        return (state.L, state.R)
+    def objective(self, problem: Problem, state) -> Array:
+        eps = self.epsilon.astype(state.R.dtype)
+        return kl_objective(problem, state.Lt.T, state.R, state.aux, eps)
 
-    def with_factors(self, state: KLState, factors: tuple[Array, ...]) -> KLState:
-        L, R = factors
-        return KLState(L, R, L @ R)
-
-    def rescale(self, state: KLState, mode: str) -> KLState:
-        Lt, R = rescale_rows(state.L.T, state.R, mode)
-        return self.with_factors(state, (Lt.T, R))
-
-    def objective(self, problem: Problem, state: KLState) -> Array:
-        return kl_objective(problem, state.L, state.R, state.LR, self.epsilon.astype(state.L.dtype))
-
-    def step(self, problem: Problem, state: KLState):
-        # Every product here involves the fit's own m x n quotient Y / LR, so batching
-        # fits shares no work and only multiplies the memory traffic: under vmap the
-        # step runs fit by fit (jnmf._fitwise).
-        return fitwise(lambda rule, problem, state: rule._step(problem, state))(self, problem, state)
-
-    def _step(self, problem: Problem, state: KLState):
-        L, R, P = state.L, state.R, state.LR
-        eps = self.epsilon.astype(L.dtype)
-        w, v = _loss_weights(problem, L.dtype)
+    def half_problem(self, problem: Problem, side: str, Lt: Array, R: Array, LR: Array) -> KLHalfProblem:
+        eps = self.epsilon.astype(R.dtype)
+        w, v = _loss_weights(problem, R.dtype)
         Yw = problem.Yw  # w_i Y_ij v_j for diagonal weights
+        if side == "L":
+            # num' = R (Yw / LR)',  den' = (R v) w' + W_1L'
+            quotient = Yw / jnp.maximum(LR, eps)
+            numerator = jnp.einsum("kn,mn->km", R, quotient)
+            W_1 = problem.penalty_L.l1()
+            denominator = (R @ v)[:, None] * w[None, :] + (W_1.T if W_1.ndim == 2 else W_1)
+            pairs = tuple((col, row) for row, col in problem.penalty_L.pairs())
+        else:
+            # at the new L: num = L' (Yw / LR),  den = (L' w) v' + W_1R
+            quotient = Yw / jnp.maximum(Lt.T @ R, eps)
+            numerator = Lt @ quotient
+            denominator = (Lt @ w)[:, None] * v[None, :] + problem.penalty_R.l1()
+            pairs = problem.penalty_R.pairs()
+        return KLHalfProblem(numerator, denominator, pairs)
 
-        # L half step: num = (Yw / LR) R',  den = w (R v)' + W_1L.
-        num = (Yw / jnp.maximum(P, eps)) @ R.T
-        den = w[:, None] * (R @ v)[None, :] + problem.W_1L
-        L_new = kl_mm_update(L, num, den, pair_quadratic(problem.l2_L, L))
+    def half_step(self, hp: KLHalfProblem, Xt: Array, aux, side: str) -> HalfStep:
+        return HalfStep(kl_mm_update(Xt, hp.numerator, hp.denominator, hp.quadratic(Xt)), aux)
 
-        # R half step at the new L: num = L' (Yw / LR),  den = (w' L)' v' + W_1R.
-        P = L_new @ R
-        num = L_new.T @ (Yw / jnp.maximum(P, eps))
-        den = (w @ L_new)[:, None] * v[None, :] + problem.W_1R
-        R_new = kl_mm_update(R, num, den, pair_quadratic(problem.l2_R, R))
-
-        P = L_new @ R_new
-        info = StepInfo(
-            steps=jnp.stack([max_abs(L_new - L), max_abs(R_new - R)]),
-            objective=kl_objective(problem, L_new, R_new, P, eps),
-            stuck=jnp.zeros((), bool),
-        )
-        return KLState(L_new, R_new, P), info
+    def finish_iteration(self, problem: Problem, hp_R, Lt: Array, R: Array, aux):
+        LR = Lt.T @ R
+        eps = self.epsilon.astype(R.dtype)
+        return Lt, R, LR, kl_objective(problem, Lt.T, R, LR, eps)

@@ -6,12 +6,13 @@ jnmf's ``method="mu"``.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from ..problem import Problem
-from ..quadratic import HalfProblem, half_problem_L, half_problem_R, objective_after_R_step
-from .base import NMFState, Rule, StepInfo, as_setting, max_abs
+from ..quadratic import HalfProblem, positive_or_one
+from .base import AlternatingRule, HalfStep, as_setting
 
 
 def murnmf_half_step(hp: HalfProblem, Xt: Array, epsilon: Array) -> tuple[Array, Array]:
@@ -25,32 +26,26 @@ def murnmf_half_step(hp: HalfProblem, Xt: Array, epsilon: Array) -> tuple[Array,
     numerator = jnp.minimum(hp.linear, -epsilon)
     denominator = hp.apply_G(Xt)
     ok = denominator > 0
-    X_new = jnp.where(ok, -Xt * numerator / jnp.where(ok, denominator, 1.0), Xt)
-    return X_new, ok
+    return jnp.where(ok, -Xt * numerator / positive_or_one(denominator), Xt), ok
 
 
-class MURNMF(Rule):
+class MURNMF(AlternatingRule):
     """Algorithm 1: alternate multiplicative half steps on L, then R.
 
     Theorem 2.3: each half step does not increase phi when d <= 0; the clipping
     of eq. 19 means the rule may not solve the stated problem when L1 weights
-    are large (an element that reaches zero stays zero).
+    are large (an element that reaches zero stays zero).  Supports every term of eq. 3.
+
+    Attributes:
+        epsilon: the clipping level of eq. 19 (units of d).
     """
 
+    method_name: ClassVar[str] = "mu"
     epsilon: Array
 
     def __init__(self, epsilon=1e-7):
         self.epsilon = as_setting(epsilon)
 
-    def step(self, problem: Problem, state: NMFState):
-        Lt, R = state.Lt, state.R
-        eps = self.epsilon.astype(Lt.dtype)
-        Lt_new, _ = murnmf_half_step(half_problem_L(problem, Lt, R), Lt, eps)
-        hp_R = half_problem_R(problem, Lt_new, R)
-        R_new, ok_R = murnmf_half_step(hp_R, R, eps)
-        info = StepInfo(
-            steps=jnp.stack([max_abs(Lt_new - Lt), max_abs(R_new - R)]),
-            objective=objective_after_R_step(problem, hp_R, Lt_new, R_new),
-            stuck=~jnp.any(ok_R),
-        )
-        return NMFState(Lt_new, R_new), info
+    def half_step(self, hp: HalfProblem, Xt: Array, aux, side: str) -> HalfStep:
+        X, ok = murnmf_half_step(hp, Xt, self.epsilon.astype(Xt.dtype))
+        return HalfStep(X, aux, stuck=~jnp.any(ok))

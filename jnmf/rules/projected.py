@@ -26,58 +26,38 @@ without recompiling use ``optax.inject_hyperparams``, which puts it in the state
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import equinox as eqx
 import jax.numpy as jnp
 import optax
 from jaxtyping import Array, PyTree
 
 from ..problem import Problem
-from ..quadratic import half_problem_L, half_problem_R, objective_after_R_step
-from .base import Rule, StepInfo, max_abs
+from ..quadratic import HalfProblem
+from .base import AlternatingRule, HalfStep
 
 
-class PGState(eqx.Module):
-    """The factors (L factor-major, as ``Lt``) and one optimizer state per factor."""
-
-    Lt: Array
-    R: Array
-    opt_L: PyTree
-    opt_R: PyTree
-
-    @property
-    def L(self) -> Array:
-        return jnp.swapaxes(self.Lt, -1, -2)  # also right for a batch of states
-
-
-class ProjectedGradient(Rule):
+class ProjectedGradient(AlternatingRule):
     """Alternating projected optax steps on L, then R (see the module docstring).
 
-    Example: ``ProjectedGradient(optax.adam(1e-2))``.
+    ``NMFState.aux`` is the pair of optimizer states ``(for L, for R)``: where this
+    rule differs from the others, it carries state between half steps of the same side.
+    Example: ``ProjectedGradient(optax.adam(1e-2))``.  Supports every term of eq. 3.
     """
 
+    method_name: ClassVar[str] = "pg"
     optimizer: optax.GradientTransformation = eqx.field(static=True)
 
     def __init__(self, optimizer: optax.GradientTransformation):
         self.optimizer = optimizer
 
-    def init(self, problem: Problem, L: Array, R: Array) -> PGState:
-        return PGState(L.T, R, self.optimizer.init(L.T), self.optimizer.init(R))
+    def init_aux(self, problem: Problem, Lt: Array, R: Array) -> PyTree:
+        return (self.optimizer.init(Lt), self.optimizer.init(R))
 
-    def step(self, problem: Problem, state: PGState):
-        Lt, R = state.Lt, state.R
-        opt = self.optimizer
-        g_L = half_problem_L(problem, Lt, R).gradient(Lt)
-        u_L, opt_L = opt.update(g_L, state.opt_L, Lt)
-        Lt_new = jnp.maximum(optax.apply_updates(Lt, u_L), 0.0)
-
-        hp_R = half_problem_R(problem, Lt_new, R)
-        g_R = hp_R.gradient(R)
-        u_R, opt_R = opt.update(g_R, state.opt_R, R)
-        R_new = jnp.maximum(optax.apply_updates(R, u_R), 0.0)
-
-        info = StepInfo(
-            steps=jnp.stack([max_abs(Lt_new - Lt), max_abs(R_new - R)]),
-            objective=objective_after_R_step(problem, hp_R, Lt_new, R_new),
-            stuck=jnp.zeros((), bool),
-        )
-        return PGState(Lt_new, R_new, opt_L, opt_R), info
+    def half_step(self, hp: HalfProblem, Xt: Array, aux: PyTree, side: str) -> HalfStep:
+        which = 0 if side == "L" else 1
+        update, opt_state = self.optimizer.update(hp.gradient(Xt), aux[which], Xt)
+        X = jnp.maximum(optax.apply_updates(Xt, update), 0.0)
+        aux = (opt_state, aux[1]) if which == 0 else (aux[0], opt_state)
+        return HalfStep(X, aux)

@@ -1,5 +1,9 @@
 """GIQPM, the general iterative QP method of Pav (2024), Algorithm 2, on an explicit (G, d).
 
+It lives beside the NMF rules (it solves the vector QP of eq. 10, not an NMF) and is
+run by the same driver.  The step primitives it shares with AURNMF (the Lee-Seung
+ratio, step lengths, tau annealing, zero snapping) are in :mod:`jnmf.quadratic`.
+
 Step directions (rnnmf's ``step_func``): ``"lee_seung"`` (the default,
 ``-grad (.) x (/) Gx`` with non-positive Gx replaced by 1), ``"steepest"``
 (``-grad``; it stalls on the boundary, see section 3.1), ``"complementarity"``
@@ -14,15 +18,13 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from ..quadratic import VectorQP
-from .au import giqpm_step
-from .base import Rule, StepInfo, as_setting
+from .quadratic import VectorQP, anneal, giqpm_step, lee_seung_direction, snap_zeros
+from .rules.base import StepInfo, as_setting
 
 
-def lee_seung_direction(grad, Gx, G, d, x):
+def lee_seung(grad, Gx, G, d, x):
     """h = -grad (.) x (/) Gx (eq. 22), dividing by 1 where Gx <= 0 or is NaN."""
-    bad = ~(Gx > 0)
-    return -grad * x / jnp.where(bad, 1.0, Gx)
+    return lee_seung_direction(x, grad, Gx)
 
 
 def steepest_direction(grad, Gx, G, d, x):
@@ -34,7 +36,7 @@ def complementarity_direction(grad, Gx, G, d, x):
 
 
 DIRECTIONS: dict[str, Callable] = {
-    "lee_seung": lee_seung_direction,
+    "lee_seung": lee_seung,
     "steepest": steepest_direction,
     "complementarity": complementarity_direction,
 }
@@ -45,8 +47,12 @@ class GIQPMState(eqx.Module):
     tau_k: Array
 
 
-class GIQPM(Rule):
-    """Algorithm 2 with tau annealing and zero snapping, as rnnmf's giqpm."""
+class GIQPM(eqx.Module):
+    """Algorithm 2 with tau annealing and zero snapping, as rnnmf's giqpm.
+
+    Implements the driver's protocol (``init``, ``step``, ``objective``, ``factors``,
+    ``result_factors``) on a :class:`~jnmf.quadratic.VectorQP`.
+    """
 
     tau: Array
     annealing_rate: Array
@@ -74,8 +80,8 @@ class GIQPM(Rule):
     def factors(self, state: GIQPMState):
         return (state.x,)
 
-    def with_factors(self, state: GIQPMState, factors):
-        return GIQPMState(factors[0], state.tau_k)
+    def check(self, qp: VectorQP) -> None:
+        """Every QP of eq. 10 is supported."""
 
     def result_factors(self, state: GIQPMState):
         return (state.x,)
@@ -88,11 +94,10 @@ class GIQPM(Rule):
         Gx = qp.apply_G(x)
         grad = Gx + qp.d
         h = self.direction(grad, Gx, qp.G, qp.d, x)
-        a = self.annealing_rate.astype(x.dtype)
-        tau_k = (1 - a) * state.tau_k + a
+        tau_k = anneal(state.tau_k, self.annealing_rate.astype(x.dtype))
         GH = qp.apply_G(h) if self.check_optimal_step else None
         x_new, step = giqpm_step(x, grad, h, GH, tau_k)
-        x_new = jnp.where(x_new <= self.zero_tolerance.astype(x.dtype), 0.0, x_new)
+        x_new = snap_zeros(x_new, self.zero_tolerance.astype(x.dtype))
         # rnnmf stops at an all-zero direction before annealing tau or counting the pass
         halted = ~jnp.any(h != 0)
         tau_k = jnp.where(halted, state.tau_k, tau_k)
