@@ -422,8 +422,8 @@ def sweep(
     )
     unit = float(s.scale) ** s.degree
     objectives = np.asarray(res.objective, np.float64) * unit
-    loss = np.asarray(_grid_losses(problem, {k: jnp.asarray(v, s.Y.dtype) for k, v in scaled_settings.items()},
-                                   res.L, res.R), np.float64) * float(s.scale) ** 2  # fmt: skip
+    traced_settings = {k: jnp.asarray(v, s.Y.dtype) for k, v in scaled_settings.items()}
+    loss = np.asarray(_grid_losses(problem, traced_settings, res.L, res.R), np.float64) * float(s.scale) ** 2
     ok = np.isfinite(objectives) & (np.asarray(res.status) != NONFINITE)
     best = np.argmin(np.where(ok, objectives, np.inf), axis=1)
     G = objectives.shape[0]

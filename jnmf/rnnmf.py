@@ -3,9 +3,9 @@
 Argument names, defaults and semantics follow the R package rnnmf 0.3.0 (Pav
 2024), including its stopping rule (``min_xstep=1e-9`` on the largest absolute step;
 in float32 the threshold is at least a few ulps of the factors, see
-:mod:`jnmf.driver`; float64 is exactly rnnmf's).  Each validates its input on the host (``ValueError`` naming the
-argument), builds a :class:`~jnmf.problem.Problem`, and runs one rule in the one
-driver.  Extra keywords beyond rnnmf's: ``tol`` (relative objective change,
+:mod:`jnmf.driver`; float64 is exactly rnnmf's).  Each validates its input on the
+host (``ValueError`` naming the argument), builds a :class:`~jnmf.problem.Problem`,
+and runs one rule in the one driver.  Extra keywords beyond rnnmf's: ``tol`` (relative objective change,
 0 = off) and ``history_size`` (length of the objective history buffer).
 
 Differences from rnnmf, on purpose:
