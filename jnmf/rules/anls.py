@@ -1,4 +1,5 @@
-"""ANLS: alternating non-negative least squares (seed 001, section 2), for eq. 3.
+"""ANLS: alternating non-negative least squares (Kim & Park 2008; DAMC Lecture 6, Xiamen
+University 2022, section 2), for eq. 3.
 
 Each half step solves its subproblem (Pav 2024, eqs. 6-9) exactly:
 

@@ -1,7 +1,7 @@
 """KL-divergence NMF: the multiplicative update of Lee & Seung (2001), with the column
 normalization of the DAMC lecture notes (Xiamen University 2022, "algorithm II").
 
-With our naming ``Y ~ L R`` (the lecture's ``X ~ W H``, ``L = W``, ``R = H``) the rule
+With our naming ``Y ~ L R`` (the ``X ~ W H`` of the DAMC notes, ``L = W``, ``R = H``) the rule
 minimizes the generalized Kullback-Leibler divergence
 
     D(Y || LR) = sum_ij  Y_ij log(Y_ij / (LR)_ij) - Y_ij + (LR)_ij      (0 log 0 = 0)
@@ -16,7 +16,7 @@ the objective in that factor, tight at the current iterate), so the objective
 never increases.  The L1 terms ``tr(W_1L' L)``, ``tr(W_1R' R)`` are linear and enter the
 denominators unchanged.
 
-Supported beyond the lecture (all exact majorize-minimize steps, so monotone):
+Supported beyond Lee & Seung (all exact majorize-minimize steps, so monotone):
 
 * ``W_1L`` / ``W_1R``: scalars or full ``m x k`` / ``k x n`` matrices.
 * The L2 terms of eq. 3 (ridge ``lambda_2``, non-orthogonality ``gamma_2`` and general
@@ -38,7 +38,7 @@ objective is not eq. 3, so its half problem is not eq. 8's ``(G, d)`` but
 factor), and ``NMFState.aux`` carries the product ``L R`` so each iteration forms it
 once per half step.
 
-Column normalization (the lecture's unit 1-norm columns of L) is the driver option
+Column normalization (unit 1-norm columns of L, as in the DAMC notes) is the driver option
 ``normalize="sum"`` of :func:`jnmf.driver.iterate`; without penalties it leaves the
 iterates' product, hence the objective history, unchanged (the update is equivariant
 under ``L -> L D, R -> D^-1 R``).  With penalties it changes the problem (they are not
@@ -48,7 +48,7 @@ Guards: the quotient is ``Y (/) max(LR, epsilon)``, so zero rows and columns of 
 vanished columns of a factor, give no NaN; an element on which the objective does
 not depend (its partner column or row has vanished and it carries no penalty) is
 left unchanged.
-The order is L then R (the lecture notes update H = R first; the two orders differ
+The order is L then R (the DAMC notes update H = R first; the two orders differ
 only by half a step), matching the other rules of jnmf.  L is kept factor-major
 (``Lt = L'``) as in every rule.
 """
