@@ -72,8 +72,9 @@ def main() -> None:
 
     Y = load(args.data)
     m, n = Y.shape
-    print(f"jax {jax.__version__} on {jax.default_backend()} ({os.cpu_count()} CPUs); data {args.data} "
-          f"{m} x {n}, rank {args.rank}, {args.iterations} iterations per fit, best of {args.repeats}")  # fmt: skip
+    print(f"jax {jax.__version__} on {jax.default_backend()} ({os.cpu_count()} CPUs); data "
+          f"{args.data} {m} x {n}, rank {args.rank}, {args.iterations} iterations per fit, "
+          f"best of {args.repeats}")  # fmt: skip
     problem = build_problem(jnp.asarray(Y), args.rank)
     stop = Stopping(max_iterations=args.iterations, tol=0.0, min_xstep=0.0)
     rng = np.random.default_rng(0)
@@ -106,8 +107,8 @@ def main() -> None:
             tm = best(lambda: batched("map"), args.repeats)
             tl = best(loop, args.repeats)
             ct = "/".join(f"{c:.1f}" for c in compile_times)
-            print(f"{method:>6} {B:>3} {tv:>8.3f} {tm:>8.3f} {tl:>8.3f} {tl / tv:>9.2f} {tl / tm:>9.2f} {ct:>21}",
-                  flush=True)  # fmt: skip
+            row = f"{method:>6} {B:>3} {tv:>8.3f} {tm:>8.3f} {tl:>8.3f} {tl / tv:>9.2f} {tl / tm:>9.2f}"
+            print(f"{row} {ct:>21}", flush=True)
 
 
 if __name__ == "__main__":
