@@ -58,8 +58,18 @@ def murnmf(
     non-positive denominator are left unchanged.  Stops when both factors' largest
     absolute step is below ``min_xstep`` or after ``max_iterations``.
 
-    Returns a :class:`~jnmf.driver.Result` with ``L``, ``R``, ``iterations``,
-    ``converged``, ``history``, ``objective``, ``Lstep``, ``Rstep``.
+    Args:
+        Y: ``m x n`` non-negative data.
+        L, R: starting factors, ``m x k`` and ``k x n``, non-negative.
+        W_0R, W_0C: loss weights (None = identity, scalar, vector = diagonal, or matrix).
+        lambda_1L, lambda_1R, lambda_2L, lambda_2R, gamma_2L, gamma_2R: the scalars of eq. 4.
+        epsilon: the numerator clipping of eq. 19.
+        max_iterations, min_xstep: rnnmf's stopping rule; tol: relative objective change
+            (0 = off, a jnmf extra); history_size: length of the objective history.
+
+    Returns:
+        A :class:`~jnmf.driver.Result` with ``L``, ``R``, ``iterations``, ``converged``,
+        ``status``, ``history``, ``objective``, ``Lstep``, ``Rstep``.
     """
     Y, L, R = check.factors(Y, L, R)
     check.nonneg_scalar("epsilon", epsilon)
@@ -85,6 +95,17 @@ def aurnmf(
     eq. 24 if shorter (``check_optimal_step``), values ``<= zero_tolerance`` snapped
     to zero after each iteration.  Unlike rnnmf, the optimal step includes the
     non-orthogonality curvature when ``gamma_2L/gamma_2R > 0``.
+
+    Args:
+        Y, L, R, W_0R, W_0C, lambda_1L ... gamma_2R, max_iterations, min_xstep, tol,
+            history_size: as for :func:`murnmf`.
+        tau: the starting fraction tau_0 of the longest feasible step, in (0, 1).
+        annealing_rate: tau_k = (1 - rate) tau_{k-1} + rate, in [0, 1).
+        check_optimal_step: cap the step at the exact minimizer along it (eq. 24).
+        zero_tolerance: values at or below it become zero after each iteration.
+
+    Returns:
+        A :class:`~jnmf.driver.Result`, as :func:`murnmf`.
     """
     Y, L, R = check.factors(Y, L, R)
     _annealing(tau, annealing_rate)
@@ -112,6 +133,15 @@ def gaurnmf(
     those paired by position with its partner (``W_2RL[j]`` with ``W_2CL[j]``).
     As in rnnmf the defaults (0, 0) mean no L2 term: a scalar ridge needs both,
     e.g. ``W_2RL=lam, W_2CL=1``.
+
+    Args:
+        Y, L, R, W_0R, W_0C, tau, annealing_rate, check_optimal_step, zero_tolerance,
+            max_iterations, min_xstep, tol, history_size: as for :func:`aurnmf`.
+        W_1L, W_1R: the L1 weights of eq. 3.
+        W_2RL, W_2CL, W_2RR, W_2CR: the L2 pairs of eq. 3 (see above).
+
+    Returns:
+        A :class:`~jnmf.driver.Result`, as :func:`murnmf`.
     """
     Y, L, R = check.factors(Y, L, R)
     _annealing(tau, annealing_rate)
@@ -135,7 +165,17 @@ def giqpm(
     ``step``: ``"lee_seung"`` (default), ``"steepest"``, ``"complementarity"`` or a
     callable ``f(grad, Gx, G, d, x) -> direction``.  ``x0`` defaults to uniform
     random in [0, 1) drawn from ``key`` (``jax.random.key(0)`` if None).
-    Returns a result with ``x``, ``iterations``, ``converged``.
+
+    Args:
+        G: ``n x n`` symmetric matrix; d: length-n vector; x0: non-negative start.
+        tau, annealing_rate, check_optimal_step, zero_tolerance: as for :func:`aurnmf`
+            (defaults rnnmf's giqpm's).
+        step: the direction rule (see above).
+        max_iterations, min_xstep, tol, history_size: as for :func:`murnmf`.
+        key: the JAX key for the default ``x0``.
+
+    Returns:
+        A :class:`~jnmf.driver.Result` with ``x``, ``iterations``, ``converged``, ``status``.
     """
     G = check.matrix("G", G, nonneg=False)
     if G.shape[0] != G.shape[1]:
@@ -171,10 +211,16 @@ def giqpm(
 
 
 def objective(Y, L, R, *, W_0R=None, W_0C=None, **penalties):
-    """The objective of eq. 3 at (L, R).
+    """The objective of eq. 3 at (L, R) (rnnmf's objective function).
 
-    Takes ``gaurnmf``'s weight keywords (``W_1L`` ... ``W_2CR``) and/or the scalar
-    ones of eq. 4 (``lambda_1L`` ... ``gamma_2R``).
+    Args:
+        Y, L, R: data and factors.
+        W_0R, W_0C: loss weights.
+        **penalties: ``gaurnmf``'s weight keywords (``W_1L`` ... ``W_2CR``) and/or the
+            scalars of eq. 4 (``lambda_1L`` ... ``gamma_2R``).
+
+    Returns:
+        The scalar objective.
     """
     Y, L, R = check.factors(Y, L, R)
     problem = build_problem(Y, L.shape[1], W_0R=W_0R, W_0C=W_0C, **penalties)
