@@ -7,6 +7,8 @@ shape and dtype; their values are the caller's responsibility.
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 
 import jax
@@ -41,6 +43,15 @@ def _check_values(name: str, arr, *, nonneg: bool = True) -> None:
 
 
 _warned_downcast = False
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first caller outside jnmf."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _warn_float64_downcast() -> None:
@@ -52,7 +63,7 @@ def _warn_float64_downcast() -> None:
             "float64, run jax.config.update('jax_enable_x64', True) (or set JAX_ENABLE_X64=1) "
             "before any JAX computation",
             UserWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
 
 

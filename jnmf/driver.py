@@ -17,6 +17,8 @@ Stopping rules (:class:`Stopping`; any may end the loop):
 * relative change of the factors (the stopping rule of the DAMC lecture notes,
   Xiamen University 2022):
   ``delta = sum_i ||X_i^{k} - X_i^{k-1}||_F / ||X_i^{k-1}||_F < rel_tol`` (``0`` disables);
+* a target: the objective is at most ``target`` (``0`` disables), e.g. to time
+  restarts to a given error;
 * ``max_iterations`` reached, the rule reports it is stuck, or the objective or a
   factor stopped being finite.
 
@@ -64,12 +66,14 @@ class Stopping:
         min_xstep: rnnmf's largest-step test (default 0, off; see the module docstring
             for float32).
         rel_tol: relative change of the factors (default 0, off).
+        target: stop (converged) once the objective is at most this (default 0, off).
     """
 
     max_iterations: int = 1000
     tol: float = 1e-4
     min_xstep: float = 0.0
     rel_tol: float = 0.0
+    target: float = 0.0
 
     def replace(self, **overrides) -> Stopping:
         """A copy with the given (non-None) settings replaced."""
@@ -78,7 +82,7 @@ class Stopping:
     def validate(self) -> Stopping:
         """Check every setting on the host (ValueError naming it)."""
         check.positive_int("max_iterations", self.max_iterations, allow_zero=True)
-        for name in ("tol", "min_xstep", "rel_tol"):
+        for name in ("tol", "min_xstep", "rel_tol", "target"):
             check.nonneg_scalar(name, getattr(self, name))
         return self
 
@@ -89,6 +93,7 @@ class Stopping:
             jnp.asarray(self.min_xstep, dtype),
             jnp.asarray(self.tol, dtype),
             jnp.asarray(self.rel_tol, dtype),
+            jnp.asarray(self.target, dtype),
         )
 
 
@@ -173,6 +178,7 @@ def iterate_impl(
     min_xstep,
     tol,
     rel_tol,
+    target,
     history_size,
     normalize,
     batched: bool = False,
@@ -217,6 +223,7 @@ def iterate_impl(
             threshold = jnp.where(min_xstep > 0, jnp.maximum(min_xstep, floor), 0.0)
         converged = jnp.all(steps < threshold)
         converged |= (tol > 0) & (jnp.abs(f - f_new) <= tol * jnp.abs(f))
+        converged |= (target > 0) & (f_new <= target)
         # the relative change costs passes over the factors: only when asked for
         rel = jax.lax.cond(
             rel_tol > 0,

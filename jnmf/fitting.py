@@ -180,7 +180,7 @@ def _warn_status(status_code: int, where: str) -> None:
             f"{where} stopped at max_iterations without meeting a convergence test; "
             "raise max_iterations or loosen tol",
             ConvergenceWarning,
-            stacklevel=3,
+            stacklevel=check.user_stacklevel(),
         )
 
 
@@ -245,7 +245,8 @@ def fit(
         key: int seed, JAX key or NumPy Generator for the initializations (default 0).
         stopping: a :class:`~jnmf.driver.Stopping` (default: its documented defaults,
             1000 iterations, ``tol=1e-4``); ``max_iterations``, ``tol``, ``min_xstep``,
-            ``rel_tol`` override single settings.
+            ``rel_tol`` override single settings.  A ``target`` objective is in the
+            user's units.
         normalize: ``"max"``/``"sum"`` rescale L's columns every iteration.
         history_size: length of the objective history buffer.
         return_all: also return every restart's factors (``all_L``, ``all_R``).
@@ -270,17 +271,17 @@ def fit(
         return _zero_fit(s, return_all, history_size)
     problem = problem.scaled(s.scale, s.degree)
     L0, R0 = _scaled_starts(s, problem.Y, init)
+    unit = float(s.scale) ** s.degree  # objectives scale as Y^degree
     res = run_restarts(
         s.rule,
         problem,
         L0,
         R0,
-        stopping=s.stopping,
+        stopping=s.stopping.replace(target=s.stopping.target / unit),
         history_size=history_size,
         normalize=normalize,
         strategy=strategy,
     )
-    unit = float(s.scale) ** s.degree  # objectives scale as Y^degree
     objectives = np.asarray(res.objective, np.float64) * unit
     all_status = np.asarray(res.status)
     best = _pick_best(objectives, all_status)
@@ -410,17 +411,17 @@ def sweep(
     problem = base.scaled(s.scale, s.degree)
     scaled_settings = scale_settings(settings, s.scale, s.degree)
     L0, R0 = _scaled_starts(s, problem.Y, init)
+    unit = float(s.scale) ** s.degree
     res = run_grid(
         s.rule,
         problem,
         scaled_settings,
         L0,
         R0,
-        stopping=s.stopping,
+        stopping=s.stopping.replace(target=s.stopping.target / unit),
         history_size=history_size,
         strategy=strategy,
     )
-    unit = float(s.scale) ** s.degree
     objectives = np.asarray(res.objective, np.float64) * unit
     traced_settings = {k: jnp.asarray(v, s.Y.dtype) for k, v in scaled_settings.items()}
     loss = np.asarray(_grid_losses(problem, traced_settings, res.L, res.R), np.float64) * float(s.scale) ** 2
