@@ -331,7 +331,7 @@ def _load_input(args, timings: dict) -> LabeledMatrix:
     start = time.perf_counter()
     dtype = np.float64 if getattr(args, "float64", False) else np.float32
     matrix = read_matrix(args.input, key=args.key, header=args.header, row_names=args.row_names, dtype=dtype)
-    check_nonnegative(args.input, matrix.values)
+    check_nonnegative(args.input, matrix)
     timings["load"] = time.perf_counter() - start
     return matrix
 

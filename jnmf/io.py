@@ -103,27 +103,41 @@ def read_matrix(
     return matrix._replace(values=values)
 
 
-def check_nonnegative(path: str | Path, values: np.ndarray) -> None:
+def check_nonnegative(path: str | Path, matrix: LabeledMatrix) -> None:
     """Raise MatrixFileError unless every entry is finite and >= 0, naming the first bad one.
 
     Args:
         path: the file the values came from (for the message).
-        values: the matrix.
+        matrix: the matrix read from it; its names, if any, help locate the entry.
     """
+    values = matrix.values
     bad = ~np.isfinite(values)
     if bad.any():
         i, j = np.argwhere(bad)[0]
         raise MatrixFileError(
-            f"{path}: {int(bad.sum())} entries are NaN or infinite (first at row {i + 1}, column {j + 1}); "
+            f"{path}: {_entries(bad.sum())} NaN or infinite (first at {_where(matrix, i, j)}); "
             "NMF needs finite values"
         )
     negative = values < 0
     if negative.any():
         i, j = np.argwhere(negative)[0]
         raise MatrixFileError(
-            f"{path}: {int(negative.sum())} entries are negative (first {values[i, j]:g} at row {i + 1}, "
-            f"column {j + 1}); NMF needs non-negative data"
+            f"{path}: {_entries(negative.sum())} negative (first {values[i, j]:g} at "
+            f"{_where(matrix, i, j)}); NMF needs non-negative data"
         )
+
+
+def _entries(count) -> str:
+    return "1 entry is" if count == 1 else f"{int(count)} entries are"
+
+
+def _where(matrix: LabeledMatrix, i: int, j: int) -> str:
+    """An entry's place: 1-based data row and column, and their names when the file has them."""
+    place = f"row {i + 1}, column {j + 1}"
+    names = [
+        repr(names[k]) for names, k in ((matrix.row_names, i), (matrix.column_names, j)) if names is not None
+    ]
+    return f"{place} ({', '.join(names)})" if names else place
 
 
 def write_labeled_csv(
@@ -203,9 +217,10 @@ def _as_float_matrix(path: Path, values, dtype) -> np.ndarray:
 def _detect_delimiter(lines: list[str], suffix: str) -> str | None:
     """The field delimiter of text lines; None means runs of whitespace."""
     preferred = {".tsv": "\t", ".csv": ","}.get(suffix)
-    candidates = [preferred] if preferred else []
-    candidates += [d for d in ("\t", ",", ";", "|") if d != preferred]
-    for delimiter in candidates:
+    # the extension's delimiter wins when every line has it (quoted names may hold more of it)
+    if preferred and all(preferred in line for line in lines):
+        return preferred
+    for delimiter in ("\t", ",", ";", "|"):
         counts = {line.count(delimiter) for line in lines}
         # a delimiter splits every line; the header may differ by one (no corner cell)
         if min(counts) > 0 and max(counts) - min(counts) <= 1:

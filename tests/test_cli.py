@@ -487,6 +487,11 @@ def test_reader_header_and_row_name_detection(tmp_path):
     forced = read_matrix(path, header=True)
     assert forced.column_names == ["10", "20"] and forced.values.shape == (2, 2)
     assert read_matrix(path, row_names=True).row_names == ["10", "1", "3"]
+    # quoted names may hold the delimiter; semicolons are detected in a .txt
+    (tmp_path / "q.csv").write_text('gene,"s, 1",s2\n"a, x",1,2\nb,3,4\n')
+    quoted = read_matrix(tmp_path / "q.csv")
+    assert quoted.column_names == ["s, 1", "s2"] and quoted.row_names == ["a, x", "b"]
+    assert read_matrix(write_csv(tmp_path / "s.txt", [[1, 2], [3, 4]], delimiter=";")).values.shape == (2, 2)
     with pytest.raises(MatrixFileError, match="holds no data"):
         read_matrix(write_csv(tmp_path / "empty.csv", [["# only a comment"]]))
 
