@@ -841,6 +841,7 @@ def build_parser() -> argparse.ArgumentParser:
     methods = list(jnmf.METHODS)  # the table jnmf.fit validates against
     method_lines = "\n".join(f"  {name:<6} {text}" for name, text in jnmf.METHODS.items())
     parser = _Parser(prog="jnmf", description=__doc__, formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"jnmf {jnmf.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(

@@ -76,7 +76,8 @@ def consensus_heatmap(
 
     Args:
         C: ``n x n`` consensus matrix (fraction of restarts clustering i with j).
-        labels: sample names for the axis ticks (shown when n <= 60).
+        labels: sample names for the axis ticks (shown when n <= 60); None names
+            samples by their index in ``C``.
         classes: a known class per sample (e.g. cell type), drawn as a colour bar
             along the top with a legend; None for no bar.
         title: figure title; None for "consensus matrix".
@@ -120,13 +121,16 @@ def consensus_heatmap(
         ax = fig.subplots()
     image = ax.imshow(C[np.ix_(order, order)], vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
     fig.colorbar(image, ax=ax, label="fraction of restarts clustering the pair together", shrink=0.8)
-    if labels is not None and n <= 60:
-        names = np.asarray(labels).astype(str)[order]
+    if n <= 60:
+        # name every sample; without names, its index in C (the axis is reordered, so
+        # matplotlib's default 0..n-1 ticks would name the wrong samples)
+        names = (np.arange(n) if labels is None else np.asarray(labels)).astype(str)[order]
         ax.set_xticks(range(n), names, rotation=90, fontsize="x-small")
         ax.set_yticks(range(n), names, fontsize="x-small")
     else:
+        ax.set_xticks([])
+        ax.set_yticks([])
         ax.set_xlabel("samples (clustered order)")
-        ax.set_ylabel("samples (clustered order)")
     fig.suptitle(title or "consensus matrix")
     return fig
 

@@ -502,3 +502,19 @@ def test_summaries_hold_strict_json():
         {"objective": float("nan"), "objectives": [np.float32(2.5), np.inf], "n": np.int64(3)}
     )
     assert converted == {"objective": None, "objectives": [2.5, None], "n": 3}
+
+
+def test_plot_functions_return_figures_for_notebooks():
+    pytest.importorskip("matplotlib")
+    from jnmf import plot
+
+    history = np.array([5.0, 3.0, 2.5, np.nan, np.nan])
+    fig = plot.convergence(history, stride=10)
+    (line,) = fig.axes[0].get_lines()
+    assert list(line.get_xdata()) == [10, 20, 30]  # iterations stride, 2 stride, ...; NaN tail dropped
+    groups = np.array([0, 0, 1, 1])
+    C = (groups[:, None] == groups[None, :]).astype(float)
+    heatmap = plot.consensus_heatmap(C, labels=list("abcd"), classes=["x", "x", "y", "y"])
+    assert len(heatmap.axes) == 3  # class bar, matrix, colour bar
+    survey_fig = plot.rank_survey([2, 3], [0.99, 0.9], [0.8, 0.7], picked=2)
+    assert len(survey_fig.axes[0].get_lines()) == 3
