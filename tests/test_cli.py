@@ -331,14 +331,16 @@ def test_nan_entry(tmp_path, env, data):
     assert_error(run_cli(env, tmp_path, "fit", "data.csv", "--rank", "2"), 1, "NaN", "row 2, column 2")
 
 
-def test_npz_with_several_arrays_needs_key(tmp_path, env, data, capsys):
+def test_npz_with_several_arrays_needs_key(tmp_path, env, data, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     np.savez(tmp_path / "data.npz", first=data, second=data)
     path = tmp_path / "data.npz"
     assert_error(run_cli(env, tmp_path, "fit", "data.npz", "--rank", "2"), 1, "first, second", "--key")
     assert_error(run_in_process(capsys, "fit", path, "--rank", "2", "--key", "third"), 1, "'third'")
 
 
-def test_unsupported_and_corrupt_files(tmp_path, capsys):
+def test_unsupported_and_corrupt_files(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "data.xlsx").write_bytes(b"PK")
     assert_error(run_in_process(capsys, "fit", tmp_path / "data.xlsx", "--rank", "2"), 1, "unsupported")
     (tmp_path / "data.npy").write_bytes(b"not a numpy file")
