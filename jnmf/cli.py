@@ -30,9 +30,10 @@ PENALTIES = ("lambda_1L", "lambda_1R", "lambda_2L", "lambda_2R", "gamma_2L", "ga
 
 # Demo defaults, timed on 2 CPU cores: each rank's consensus program and the final
 # fit compile once (~3 s apiece) and 20 KL restarts then run in ~2 s per rank (they
-# stop on tol after ~50-150 iterations, so the cap of 500 rarely binds); the demo
-# takes ~25-40 s in all, and 20 restarts already rank the cophenetic values as
-# Brunet et al. report (ranks 2 and 3 above 4 and 5).
+# stop on tol after ~50-150 iterations, so the cap of 500 rarely binds).  The demo
+# costs ~28 s of CPU time in all (38 s wall measured with another job on the same
+# 2 cores); compiling dominates, so fewer restarts would save little, and 20
+# already rank the cophenetic values as Brunet et al. report (2 and 3 above 4 and 5).
 DEMO_RANKS = (2, 3, 4, 5)
 RANK_RANKS = tuple(range(2, 9))
 DEMO_RESTARTS = 20
