@@ -1,103 +1,968 @@
-"""Command line: ``python -m jnmf demo`` and ``python -m jnmf fit``.
+"""Command line: ``jnmf demo``, ``jnmf fit`` and ``jnmf rank`` (also ``python -m jnmf ...``).
 
-``demo`` reproduces the classic rank-selection analysis of Brunet et al. (2004)
-on the built-in Golub ALL/AML data: for each rank, many restarts of NMF run as
-one compiled program, their consensus matrix, its cophenetic correlation, and
-how the clusters at the chosen ranks line up with the known cell types.
+``demo`` reproduces the rank selection of Brunet et al. (2004) on the built-in
+Golub ALL/AML data; ``rank`` runs the same consensus survey on a data file;
+``fit`` factors a data file at one rank.  Results go to stdout and to files in
+``--out``; every error is one line on stderr, with exit status 2 for a usage
+error (bad option or value) and 1 for a data or file error.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
+import re
 import sys
+import textwrap
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from .io import LabeledMatrix, MatrixFileError, check_nonnegative, read_matrix, write_labeled_csv
 
-def _demo(args) -> int:
+INIT_NAMES = ("random", "sparse", "nndsvd", "nndsvda", "nndsvdar")
+PENALTIES = ("lambda_1L", "lambda_1R", "lambda_2L", "lambda_2R", "gamma_2L", "gamma_2R")
+
+# Demo defaults, timed on 2 CPU cores: each rank's consensus program and the final
+# fit compile once (~3 s apiece) and 20 KL restarts then run in ~2 s per rank (they
+# stop on tol after ~50-150 iterations, so the cap of 500 rarely binds).  The demo
+# costs ~28 s of CPU time in all (38 s wall measured with another job on the same
+# 2 cores); compiling dominates, so fewer restarts would save little, and 20
+# already rank the cophenetic values as Brunet et al. report (2 and 3 above 4 and 5).
+DEMO_RANKS = (2, 3, 4, 5)
+RANK_RANKS = tuple(range(2, 9))
+DEMO_RESTARTS = 20
+DEMO_MAX_ITERATIONS = 500
+PLOT_HINT = "pip install 'jnmf[plot]'"
+
+
+class UsageError(Exception):
+    """A bad command line: option, value or combination (exit status 2)."""
+
+
+class DataError(Exception):
+    """Unusable data or files: input, output directory (exit status 1)."""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where the help text states it itself."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump), raised so main() owns the exit."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# ----------------------------------------------------------------------------- option types
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
+    if not np.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    return value
+
+
+def parse_ranks(text: str) -> list[int]:
+    """Ranks from ``"2-8"``, ``"2,3,5"``, ``"3"`` or a mix such as ``"2-4,6"``.
+
+    Args:
+        text: the specification.
+
+    Returns:
+        The ranks, ascending and without duplicates.
+
+    Raises:
+        argparse.ArgumentTypeError: malformed text, a rank below 2, or an empty range.
+    """
+    ranks: set[int] = set()
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not match:
+            raise argparse.ArgumentTypeError(f"malformed ranks {text!r}; use e.g. 2-8 or 2,3,5")
+        low = int(match.group(1))
+        high = int(match.group(2)) if match.group(2) else low
+        if high < low:
+            raise argparse.ArgumentTypeError(f"empty rank range {part.strip()!r} in {text!r}")
+        if low < 2:
+            # at rank 1 every restart puts all samples together: there is no consensus to measure
+            raise argparse.ArgumentTypeError(f"ranks must be at least 2, got {text!r}")
+        ranks.update(range(low, high + 1))
+    return sorted(ranks)
+
+
+# ----------------------------------------------------------------------------- analysis helpers
+
+
+def dispersion(C: np.ndarray) -> float:
+    """Dispersion coefficient of a consensus matrix (Kim & Park 2007): mean of 4 (C_ij - 1/2)^2.
+
+    1 when every pair is always or never clustered together, 0 when all pairs are 50/50.
+
+    Args:
+        C: the ``n x n`` consensus matrix.
+
+    Returns:
+        The dispersion in [0, 1].
+    """
+    C = np.asarray(C, dtype=float)
+    return float(np.mean(4.0 * (C - 0.5) ** 2))
+
+
+def pick_rank(ranks: Sequence[int], cophenetic: Sequence[float]) -> tuple[int, str]:
+    """Brunet et al.'s (2004) rule: the largest rank before the cophenetic correlation first drops.
+
+    Values are compared as printed (4 decimals), so a "drop" is one the table shows.
+
+    Args:
+        ranks: ascending ranks.
+        cophenetic: the cophenetic correlation at each rank.
+
+    Returns:
+        The picked rank and a one-sentence reason, phrased to follow "Picked rank k: ".
+    """
+    shown = [round(float(c), 4) for c in cophenetic]
+    if len(ranks) == 1:
+        return ranks[0], "it is the only rank surveyed."
+    for i in range(len(ranks) - 1):
+        if shown[i + 1] < shown[i]:
+            return ranks[i], (
+                "it is the largest rank before the cophenetic correlation drops "
+                f"({shown[i]:.4f} at rank {ranks[i]}, {shown[i + 1]:.4f} at rank {ranks[i + 1]}), "
+                "Brunet et al.'s (2004) rule."
+            )
+    return ranks[-1], (
+        "it is the largest rank surveyed and the cophenetic correlation does not drop up to it "
+        "(Brunet et al.'s rule looks for the drop: survey larger ranks to see it)."
+    )
+
+
+def relative_error(Y: np.ndarray, L: np.ndarray, R: np.ndarray) -> float:
+    """``||Y - L R||_F / ||Y||_F`` computed in float64.
+
+    Args:
+        Y: the data.
+        L: left factor.
+        R: right factor.
+
+    Returns:
+        The relative Frobenius error.
+    """
+    Y = np.asarray(Y, np.float64)
+    residual = Y - np.asarray(L, np.float64) @ np.asarray(R, np.float64)
+    return float(np.linalg.norm(residual) / np.linalg.norm(Y))
+
+
+def fit_status(result, max_iterations: int) -> str:
+    """The stopping reason of a fit: ``status_name`` when the result has one, else derived.
+
+    Args:
+        result: a ``jnmf.fit`` result.
+        max_iterations: the iteration cap it ran under.
+
+    Returns:
+        "converged", "max_iterations", "stuck" or "nonfinite".
+    """
+    name = getattr(result, "status_name", None)
+    if name is not None:
+        return str(name)
+    if not np.isfinite(float(result.objective)):
+        return "nonfinite"
+    if bool(result.converged):
+        return "converged"
+    if int(result.iterations) >= max_iterations:
+        return "max_iterations"
+    return "stuck"
+
+
+def versions() -> dict:
+    """Versions of jnmf, jax, numpy and Python, for summaries."""
     import jax
 
-    from .consensus import consensus
-    from .datasets import load_golub
+    from . import __version__
 
-    data = load_golub()
-    Y = np.asarray(data.expression, np.float32)
-    types = data.cell_type
-    counts = {str(t): int(c) for t, c in zip(*np.unique(types, return_counts=True))}
-    print(f"Golub ALL/AML: {Y.shape[0]} genes x {Y.shape[1]} samples ({counts})")
-    platform = jax.devices()[0].platform
-    print(f"jax {jax.__version__} on {platform}; method={args.method}, restarts={args.restarts}\n")
-    print(f"{'rank':>4}  {'cophenetic':>10}  {'best rel. error':>15}  {'seconds':>7}")
-    results = {}
-    for k in args.ranks:
-        t = time.perf_counter()
-        c = consensus(Y, k, restarts=args.restarts, method=args.method, key=jax.random.key(args.seed),
-                      max_iterations=args.max_iterations)  # fmt: skip
-        best = int(np.argmin(np.asarray(c.objectives)))
-        err = float(np.sqrt(2 * np.asarray(c.loss)[best]) / np.linalg.norm(Y))
-        results[k] = c
-        print(f"{k:>4}  {c.cophenetic:>10.4f}  {err:>15.4f}  {time.perf_counter() - t:>7.2f}")
-    for k in [k for k in (2, 3) if k in results]:
-        labels = np.asarray(results[k].labels)
-        print(f"\nrank {k}: clusters of the best restart vs. cell type")
-        names = sorted(set(types))
-        print("cluster  " + "  ".join(f"{n:>6}" for n in names))
-        for c in range(k):
-            counts = [int(np.sum((labels == c) & (types == n))) for n in names]
-            print(f"{c:>7}  " + "  ".join(f"{x:>6}" for x in counts))
-    print("\nA cophenetic correlation near 1 means the restarts agree on the clustering;"
-          "\nBrunet et al. (2004) find ranks 2 (ALL vs AML) and 3 (ALL-B, ALL-T, AML) stable.")  # fmt: skip
-    return 0
+    return {
+        "jnmf": __version__,
+        "jax": jax.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
 
 
-def _load_matrix(path: str) -> np.ndarray:
-    if path.endswith(".npy"):
-        return np.load(path)
-    if path.endswith(".npz"):
-        d = np.load(path)
-        return d[d.files[0]]
-    return np.loadtxt(path, delimiter=",")
+def _call_jnmf(function: Callable, *args, **kwargs):
+    """Call into jnmf, turning its ValueError (which names the argument) into a CLI error."""
+    try:
+        return function(*args, **kwargs)
+    except ValueError as err:
+        message = " ".join(str(err).split())
+        # jnmf checks Y itself as "Y must ..."; anything else is about the settings
+        if message.startswith("Y "):
+            raise DataError(f"the data: {message}") from None
+        raise UsageError(message) from None
 
 
-def _fit(args) -> int:
-    import jax
+# ----------------------------------------------------------------------------- output files
 
-    from .fitting import fit
 
-    Y = np.asarray(_load_matrix(args.input), np.float32 if not args.float64 else np.float64)
-    if args.float64:
+@dataclass
+class Outputs:
+    """The files one command will write into its output directory.
+
+    Everything is checked before any work starts, so a long run never ends in
+    "cannot write": a missing directory must be creatable, and existing files
+    are only replaced with ``--force``.
+    """
+
+    directory: Path
+    force: bool
+    names: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        """Raise DataError if the directory cannot hold the files or one exists without --force."""
+        directory = self.directory
+        if directory.exists():
+            if not directory.is_dir():
+                raise DataError(f"output directory {directory} exists and is not a directory")
+            if not os.access(directory, os.W_OK | os.X_OK):
+                raise DataError(f"output directory {directory} is not writable")
+            if not self.force:
+                for name in self.names:
+                    if (directory / name).exists():
+                        raise DataError(
+                            f"{directory / name} already exists; use --force to overwrite it "
+                            "or choose another --out"
+                        )
+            return
+        ancestor = directory.parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise DataError(f"cannot create output directory {directory}: {ancestor} is not a directory")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise DataError(f"cannot create output directory {directory}: {ancestor} is not writable")
+
+    def path(self, name: str) -> Path:
+        """The path of one planned file, creating the directory on first use."""
+        if name not in self.names:
+            raise AssertionError(f"{name} was not planned; the --force check did not see it")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise DataError(f"cannot create output directory {self.directory}: {err.strerror}") from None
+        return self.directory / name
+
+
+def _jsonable(value):
+    """Plain JSON values: NaN and infinities (a diverged fit) become null, which JSON can hold."""
+    if isinstance(value, dict):
+        return {key: _jsonable(v) for key, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
+
+
+def _save_figure(fig, path: Path) -> None:
+    fig.savefig(path, dpi=120)
+
+
+def _use_agg() -> bool:
+    """Select matplotlib's file-only Agg backend; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    return True
+
+
+# ----------------------------------------------------------------------------- input
+
+
+def _check_input_exists(args) -> None:
+    """Fail on a missing input before anything else is checked or computed."""
+    if not Path(args.input).is_file():
+        what = "not a regular file" if Path(args.input).exists() else "no such file"
+        raise DataError(f"{args.input}: {what}")
+
+
+def _load_input(args, timings: dict) -> LabeledMatrix:
+    start = time.perf_counter()
+    dtype = np.float64 if getattr(args, "float64", False) else np.float32
+    matrix = read_matrix(args.input, key=args.key, header=args.header, row_names=args.row_names, dtype=dtype)
+    check_nonnegative(args.input, matrix)
+    timings["load"] = time.perf_counter() - start
+    return matrix
+
+
+def _input_summary(args, matrix: LabeledMatrix) -> dict:
+    return {
+        "path": str(args.input),
+        "key": args.key,
+        "shape": list(matrix.values.shape),
+        "dtype": str(matrix.values.dtype),
+        "row_names": matrix.row_names is not None,
+        "column_names": matrix.column_names is not None,
+    }
+
+
+def _enable_float64(args) -> None:
+    if getattr(args, "float64", False):
+        import jax
+
         jax.config.update("jax_enable_x64", True)
-    res = fit(Y, args.rank, method=args.method, restarts=args.restarts, key=jax.random.key(args.seed),
-              max_iterations=args.max_iterations, tol=args.tol)  # fmt: skip
-    np.savez(args.output, L=np.asarray(res.L), R=np.asarray(res.R), objectives=np.asarray(res.objectives))
-    print(f"objective {float(res.objective):.6g} after {int(res.iterations)} iterations; wrote {args.output}")
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def _run_fit(args) -> int:
+    import jax
+
+    import jnmf
+
+    say = (lambda *a: None) if args.quiet else print
+    start = time.perf_counter()
+    timings: dict = {}
+    _check_input_exists(args)
+    plots = _use_agg()
+    outputs = Outputs(Path(args.out), args.force, ["factors.npz", "L.csv", "R.csv", "summary.json"])
+    if plots:
+        outputs.names.append("convergence.png")
+    outputs.check()
+    _enable_float64(args)
+
+    matrix = _load_input(args, timings)
+    Y = matrix.values
+    m, n = Y.shape
+    if args.rank > min(m, n):
+        raise UsageError(f"--rank must be at most min(rows, columns) = {min(m, n)} for this {m} x {n} data")
+    say(f"{args.input}: {m} x {n}, rank {args.rank}, method {args.method}, {args.restarts} restart(s)")
+
+    penalties = {name: getattr(args, name) for name in PENALTIES}
+    fit_start = time.perf_counter()
+    res = _call_jnmf(
+        jnmf.fit,
+        Y,
+        args.rank,
+        method=args.method,
+        init=args.init,
+        restarts=args.restarts,
+        key=jax.random.key(args.seed),
+        max_iterations=args.max_iterations,
+        tol=args.tol,
+        **penalties,
+    )
+    L, R = np.asarray(res.L), np.asarray(res.R)  # waits for the computation
+    timings["fit"] = time.perf_counter() - fit_start
+
+    objective = float(res.objective)
+    error = relative_error(Y, L, R)
+    iterations = int(res.iterations)
+    status = fit_status(res, args.max_iterations)
+    objectives = np.asarray(res.objectives)
+    components = [f"c{i + 1}" for i in range(args.rank)]
+    row_names = matrix.row_names or [f"row{i + 1}" for i in range(m)]
+    column_names = matrix.column_names or [f"col{j + 1}" for j in range(n)]
+
+    np.savez(outputs.path("factors.npz"), L=L, R=R, objectives=objectives)
+    write_labeled_csv(outputs.path("L.csv"), L, row_names, components, corner=matrix.corner)
+    write_labeled_csv(outputs.path("R.csv"), R, components, column_names)
+    if plots:
+        from . import plot
+
+        title = f"{Path(args.input).name}: rank {args.rank}, {args.method}"
+        fig = plot.convergence(np.asarray(res.history), int(res.history_stride), title=title)
+        _save_figure(fig, outputs.path("convergence.png"))
+    timings["total"] = time.perf_counter() - start
+    settings = {
+        "rank": args.rank,
+        "method": args.method,
+        "init": args.init,
+        "restarts": args.restarts,
+        "max_iterations": args.max_iterations,
+        "tol": args.tol,
+        "seed": args.seed,
+        "float64": args.float64,
+        **penalties,
+    }
+    summary = {
+        "command": "fit",
+        "objective": objective,
+        "relative_error": error,
+        "iterations": iterations,
+        "status": status,
+        "restart_objectives": objectives.tolist(),
+        "timings": timings,
+        "settings": settings,
+        "input": _input_summary(args, matrix),
+        "versions": versions(),
+    }
+    _write_json(outputs.path("summary.json"), summary)
+
+    say(f"objective {objective:.6g}, relative error {error:.4f}, {iterations} iterations ({status})")
+    say(f"wrote {', '.join(outputs.names)} to {outputs.directory}")
+    if not plots and not args.quiet:
+        print(f"jnmf: note: matplotlib is not installed, so no PNG was written; {PLOT_HINT}", file=sys.stderr)
+    say(f"{timings['total']:.1f} s (load {timings['load']:.2f} s, fit {timings['fit']:.2f} s)")
     return 0
+
+
+# ----------------------------------------------------------------------------- rank survey
+
+
+@dataclass
+class RankRow:
+    """One rank of a consensus survey."""
+
+    rank: int
+    cophenetic: float
+    dispersion: float
+    relative_error: float
+    seconds: float
+    consensus: np.ndarray
+    labels: np.ndarray
+
+
+def survey(
+    Y: np.ndarray,
+    ranks: Sequence[int],
+    *,
+    method: str,
+    restarts: int,
+    max_iterations: int,
+    tol: float,
+    seed: int,
+    say: Callable[..., None],
+) -> list[RankRow]:
+    """Consensus clustering at each rank, printing the table one row at a time.
+
+    Args:
+        Y: ``m x n`` non-negative data; its columns are the samples clustered.
+        ranks: ascending ranks.
+        method: the jnmf method of every restart.
+        restarts: fits per rank.
+        max_iterations: iteration cap per fit.
+        tol: relative objective tolerance per fit.
+        seed: seed of the restarts' initializations (the same at every rank).
+        say: print function for the table (a no-op when quiet).
+
+    Returns:
+        One row per rank.
+    """
+    import jax
+
+    import jnmf
+
+    say(f"{'rank':>4}  {'cophenetic':>10}  {'dispersion':>10}  {'rel. error':>10}  {'seconds':>7}")
+    rows = []
+    norm = np.linalg.norm(np.asarray(Y, np.float64))
+    for rank in ranks:
+        start = time.perf_counter()
+        result = _call_jnmf(
+            jnmf.consensus,
+            Y,
+            rank,
+            restarts=restarts,
+            method=method,
+            key=jax.random.key(seed),
+            max_iterations=max_iterations,
+            tol=tol,
+        )
+        C = np.asarray(result.consensus)
+        objectives = np.asarray(result.objectives)
+        best = int(np.argmin(np.where(np.isnan(objectives), np.inf, objectives)))
+        # loss is 1/2 ||Y - LR||_F^2 of each restart
+        error = float(np.sqrt(2.0 * float(np.asarray(result.loss)[best])) / norm)
+        row = RankRow(
+            rank,
+            float(result.cophenetic),
+            dispersion(C),
+            error,
+            time.perf_counter() - start,
+            C,
+            np.asarray(result.labels),
+        )
+        rows.append(row)
+        cells = (row.cophenetic, row.dispersion, row.relative_error)
+        say(f"{rank:>4}  " + "  ".join(f"{v:>10.4f}" for v in cells) + f"  {row.seconds:>7.2f}")
+    return rows
+
+
+def cross_table(clusters: np.ndarray, classes: np.ndarray) -> dict[str, dict[str, int]]:
+    """How many samples of each known class fall into each cluster.
+
+    Args:
+        clusters: cluster index per sample.
+        classes: known class per sample.
+
+    Returns:
+        ``{cluster: {class: count}}`` with clusters numbered from 1.
+    """
+    names = sorted(set(np.asarray(classes).astype(str)))
+    classes = np.asarray(classes).astype(str)
+    return {
+        str(int(c) + 1): {name: int(np.sum((clusters == c) & (classes == name))) for name in names}
+        for c in np.unique(clusters)
+    }
+
+
+def _print_cross_table(rank: int, table: dict[str, dict[str, int]], say) -> None:
+    names = list(next(iter(table.values())))
+    say(f"\nrank {rank}: clusters of the best restart vs. cell type")
+    say("cluster  " + "  ".join(f"{name:>6}" for name in names))
+    for cluster, counts in table.items():
+        say(f"{cluster:>7}  " + "  ".join(f"{counts[name]:>6}" for name in names))
+
+
+def _survey_outputs(args, ranks: Sequence[int], plots: bool) -> Outputs:
+    names = ["factors.npz", "consensus.npz", "summary.json"]
+    if plots:
+        names += ["rank_survey.png", "convergence.png"] + [f"consensus_rank{k}.png" for k in ranks]
+    return Outputs(Path(args.out), args.force, names)
+
+
+def _run_survey(
+    args,
+    Y: np.ndarray,
+    ranks: Sequence[int],
+    *,
+    command: str,
+    outputs: Outputs,
+    plots: bool,
+    start: float,
+    timings: dict,
+    input_summary: dict,
+    sample_names=None,
+    classes=None,
+) -> int:
+    """The shared body of ``demo`` and ``rank``: survey, pick, refit the pick, write, report."""
+    import jax
+
+    import jnmf
+
+    say = (lambda *a: None) if args.quiet else print
+    survey_start = time.perf_counter()
+    rows = survey(
+        Y,
+        ranks,
+        method=args.method,
+        restarts=args.restarts,
+        max_iterations=args.max_iterations,
+        tol=args.tol,
+        seed=args.seed,
+        say=say,
+    )
+    timings["survey"] = time.perf_counter() - survey_start
+    picked, reason = pick_rank([r.rank for r in rows], [r.cophenetic for r in rows])
+    say(f"\nPicked rank {picked}: {reason}")
+
+    cross_tables = {}
+    if classes is not None:
+        for row in rows:
+            if row.rank in (2, 3):
+                cross_tables[str(row.rank)] = cross_table(row.labels, classes)
+                _print_cross_table(row.rank, cross_tables[str(row.rank)], say)
+
+    # The same key and restarts as the survey give the same starting points, so this
+    # reproduces the picked rank's restarts, now keeping the best one's factors and history.
+    fit_start = time.perf_counter()
+    best = _call_jnmf(
+        jnmf.fit,
+        Y,
+        picked,
+        method=args.method,
+        init="random",
+        restarts=args.restarts,
+        key=jax.random.key(args.seed),
+        max_iterations=args.max_iterations,
+        tol=args.tol,
+    )
+    L, R = np.asarray(best.L), np.asarray(best.R)
+    timings["fit"] = time.perf_counter() - fit_start
+
+    np.savez(outputs.path("factors.npz"), L=L, R=R, objectives=np.asarray(best.objectives), rank=picked)
+    consensus_arrays = {f"consensus_rank{r.rank}": r.consensus for r in rows}
+    consensus_arrays |= {f"labels_rank{r.rank}": r.labels for r in rows}
+    np.savez(outputs.path("consensus.npz"), ranks=np.array([r.rank for r in rows]), **consensus_arrays)
+    if plots:
+        plot_start = time.perf_counter()
+        from . import plot
+
+        ranks_list = [r.rank for r in rows]
+        fig = plot.rank_survey(ranks_list, [r.cophenetic for r in rows], [r.dispersion for r in rows], picked)
+        _save_figure(fig, outputs.path("rank_survey.png"))
+        for row in rows:
+            title = f"consensus of {args.restarts} restarts at rank {row.rank}"
+            fig = plot.consensus_heatmap(row.consensus, sample_names, classes, title=title)
+            _save_figure(fig, outputs.path(f"consensus_rank{row.rank}.png"))
+        title = f"best of {args.restarts} restarts at rank {picked}, {args.method}"
+        fig = plot.convergence(np.asarray(best.history), int(best.history_stride), title=title)
+        _save_figure(fig, outputs.path("convergence.png"))
+        timings["plots"] = time.perf_counter() - plot_start
+    timings["total"] = time.perf_counter() - start
+
+    summary = {
+        "command": command,
+        "ranks": [
+            {
+                "rank": r.rank,
+                "cophenetic": r.cophenetic,
+                "dispersion": r.dispersion,
+                "relative_error": r.relative_error,
+                "seconds": r.seconds,
+            }
+            for r in rows
+        ],
+        "picked_rank": picked,
+        "reason": reason,
+        "best_fit": {
+            "rank": picked,
+            "objective": float(best.objective),
+            "relative_error": relative_error(Y, L, R),
+            "iterations": int(best.iterations),
+            "status": fit_status(best, args.max_iterations),
+        },
+        "timings": timings,
+        "settings": {
+            "ranks": list(ranks),
+            "method": args.method,
+            "restarts": args.restarts,
+            "max_iterations": args.max_iterations,
+            "tol": args.tol,
+            "seed": args.seed,
+        },
+        "input": input_summary,
+        "versions": versions(),
+    }
+    if cross_tables:
+        summary["clusters_vs_class"] = cross_tables
+    _write_json(outputs.path("summary.json"), summary)
+
+    say(f"\nwrote {', '.join(outputs.names)} to {outputs.directory}")
+    if not plots and not args.quiet:
+        print(
+            f"jnmf: note: matplotlib is not installed, so no PNGs were written; {PLOT_HINT}", file=sys.stderr
+        )
+    say(f"total wall time {timings['total']:.1f} s")
+    return 0
+
+
+def _requested_ranks(args, default: Sequence[int]) -> list[int]:
+    """The ranks of --ranks (given as one or several specifications), or the default."""
+    if args.ranks is None:
+        return list(default)
+    return sorted({k for spec in args.ranks for k in spec})
+
+
+def _run_rank(args) -> int:
+    start = time.perf_counter()
+    timings: dict = {}
+    ranks = _requested_ranks(args, RANK_RANKS)
+    _check_input_exists(args)
+    plots = _use_agg()
+    outputs = _survey_outputs(args, ranks, plots)
+    outputs.check()
+    _enable_float64(args)
+    matrix = _load_input(args, timings)
+    m, n = matrix.values.shape
+    if ranks[-1] > min(m, n):
+        if args.ranks is not None:
+            raise UsageError(
+                f"--ranks go up to {ranks[-1]}, above min(rows, columns) = {min(m, n)} of this data"
+            )
+        # the default range adapts to small data; ranks the user asked for do not
+        ranks = [k for k in ranks if k <= min(m, n)]
+        if not ranks:
+            raise UsageError(f"this {m} x {n} data has no rank >= 2 to survey")
+    if not args.quiet:
+        print(f"{args.input}: {m} x {n}; consensus of {args.restarts} restarts ({args.method}) per rank\n")
+    return _run_survey(
+        args,
+        matrix.values,
+        ranks,
+        command="rank",
+        outputs=outputs,
+        plots=plots,
+        start=start,
+        timings=timings,
+        input_summary=_input_summary(args, matrix),
+        sample_names=matrix.column_names,
+    )
+
+
+def _run_demo(args) -> int:
+    import jax
+
+    import jnmf
+
+    start = time.perf_counter()
+    timings: dict = {}
+    ranks = _requested_ranks(args, DEMO_RANKS)
+    plots = _use_agg()
+    outputs = _survey_outputs(args, ranks, plots)
+    outputs.check()
+    data = jnmf.load_golub()
+    Y = np.asarray(data.expression, np.float32)
+    timings["load"] = time.perf_counter() - start
+    if not args.quiet:
+        types, counts = np.unique(data.cell_type, return_counts=True)
+        described = ", ".join(f"{c} {t}" for t, c in zip(types, counts))
+        print(f"Golub ALL/AML leukaemia data: {Y.shape[0]} genes x {Y.shape[1]} samples ({described})")
+        print(
+            f"jax {jax.__version__} on {jax.devices()[0].platform}; consensus of {args.restarts} restarts "
+            f"({args.method}) per rank, as Brunet et al. (2004)\n"
+        )
+    input_summary = {"data": "Golub ALL/AML (jnmf.load_golub)", "shape": list(Y.shape)}
+    return _run_survey(
+        args,
+        Y,
+        ranks,
+        command="demo",
+        outputs=outputs,
+        plots=plots,
+        start=start,
+        timings=timings,
+        input_summary=input_summary,
+        sample_names=list(data.sample),
+        classes=np.asarray(data.cell_type),
+    )
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def _add_input_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", metavar="FILE", help="data matrix: .npy, .npz, .csv, .tsv, .txt or .mtx")
+    parser.add_argument("--key", help=".npz only: the array to read (required when it holds several)")
+    parser.add_argument(
+        "--header",
+        action=argparse.BooleanOptionalAction,
+        help="text files: the first row holds column names (default: yes when it has a non-numeric cell)",
+    )
+    parser.add_argument(
+        "--row-names",
+        action=argparse.BooleanOptionalAction,
+        help="text files: the first column holds row names (default: yes when it has a non-numeric cell)",
+    )
+    parser.add_argument("--float64", action="store_true", help="compute in double precision")
+
+
+def _add_output_options(parser: argparse.ArgumentParser, default_out: str) -> None:
+    parser.add_argument("--out", default=default_out, metavar="DIR", help="directory for the result files")
+    parser.add_argument("--force", action="store_true", help="overwrite existing result files")
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+
+def _add_survey_options(
+    parser: argparse.ArgumentParser, methods: Sequence[str], ranks: str, restarts: int, max_iterations: int
+) -> None:
+    parser.add_argument(
+        "--ranks",
+        type=parse_ranks,
+        nargs="+",
+        metavar="RANKS",
+        help=f"ranks to survey: a range (2-8), a list (2,3,5) or several words (2 3) (default: {ranks})",
+    )
+    parser.add_argument("--restarts", type=_positive_int, default=restarts, help="fits per rank")
+    parser.add_argument(
+        "--method",
+        default="kl",
+        choices=methods,
+        metavar="METHOD",
+        help=f"update rule of every fit, one of {', '.join(methods)} (kl: KL divergence, as Brunet et al.)",
+    )
+    parser.add_argument(
+        "--max-iterations", type=_nonneg_int, default=max_iterations, help="iteration cap per fit"
+    )
+    parser.add_argument(
+        "--tol",
+        type=_nonneg_float,
+        default=1e-4,
+        help="stop a fit when its objective changes by less than this fraction",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random initializations")
+
+
+def _wrap(text: str) -> str:
+    # the raw-description formatter keeps the epilog's table; paragraphs are wrapped here instead
+    return textwrap.fill(text, 79)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``jnmf`` argument parser with its ``demo``, ``fit`` and ``rank`` subcommands.
+
+    Returns:
+        The parser; each subcommand sets ``args.run`` to its function.
+    """
+    import jnmf
+
+    methods = list(jnmf.METHODS)  # the table jnmf.fit validates against
+    method_lines = "\n".join(f"  {name:<6} {text}" for name, text in jnmf.METHODS.items())
+    parser = _Parser(prog="jnmf", description=__doc__, formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"jnmf {jnmf.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="rank selection on the built-in Golub ALL/AML data (Brunet et al. 2004)",
+        description=_wrap(
+            "Consensus clustering of the Golub ALL/AML data at several ranks: prints the "
+            "cophenetic correlation and dispersion per rank, picks a rank by Brunet et al.'s rule, compares "
+            "the rank-2 and rank-3 clusters with the known cell types, and writes factors, a JSON summary "
+            "and figures to --out."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    _add_survey_options(demo, methods, "2-5", DEMO_RESTARTS, DEMO_MAX_ITERATIONS)
+    _add_output_options(demo, "jnmf-demo")
+    demo.set_defaults(run=_run_demo)
+
+    fit = sub.add_parser(
+        "fit",
+        help="factor a data matrix at one rank",
+        description=_wrap(
+            "Factor a non-negative data matrix Y ~ L R at rank K and write L, R, a JSON summary "
+            "and a convergence plot to --out."
+        ),
+        epilog="methods:\n" + method_lines,
+        formatter_class=_HelpFormatter,
+    )
+    _add_input_options(fit)
+    fit.add_argument("--rank", type=_positive_int, required=True, metavar="K", help="the inner dimension k")
+    fit.add_argument(
+        "--method",
+        default="ahals",
+        choices=methods,
+        metavar="METHOD",
+        help=f"update rule, one of {', '.join(methods)} (see below)",
+    )
+    fit.add_argument(
+        "--init",
+        default="random",
+        choices=INIT_NAMES,
+        metavar="INIT",
+        help=f"initialization, one of {', '.join(INIT_NAMES)}",
+    )
+    fit.add_argument(
+        "--restarts",
+        type=_positive_int,
+        default=1,
+        help="fits from different random starts, run together; the best is kept",
+    )
+    for name in PENALTIES:
+        fit.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=_nonneg_float,
+            default=0.0,
+            help=f"penalty {name} of the regularized objective (jnmf.objective)",
+        )
+    fit.add_argument("--max-iterations", type=_nonneg_int, default=500, help="iteration cap")
+    fit.add_argument(
+        "--tol",
+        type=_nonneg_float,
+        default=1e-4,
+        help="stop when the objective changes by less than this fraction (0: never)",
+    )
+    fit.add_argument("--seed", type=int, default=0, help="seed of the random initialization")
+    _add_output_options(fit, "jnmf-fit")
+    fit.set_defaults(run=_run_fit)
+
+    rank = sub.add_parser(
+        "rank",
+        help="survey ranks of a data matrix by consensus clustering",
+        description=_wrap(
+            "Consensus clustering of the columns of a data matrix at several ranks (Brunet et al. "
+            "2004): prints the cophenetic correlation and dispersion per rank, picks a rank, and writes the "
+            "picked rank's factors, the consensus matrices, a JSON summary and figures to --out."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    _add_input_options(rank)
+    _add_survey_options(rank, methods, "2-8, capped at the data's smaller dimension", 20, 500)
+    _add_output_options(rank, "jnmf-rank")
+    rank.set_defaults(run=_run_rank)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jnmf", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="rank selection on the built-in Golub ALL/AML data")
-    d.add_argument("--ranks", type=int, nargs="+", default=[2, 3, 4, 5])
-    d.add_argument("--restarts", type=int, default=20)
-    d.add_argument("--method", default="kl", help="default: KL divergence, as Brunet et al.")
-    d.add_argument("--max-iterations", type=int, default=500)
-    d.add_argument("--seed", type=int, default=0)
-    d.set_defaults(func=_demo)
-    f = sub.add_parser("fit", help="factor a matrix from .npy, .npz or .csv")
-    f.add_argument("input")
-    f.add_argument("--rank", type=int, required=True)
-    f.add_argument("--output", default="factors.npz")
-    f.add_argument("--method", default="hals")
-    f.add_argument("--restarts", type=int, default=1)
-    f.add_argument("--max-iterations", type=int, default=500)
-    f.add_argument("--tol", type=float, default=1e-4)
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--float64", action="store_true")
-    f.set_defaults(func=_fit)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """Run the ``jnmf`` command line.
+
+    Args:
+        argv: the arguments after the program name; None for ``sys.argv[1:]``.
+
+    Returns:
+        The exit status: 0 success, 1 data or file error, 2 usage error.
+    """
+    try:
+        args = build_parser().parse_args(argv)
+        return args.run(args)
+    except UsageError as err:
+        print(f"jnmf: error: {err}", file=sys.stderr)
+        return 2
+    except (DataError, MatrixFileError) as err:
+        print(f"jnmf: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        # writing results can still fail late (disk full, permissions changed)
+        print(f"jnmf: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("jnmf: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        # a bug, not a user error: still one line, with the way to get the traceback for a report
+        if os.environ.get("JNMF_TRACEBACK"):
+            raise
+        message = " ".join(str(err).split())
+        print(
+            f"jnmf: internal error: {type(err).__name__}: {message} (set JNMF_TRACEBACK=1 for details)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,312 @@
+"""Reading data matrices from files and writing factors with their names.
+
+Readers return a :class:`LabeledMatrix`: the values as a float array plus the
+row and column names when the file carries them (a CSV header row, a row-name
+column).  Every problem with a file (missing, unreadable, non-numeric, several
+arrays to choose from, negative or non-finite entries) raises
+:class:`MatrixFileError` with a message meant for the person who gave the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
+SUFFIXES = (".npy", ".npz", ".mtx", *TEXT_SUFFIXES)
+
+# Cells that spreadsheet and R exports use for a missing value: read as NaN so the
+# finiteness check names the real problem instead of calling the file non-numeric.
+MISSING_TOKENS = frozenset({"", "na", "nan", "n/a", "null"})
+
+# Enough lines to see the delimiter and the first row/column, without reading a big file twice.
+SNIFF_LINES = 50
+
+
+class MatrixFileError(ValueError):
+    """A data file that cannot be used as a non-negative matrix."""
+
+
+class LabeledMatrix(NamedTuple):
+    """A data matrix and the names a file gave its rows and columns.
+
+    Attributes:
+        values: the 2-d float array.
+        row_names: one name per row, or None when the file has none.
+        column_names: one name per column, or None when the file has none.
+        corner: the label above the row-name column in a text file's header ("" if none).
+    """
+
+    values: np.ndarray
+    row_names: list[str] | None = None
+    column_names: list[str] | None = None
+    corner: str = ""
+
+
+def read_matrix(
+    path: str | Path,
+    *,
+    key: str | None = None,
+    header: bool | None = None,
+    row_names: bool | None = None,
+    dtype: type = np.float32,
+) -> LabeledMatrix:
+    """Read a matrix from .npy, .npz, .mtx or delimited text (.csv, .tsv, .txt).
+
+    Args:
+        path: the file; its suffix picks the format.
+        key: for .npz, the name of the array to read (needed when there are several).
+        header: text files: whether the first row holds column names; None detects it
+            (a header is a first row with a non-numeric cell after the first).
+        row_names: text files: whether the first column holds row names; None detects
+            it (any non-numeric cell in the first column of the data rows).
+        dtype: the floating dtype of the returned values (integers are converted).
+
+    Returns:
+        The values as a 2-d ``dtype`` array with the file's row and column names.
+
+    Raises:
+        MatrixFileError: the file is missing, unreadable, not a 2-d numeric matrix,
+            or (.npz) holds several arrays and ``key`` does not pick one.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise MatrixFileError(f"{path}: unsupported file type {suffix or '(none)'!r}; use one of {SUFFIXES}")
+    if not path.exists():
+        raise MatrixFileError(f"{path}: no such file")
+    if not path.is_file():
+        raise MatrixFileError(f"{path}: not a regular file")
+    if key is not None and suffix != ".npz":
+        raise MatrixFileError(f"{path}: --key only applies to .npz files")
+    try:
+        if suffix == ".npy":
+            matrix = LabeledMatrix(_load_npy(path))
+        elif suffix == ".npz":
+            matrix = LabeledMatrix(_load_npz(path, key))
+        elif suffix == ".mtx":
+            matrix = LabeledMatrix(_load_mtx(path))
+        else:
+            matrix = _load_text(path, header=header, row_names=row_names)
+    except MatrixFileError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as err:
+        # numpy and scipy report corrupt files with a variety of exceptions
+        raise MatrixFileError(f"{path}: cannot read it as {suffix[1:]} ({_one_line(err)})") from err
+    values = _as_float_matrix(path, matrix.values, dtype)
+    return matrix._replace(values=values)
+
+
+def check_nonnegative(path: str | Path, matrix: LabeledMatrix) -> None:
+    """Raise MatrixFileError unless every entry is finite and >= 0, naming the first bad one.
+
+    Args:
+        path: the file the values came from (for the message).
+        matrix: the matrix read from it; its names, if any, help locate the entry.
+    """
+    values = matrix.values
+    bad = ~np.isfinite(values)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise MatrixFileError(
+            f"{path}: {_entries(bad.sum())} NaN or infinite (first at {_where(matrix, i, j)}); "
+            "NMF needs finite values"
+        )
+    negative = values < 0
+    if negative.any():
+        i, j = np.argwhere(negative)[0]
+        raise MatrixFileError(
+            f"{path}: {_entries(negative.sum())} negative (first {values[i, j]:g} at "
+            f"{_where(matrix, i, j)}); NMF needs non-negative data"
+        )
+
+
+def _entries(count) -> str:
+    return "1 entry is" if count == 1 else f"{int(count)} entries are"
+
+
+def _where(matrix: LabeledMatrix, i: int, j: int) -> str:
+    """An entry's place: 1-based data row and column, and their names when the file has them."""
+    place = f"row {i + 1}, column {j + 1}"
+    names = [
+        repr(names[k]) for names, k in ((matrix.row_names, i), (matrix.column_names, j)) if names is not None
+    ]
+    return f"{place} ({', '.join(names)})" if names else place
+
+
+def write_labeled_csv(
+    path: str | Path,
+    values: np.ndarray,
+    row_names: Sequence[str],
+    column_names: Sequence[str],
+    corner: str = "",
+) -> None:
+    """Write a matrix as CSV with a header row of column names and a first column of row names.
+
+    Args:
+        path: the file to write.
+        values: the 2-d array.
+        row_names: one name per row.
+        column_names: one name per column.
+        corner: the header cell above the row names.
+    """
+    values = np.asarray(values)
+    # shortest text that reads back to the same float32/float64 value
+    digits = 9 if values.dtype.itemsize <= 4 else 17
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([corner, *column_names])
+        for name, row in zip(row_names, values, strict=True):
+            writer.writerow([name, *(f"{v:.{digits}g}" for v in row)])
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    return np.load(path, allow_pickle=False)
+
+
+def _load_npz(path: Path, key: str | None) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as archive:
+        names = list(archive.files)
+        if not names:
+            raise MatrixFileError(f"{path}: the archive holds no arrays")
+        if key is None:
+            if len(names) > 1:
+                raise MatrixFileError(
+                    f"{path}: holds {len(names)} arrays ({', '.join(names)}); pick one with --key"
+                )
+            key = names[0]
+        if key not in names:
+            raise MatrixFileError(f"{path}: no array {key!r}; it holds {', '.join(names)}")
+        return archive[key]
+
+
+def _load_mtx(path: Path) -> np.ndarray:
+    try:
+        import scipy.io
+        import scipy.sparse
+    except ImportError as err:
+        raise MatrixFileError(f"{path}: reading Matrix Market files needs scipy (pip install scipy)") from err
+    matrix = scipy.io.mmread(path)
+    if scipy.sparse.issparse(matrix):
+        matrix = matrix.toarray()
+    return np.asarray(matrix)
+
+
+def _as_float_matrix(path: Path, values, dtype) -> np.ndarray:
+    values = np.asarray(values)
+    if values.ndim != 2:
+        raise MatrixFileError(f"{path}: expected a 2-d matrix, got shape {values.shape}")
+    if values.size == 0:
+        raise MatrixFileError(f"{path}: the matrix is empty (shape {values.shape})")
+    if values.dtype.kind not in "biuf":
+        raise MatrixFileError(f"{path}: expected numbers, got array of dtype {values.dtype}")
+    return values.astype(dtype)
+
+
+def _detect_delimiter(lines: list[str], suffix: str) -> str | None:
+    """The field delimiter of text lines; None means runs of whitespace."""
+    preferred = {".tsv": "\t", ".csv": ","}.get(suffix)
+    # the extension's delimiter wins when every line has it (quoted names may hold more of it)
+    if preferred and all(preferred in line for line in lines):
+        return preferred
+    for delimiter in ("\t", ",", ";", "|"):
+        counts = {line.count(delimiter) for line in lines}
+        # a delimiter splits every line; the header may differ by one (no corner cell)
+        if min(counts) > 0 and max(counts) - min(counts) <= 1:
+            return delimiter
+    return None
+
+
+def _split(lines: list[str], delimiter: str | None) -> list[list[str]]:
+    if delimiter is None:
+        return [line.split() for line in lines]
+    return [[cell.strip() for cell in row] for row in csv.reader(lines, delimiter=delimiter)]
+
+
+def _is_number(cell: str) -> bool:
+    if cell.strip().lower() in MISSING_TOKENS:
+        return True
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _to_float(cell: str) -> float:
+    return math.nan if cell.strip().lower() in MISSING_TOKENS else float(cell)
+
+
+def _load_text(path: Path, *, header: bool | None, row_names: bool | None) -> LabeledMatrix:
+    text = path.read_text(encoding="utf-8-sig")  # -sig: spreadsheet exports often start with a BOM
+    # keep each line's number in the file, for messages; skip blank and comment lines
+    numbered = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip() and line[0] != "#"]
+    if not numbered:
+        raise MatrixFileError(f"{path}: the file holds no data")
+    line_numbers = [n for n, _ in numbered]
+    lines = [line for _, line in numbered]
+    delimiter = _detect_delimiter(lines[:SNIFF_LINES], path.suffix.lower())
+    rows = _split(lines, delimiter)
+
+    if header is None:
+        # the first cell may be a corner label or a row name: judge the header by the others
+        first = rows[0][1:] if len(rows[0]) > 1 else rows[0]
+        header = len(rows) > 1 and not all(_is_number(cell) for cell in first)
+    column_names = rows[0] if header else None
+    body = rows[1:] if header else rows
+    body_line_numbers = line_numbers[1:] if header else line_numbers
+    if not body:
+        raise MatrixFileError(f"{path}: the file has a header row but no data rows")
+    width = len(body[0])
+    for line_number, row in zip(body_line_numbers, body):
+        if len(row) != width:
+            raise MatrixFileError(
+                f"{path}: line {line_number} has {len(row)} fields, line {body_line_numbers[0]} has {width}"
+            )
+
+    if row_names is None:
+        row_names = width > 1 and not all(_is_number(row[0]) for row in body)
+    if row_names and width < 2:
+        raise MatrixFileError(f"{path}: a row-name column leaves no data columns")
+    names = [row[0] for row in body] if row_names else None
+    cells = [row[1:] for row in body] if row_names else body
+
+    corner = ""
+    if column_names is not None:
+        n_columns = len(cells[0])
+        if row_names and len(column_names) == n_columns + 1:
+            corner, column_names = column_names[0], column_names[1:]
+        if len(column_names) != n_columns:
+            raise MatrixFileError(
+                f"{path}: the header has {len(column_names)} names for {n_columns} data columns"
+            )
+    return LabeledMatrix(_parse_cells(path, cells, body_line_numbers, row_names), names, column_names, corner)
+
+
+def _parse_cells(path: Path, cells: list[list[str]], line_numbers: list[int], row_names: bool) -> np.ndarray:
+    try:
+        return np.array(cells, dtype=np.float64)  # fast path: every cell a plain number
+    except ValueError:
+        pass
+    values = np.empty((len(cells), len(cells[0])))
+    for i, row in enumerate(cells):
+        for j, cell in enumerate(row):
+            try:
+                values[i, j] = _to_float(cell)
+            except ValueError:
+                column = j + (2 if row_names else 1)
+                raise MatrixFileError(
+                    f"{path}: line {line_numbers[i]}, column {column}: {cell!r} is not a number"
+                ) from None
+    return values
