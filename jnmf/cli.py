@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .driver import DEFAULT_STOPPING
 from .io import LabeledMatrix, MatrixFileError, check_nonnegative, read_matrix, write_labeled_csv
+from .rules import DEFAULT_METHOD
 
 INIT_NAMES = ("random", "sparse", "nndsvd", "nndsvda", "nndsvdar")
 PENALTIES = ("lambda_1L", "lambda_1R", "lambda_2L", "lambda_2R", "gamma_2L", "gamma_2R")
@@ -840,7 +842,7 @@ def build_parser() -> argparse.ArgumentParser:
     import jnmf
 
     methods = list(jnmf.METHODS)  # the table jnmf.fit validates against
-    method_lines = "\n".join(f"  {name:<6} {text}" for name, text in jnmf.METHODS.items())
+    method_lines = "\n".join(f"  {name:<6} {entry[0]}" for name, entry in jnmf.METHODS.items())
     parser = _Parser(prog="jnmf", description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"jnmf {jnmf.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -874,7 +876,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--rank", type=_positive_int, required=True, metavar="K", help="the inner dimension k")
     fit.add_argument(
         "--method",
-        default="ahals",
+        default=DEFAULT_METHOD,
         choices=methods,
         metavar="METHOD",
         help=f"update rule, one of {', '.join(methods)} (see below)",
@@ -900,11 +902,13 @@ def build_parser() -> argparse.ArgumentParser:
             default=0.0,
             help=f"penalty {name} of the regularized objective (jnmf.objective)",
         )
-    fit.add_argument("--max-iterations", type=_nonneg_int, default=500, help="iteration cap")
+    fit.add_argument(
+        "--max-iterations", type=_nonneg_int, default=DEFAULT_STOPPING.max_iterations, help="iteration cap"
+    )
     fit.add_argument(
         "--tol",
         type=_nonneg_float,
-        default=1e-4,
+        default=DEFAULT_STOPPING.tol,
         help="stop when the objective changes by less than this fraction (0: never)",
     )
     fit.add_argument("--seed", type=int, default=0, help="seed of the random initialization")
