@@ -31,7 +31,6 @@ is left unchanged, which keeps float32 free of division by zero.
 from __future__ import annotations
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
@@ -39,6 +38,7 @@ from .._fitwise import fitwise
 from ..problem import Problem
 from ..quadratic import HalfProblem, half_problem_L, half_problem_R, objective_after_R_step
 from .base import NMFState, Rule, StepInfo, as_setting, max_abs
+from .hals_sweeps import hals_sweeps as tiled_hals_sweeps
 
 
 def hals_is_exact(hp: HalfProblem) -> bool:
@@ -55,53 +55,7 @@ def hals_sweeps(hp: HalfProblem, Xt: Array, max_sweeps: int, delta: Array) -> Ar
     they are memory-bound row updates that batching only slows down, and each fit
     keeps its own early exit.  (Not differentiable: it is a loop of projections.)
     """
-    return fitwise(lambda hp, Xt, delta: _sweeps(hp, Xt, max_sweeps, delta))(hp, Xt, delta)
-
-
-def _sweeps(hp: HalfProblem, Xt: Array, max_sweeps: int, delta: Array) -> Array:
-    """The sweeps of one fit (see :func:`hals_sweeps`).
-
-    Row j's update needs ``(G Xt)[j] = sum_t (B_t[j] @ Xt) A_t`` over the quadratic terms
-    (k-side B_t, p-side A_t); terms with a multiple of I on the p side are folded into
-    one mixing matrix, so the common case costs one GEMV per row.
-    """
-    k = Xt.shape[0]
-    mixing, others = hp.split_terms()
-    curvature = hp.block_majorizer()
-
-    def G_row(j, Xt):
-        out = mixing[j] @ Xt
-        for p_side, B in others:
-            out = out + p_side.right((B[j] @ Xt)[None, :])[0]
-        return out
-
-    def sweep(Xt):
-        def update(j, Xt):
-            g = G_row(j, Xt) + hp.linear[j]
-            c = curvature[j]
-            row = Xt[j]
-            new = jnp.where(c > 0, jnp.maximum(row - g / jnp.where(c > 0, c, 1.0), 0.0), row)
-            return Xt.at[j].set(new)
-
-        return jax.lax.fori_loop(0, k, update, Xt)
-
-    if max_sweeps <= 1:
-        return sweep(Xt)
-
-    X1 = sweep(Xt)
-    first = jnp.sum((X1 - Xt) ** 2)
-
-    def cond(carry):
-        i, _, change = carry
-        return (i < max_sweeps) & (change > delta**2 * first)
-
-    def body(carry):
-        i, X, _ = carry
-        X_new = sweep(X)
-        return i + 1, X_new, jnp.sum((X_new - X) ** 2)
-
-    _, X, _ = jax.lax.while_loop(cond, body, (jnp.ones((), jnp.int32), X1, first))
-    return X
+    return fitwise(lambda hp, Xt, delta: tiled_hals_sweeps(hp, Xt, max_sweeps, delta))(hp, Xt, delta)
 
 
 def accelerated_sweeps(p: int, q: int, k: int, alpha: float) -> int:
