@@ -39,6 +39,7 @@ from jaxtyping import Array
 
 from ..quadratic import HalfProblem
 from .base import AlternatingRule, HalfStep, as_setting
+from .hals_sweeps import hals_sweeps
 
 
 def hals_is_exact(hp: HalfProblem) -> bool:
@@ -46,54 +47,6 @@ def hals_is_exact(hp: HalfProblem) -> bool:
     diagonal_kinds = ("identity", "scalar", "diag")
     p_sides = [hp.weight] + [p_side for _, p_side in hp.penalties]
     return all(w.kind in diagonal_kinds for w in p_sides)
-
-
-def hals_sweeps(hp: HalfProblem, Xt: Array, max_sweeps: int, delta: Array) -> Array:
-    """Up to ``max_sweeps`` HALS sweeps over the rows of the factor-major unknown Xt (k x p).
-
-    Row j's update needs ``(G Xt)[j] = sum_t (B_t[j] @ Xt) A_t`` over the quadratic terms
-    (k-side B_t, p-side A_t); terms with a multiple of I on the p side are folded into
-    one mixing matrix, so the common case costs one GEMV per row.  After the first
-    sweep, further sweeps run while the last one changed Xt by more than ``delta``
-    times what the first did (Gillis & Glineur 2012).
-    """
-    k = Xt.shape[0]
-    mixing, others = hp.split_terms()
-    curvature = hp.block_majorizer()
-
-    def G_row(j, Xt):
-        out = mixing[j] @ Xt
-        for p_side, B in others:
-            out = out + p_side.right((B[j] @ Xt)[None, :])[0]
-        return out
-
-    def sweep(Xt):
-        def update(j, Xt):
-            g = G_row(j, Xt) + hp.linear[j]
-            c = curvature[j]
-            row = Xt[j]
-            new = jnp.where(c > 0, jnp.maximum(row - g / jnp.where(c > 0, c, 1.0), 0.0), row)
-            return Xt.at[j].set(new)
-
-        return jax.lax.fori_loop(0, k, update, Xt)
-
-    if max_sweeps <= 1:
-        return sweep(Xt)
-
-    X1 = sweep(Xt)
-    first = jnp.sum((X1 - Xt) ** 2)
-
-    def cond(carry):
-        i, _, change = carry
-        return (i < max_sweeps) & (change > delta**2 * first)
-
-    def body(carry):
-        i, X, _ = carry
-        X_new = sweep(X)
-        return i + 1, X_new, jnp.sum((X_new - X) ** 2)
-
-    _, X, _ = jax.lax.while_loop(cond, body, (jnp.ones((), jnp.int32), X1, first))
-    return X
 
 
 def accelerated_sweeps(p: int, q: int, k: int, alpha: float) -> int:
