@@ -9,12 +9,19 @@ over a batch of fits, with one of two strategies, chosen here and nowhere else:
   dimension, i.e. the restarts are stacked along the rank axis.  Fits that stopped
   early are frozen (their state is carried unchanged), so results equal the
   unbatched ones.
+* ``"hybrid"``: one loop, but only the work that batching stacks is vmapped (building
+  each half problem: the products with the shared Y); the half steps themselves run
+  as a ``lax.map`` loop over fits, each in its unbatched code.  On CPU this is what
+  HALS's memory-bound column sweeps and ANLS's pivoting want: batched, every row
+  update becomes a strided gather/scatter over all fits, and a data-dependent inner
+  loop runs for the slowest fit and pays a select per pass.
 * ``"map"``: ``lax.map`` over the fits, each with its own loop, in one program.  It
   shares no product with Y, but each fit stops on its own and runs its unbatched
   code.
 
 :func:`batching_strategy` picks one per rule and backend from measurements
 (experiments/bench_batching.py); every function takes ``strategy=`` to override it.
+On GPU/TPU everything is batched (``"vmap"``).
 """
 
 from __future__ import annotations
@@ -29,26 +36,37 @@ from jaxtyping import Array
 
 from .driver import DEFAULT_STOPPING, Result, Stopping, check_static_options, iterate_impl
 from .problem import Problem, check_replacements
+from .rules.base import AlternatingRule, alternate
 
-STRATEGIES = ("vmap", "map")
+STRATEGIES = ("vmap", "hybrid", "map")
 
-# Rules whose batched fits run faster as a loop of fits on CPU (measured, see
-# experiments/bench_batching.py); on GPU/TPU every rule is batched.
-_LOOP_ON_CPU: frozenset[str] = frozenset()
+# The strategy of each method on CPU, from experiments/bench_batching.py (ORL faces,
+# rank 25, 8 and 32 restarts; see experiments/README.md).  Unlisted rules: "vmap".
+_CPU_STRATEGY: dict[str, str] = {"hals": "hybrid", "anls": "hybrid"}
 
 
 def batching_strategy(rule, backend: str | None = None) -> str:
     """The strategy for a batch of fits of ``rule`` on ``backend`` (default: JAX's)."""
     backend = backend or jax.default_backend()
-    if backend == "cpu" and getattr(rule, "method_name", None) in _LOOP_ON_CPU:
-        return "map"
+    if backend == "cpu":
+        return _CPU_STRATEGY.get(getattr(rule, "method_name", None), "vmap")
     return "vmap"
 
 
+def _loop_over_fits(f):
+    """``f`` applied fit by fit (``lax.map`` over the leading axis of its arguments)."""
+    return lambda *args: jax.lax.map(lambda a: f(*a), args)
+
+
 def _run(rule, problem, states, opts, history_size, normalize, strategy) -> Result:
-    if strategy == "vmap":
-        return iterate_impl(rule, problem, states, *opts, history_size, normalize, batched=True)
-    return jax.lax.map(lambda s: iterate_impl(rule, problem, s, *opts, history_size, normalize), states)
+    if strategy == "map":
+        return jax.lax.map(lambda s: iterate_impl(rule, problem, s, *opts, history_size, normalize), states)
+    step = None
+    if strategy == "hybrid" and isinstance(rule, AlternatingRule):
+        step = lambda p, s: alternate(rule, p, s, shared=jax.vmap, solo=_loop_over_fits)
+    return iterate_impl(
+        rule, problem, states, *opts, history_size, normalize, batched=True, batched_step=step
+    )
 
 
 @eqx.filter_jit
@@ -105,7 +123,7 @@ def run_restarts(
         L0, R0: starting factors with a leading restart axis, ``(b, m, k)`` and ``(b, k, n)``.
         stopping, max_iterations, min_xstep, tol, rel_tol: as for :func:`jnmf.driver.iterate`.
         history_size, normalize: as for :func:`jnmf.driver.iterate`.
-        strategy: ``"vmap"`` or ``"map"`` (default: :func:`batching_strategy`).
+        strategy: ``"vmap"``, ``"hybrid"`` or ``"map"`` (default: :func:`batching_strategy`).
 
     Returns:
         A :class:`~jnmf.driver.Result` whose leaves have a leading restart axis.

@@ -182,6 +182,7 @@ def iterate_impl(
     history_size,
     normalize,
     batched: bool = False,
+    batched_step=None,
 ) -> Result:
     """The loop itself, unjitted.
 
@@ -191,7 +192,9 @@ def iterate_impl(
     freezing select is skipped (``lax.cond``) while no fit has finished, which saves
     full passes over every factor per iteration: with many restarts of a large
     problem the factors do not fit in cache, so those passes cost as much as the
-    small products.
+    small products.  ``batched_step(problem, states)`` computes the step of every fit
+    (default: ``vmap`` of ``rule.step``); the batch layer passes its own to choose how
+    the fits' work is batched (jnmf.batch).
     """
     per_fit = (lambda f: jax.vmap(f)) if batched else (lambda f: f)
     if hasattr(problem, "prepared"):
@@ -203,10 +206,8 @@ def iterate_impl(
     lead = f0.shape  # () or (batch,)
     stride = jnp.maximum(1, -(-max_iterations // history_size)).astype(jnp.int32)
 
-    def advance(k, state, f, history):
-        """One iteration of one fit, and its stopping tests."""
-        old = rule.factors(state)
-        state, info = rule.step(problem, state)
+    def bookkeeping(k, old, state, info, f, history):
+        """The stopping tests of one fit after one step from ``old`` to ``state``."""
         if normalize is not None:
             state = rule.rescale(state, normalize)
         halted = jnp.zeros((), bool) if info.halted is None else info.halted
@@ -227,7 +228,7 @@ def iterate_impl(
         # the relative change costs passes over the factors: only when asked for
         rel = jax.lax.cond(
             rel_tol > 0,
-            lambda: _relative_change(rule.factors(state), old),
+            lambda: _relative_change(rule.factors(state), rule.factors(old)),
             lambda: jnp.asarray(jnp.inf, dtype),
         )
         converged |= rel < rel_tol
@@ -241,11 +242,20 @@ def iterate_impl(
         done = converged | (k >= max_iterations) | stuck | ~finite
         return k, state, f_new, history, steps, converged, status, done
 
+    if not batched:
+        advance = lambda k, state, f, history: bookkeeping(k, state, *rule.step(problem, state), f, history)
+    else:
+        step_all = batched_step or (lambda p, states: jax.vmap(lambda s: rule.step(p, s))(states))
+
+        def advance(k, states, f, history):
+            new, infos = step_all(problem, states)
+            return jax.vmap(bookkeeping)(k, states, new, infos, f, history)
+
     def cond(carry):
         return jnp.any(~carry[-1])
 
     def body(carry):
-        new = per_fit(advance)(*carry[:4])
+        new = advance(*carry[:4])
         if not batched:
             return new
         done = carry[-1]

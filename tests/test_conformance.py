@@ -90,7 +90,7 @@ def test_zero_rows_and_columns_give_finite_factors(method):
 
 
 @pytest.mark.parametrize("method", ALL)
-@pytest.mark.parametrize("strategy", ["vmap", "map"])
+@pytest.mark.parametrize("strategy", ["vmap", "hybrid", "map"])
 def test_batched_equals_unbatched(method, strategy):
     """run_restarts (either strategy) gives each restart exactly what iterate gives it
     alone, including iteration counts and statuses when fits stop at different times

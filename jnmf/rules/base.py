@@ -187,23 +187,50 @@ class AlternatingRule(eqx.Module):
         return NMFState(Lt, R, state.aux)
 
 
-def alternate(rule: AlternatingRule, problem: Problem, state: NMFState) -> tuple[NMFState, StepInfo]:
+def _per_fit(transform, f):
+    """``transform(f)``, or ``f`` itself when every argument is None (vmap needs an array)."""
+    if transform is None:
+        return f
+
+    def g(*args):
+        if all(a is None for a in args):
+            return f(*args)
+        return transform(f)(*args)
+
+    return g
+
+
+def alternate(
+    rule: AlternatingRule, problem: Problem, state: NMFState, shared=None, solo=None
+) -> tuple[NMFState, StepInfo]:
     """One iteration of any alternating rule: L half step, then R half step at the new L.
 
     The step of each factor is rnnmf's ``max |X_new - X|``; the rule is stuck when its
     R half step reports so (rnnmf's murnmf ends when no denominator of the R step
     is positive).
+
+    ``shared`` and ``solo`` let the batch layer run a batch of fits (``state`` with a
+    leading fit axis): ``shared`` transforms the per-fit work that batching stacks
+    (building each half problem: its products with Y), ``solo`` the half steps
+    themselves (e.g. ``jax.vmap`` or a ``lax.map`` loop over fits).  None, the
+    default, is one fit.
     """
-    aux = rule.begin_iteration(state.aux)
-    hp_L = rule.half_problem(problem, "L", state.Lt, state.R, aux)
-    half_L = rule.half_step(hp_L, state.Lt, aux, "L")
-    hp_R = rule.half_problem(problem, "R", half_L.X, state.R, half_L.aux)
-    half_R = rule.half_step(hp_R, state.R, half_L.aux, "R")
-    step_L = max_abs(half_L.X - state.Lt) if half_L.step is None else half_L.step
-    step_R = max_abs(half_R.X - state.R) if half_R.step is None else half_R.step
-    Lt, R, aux, objective = rule.finish_iteration(problem, hp_R, half_L.X, half_R.X, half_R.aux)
-    stuck = jnp.zeros((), bool) if half_R.stuck is None else half_R.stuck
-    return NMFState(Lt, R, aux), StepInfo(jnp.stack([step_L, step_R]), objective, stuck)
+    sh = lambda f: _per_fit(shared, f)
+    so = lambda f: _per_fit(solo, f)
+    aux = sh(rule.begin_iteration)(state.aux)
+    hp_L = sh(lambda Lt, R, aux: rule.half_problem(problem, "L", Lt, R, aux))(state.Lt, state.R, aux)
+    half_L = so(lambda hp, X, aux: rule.half_step(hp, X, aux, "L"))(hp_L, state.Lt, aux)
+    hp_R = sh(lambda Lt, R, aux: rule.half_problem(problem, "R", Lt, R, aux))(half_L.X, state.R, half_L.aux)
+    half_R = so(lambda hp, X, aux: rule.half_step(hp, X, aux, "R"))(hp_R, state.R, half_L.aux)
+
+    def bookkeeping(half_L, half_R, Lt_old, R_old, hp_R):
+        step_L = max_abs(half_L.X - Lt_old) if half_L.step is None else half_L.step
+        step_R = max_abs(half_R.X - R_old) if half_R.step is None else half_R.step
+        Lt, R, aux, objective = rule.finish_iteration(problem, hp_R, half_L.X, half_R.X, half_R.aux)
+        stuck = jnp.zeros((), bool) if half_R.stuck is None else half_R.stuck
+        return NMFState(Lt, R, aux), StepInfo(jnp.stack([step_L, step_R]), objective, stuck)
+
+    return sh(bookkeeping)(half_L, half_R, state.Lt, state.R, hp_R)
 
 
 Rule = AlternatingRule  # the short name used across jnmf: every NMF rule is alternating

@@ -33,8 +33,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 import equinox as eqx
-import jax
-import jax.numpy as jnp
 from jaxtyping import Array
 
 from ..quadratic import HalfProblem
