@@ -1,21 +1,18 @@
 """Tiled HALS sweeps (jnmf.rules.hals_sweeps) against the untiled sweep they replace.
 
-Runs in float64: jax_enable_x64 is switched on at the top of this module, so "same
+Runs in float64 (jax_enable_x64 is switched on in conftest.py), so "same
 iterate" can be checked to ~1e-12 (tiling changes only the order of the change sums).
 """
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
 
-jax.config.update("jax_enable_x64", True)
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import jnmf  # noqa: E402
-from jnmf.quadratic import HalfProblem, half_problem_L, half_problem_R  # noqa: E402
-from jnmf.rules.hals_sweeps import hals_sweeps  # noqa: E402
-from jnmf.weights import Weight  # noqa: E402
+import jnmf
+from jnmf.quadratic import HalfProblem, half_problem_L, half_problem_R
+from jnmf.rules.hals_sweeps import hals_sweeps
+from jnmf.weights import Weight
 
 
 def reference_sweeps(hp, Xt, max_sweeps, delta, count=False):
@@ -170,10 +167,10 @@ def test_gamma_grid_under_vmap():
     gammas = jnp.asarray([0.0, 0.3, 0.0])
 
     def one(g):
-        Pg = jnmf.batch.with_scalar_penalties(P, gamma_2R=g)
+        Pg = P.replace(gamma_2R=g)
         return hals_sweeps(half_problem_R(Pg, Lt, R), R, 5, jnp.asarray(0.1), tile=8)
 
     got = jax.jit(jax.vmap(one))(gammas)
     for i, g in enumerate(gammas):
-        Pg = jnmf.batch.with_scalar_penalties(P, gamma_2R=g)
+        Pg = P.replace(gamma_2R=g)
         check_close(got[i], reference_sweeps(half_problem_R(Pg, Lt, R), R, 5, jnp.asarray(0.1)))

@@ -58,8 +58,9 @@ def hals_sweeps(hp: HalfProblem, Xt: Array, max_sweeps: int, delta: Array, *, ti
     A coordinate with zero curvature is left unchanged.  Jittable, and correct under
     ``vmap`` as is (each tile then carries the batch axis: tiles of shape (B, k, tile)),
     but on CPU ``lax.map`` over fits runs it 2-6x faster than ``vmap`` does (see
-    experiments/bench_hals_tiled.py), which is why jnmf.rules.hals wraps it in
-    ``jnmf._fitwise.fitwise``.  Not differentiable: it is a loop of projections.
+    experiments/bench_hals_tiled.py), which is why jnmf.batch batches HALS fits with
+    its "hybrid" strategy there.  Differentiable (forward and reverse mode) almost
+    everywhere: a fixed number of loop passes of projections.
     """
     mixing, others = hp.split_terms()
     curvature = hp.block_majorizer()
@@ -86,21 +87,22 @@ def hals_sweeps(hp: HalfProblem, Xt: Array, max_sweeps: int, delta: Array, *, ti
 
 def _repeat(sweep, Xt: Array, max_sweeps: int, delta: Array) -> Array:
     """Accelerated HALS's loop: sweep, then sweep again while the last sweep changed Xt
-    (sum of squares) by more than ``delta**2`` times the first sweep did."""
+    (sum of squares) by more than ``delta**2`` times the first sweep did.
+
+    A ``fori_loop`` over the static ``max_sweeps`` with a ``cond`` that skips the
+    remaining sweeps, rather than a ``while_loop``: the same sweeps run, and the step
+    stays reverse-mode differentiable (JAX cannot transpose a ``while_loop``).
+    """
     X1, first = sweep(Xt)
     if max_sweeps <= 1:
         return X1
+    threshold = delta**2 * first
 
-    def cond(carry):
-        i, _, change = carry
-        return (i < max_sweeps) & (change > delta**2 * first)
+    def body(_, carry):
+        X, change = carry
+        return lax.cond(change > threshold, sweep, lambda X: (X, change), X)
 
-    def body(carry):
-        i, X, _ = carry
-        X_new, change = sweep(X)
-        return i + 1, X_new, change
-
-    _, X, _ = lax.while_loop(cond, body, (jnp.ones((), jnp.int32), X1, first))
+    X, _ = lax.fori_loop(1, max_sweeps, body, (X1, first))
     return X
 
 
