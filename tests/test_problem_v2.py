@@ -164,3 +164,21 @@ def test_int_seed_is_the_same_as_its_key():
 def test_bad_key_is_rejected():
     with pytest.raises(ValueError, match="key"):
         jnmf.fit(_data(), K, key="seven")
+
+
+def test_float32_front_doors_can_converge():
+    """rnnmf's absolute min_xstep=1e-9 is below float32's rounding noise; the driver's
+    threshold max(min_xstep, 4 eps max|X|) lets float32 runs converge (they never did),
+    with steps at the noise floor, while float64 keeps rnnmf's exact test."""
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # the third draw converges within the cap in both precisions
+        Y = rng.random((30, 3)) @ rng.random((3, 20))
+        L0, R0 = 1 - rng.random((30, 3)), 1 - rng.random((3, 20))
+    f32 = [np.asarray(a, np.float32) for a in (Y, L0, R0)]
+    for front_door in (jnmf.murnmf, jnmf.aurnmf):
+        res = front_door(*f32, max_iterations=20000)
+        assert res.status_name == "converged", front_door.__name__
+        floor = 4 * np.finfo(np.float32).eps * max(float(jnp.max(res.L)), float(jnp.max(res.R)))
+        assert float(jnp.max(res.steps)) < max(1e-9, floor)
+        exact = front_door(Y, L0, R0, max_iterations=20000)  # float64: rnnmf's own test
+        assert exact.status_name == "converged" and float(jnp.max(exact.steps)) < 1e-9
