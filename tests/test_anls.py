@@ -1,17 +1,14 @@
 """ANLS and the batched block-principal-pivoting NNQP solver (jnmf.nnls)."""
 
+# Exactness tests run in float64 (x64 is switched on in conftest.py); the float32
+# robustness test builds float32 arrays explicitly.
+import hypothesis.extra.numpy as hnp
 import jax
-
-# Exactness tests run in float64: enable x64 before any array is created
-# (the float32 robustness test builds float32 arrays explicitly).
-jax.config.update("jax_enable_x64", True)
-
-import hypothesis.extra.numpy as hnp  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
 
@@ -48,8 +45,15 @@ def start(seed: int, dtype=np.float64):
 
 
 def run(problem, L, R, iters=ITERS):
+    """Exactly ``iters`` iterations (every stopping test off)."""
     return iterate(
-        RULE, problem, RULE.init(problem, L, R), max_iterations=iters, min_xstep=0.0, history_size=iters
+        RULE,
+        problem,
+        RULE.init(problem, L, R),
+        max_iterations=iters,
+        min_xstep=0.0,
+        tol=0.0,
+        history_size=iters,
     )
 
 
@@ -227,6 +231,17 @@ def test_supported_and_shared_gram():
     assert anls_supported(scalar_form)
     assert anls_supported(Problem.from_scalars(Y, W_0R=jnp.ones(M)))
     assert not anls_supported(Problem.from_scalars(Y, W_0R=jnp.eye(M)))
+    # rule.check (called by iterate, the batch functions, fit and sweep) says the same,
+    # and rejects a non-zero gamma_2R (its n x n weight couples the columns of R)
+    RULE.check(scalar_form)
+    with pytest.raises(ValueError, match="W_0R"):
+        RULE.check(Problem.from_scalars(Y, W_0R=jnp.eye(M)))
+    with pytest.raises(ValueError, match="gamma_2R"):
+        RULE.check(Problem.from_scalars(Y, gamma_2R=0.1))
+    L0, R0 = start(0)
+    bad = Problem.from_scalars(Y, gamma_2R=0.1)
+    with pytest.raises(ValueError, match="gamma_2R"):
+        iterate(RULE, bad, RULE.init(bad, L0, R0))
     L, R = start(0)
     Q, C = half_problem_qp(half_problem_L(scalar_form, L.T, R))
     assert Q.shape == (K, K)  # identity / scalar p-side weights: one Gram for all rows

@@ -9,24 +9,23 @@
 * The step length of eq. 24 minimizes phi along the direction.
 """
 
+# Exactness tests run in float64 (x64 is switched on in conftest.py).
 import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import rnnmf_reference as ref  # (tests/ is on sys.path under pytest)
 
-# Exactness tests run in float64: enable x64 before any array is created.
-jax.config.update("jax_enable_x64", True)
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import rnnmf_reference as ref  # noqa: E402  (tests/ is on sys.path under pytest)
-
-from jnmf import Problem, Weight, half_problem_L, half_problem_R  # noqa: E402
-from jnmf.problem import penalty_value  # noqa: E402
-from jnmf.quadratic import (  # noqa: E402
+from jnmf.problem import Problem, penalty_value
+from jnmf.quadratic import (
+    half_problem_L,
+    half_problem_R,
     max_feasible_step,
     objective_after_R_step,
     optimal_step_length,
+    pick_direction,
 )
-from jnmf.rules.au import pick_direction  # noqa: E402
+from jnmf.weights import Weight
 
 M, N, K = 6, 5, 3
 RTOL = 1e-11
@@ -74,7 +73,7 @@ def make_problem(seed, w0="full", w1="matrix", pairs=PAIRS):
     l2_L = tuple((weight(a, M, rng), weight(b, K, rng)) for a, b in pairs)
     l2_R = tuple((weight(a, K, rng), weight(b, N, rng)) for a, b in pairs)
     to = lambda w: None if w is None else jnp.asarray(w)
-    problem = Problem(Y, to(W_0R), to(W_0C), W_1L=W_1L, W_1R=W_1R, l2_L=l2_L, l2_R=l2_R)
+    problem = Problem.from_scalars(Y, to(W_0R), to(W_0C), W_1L=W_1L, W_1R=W_1R, W_2L=l2_L, W_2R=l2_R)
     L = jnp.asarray(rng.random((M, K)))
     R = jnp.asarray(rng.random((K, N)))
     return problem, L, R
@@ -121,10 +120,10 @@ def test_objective_equals_dense_formula(w0, w1):
         R,
         W_0R=problem.W_0R.dense(M),
         W_0C=problem.W_0C.dense(N),
-        W_1L=problem.W_1L,
-        W_1R=problem.W_1R,
-        l2_L=dense_pairs(problem.l2_L, M, K),
-        l2_R=dense_pairs(problem.l2_R, K, N),
+        W_1L=problem.penalty_L.l1(),
+        W_1R=problem.penalty_R.l1(),
+        l2_L=dense_pairs(problem.penalty_L.pairs(), M, K),
+        l2_R=dense_pairs(problem.penalty_R.pairs(), K, N),
     )
     assert abs(float(problem.objective(L, R)) - f) <= 1e-12 * abs(f)
 
@@ -168,11 +167,15 @@ def test_half_problems_reproduce_the_objective(w0, w1):
         if side == "L":
             hp, f = half_problem_L(problem, L.T, R), objective_in_Lt(problem, R)
             X0 = L.T
-            const = problem.half_data_norm + penalty_value(problem.W_1R, problem.l2_R, R)
+            const = problem.half_data_norm + penalty_value(
+                problem.penalty_R.l1(), problem.penalty_R.pairs(), R
+            )
         else:
             hp, f = half_problem_R(problem, L.T, R), objective_in_R(problem, L)
             X0 = R
-            const = problem.half_data_norm + penalty_value(problem.W_1L, problem.l2_L, L)
+            const = problem.half_data_norm + penalty_value(
+                problem.penalty_L.l1(), problem.penalty_L.pairs(), L
+            )
         for X in (X0, jnp.asarray(rng.random(X0.shape)), jnp.asarray(3 * rng.random(X0.shape))):
             fx = float(f(X))
             assert abs(float(hp.value(X)) + float(const) - fx) <= 1e-12 * abs(fx), side
@@ -221,11 +224,15 @@ def test_half_problems_equal_dense_kronecker_form(w0):
     problem, L, R = make_problem(8, w0)
     W0R, W0C = np.asarray(problem.W_0R.dense(M)), np.asarray(problem.W_0C.dense(N))
     Y, Ln, Rn = np.asarray(problem.Y), np.asarray(L), np.asarray(R)
-    G_L = np.kron(Rn @ W0C @ Rn.T, W0R) + sum(np.kron(c, r) for r, c in dense_pairs(problem.l2_L, M, K))
-    d_L = vec(np.asarray(problem.W_1L) - W0R @ Y @ W0C @ Rn.T)
+    G_L = np.kron(Rn @ W0C @ Rn.T, W0R) + sum(
+        np.kron(c, r) for r, c in dense_pairs(problem.penalty_L.pairs(), M, K)
+    )
+    d_L = vec(np.asarray(problem.penalty_L.l1()) - W0R @ Y @ W0C @ Rn.T)
     # R step on X = R' (n x k): row weight W_0C, gram L'W_0R L, pairs swapped
-    G_R = np.kron(Ln.T @ W0R @ Ln, W0C) + sum(np.kron(r, c) for r, c in dense_pairs(problem.l2_R, K, N))
-    d_R = vec((np.asarray(problem.W_1R) - Ln.T @ W0R @ Y @ W0C).T)
+    G_R = np.kron(Ln.T @ W0R @ Ln, W0C) + sum(
+        np.kron(r, c) for r, c in dense_pairs(problem.penalty_R.pairs(), K, N)
+    )
+    d_R = vec((np.asarray(problem.penalty_R.l1()) - Ln.T @ W0R @ Y @ W0C).T)
     rng = np.random.default_rng(80)
     for hp, G, d, f, Xt0 in (
         (half_problem_L(problem, L.T, R), G_L, d_L, objective_in_Lt(problem, R), L.T),

@@ -8,22 +8,23 @@
   backend compilations reported by ``jax.monitoring``).
 """
 
+# Exactness tests run in float64 (x64 is switched on in conftest.py).
+import contextlib
+
+import equinox as eqx
 import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
 
-# Exactness tests run in float64: enable x64 before any array is created.
-jax.config.update("jax_enable_x64", True)
-
-import contextlib  # noqa: E402
-
-import equinox as eqx  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import jnmf  # noqa: E402
-from jnmf.rules import AURNMF, MURNMF  # noqa: E402
+import jnmf
+import jnmf.batch
+from jnmf.driver import RNNMF_STOPPING
+from jnmf.rules import AURNMF, MURNMF
 
 M, N, K, B = 20, 12, 3, 4
+# The fits below use rnnmf's stopping rule (largest step < min_xstep, no objective test),
+# as the front doors they are compared with: iterate's default is DEFAULT_STOPPING.
 RULES = {"mu": lambda: MURNMF(), "au": lambda: AURNMF(tau=0.2, annealing_rate=0.05)}
 
 
@@ -60,7 +61,9 @@ def _fit_restarts(rule, Y, L0s, R0s, lam, max_iterations, min_xstep):
 
     def one(L0, R0):
         state = rule.init(problem, L0, R0)
-        return jnmf.iterate(rule, problem, state, max_iterations=max_iterations, min_xstep=min_xstep)
+        return jnmf.iterate(
+            rule, problem, state, stopping=RNNMF_STOPPING, max_iterations=max_iterations, min_xstep=min_xstep
+        )
 
     return jax.vmap(one)(L0s, R0s)
 
@@ -72,7 +75,9 @@ def _fit_lambdas(rule, Y, L0, R0, lams, max_iterations, min_xstep):
     def one(lam):
         problem = jnmf.Problem.from_scalars(Y, lambda_1L=lam, lambda_2R=0.1)
         state = rule.init(problem, L0, R0)
-        return jnmf.iterate(rule, problem, state, max_iterations=max_iterations, min_xstep=min_xstep)
+        return jnmf.iterate(
+            rule, problem, state, stopping=RNNMF_STOPPING, max_iterations=max_iterations, min_xstep=min_xstep
+        )
 
     return jax.vmap(one)(lams)
 
@@ -80,7 +85,12 @@ def _fit_lambdas(rule, Y, L0, R0, lams, max_iterations, min_xstep):
 def unbatched(rule, Y, L0, R0, lam, max_iterations, min_xstep):
     problem = jnmf.Problem.from_scalars(Y, lambda_1L=lam, lambda_2R=0.1)
     return jnmf.iterate(
-        rule, problem, rule.init(problem, L0, R0), max_iterations=max_iterations, min_xstep=min_xstep
+        rule,
+        problem,
+        rule.init(problem, L0, R0),
+        stopping=RNNMF_STOPPING,
+        max_iterations=max_iterations,
+        min_xstep=min_xstep,
     )
 
 
@@ -120,6 +130,25 @@ def test_vmap_over_lambda_matches_unbatched(kind):
     # more L1 weight -> a sparser L
     zeros = [int(np.sum(np.asarray(res.L[b]) < 1e-6)) for b in range(len(lams))]
     assert zeros[-1] >= zeros[0]
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "map"])
+def test_run_grid_replaces_and_matches_unbatched(strategy):
+    """run_grid: every (setting, restart) fit equals the unbatched fit of the problem whose
+    leaf is REPLACED by the grid value (the base problem's lambda_1L = 0.3 is not added)."""
+    rule = MURNMF()
+    Y, L0s, R0s = data(7)
+    base = jnmf.Problem.from_scalars(Y, lambda_1L=0.3, lambda_2R=0.1)
+    lams = np.array([0.0, 0.2])
+    res = jnmf.batch.run_grid(
+        rule, base, {"lambda_1L": lams}, L0s[:2], R0s[:2], stopping=RNNMF_STOPPING, max_iterations=150,
+        min_xstep=1e-6, strategy=strategy,
+    )  # fmt: skip
+    assert res.L.shape == (2, 2, M, K)
+    for g, lam in enumerate(lams):
+        batched = jax.tree.map(lambda x, g=g: x[g], res)
+        for b in range(2):
+            assert_same_fit(batched, b, unbatched(rule, Y, L0s[b], R0s[b], lam, 150, 1e-6))
 
 
 # ----------------------------------------------------------- recompilation

@@ -1,20 +1,17 @@
 """jnmf.fit, jnmf.sweep, consensus and the CLI (the surfaces).
 
-Exactness checks run in float64 (jax_enable_x64 is switched on for this module).
+Exactness checks run in float64 (x64 is switched on in conftest.py).
 """
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
 
-jax.config.update("jax_enable_x64", True)
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import jnmf  # noqa: E402
-from jnmf import fitting  # noqa: E402
-from jnmf.consensus import average_linkage_cophenetic  # noqa: E402
-from jnmf.rules import MURNMF  # noqa: E402
+import jnmf
+from jnmf import fitting
+from jnmf.consensus import average_linkage_cophenetic
+from jnmf.rules import MURNMF
 
 M, N, K = 24, 15, 3
 
@@ -25,25 +22,34 @@ def Y():
     return rng.random((M, K)) @ rng.random((K, N)) + 0.05 * rng.random((M, N))
 
 
+# fits capped at max_iterations on purpose warn ConvergenceWarning
+capped = pytest.mark.filterwarnings("ignore::jnmf.ConvergenceWarning")
+
+
 @pytest.mark.parametrize("method", sorted(fitting.METHODS))
 def test_every_method_fits_and_reports_its_best_restart(Y, method):
-    res = jnmf.fit(Y, K, method=method, restarts=3, max_iterations=60, tol=0.0, key=jax.random.key(1))
+    with pytest.warns(jnmf.ConvergenceWarning, match="max_iterations"):  # the cap is intended
+        res = jnmf.fit(Y, K, method=method, restarts=3, max_iterations=60, tol=0.0, key=jax.random.key(1))
     assert res.L.shape == (M, K) and res.R.shape == (K, N)
     assert jnp.all(res.L >= 0) and jnp.all(res.R >= 0)
     assert res.objectives.shape == (3,) and jnp.all(jnp.isfinite(res.objectives))
     assert int(res.best) == int(jnp.argmin(res.objectives))
     assert res.objective == res.objectives[res.best]
     assert jnp.all(res.all_iterations == 60)  # tol=0 and min_xstep=0: no early stop
+    assert res.status_name == "max_iterations" and not res.converged
+    np.testing.assert_array_equal(res.all_status, jnmf.STATUS.index("max_iterations"))
+    assert isinstance(res.best, int) and res.objectives.dtype == np.float64
     if method != "kl":
         np.testing.assert_allclose(res.objective, jnmf.objective(Y, res.L, res.R), rtol=1e-10)
     # fitting decreased the objective from every start
     L0, R0 = fitting.starting_points(jnp.asarray(Y), K, "random", 3, jax.random.key(1))
     rule = fitting.make_rule(method)
     P = jnmf.build_problem(jnp.asarray(Y), K)
-    start = jax.vmap(lambda a, b: fitting.evaluate(rule, P, a, b))(L0, R0)
+    start = jax.vmap(lambda a, b: rule.objective(P, rule.init(P, a, b)))(L0, R0)
     assert jnp.all(res.objectives < start)
 
 
+@capped  # restarts that stop on tol and restarts that hit the cap, in one batch
 def test_restarts_equal_single_fits(Y):
     key = jax.random.key(7)
     batched = jnmf.fit(Y, K, restarts=4, key=key, max_iterations=80, tol=1e-6, lambda_1L=0.01)
@@ -74,6 +80,7 @@ class CountingMU(MURNMF):
 CountingMU.traces = 0
 
 
+@capped
 def test_changing_iterations_tolerance_or_penalty_does_not_recompile(Y):
     jnmf.fit(Y, K, method=CountingMU(), restarts=2, max_iterations=10, tol=1e-3, lambda_1L=0.1)
     first = CountingMU.traces
@@ -82,6 +89,7 @@ def test_changing_iterations_tolerance_or_penalty_does_not_recompile(Y):
     assert first >= 1 and CountingMU.traces == first
 
 
+@capped
 def test_sweep_matches_fits_at_each_grid_point(Y):
     grid = {"lambda_1L": [0.0, 0.5], "gamma_2L": [0.0, 1.0, 3.0]}
     sw = jnmf.sweep(Y, K, grid, restarts=2, max_iterations=50, tol=0.0, factors="all", key=jax.random.key(3))
@@ -124,15 +132,29 @@ def test_fit_rejects_bad_input(Y, kwargs, match):
 
 def test_fit_rejects_bad_data():
     with pytest.raises(ValueError, match="Y"):
-        jnmf.fit(np.ones((5, 4), dtype=np.int64), 2)
-    with pytest.raises(ValueError, match="Y"):
         jnmf.fit(-np.ones((5, 4)), 2)
     with pytest.raises(ValueError, match="Y"):
         jnmf.fit(np.zeros((0, 4)), 2)
+    with pytest.raises(ValueError, match="Y"):
+        jnmf.fit(np.array([["a", "b"], ["c", "d"]]), 1)
     with pytest.raises(ValueError, match="grid"):
-        jnmf.sweep(np.ones((5, 4)), 2, {"W_0R": [1.0]})
+        jnmf.sweep(np.ones((5, 4)), 2, {"W_2RL": [1.0]})  # not a sweepable leaf
+    with pytest.raises(ValueError, match="lambda_1L"):  # a swept value replaces, so not both
+        jnmf.sweep(np.ones((5, 4)), 2, {"lambda_1L": [0.0, 1.0]}, lambda_1L=0.5)
 
 
+def test_fit_converts_integer_data():
+    """Integer data are converted (as scikit-learn does), to float64 with x64 on."""
+    Yi = np.random.default_rng(1).integers(0, 5, (M, N))
+    a = jnmf.fit(Yi, K, max_iterations=2000, key=3)
+    b = jnmf.fit(Yi.astype(np.float64), K, max_iterations=2000, key=3)
+    assert a.L.dtype == jnp.float64
+    np.testing.assert_array_equal(a.L, b.L)
+    np.testing.assert_array_equal(a.R, b.R)
+    assert a.objective == b.objective
+
+
+@capped
 def test_zero_data_rows_and_columns_give_finite_fits():
     rng = np.random.default_rng(2)
     Y = rng.random((M, N)).astype(np.float32)
@@ -156,6 +178,7 @@ def test_upgma_cophenetic_matches_scipy():
     np.testing.assert_allclose(average_linkage_cophenetic(D), want, rtol=1e-12)
 
 
+@capped
 def test_consensus_recovers_planted_clusters():
     rng = np.random.default_rng(5)
     labels = np.repeat(np.arange(3), 6)
@@ -175,12 +198,15 @@ def test_golub_is_shipped():
     assert sorted(set(g.cell_type)) == ["ALL-B", "ALL-T", "AML"]
 
 
+@capped
 def test_cli_fit_writes_factors(tmp_path, Y):
     from jnmf.cli import main
 
     path = tmp_path / "y.npy"
     np.save(path, Y.astype(np.float32))
-    out = tmp_path / "f.npz"
-    assert main(["fit", str(path), "--rank", "2", "--output", str(out), "--max-iterations", "20"]) == 0
-    got = np.load(out)
+    out = tmp_path / "out"  # the CLI writes its result files into an output directory
+    assert (
+        main(["fit", str(path), "--rank", "2", "--out", str(out), "--max-iterations", "20", "--quiet"]) == 0
+    )
+    got = np.load(out / "factors.npz")
     assert got["L"].shape == (M, 2) and got["R"].shape == (2, N)

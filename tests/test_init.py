@@ -1,19 +1,16 @@
 """Initializations: random, sparse random, NNDSVD / NNDSVDa / NNDSVDar, and the dispatcher."""
 
+# Exactness tests (NNDSVD against scikit-learn) run in float64 (x64 is switched on in
+# conftest.py); float32 inputs are built explicitly.
+import hypothesis.extra.numpy as hnp
 import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-# Exactness tests (NNDSVD against scikit-learn) run in float64: enable x64 before any
-# array is created (float32 inputs are built explicitly).
-jax.config.update("jax_enable_x64", True)
-
-import hypothesis.extra.numpy as hnp  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from jnmf.init import (  # noqa: E402
+from jnmf.init import (
     INITIALIZERS,
     initialize,
     nndsvd,

@@ -1,21 +1,19 @@
 """KLMU: the KL-divergence multiplicative update (seed 001, algorithm II)."""
 
+# Exactness tests run in float64 (x64 is switched on in conftest.py); the float32
+# robustness tests build float32 arrays explicitly.
+import hypothesis.extra.numpy as hnp
 import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-# Exactness tests run in float64: enable x64 before any array is created
-# (the float32 robustness tests build float32 arrays explicitly).
-jax.config.update("jax_enable_x64", True)
-
-import hypothesis.extra.numpy as hnp  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from jnmf.driver import iterate  # noqa: E402
-from jnmf.problem import Problem  # noqa: E402
-from jnmf.rules.kl import KLMU, kl_divergence, kl_objective, kl_supported  # noqa: E402
-from jnmf.weights import Weight  # noqa: E402
+from jnmf.driver import iterate
+from jnmf.problem import Problem
+from jnmf.rules.kl import KLMU, kl_divergence, kl_objective, kl_supported
+from jnmf.weights import Weight
 
 M, N, K = 9, 7, 3  # fixed shapes: one compilation per problem layout
 ITERS = 30
@@ -44,6 +42,7 @@ def run(problem, L, R, iters=ITERS, normalize=None):
         RULE.init(problem, L, R),
         max_iterations=iters,
         min_xstep=0.0,
+        tol=0.0,  # exactly iters iterations
         history_size=iters,
         normalize=normalize,
     )
@@ -75,7 +74,7 @@ def test_one_step_matches_seed_formulas():
         np.testing.assert_allclose(state.R, R_ref, rtol=1e-12)
         expected = np_kl(Y, L_ref @ R_ref) + l1L * L_ref.sum() + l1R * R_ref.sum()
         np.testing.assert_allclose(info.objective, expected, rtol=1e-12)
-        np.testing.assert_allclose(state.LR, L_ref @ R_ref, rtol=1e-12)
+        np.testing.assert_allclose(state.aux, L_ref @ R_ref, rtol=1e-12)  # KL's aux is the product LR
 
 
 def test_matrix_l1_weights_enter_denominators():
@@ -83,7 +82,7 @@ def test_matrix_l1_weights_enter_denominators():
     Y = rng.uniform(0, 3, (M, N))
     W1L, W1R = rng.uniform(0, 1, (M, K)), rng.uniform(0, 1, (K, N))
     L, R = start(4)
-    problem = Problem(jnp.asarray(Y), W_1L=W1L, W_1R=W1R)
+    problem = Problem.from_scalars(jnp.asarray(Y), W_1L=W1L, W_1R=W1R)
     state, _ = RULE.step(problem, RULE.init(problem, L, R))
     Ln = (
         np.asarray(L)
@@ -109,14 +108,21 @@ def test_weighted_objective_uses_diagonal_weights():
     Y = rng.uniform(0, 3, (M, N))
     w, v = rng.uniform(0.5, 2, M), rng.uniform(0.5, 2, N)
     L, R = start(6)
-    problem = Problem(jnp.asarray(Y), W_0R=w, W_0C=v)
+    problem = Problem.from_scalars(jnp.asarray(Y), W_0R=jnp.asarray(w), W_0C=jnp.asarray(v))
     P = np.asarray(L @ R)
     term = np.where(Y > 0, Y * np.log(Y / P), 0.0) - Y + P
     np.testing.assert_allclose(
         kl_objective(problem, L, R), np.sum(w[:, None] * term * v[None, :]), rtol=1e-12
     )
     assert kl_supported(problem)
-    assert not kl_supported(Problem(jnp.asarray(Y), W_0R=np.eye(M)))
+    full = Problem.from_scalars(jnp.asarray(Y), W_0R=jnp.eye(M))
+    assert not kl_supported(full)
+    # rule.check (called by iterate, the batch functions, fit and sweep) says the same
+    RULE.check(problem)
+    with pytest.raises(ValueError, match="W_0R"):
+        RULE.check(full)
+    with pytest.raises(ValueError, match="W_0R"):
+        run(full, L, R)
 
 
 @SETTINGS
@@ -150,11 +156,11 @@ def test_monotone_with_general_nonnegative_l2_pairs():
         A = rng.uniform(0, 0.3, (M, M))
         B = rng.uniform(0, 0.3, (K, K))
         C = rng.uniform(0, 0.3, (N, N))
-        problem = Problem(
+        problem = Problem.from_scalars(
             jnp.asarray(rng.uniform(0, 5, (M, N))),
             W_1L=0.1,
-            l2_L=((Weight.from_user(A + A.T), Weight.from_user(B + B.T)),),
-            l2_R=((Weight.identity(), Weight.from_user(C + C.T)),),
+            W_2L=((Weight.from_user(jnp.asarray(A + A.T)), Weight.from_user(jnp.asarray(B + B.T))),),
+            W_2R=((Weight.identity(), Weight.from_user(jnp.asarray(C + C.T))),),
         )
         L, R = start(trial)
         res = run(problem, L, R)
@@ -196,11 +202,11 @@ def test_batched_equals_unbatched():
 def test_sum_normalization_keeps_objective():
     """The lecture's unit 1-norm columns of L (driver normalize="sum") leave D(Y || LR) unchanged."""
     rng = np.random.default_rng(14)
-    problem = Problem(jnp.asarray(rng.uniform(0, 2, (M, N))))
+    problem = Problem.from_scalars(jnp.asarray(rng.uniform(0, 2, (M, N))))
     L, R = start(15)
     plain = run(problem, L, R)
     normed = run(problem, L, R, normalize="sum")
     np.testing.assert_allclose(np.sum(normed.L, axis=0), 1.0, rtol=1e-12)
     np.testing.assert_allclose(normed.history, plain.history, rtol=1e-10)
     np.testing.assert_allclose(normed.L @ normed.R, plain.L @ plain.R, rtol=1e-9)
-    np.testing.assert_allclose(normed.state.LR, normed.L @ normed.R, rtol=1e-12)
+    np.testing.assert_allclose(normed.state.aux, normed.L @ normed.R, rtol=1e-12)

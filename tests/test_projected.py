@@ -1,22 +1,19 @@
 """ProjectedGradient: alternating optax steps projected onto the non-negative orthant."""
 
+# Exactness tests run in float64 (x64 is switched on in conftest.py); the float32
+# robustness test builds float32 arrays explicitly.
+import hypothesis.extra.numpy as hnp
 import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-# Exactness tests run in float64: enable x64 before any array is created
-# (the float32 robustness test builds float32 arrays explicitly).
-jax.config.update("jax_enable_x64", True)
-
-import hypothesis.extra.numpy as hnp  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from jnmf.driver import iterate  # noqa: E402
-from jnmf.problem import Problem  # noqa: E402
-from jnmf.rules.projected import ProjectedGradient  # noqa: E402
-from jnmf.weights import Weight  # noqa: E402
+from jnmf.driver import iterate
+from jnmf.problem import Problem
+from jnmf.rules.projected import ProjectedGradient
+from jnmf.weights import Weight
 
 M, N, K = 9, 7, 3  # fixed shapes: one compilation per problem layout and optimizer
 ITERS = 40
@@ -39,8 +36,15 @@ def start(seed: int, dtype=np.float64):
 
 
 def run(rule, problem, L, R, iters=ITERS):
+    """Exactly ``iters`` iterations (every stopping test off)."""
     return iterate(
-        rule, problem, rule.init(problem, L, R), max_iterations=iters, min_xstep=0.0, history_size=iters
+        rule,
+        problem,
+        rule.init(problem, L, R),
+        max_iterations=iters,
+        min_xstep=0.0,
+        tol=0.0,
+        history_size=iters,
     )
 
 
@@ -95,11 +99,11 @@ def test_adam_decreases_overall(Y, l1, seed):
 def test_general_weights_objective_is_exact():
     rng = np.random.default_rng(2)
     B = rng.uniform(0, 0.3, (K, K))
-    problem = Problem(
+    problem = Problem.from_scalars(
         jnp.asarray(rng.uniform(0, 3, (M, N))),
         W_0C=jnp.asarray(rng.uniform(0.5, 1.5, N)),
         W_1R=jnp.asarray(rng.uniform(0, 0.2, (K, N))),
-        l2_L=((Weight.scalar(0.1), Weight.from_user(B + B.T + np.eye(K))),),
+        W_2L=((Weight.scalar(0.1), Weight.from_user(jnp.asarray(B + B.T + np.eye(K)))),),
     )
     L, R = start(3)
     state = SGD.init(problem, L, R)
@@ -146,9 +150,10 @@ def test_learning_rate_swept_through_state():
     for lr in (1e-3, 5e-4):
         state = rule.init(problem, L, R)
         state = jax.tree_util.tree_map(lambda x: x, state)
-        state.opt_L.hyperparams["learning_rate"] = jnp.asarray(lr)
-        state.opt_R.hyperparams["learning_rate"] = jnp.asarray(lr)
-        out.append(iterate(rule, problem, state, max_iterations=5, min_xstep=0.0, history_size=5))
+        opt_L, opt_R = state.aux  # the optimizer states of L and R
+        opt_L.hyperparams["learning_rate"] = jnp.asarray(lr)
+        opt_R.hyperparams["learning_rate"] = jnp.asarray(lr)
+        out.append(iterate(rule, problem, state, max_iterations=5, min_xstep=0.0, tol=0.0, history_size=5))
     assert float(out[0].objective) != float(out[1].objective)
     ref = run(SGD, problem, L, R, iters=5)
     np.testing.assert_allclose(out[0].L, ref.L, rtol=1e-12)

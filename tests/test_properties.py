@@ -11,22 +11,19 @@
 Values vary, shapes do not (12 x 9, rank 3): every helper is jitted once at module level.
 """
 
+# Exactness tests run in float64 (x64 is switched on in conftest.py).
+import hypothesis.extra.numpy as hnp
 import jax
+import jax.numpy as jnp
+import numpy as np
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
-# Exactness tests run in float64: enable x64 before any array is created.
-jax.config.update("jax_enable_x64", True)
-
-import hypothesis.extra.numpy as hnp  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from jnmf import Problem, half_problem_L, half_problem_R  # noqa: E402
-from jnmf.rules import AURNMF, MURNMF  # noqa: E402
-from jnmf.rules.au import AUState, giqpm_step, pick_direction  # noqa: E402
-from jnmf.rules.base import NMFState  # noqa: E402
-from jnmf.rules.mu import murnmf_half_step  # noqa: E402
+from jnmf.problem import Problem
+from jnmf.quadratic import giqpm_step, half_problem_L, half_problem_R, pick_direction
+from jnmf.rules import AURNMF, MURNMF
+from jnmf.rules.base import NMFState
+from jnmf.rules.mu import murnmf_half_step
 
 M, N, K = 12, 9, 3
 SETTINGS = settings(
@@ -118,7 +115,7 @@ def au_iteration(Y, L, R, W0R, W0C, pen, tau, rate):
     values <= zero_tolerance to zero) and after snapping."""
     p = problem_of(Y, W0R, W0C, pen)
     rule = AURNMF(tau, rate)
-    state, info = rule.step(p, AUState(L.T, R, rule.tau))
+    state, info = rule.step(p, NMFState(L.T, R, rule.tau))  # AURNMF's aux is tau_k
     return p.objective(L, R), info.objective, p.objective(state.L, state.R), state.L, state.R
 
 

@@ -23,22 +23,17 @@ The largest relative differences observed are collected in ``ONE_STEP``,
 ``TRAJECTORY`` and ``WHOLE``; ``test_zz_summary`` prints them (run with ``-s``).
 """
 
-import jax
+# Exactness tests run in float64 (x64 is switched on in conftest.py).
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import rnnmf_reference as ref  # (tests/ is on sys.path under pytest)
 
-# Exactness tests run in float64: enable x64 before any array is created.
-jax.config.update("jax_enable_x64", True)
-
-import equinox as eqx  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import rnnmf_reference as ref  # noqa: E402  (tests/ is on sys.path under pytest)
-
-import jnmf  # noqa: E402
-from jnmf.quadratic import VectorQP  # noqa: E402
-from jnmf.rules import AURNMF, GIQPM, MURNMF, NMFState  # noqa: E402
-from jnmf.rules.au import AUState  # noqa: E402
-from jnmf.rules.giqpm import GIQPMState  # noqa: E402
+import jnmf
+from jnmf.giqpm import GIQPM, GIQPMState
+from jnmf.quadratic import VectorQP
+from jnmf.rules import AURNMF, MURNMF, NMFState
 
 TOL_STEP = 1e-12  # one iteration from the same iterate (relative to the iterates' size)
 TOL_TRAJ = 1e-9  # runs from the same start, over their first HORIZON iterations (relative)
@@ -126,7 +121,7 @@ def one_step_nmf(name, rule, problem, r, L0, R0, tau0=None):
         states = NMFState(Ltp, Rp)
     else:
         taus = [tau0] + r.tau_hist
-        states = AUState(Ltp, Rp, jnp.asarray([taus[i - 1] for i in idx]))
+        states = NMFState(Ltp, Rp, jnp.asarray([taus[i - 1] for i in idx]))  # AURNMF's aux: tau_k
     new, info = batched_step(rule, problem, states)
     new_L = np.swapaxes(np.asarray(new.Lt), 1, 2)  # (state.L would transpose the batch axis too)
     new_R, steps = np.asarray(new.R), np.asarray(info.steps)
