@@ -219,9 +219,13 @@ def iterate_impl(
         steps = info.steps.astype(dtype)
         threshold = min_xstep
         if noise_floor:
-            sizes = jnp.stack([jnp.max(jnp.abs(x)) for x in rule.factors(state)]).astype(dtype)
-            floor = _NOISE_ULPS * jnp.finfo(dtype).eps * sizes
-            threshold = jnp.where(min_xstep > 0, jnp.maximum(min_xstep, floor), 0.0)
+            # a pass over the factors: only when the step test is on (min_xstep is not
+            # batched, so this stays a cond under vmap)
+            def floor():
+                sizes = jnp.stack([jnp.max(jnp.abs(x)) for x in rule.factors(state)]).astype(dtype)
+                return jnp.maximum(min_xstep, _NOISE_ULPS * jnp.finfo(dtype).eps * sizes)
+
+            threshold = jax.lax.cond(min_xstep > 0, floor, lambda: jnp.zeros(len(steps), dtype))
         converged = jnp.all(steps < threshold)
         converged |= (tol > 0) & (jnp.abs(f - f_new) <= tol * jnp.abs(f))
         converged |= (target > 0) & (f_new <= target)
