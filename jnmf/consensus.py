@@ -1,99 +1,311 @@
-"""Consensus clustering and rank selection (Brunet et al. 2004), on batched restarts.
+"""Consensus clustering and rank selection (Brunet et al. 2004), every rank in one program.
 
-Each restart assigns sample j to the factor with the largest R[:, j]; the
-consensus matrix is the fraction of restarts that put two samples together.
-The cophenetic correlation of its average-linkage clustering measures how
-stable the clustering is at that rank: Brunet et al. pick the rank where it
-starts to fall.
+Each restart assigns sample j to the factor with the largest ``R[:, j]``; the
+consensus matrix ``C`` is the fraction of restarts that put two samples together.
+Per rank the survey reports, as R's NMF package does (``nmf(x, 2:5, nrun=50)`` and its
+``summary``/``consensusmap``):
+
+* the cophenetic correlation of the average-linkage tree of ``1 - C`` (Brunet et al.
+  2004): how stable the clustering is; Brunet et al. pick the rank where it starts
+  to fall;
+* the dispersion ``mean(4 (C - 1/2)^2)`` (Kim & Park 2007): 1 for a crisp consensus;
+* the silhouette of the consensus clustering (distance ``1 - C``);
+* the consensus clustering itself (the tree cut at ``rank`` clusters), the best
+  restart's objective and residual.
+
+**One program.**  Every (rank, restart) pair runs in ONE compiled program: the
+factors are padded to the largest rank with components that start at zero, and
+every rule keeps a zero component exactly zero (its curvature, numerator and
+gradient all vanish), so a padded fit is the fit at its own rank.  A survey over
+ranks 2-10 compiles once, not once per rank.
+
+**Stopping.**  As R's NMF package by default: a restart stops when its assignment of
+samples to clusters has not changed for ``stable_labels=40`` iterations (checked every
+10), or at ``max_iterations`` (default 2000).
+
+Clustering uses scipy's hierarchical clustering (``linkage``, ``cophenet``, ``fcluster``).
 """
 
 from __future__ import annotations
 
-import equinox as eqx
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array
+from scipy.cluster.hierarchy import cophenet, fcluster, linkage
+from scipy.spatial.distance import squareform
 
-from .fitting import fit
-
-
-class Consensus(eqx.Module):
-    rank: int = eqx.field(static=True)
-    consensus: Array  # n x n, fraction of restarts clustering i with j
-    labels: Array  # n, cluster of each sample in the best restart
-    cophenetic: float = eqx.field(static=True)
-    objectives: Array  # each restart's objective (the one its method minimizes)
-    loss: Array  # each restart's 1/2 ||Y - LR||_F^2
+from . import _validate as check
+from .batch import run_restarts
+from .driver import Stopping
+from .fitting import _setup, as_key, starting_points
+from .problem import build_problem, scale_factors
 
 
-def connectivity(R: Array) -> Array:
+@dataclasses.dataclass(frozen=True)
+class Consensus:
+    """The consensus of one rank's restarts.
+
+    Attributes:
+        rank: the number of factors.
+        consensus: ``n x n``, the fraction of restarts that cluster samples i and j together.
+        labels: the consensus clustering: the average-linkage tree of ``1 - consensus``
+            cut at ``rank`` clusters (0-based labels).
+        cophenetic: cophenetic correlation of that tree (Brunet et al. 2004).
+        dispersion: ``mean(4 (consensus - 1/2)^2)`` (Kim & Park 2007).
+        silhouette: mean silhouette of ``labels`` under the distance ``1 - consensus``.
+        objectives: each restart's objective (the one its method minimizes).
+        loss: each restart's ``1/2 ||Y - LR||_F^2``.
+        iterations: each restart's iteration count.
+        best: index of the best restart (smallest objective).
+        residual: ``||Y - LR||_F`` of the best restart.
+        L, R: the best restart's factors (``m x rank``, ``rank x n``).
+    """
+
+    rank: int
+    consensus: np.ndarray
+    labels: np.ndarray
+    cophenetic: float
+    dispersion: float
+    silhouette: float
+    objectives: np.ndarray
+    loss: np.ndarray
+    iterations: np.ndarray
+    best: int
+    residual: float
+    L: np.ndarray
+    R: np.ndarray
+
+    @property
+    def best_objective(self) -> float:
+        return float(self.objectives[self.best])
+
+
+@dataclasses.dataclass(frozen=True)
+class RankSurvey:
+    """A rank survey: one :class:`Consensus` per rank, all fitted in one program.
+
+    Attributes:
+        entries: the per-rank results, in the order of ``ranks``.
+        seconds: wall time of the survey (compiling included).
+        compilations: how many XLA programs were compiled during the survey (the fit
+            loop and the small set-up programs around it; none when everything was
+            compiled before).
+    """
+
+    entries: tuple[Consensus, ...]
+    seconds: float
+    compilations: int
+
+    @property
+    def ranks(self) -> np.ndarray:
+        return np.array([e.rank for e in self.entries])
+
+    def _column(self, name: str) -> np.ndarray:
+        return np.array([getattr(e, name) for e in self.entries])
+
+    @property
+    def cophenetic(self) -> np.ndarray:
+        return self._column("cophenetic")
+
+    @property
+    def dispersion(self) -> np.ndarray:
+        return self._column("dispersion")
+
+    @property
+    def silhouette(self) -> np.ndarray:
+        return self._column("silhouette")
+
+    @property
+    def residual(self) -> np.ndarray:
+        return self._column("residual")
+
+    @property
+    def best_objective(self) -> np.ndarray:
+        return np.array([e.best_objective for e in self.entries])
+
+    def __getitem__(self, rank: int) -> Consensus:
+        for e in self.entries:
+            if e.rank == rank:
+                return e
+        raise KeyError(f"rank {rank} is not in this survey (ranks {list(self.ranks)})")
+
+    def __iter__(self):
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def connectivity(R) -> np.ndarray:
     """C_ij = 1 when samples i and j have the same dominant factor (argmax over R's rows)."""
-    a = jnp.argmax(R, axis=0)
-    return (a[:, None] == a[None, :]).astype(R.dtype)
+    a = np.argmax(np.asarray(R), axis=0)
+    return (a[:, None] == a[None, :]).astype(np.float64)
 
 
-def average_linkage_cophenetic(D: np.ndarray) -> np.ndarray:
-    """Cophenetic distances of the UPGMA (average-linkage) tree of distance matrix D."""
-    n = D.shape[0]
-    D = np.asarray(D, float).copy()
-    np.fill_diagonal(D, np.inf)
-    clusters = {i: [i] for i in range(n)}
-    dist = {(i, j): D[i, j] for i in range(n) for j in range(i + 1, n)}
-    coph = np.zeros((n, n))
-    next_id = n
-    while len(clusters) > 1:
-        (a, b), h = min(dist.items(), key=lambda kv: kv[1])
-        ma, mb = clusters.pop(a), clusters.pop(b)
-        coph[np.ix_(ma, mb)] = h
-        coph[np.ix_(mb, ma)] = h
-        new = ma + mb
-        for c in list(clusters):
-            da = dist.pop((min(a, c), max(a, c)))
-            db = dist.pop((min(b, c), max(b, c)))
-            dist[(c, next_id)] = (len(ma) * da + len(mb) * db) / len(new)
-        del dist[(a, b)]
-        clusters[next_id] = new
-        next_id += 1
-    return coph
+def _tree(C: np.ndarray):
+    D = 1.0 - np.asarray(C, np.float64)
+    np.fill_diagonal(D, 0.0)
+    condensed = squareform(np.clip((D + D.T) / 2, 0.0, 1.0), checks=False)
+    return linkage(condensed, method="average"), condensed
 
 
-def cophenetic_correlation(consensus: np.ndarray) -> float:
-    """Pearson correlation of 1 - consensus with the cophenetic distances of its UPGMA tree."""
-    D = 1.0 - np.asarray(consensus, float)
-    iu = np.triu_indices(D.shape[0], 1)
-    c = average_linkage_cophenetic(D)[iu]
-    d = D[iu]
-    if np.std(d) == 0 or np.std(c) == 0:
+def cophenetic_correlation(C) -> float:
+    """Pearson correlation of ``1 - C`` with the cophenetic distances of its
+    average-linkage tree (Brunet et al. 2004); 1 for a perfectly crisp consensus."""
+    Z, condensed = _tree(C)
+    if np.std(condensed) == 0:
         return 1.0
-    return float(np.corrcoef(d, c)[0, 1])
+    c, _ = cophenet(Z, condensed)
+    return float(c) if np.isfinite(c) else 1.0
+
+
+def dispersion(C) -> float:
+    """Dispersion of a consensus matrix, ``mean(4 (C - 1/2)^2)`` (Kim & Park 2007)."""
+    C = np.asarray(C, np.float64)
+    return float(np.mean(4.0 * (C - 0.5) ** 2))
+
+
+def consensus_labels(C, rank: int) -> np.ndarray:
+    """The average-linkage tree of ``1 - C`` cut at ``rank`` clusters (0-based labels)."""
+    Z, _ = _tree(C)
+    return fcluster(Z, t=rank, criterion="maxclust").astype(np.int64) - 1
+
+
+def silhouette(C, labels) -> float:
+    """Mean silhouette width of ``labels`` under the distance ``1 - C`` (0 with one cluster)."""
+    D = 1.0 - np.asarray(C, np.float64)
+    labels = np.asarray(labels)
+    clusters = np.unique(labels)
+    if clusters.size < 2:
+        return 0.0
+    widths = []
+    for i in range(D.shape[0]):
+        own = labels == labels[i]
+        if own.sum() <= 1:
+            widths.append(0.0)
+            continue
+        a = D[i, own].sum() / (own.sum() - 1)
+        b = min(D[i, labels == c].mean() for c in clusters if c != labels[i])
+        widths.append((b - a) / max(a, b) if max(a, b) > 0 else 0.0)
+    return float(np.mean(widths))
 
 
 def consensus(
-    Y, rank: int, *, restarts: int = 20, method="kl", key=None, max_iterations: int = 500, tol=1e-4
-) -> Consensus:
-    """Consensus matrix and cophenetic correlation of ``restarts`` fits (one program).
+    Y,
+    ranks: int | Sequence[int],
+    *,
+    restarts: int = 50,
+    method="kl",
+    key=None,
+    max_iterations: int = 2000,
+    stable_labels: int = 40,
+    tol: float = 0.0,
+    strategy: str | None = None,
+) -> Consensus | RankSurvey:
+    """Consensus clustering of ``restarts`` fits per rank, every rank in one program.
 
     Args:
-        Y: ``m x n`` non-negative data (samples are the n columns).
-        rank: the number of factors (clusters).
-        restarts: number of random restarts.
-        method: any method of :func:`jnmf.fit`; default the KL-divergence update Brunet
-            et al. (2004) used.
-        key: int seed, JAX key or NumPy Generator.
-        max_iterations, tol: stopping settings of each restart.
+        Y: ``m x n`` non-negative data; the n columns are the samples clustered.
+        ranks: one rank (returns a :class:`Consensus`) or a sequence of ranks (returns
+            a :class:`RankSurvey`).
+        restarts: random restarts per rank.
+        method: any method of :func:`jnmf.fit`; default the KL-divergence update
+            Brunet et al. (2004) used.
+        key: int seed, JAX key or NumPy Generator (one key, split per rank).
+        max_iterations: iteration cap of each restart.
+        stable_labels: stop a restart once its clusters have not changed for this
+            many iterations (R's NMF default, 40; 0 disables).
+        tol: relative objective change (0, off, as R's NMF).
+        strategy: batching strategy (see :mod:`jnmf.batch`).
 
     Returns:
-        A :class:`Consensus`.
+        :class:`Consensus` or :class:`RankSurvey`.
     """
-    res = fit(
-        Y, rank, method=method, restarts=restarts, key=key, max_iterations=max_iterations, tol=tol,
-        history_size=1, return_all=True,
-    )  # fmt: skip
-    C = jnp.mean(jax.vmap(connectivity)(res.all_R), axis=0)
-    Yh = jnp.asarray(np.asarray(Y), res.L.dtype)
-    loss = jax.vmap(lambda L, R: 0.5 * jnp.sum((Yh - L @ R) ** 2))(res.all_L, res.all_R)
-    labels = jnp.argmax(res.R, axis=0)
-    return Consensus(
-        rank, C, labels, cophenetic_correlation(np.asarray(C)), jnp.asarray(res.objectives), loss
-    )
+    start = time.perf_counter()
+    compiled_before = _cache_size()
+    single = isinstance(ranks, int | np.integer)
+    rank_list = [int(ranks)] if single else [int(check.positive_int("ranks", r)) for r in ranks]
+    if not rank_list:
+        raise ValueError("ranks must name at least one rank")
+    if len(set(rank_list)) != len(rank_list):
+        raise ValueError(f"ranks must be distinct, got {rank_list}")
+    top = max(rank_list)
+    stopping = Stopping(max_iterations=max_iterations, tol=tol, stable_labels=stable_labels)
+    s = _setup(Y, top, method, "random", restarts, as_key(key), stopping, {})
+    for r in rank_list:
+        if r < 1:
+            raise ValueError(f"every rank must be >= 1, got {r}")
+    problem = build_problem(jnp.asarray(s.Y), top)
+    s.rule.check(problem)
+    problem = problem.scaled(s.scale, s.degree)
+
+    # Starting points: rank r's restarts draw rank-r random factors (scale sqrt(mean / r)),
+    # padded with zero components up to the largest rank.
+    keys = jax.random.split(s.key, len(rank_list))
+    L0s, R0s = [], []
+    for r, k in zip(rank_list, keys, strict=True):
+        L0, R0 = starting_points(problem.Y, top, "random", s.restarts, k)
+        live = (jnp.arange(top) < r).astype(L0.dtype) * math.sqrt(top / r)
+        L0s.append(L0 * live[None, None, :])
+        R0s.append(R0 * live[None, :, None])
+    L0, R0 = jnp.concatenate(L0s), jnp.concatenate(R0s)
+
+    res = run_restarts(s.rule, problem, L0, R0, stopping=stopping, history_size=1, strategy=strategy)
+    compilations = _cache_size() - compiled_before
+    L, R = scale_factors(res.L, res.R, s.scale)
+    L, R = np.asarray(L), np.asarray(R)
+    unit = float(s.scale) ** s.degree
+    objectives = np.asarray(res.objective, np.float64) * unit
+    iterations = np.asarray(res.iterations)
+    Y64 = np.asarray(s.Y, np.float64)
+
+    entries = []
+    for i, r in enumerate(rank_list):
+        rows = slice(i * s.restarts, (i + 1) * s.restarts)
+        Lr, Rr = L[rows, :, :r], R[rows, :r, :]
+        C = np.mean([connectivity(Rk) for Rk in Rr], axis=0)
+        loss = np.array([0.5 * np.sum((Y64 - a.astype(np.float64) @ b) ** 2) for a, b in zip(Lr, Rr)])
+        obj = objectives[rows]
+        best = int(np.argmin(np.where(np.isfinite(obj), obj, np.inf)))
+        labels = consensus_labels(C, r)
+        entries.append(
+            Consensus(
+                rank=r,
+                consensus=C,
+                labels=labels,
+                cophenetic=cophenetic_correlation(C),
+                dispersion=dispersion(C),
+                silhouette=silhouette(C, labels),
+                objectives=obj,
+                loss=loss,
+                iterations=iterations[rows],
+                best=best,
+                residual=float(np.sqrt(2.0 * loss[best])),
+                L=Lr[best],
+                R=Rr[best],
+            )
+        )
+    if single:
+        return entries[0]
+    return RankSurvey(tuple(entries), time.perf_counter() - start, compilations)
+
+
+_COMPILES = [0]
+
+
+def _count_backend_compiles(event: str, duration: float, **kwargs) -> None:
+    if event == "/jax/core/compile/backend_compile_duration":
+        _COMPILES[0] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_backend_compiles)
+
+
+def _cache_size() -> int:
+    """XLA compilations so far in this process (for the survey's count)."""
+    return _COMPILES[0]

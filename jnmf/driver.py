@@ -19,6 +19,9 @@ Stopping rules (:class:`Stopping`; any may end the loop):
   ``delta = sum_i ||X_i^{k} - X_i^{k-1}||_F / ||X_i^{k-1}||_F < rel_tol`` (``0`` disables);
 * a target: the objective is at most ``target`` (``0`` disables), e.g. to time
   restarts to a given error;
+* stable clusters (the default stopping rule of R's NMF package, Gaujoux & Seoighe
+  2010): every sample's dominant factor ``argmax_j R[j, i]`` has not changed for
+  ``stable_labels`` iterations, checked every :data:`LABEL_CHECK_EVERY` (``0`` disables);
 * ``max_iterations`` reached, the rule reports it is stuck, or the objective or a
   factor stopped being finite.
 
@@ -50,6 +53,9 @@ Normalize = Literal["max", "sum"] | None
 STATUS = ("converged", "max_iterations", "stuck", "nonfinite")
 CONVERGED, MAX_ITERATIONS, STUCK, NONFINITE = range(4)
 
+# Iterations between checks of the cluster assignment (stable_labels), as R's NMF.
+LABEL_CHECK_EVERY = 10
+
 # Steps below this many ulps of the factor's largest entry are rounding noise.
 _NOISE_ULPS = 4.0
 
@@ -67,6 +73,9 @@ class Stopping:
             for float32).
         rel_tol: relative change of the factors (default 0, off).
         target: stop (converged) once the objective is at most this (default 0, off).
+        stable_labels: stop (converged) once the samples' cluster assignment (argmax
+            over R's rows) has not changed for this many iterations (default 0, off;
+            R's NMF uses 40).
     """
 
     max_iterations: int = 1000
@@ -74,6 +83,7 @@ class Stopping:
     min_xstep: float = 0.0
     rel_tol: float = 0.0
     target: float = 0.0
+    stable_labels: int = 0
 
     def replace(self, **overrides) -> Stopping:
         """A copy with the given (non-None) settings replaced."""
@@ -82,6 +92,7 @@ class Stopping:
     def validate(self) -> Stopping:
         """Check every setting on the host (ValueError naming it)."""
         check.positive_int("max_iterations", self.max_iterations, allow_zero=True)
+        check.positive_int("stable_labels", self.stable_labels, allow_zero=True)
         for name in ("tol", "min_xstep", "rel_tol", "target"):
             check.nonneg_scalar(name, getattr(self, name))
         return self
@@ -94,6 +105,7 @@ class Stopping:
             jnp.asarray(self.tol, dtype),
             jnp.asarray(self.rel_tol, dtype),
             jnp.asarray(self.target, dtype),
+            jnp.asarray(self.stable_labels, jnp.int32),
         )
 
 
@@ -179,6 +191,7 @@ def iterate_impl(
     tol,
     rel_tol,
     target,
+    stable_labels,
     history_size,
     normalize,
     batched: bool = False,
@@ -206,7 +219,10 @@ def iterate_impl(
     lead = f0.shape  # () or (batch,)
     stride = jnp.maximum(1, -(-max_iterations // history_size)).astype(jnp.int32)
 
-    def bookkeeping(k, old, state, info, f, history):
+    def labels_of(state):
+        return jnp.argmax(rule.factors(state)[-1], axis=0).astype(jnp.int32)
+
+    def bookkeeping(k, old, state, info, f, history, labels, since):
         """The stopping tests of one fit after one step from ``old`` to ``state``."""
         if normalize is not None:
             state = rule.rescale(state, normalize)
@@ -229,6 +245,12 @@ def iterate_impl(
         converged = jnp.all(steps < threshold)
         converged |= (tol > 0) & (jnp.abs(f - f_new) <= tol * jnp.abs(f))
         converged |= (target > 0) & (f_new <= target)
+        check_labels = (stable_labels > 0) & (k % LABEL_CHECK_EVERY == 0)
+        new_labels = jax.lax.cond(check_labels, lambda: labels_of(state), lambda: labels)
+        changed = jnp.any(new_labels != labels)
+        since = jnp.where(changed, k, since)
+        converged |= check_labels & ~changed & (k - since >= stable_labels)
+        labels = new_labels
         # the relative change costs passes over the factors: only when asked for
         rel = jax.lax.cond(
             rel_tol > 0,
@@ -244,22 +266,24 @@ def iterate_impl(
             [~finite, converged, stuck], [NONFINITE, CONVERGED, STUCK], MAX_ITERATIONS
         ).astype(jnp.int32)
         done = converged | (k >= max_iterations) | stuck | ~finite
-        return k, state, f_new, history, steps, converged, status, done
+        return k, state, f_new, history, labels, since, steps, converged, status, done
 
     if not batched:
-        advance = lambda k, state, f, history: bookkeeping(k, state, *rule.step(problem, state), f, history)
+
+        def advance(k, state, f, history, labels, since):
+            return bookkeeping(k, state, *rule.step(problem, state), f, history, labels, since)
     else:
         step_all = batched_step or (lambda p, states: jax.vmap(lambda s: rule.step(p, s))(states))
 
-        def advance(k, states, f, history):
+        def advance(k, states, f, history, labels, since):
             new, infos = step_all(problem, states)
-            return jax.vmap(bookkeeping)(k, states, new, infos, f, history)
+            return jax.vmap(bookkeeping)(k, states, new, infos, f, history, labels, since)
 
     def cond(carry):
         return jnp.any(~carry[-1])
 
     def body(carry):
-        new = advance(*carry[:4])
+        new = advance(*carry[:6])
         if not batched:
             return new
         done = carry[-1]
@@ -276,12 +300,14 @@ def iterate_impl(
         state,
         f0,
         jnp.full(lead + (history_size,), jnp.nan, dtype),
+        per_fit(labels_of)(state),
+        jnp.zeros(lead, jnp.int32),
         jnp.full(lead + (len(factors0),), jnp.inf, dtype),
         jnp.zeros(lead, bool),
         jnp.full(lead, MAX_ITERATIONS, jnp.int32),
         jnp.broadcast_to(max_iterations <= 0, lead),
     )
-    k, state, _, history, steps, converged, status, _ = jax.lax.while_loop(cond, body, carry)
+    k, state, _, history, _, _, steps, converged, status, _ = jax.lax.while_loop(cond, body, carry)
     # The per-iteration objective (history, tol test) is the cheap form of
     # quadratic.objective_after_R_step, exact only to ~eps ||Y||^2; the reported
     # final objective is recomputed once, from the residual.
