@@ -32,8 +32,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from .._fitwise import fitwise
-from ..nnls import nnls_bpp
+from ..nnls import nnls_bpp_columns
 from ..problem import Problem
 from ..quadratic import HalfProblem, half_problem_L, half_problem_R, objective_after_R_step
 from ..weights import Weight
@@ -81,16 +80,14 @@ def half_problem_qp(hp: HalfProblem) -> tuple[Array, Array]:
 
 
 def anls_half_step(hp: HalfProblem, Xt: Array, max_iter: Array, ridge: Array) -> Array:
-    """The exact half step: BPP on every row of X (column of the factor-major Xt),
-    warm started at the current iterate."""
+    """The exact half step: BPP on every column of the factor-major Xt (one k-variable
+    NNQP per row of X), warm started at the current iterate.
 
-    # Fit by fit under vmap (jnmf._fitwise): the pivoting loop is data dependent, so
-    # batched it would run for the slowest fit and pay a select per pass.
-    def solve(hp, Xt, max_iter, ridge):
-        Q, C = half_problem_qp(hp)
-        return nnls_bpp(Q, C, Xt.T, max_iter=max_iter, ridge=ridge).x.T
-
-    return fitwise(solve)(hp, Xt, max_iter, ridge)
+    Plain ``jax.vmap`` over fits batches it well (the solver is elementwise over the
+    problems, see :mod:`jnmf.nnls`), so no per-fit loop is forced here.
+    """
+    Q, _ = half_problem_qp(hp)
+    return nnls_bpp_columns(Q, hp.linear, Xt, max_iter=max_iter, ridge=ridge)[0]
 
 
 class ANLS(Rule):
