@@ -43,6 +43,7 @@ def _old_nnls():
         ["git", "show", f"{BEFORE}:jnmf/nnls.py"], cwd=root, capture_output=True, text=True, check=True
     ).stdout
     mod = types.ModuleType("nnls_before")
+    sys.modules["nnls_before"] = mod  # equinox's dataclasses look their module up
     exec(compile(src, "nnls_before.py", "exec"), mod.__dict__)
     return mod
 
@@ -131,9 +132,8 @@ def per_iteration_and_target(name, Y, k, target, cap, repeats):
     hals = rows["hals"]
     print(f"{'method':<12} {'ms/iter':>8} {'x hals':>7} {'iters':>6} {'s to target':>12} {'x hals':>7}")
     for method, (t_it, n, tt) in rows.items():
-        print(
-            f"{method:<12} {t_it * 1e3:>8.2f} {t_it / hals[0]:>7.1f} {str(n):>6} {tt:>12.3f} {tt / hals[2]:>7.1f}"
-        )
+        line = f"{method:<12} {t_it * 1e3:>8.2f} {t_it / hals[0]:>7.1f} {str(n):>6} "
+        print(line + f"{tt:>12.3f} {tt / hals[2]:>7.1f}")
     b, a = rows["anls-before"], rows["anls"]
     print(f"anls after vs before: {b[0] / a[0]:.1f}x per iteration, {b[2] / a[2]:.1f}x to target")
 
