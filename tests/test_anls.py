@@ -251,3 +251,44 @@ def test_supported_and_shared_gram():
     assert Q.shape == (K, K)  # gamma_2R's offdiag p-side weight is dropped, not per-row
     Q, _ = half_problem_qp(half_problem_L(Problem.from_scalars(Y, W_0R=jnp.ones(M)), L.T, R))
     assert Q.shape == (M, K, K)
+
+
+# ------------------------------------------------------------------ KKT of the solver
+# Float64 (x64 is enabled at the top of this file): these check exactness, which float32
+# rounding would blur.
+@SETTINGS
+@given(seeds, st.integers(1, 3), st.booleans())
+def test_nnls_kkt_random_and_singular(seed, rank_drop, warm):
+    """x >= 0, y = Q x + c >= -tol, x * y ~ 0 on random problems, including singular Q
+    (a vanished column and a collinear pair) and more problems than the tail buffer."""
+    rng = np.random.default_rng(seed)
+    k, p = 6, 300  # p > the tail-compaction buffer (64), so both loops run
+    A = rng.normal(size=(12, k))
+    A[:, 0] = 0.0
+    if rank_drop > 1:
+        A[:, 2] = A[:, 1]
+    if rank_drop > 2:
+        A = A[:, :3] @ rng.normal(size=(3, k))
+    Q = A.T @ A
+    C = -(A.T @ rng.normal(size=(12, p))).T + rng.normal(scale=0.1, size=(p, k))
+    X0 = jnp.asarray(np.abs(rng.normal(size=(p, k)))) if warm else None
+    res = bpp(jnp.asarray(Q), jnp.asarray(C), X0)
+    x = np.asarray(res.x)
+    assert bool(jnp.all(res.converged))
+    y = x @ Q.T + C
+    tol = 1e-9 * (1.0 + np.max(np.abs(C)) + np.max(np.abs(Q)) * (1.0 + np.max(x)))
+    assert np.all(x >= 0)
+    assert np.all(y >= -tol)
+    assert np.all(np.abs(x * y) <= tol * (1.0 + np.max(x)))
+
+
+def test_nnls_vmapped_equals_unbatched():
+    rng = np.random.default_rng(21)
+    k, p, B = 5, 200, 3
+    As = rng.normal(size=(B, 10, k))
+    Qs = jnp.asarray(np.einsum("bij,bik->bjk", As, As))
+    Cs = jnp.asarray(rng.normal(size=(B, p, k)))
+    X0s = jnp.asarray(np.abs(rng.normal(size=(B, p, k))))
+    batched = jax.jit(jax.vmap(lambda Q, C, X0: nnls_bpp(Q, C, X0).x))(Qs, Cs, X0s)
+    for i in range(B):
+        np.testing.assert_allclose(batched[i], bpp(Qs[i], Cs[i], X0s[i]).x, rtol=1e-10, atol=1e-12)

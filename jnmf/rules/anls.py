@@ -34,7 +34,7 @@ from typing import ClassVar
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from ..nnls import nnls_bpp
+from ..nnls import nnls_bpp_columns
 from ..problem import Problem
 from ..quadratic import HalfProblem
 from ..weights import Weight
@@ -82,10 +82,14 @@ def half_problem_qp(hp: HalfProblem) -> tuple[Array, Array]:
 
 
 def anls_half_step(hp: HalfProblem, Xt: Array, max_iter: Array, ridge: Array) -> Array:
-    """The exact half step: BPP on every row of X (column of the factor-major Xt),
-    warm started at the current iterate."""
-    Q, C = half_problem_qp(hp)
-    return nnls_bpp(Q, C, Xt.T, max_iter=max_iter, ridge=ridge).x.T
+    """The exact half step: BPP on every column of the factor-major Xt (one k-variable
+    NNQP per row of X), warm started at the current iterate.
+
+    Plain ``jax.vmap`` over fits batches it well (the solver is elementwise over the
+    problems, see :mod:`jnmf.nnls`), so no per-fit loop is forced here.
+    """
+    Q, _ = half_problem_qp(hp)
+    return nnls_bpp_columns(Q, hp.linear, Xt, max_iter=max_iter, ridge=ridge)[0]
 
 
 class ANLS(AlternatingRule):
