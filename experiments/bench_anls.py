@@ -52,7 +52,7 @@ class ANLSBefore(ANLS):
     """ANLS with the old half step (its own class, so jit caches never mix the two)."""
 
     def step(self, problem, state):
-        from jnmf._fitwise import fitwise
+        from _fitwise_legacy import fitwise
 
         old = _OLD.nnls_bpp
 

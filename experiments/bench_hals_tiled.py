@@ -32,9 +32,9 @@ clean_blas_env()
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from _fitwise_legacy import fitwise  # noqa: E402
 from bench_orl import TARGET, best_time, load_orl, random_start, rel_err, sk_iterations_to_target, sk_nmf  # noqa: E402
 
-from jnmf._fitwise import fitwise  # noqa: E402
 from jnmf.batch import run_restarts  # noqa: E402
 from jnmf.driver import iterate  # noqa: E402
 from jnmf.quadratic import half_problem_L, half_problem_R, objective_after_R_step  # noqa: E402
@@ -79,7 +79,7 @@ def untiled_sweeps(hp, Xt, max_sweeps, delta):
 
 
 def lax_map_sweeps(sweeps):
-    """Under vmap: lax.map over fits (jnmf._fitwise); unbatched: ``sweeps`` itself."""
+    """Under vmap: lax.map over fits (the pre-v2 per-fit loop); unbatched: ``sweeps`` itself."""
 
     def run(hp, Xt, n, delta):
         return fitwise(lambda hp, Xt, delta: sweeps(hp, Xt, n, delta))(hp, Xt, delta)
