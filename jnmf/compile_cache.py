@@ -49,7 +49,8 @@ def enable_compile_cache(path: str | os.PathLike | None = None) -> Path | None:
     settings are JAX's and process-wide.
 
     Args:
-        path: the cache directory (created if missing); default :func:`default_cache_dir`.
+        path: the cache directory (created if missing); default: the one JAX is already
+            configured with (``JAX_COMPILATION_CACHE_DIR``), else :func:`default_cache_dir`.
 
     Returns:
         The directory in use, or None when ``JNMF_NO_COMPILE_CACHE`` turns the cache
@@ -57,9 +58,12 @@ def enable_compile_cache(path: str | os.PathLike | None = None) -> Path | None:
     """
     if compile_cache_disabled():
         return None
-    directory = Path(path) if path is not None else default_cache_dir()
-    directory.mkdir(parents=True, exist_ok=True)
     previous = jax.config.jax_compilation_cache_dir
+    if path is not None:
+        directory = Path(path)
+    else:
+        directory = Path(previous) if previous else default_cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
