@@ -125,6 +125,12 @@ class ProgressBar:
             self._bar.reset(total=self._bar.total)
         self._bar.update(position - self._bar.n)
 
+    def restart(self, note: str = "") -> None:
+        """Back to 0, with the clock (rate, remaining time) restarted from now."""
+        if self._bar is not None:
+            self._bar.set_postfix_str(note, refresh=False)
+            self._bar.reset()
+
     def write(self, text: str, file: TextIO | None = None) -> None:
         """Print a line (default stdout) without breaking the bar."""
         if self._bar is None:
@@ -202,6 +208,7 @@ class FitMonitor:
         self.loops_started = 0
         self.reports: list[tuple[int, float, int]] = []
         self._bar = ProgressBar(max(int(max_iterations), 1), description, enabled=bar)
+        self._bar.advance_to(0, "compiling")
 
     def _print(self, text: str) -> None:
         if self.out is not None:
@@ -217,6 +224,8 @@ class FitMonitor:
         """One report of the loop (see :func:`report`)."""
         if iteration == 0:
             self.loops_started += 1
+            # the bar's rate and remaining time count from here, not from before compiling
+            self._bar.restart(f"restart {self.loops_started}/{self.restarts}" if self.sequential else "")
             if self.started is None:
                 self.started = time.perf_counter()
                 if self.verbose:
