@@ -18,18 +18,21 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # a plain checkout
 
-import jnmf
-from jnmf.batch import run_restarts
-from jnmf.fitting import starting_points
-from jnmf.problem import build_problem
-from jnmf.progress import listening
-from jnmf.rules import make_rule
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import jnmf  # noqa: E402
+from jnmf.batch import run_restarts  # noqa: E402
+from jnmf.fitting import starting_points  # noqa: E402
+from jnmf.problem import build_problem  # noqa: E402
+from jnmf.progress import listening  # noqa: E402
+from jnmf.rules import make_rule  # noqa: E402
 
 
 class CountingListener:

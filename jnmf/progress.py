@@ -120,7 +120,8 @@ class ProgressBar:
         if self._bar is None:
             return
         if note is not None:
-            self._bar.set_postfix_str(note, refresh=False)
+            # shown at once when the position stays (a new rank starting), else with the move
+            self._bar.set_postfix_str(note, refresh=position == self._bar.n)
         if position < self._bar.n:
             self._bar.reset(total=self._bar.total)
         self._bar.update(position - self._bar.n)

@@ -290,3 +290,14 @@ def test_cache_switches(monkeypatch, tmp_path):
     monkeypatch.setenv("JNMF_NO_COMPILE_CACHE", "1")
     assert jnmf.enable_compile_cache(tmp_path / "never") is None
     assert not (tmp_path / "never").exists()
+
+
+def test_off_compiles_no_callback_on_compiles_one():
+    from jnmf import batch
+
+    rule, problem = make_rule("mu"), build_problem(jnp.asarray(small_data()), 2)
+    L0, R0 = starting_points(problem.Y, 2, "random", 2, jax.random.key(0))
+    states, opts, strategy = batch._prepare(rule, problem, L0, R0, None, {}, 10, None, "vmap")
+    args = (rule, problem, states, opts, 10, None, strategy)
+    assert "callback" not in batch._restarts.lower(*args, None).as_text()
+    assert "callback" in batch._restarts.lower(*args, jnp.asarray(10, jnp.int32)).as_text()
