@@ -7,12 +7,14 @@ modules (:mod:`jnmf.problem`, :mod:`jnmf.quadratic`, :mod:`jnmf.rules`,
 :mod:`jnmf.driver`, :mod:`jnmf.batch`, :mod:`jnmf.init`).
 """
 
+from .compile_cache import enable_compile_cache
 from .consensus import Consensus, consensus
 from .datasets import load_golub
 from .driver import STATUS, Result, Stopping, iterate
 from .fitting import ConvergenceWarning, FitResult, SweepResult, fit, sweep
 from .giqpm import GIQPM
 from .problem import Problem, build_problem
+from .result_files import load
 from .rnnmf import aurnmf, gaurnmf, giqpm, murnmf, objective
 from .rules import ANLS, AURNMF, HALS, KLMU, METHODS, MURNMF, ProjectedGradient, make_rule
 
@@ -22,6 +24,9 @@ __all__ = [
     "sweep",
     "consensus",
     "load_golub",
+    # keeping results and compiled programs
+    "load",
+    "enable_compile_cache",
     # rnnmf front doors (Pav 2024)
     "murnmf",
     "aurnmf",

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
+from . import _validate as check
 from .driver import DEFAULT_STOPPING, Result, Stopping, check_static_options, iterate_impl
 from .problem import Problem, check_replacements
 from .rules.base import AlternatingRule, alternate
@@ -58,20 +59,33 @@ def _loop_over_fits(f):
     return lambda *args: jax.lax.map(lambda a: f(*a), args)
 
 
-def _run(rule, problem, states, opts, history_size, normalize, strategy) -> Result:
+def _run(rule, problem, states, opts, history_size, normalize, strategy, progress_every=None) -> Result:
     if strategy == "map":
-        return jax.lax.map(lambda s: iterate_impl(rule, problem, s, *opts, history_size, normalize), states)
+        return jax.lax.map(
+            lambda s: iterate_impl(
+                rule, problem, s, *opts, history_size, normalize, progress_every=progress_every
+            ),
+            states,
+        )
     step = None
     if strategy == "hybrid" and isinstance(rule, AlternatingRule):
         step = lambda p, s: alternate(rule, p, s, shared=jax.vmap, solo=_loop_over_fits)
     return iterate_impl(
-        rule, problem, states, *opts, history_size, normalize, batched=True, batched_step=step
+        rule,
+        problem,
+        states,
+        *opts,
+        history_size,
+        normalize,
+        batched=True,
+        batched_step=step,
+        progress_every=progress_every,
     )
 
 
 @eqx.filter_jit
-def _restarts(rule, problem, states, opts, history_size, normalize, strategy) -> Result:
-    return _run(rule, problem, states, opts, history_size, normalize, strategy)
+def _restarts(rule, problem, states, opts, history_size, normalize, strategy, progress_every) -> Result:
+    return _run(rule, problem, states, opts, history_size, normalize, strategy, progress_every)
 
 
 @eqx.filter_jit
@@ -113,6 +127,7 @@ def run_restarts(
     history_size: int = 1000,
     normalize=None,
     strategy: str | None = None,
+    progress_every: int | None = None,
 ) -> Result:
     """Fit from each of the starting points ``L0[i], R0[i]`` as one compiled program.
 
@@ -124,6 +139,9 @@ def run_restarts(
         stopping, max_iterations, min_xstep, tol, rel_tol: as for :func:`jnmf.driver.iterate`.
         history_size, normalize: as for :func:`jnmf.driver.iterate`.
         strategy: ``"vmap"``, ``"hybrid"`` or ``"map"`` (default: :func:`batching_strategy`).
+        progress_every: report progress to the host every this many iterations, from
+            inside the compiled loop (:mod:`jnmf.progress`); None (default) compiles the
+            loop without reports.  The stride is traced: changing it does not recompile.
 
     Returns:
         A :class:`~jnmf.driver.Result` whose leaves have a leading restart axis.
@@ -133,7 +151,10 @@ def run_restarts(
     states, opts, strategy = _prepare(
         rule, problem, L0, R0, stopping, overrides, history_size, normalize, strategy
     )
-    return _restarts(rule, problem, states, opts, int(history_size), normalize, strategy)
+    every = None
+    if progress_every is not None:
+        every = jnp.asarray(check.positive_int("progress_every", progress_every), jnp.int32)
+    return _restarts(rule, problem, states, opts, int(history_size), normalize, strategy, every)
 
 
 def run_grid(

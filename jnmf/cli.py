@@ -3,8 +3,14 @@
 ``demo`` reproduces the rank selection of Brunet et al. (2004) on the built-in
 Golub ALL/AML data; ``rank`` runs the same consensus survey on a data file;
 ``fit`` factors a data file at one rank.  Results go to stdout and to files in
-``--out``; every error is one line on stderr, with exit status 2 for a usage
+``--out`` (``fit`` also writes ``result.npz``, the whole result, for
+``jnmf.load``); every error is one line on stderr, with exit status 2 for a usage
 error (bad option or value) and 1 for a data or file error.
+
+Progress bars go to stderr, only when it is a terminal and without ``--quiet``.
+Compiled programs are kept in JAX's persistent compilation cache
+(:mod:`jnmf.compile_cache`, default ``~/.cache/jnmf/jax``), so a second run of the
+same command skips compiling; ``--no-cache`` or ``JNMF_NO_COMPILE_CACHE=1`` turns it off.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import numpy as np
 
 from .driver import DEFAULT_STOPPING
 from .io import LabeledMatrix, MatrixFileError, check_nonnegative, read_matrix, write_labeled_csv
+from .progress import progress_bar, stderr_is_terminal
 from .rules import DEFAULT_METHOD
 
 INIT_NAMES = ("random", "sparse", "nndsvd", "nndsvda", "nndsvdar")
@@ -350,6 +357,29 @@ def _input_summary(args, matrix: LabeledMatrix) -> dict:
     }
 
 
+def _show_progress(args) -> bool:
+    """Progress bars only for a person watching: stderr a terminal, and no --quiet."""
+    return not args.quiet and stderr_is_terminal()
+
+
+def _enable_compile_cache(args) -> str | None:
+    """Turn on the persistent compilation cache unless --no-cache; its directory, or None.
+
+    A cache that cannot be set up (say, a read-only home) costs only speed: one note, and on.
+    """
+    if args.no_cache:
+        return None
+    from .compile_cache import enable_compile_cache
+
+    try:
+        directory = enable_compile_cache()
+    except OSError as err:
+        if not args.quiet:
+            print(f"jnmf: note: compilation cache off ({err}); use --no-cache to skip it", file=sys.stderr)
+        return None
+    return None if directory is None else str(directory)
+
+
 def _enable_float64(args) -> None:
     if getattr(args, "float64", False):
         import jax
@@ -370,7 +400,9 @@ def _run_fit(args) -> int:
     timings: dict = {}
     _check_input_exists(args)
     plots = _use_agg()
-    outputs = Outputs(Path(args.out), args.force, ["factors.npz", "L.csv", "R.csv", "summary.json"])
+    outputs = Outputs(
+        Path(args.out), args.force, ["factors.npz", "L.csv", "R.csv", "summary.json", "result.npz"]
+    )
     if plots:
         outputs.names.append("convergence.png")
     outputs.check()
@@ -395,6 +427,7 @@ def _run_fit(args) -> int:
         key=jax.random.key(args.seed),
         max_iterations=args.max_iterations,
         tol=args.tol,
+        progress=_show_progress(args),
         **penalties,
     )
     L, R = np.asarray(res.L), np.asarray(res.R)  # waits for the computation
@@ -410,6 +443,7 @@ def _run_fit(args) -> int:
     column_names = matrix.column_names or [f"col{j + 1}" for j in range(n)]
 
     np.savez(outputs.path("factors.npz"), L=L, R=R, objectives=objectives)
+    res.save(outputs.path("result.npz"))
     write_labeled_csv(outputs.path("L.csv"), L, row_names, components, corner=matrix.corner)
     write_labeled_csv(outputs.path("R.csv"), R, components, column_names)
     if plots:
@@ -441,6 +475,7 @@ def _run_fit(args) -> int:
         "settings": settings,
         "input": _input_summary(args, matrix),
         "versions": versions(),
+        "compile_cache": args.compile_cache,
     }
     _write_json(outputs.path("summary.json"), summary)
 
@@ -478,6 +513,7 @@ def survey(
     tol: float,
     seed: int,
     say: Callable[..., None],
+    progress: bool = False,
 ) -> list[RankRow]:
     """Consensus clustering at each rank, printing the table one row at a time.
 
@@ -490,10 +526,19 @@ def survey(
         tol: relative objective tolerance per fit.
         seed: seed of the restarts' initializations (the same at every rank).
         say: print function for the table (a no-op when quiet).
+        progress: show a bar of the ranks on stderr (the table rows print above it).
 
     Returns:
         One row per rank.
     """
+
+    with progress_bar(len(ranks), "rank survey", enabled=progress, unit="rank") as bar:
+        return _survey_ranks(
+            Y, ranks, method, restarts, max_iterations, tol, seed, bar.write if bar.shown else say, bar
+        )
+
+
+def _survey_ranks(Y, ranks, method, restarts, max_iterations, tol, seed, say, bar) -> list[RankRow]:
     import jax
 
     import jnmf
@@ -501,7 +546,8 @@ def survey(
     say(f"{'rank':>4}  {'cophenetic':>10}  {'dispersion':>10}  {'rel. error':>10}  {'seconds':>7}")
     rows = []
     norm = np.linalg.norm(np.asarray(Y, np.float64))
-    for rank in ranks:
+    for done, rank in enumerate(ranks):
+        bar.advance_to(done, f"rank {rank}")
         start = time.perf_counter()
         result = _call_jnmf(
             jnmf.consensus,
@@ -530,6 +576,7 @@ def survey(
         rows.append(row)
         cells = (row.cophenetic, row.dispersion, row.relative_error)
         say(f"{rank:>4}  " + "  ".join(f"{v:>10.4f}" for v in cells) + f"  {row.seconds:>7.2f}")
+        bar.advance_to(done + 1)
     return rows
 
 
@@ -596,6 +643,7 @@ def _run_survey(
         tol=args.tol,
         seed=args.seed,
         say=say,
+        progress=_show_progress(args),
     )
     timings["survey"] = time.perf_counter() - survey_start
     picked, reason = pick_rank([r.rank for r in rows], [r.cophenetic for r in rows])
@@ -678,6 +726,7 @@ def _run_survey(
         },
         "input": input_summary,
         "versions": versions(),
+        "compile_cache": args.compile_cache,
     }
     if cross_tables:
         summary["clusters_vs_class"] = cross_tables
@@ -795,7 +844,13 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
 def _add_output_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--out", default=default_out, metavar="DIR", help="directory for the result files")
     parser.add_argument("--force", action="store_true", help="overwrite existing result files")
-    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors (and no progress bar)")
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="do not keep compiled programs on disk for later runs (as JNMF_NO_COMPILE_CACHE=1; "
+        "the cache is in $XDG_CACHE_HOME/jnmf/jax or ~/.cache/jnmf/jax)",
+    )
 
 
 def _add_survey_options(
@@ -943,6 +998,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     try:
         args = build_parser().parse_args(argv)
+        # before anything compiles, so every program of this run can come from the cache
+        args.compile_cache = _enable_compile_cache(args)
         return args.run(args)
     except UsageError as err:
         print(f"jnmf: error: {err}", file=sys.stderr)

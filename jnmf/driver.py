@@ -46,6 +46,7 @@ import numpy as np
 from jaxtyping import Array
 
 from . import _validate as check
+from . import progress
 
 Normalize = Literal["max", "sum"] | None
 
@@ -182,6 +183,14 @@ def _relative_change(new: tuple, old: tuple) -> Array:
     return total
 
 
+def _report_progress(k: Array, f: Array, done: Array) -> None:
+    """Send the loop's position to the host: over a batch, the furthest iteration
+    count, the best finite objective and how many fits have finished, so the host
+    receives three scalars however many fits run (ordered: reports arrive in loop order)."""
+    best = jnp.min(jnp.where(jnp.isfinite(f), f, jnp.inf))
+    jax.debug.callback(progress.report, jnp.max(k), best, jnp.sum(done), ordered=True)
+
+
 def iterate_impl(
     rule,
     problem,
@@ -196,6 +205,7 @@ def iterate_impl(
     normalize,
     batched: bool = False,
     batched_step=None,
+    progress_every=None,
 ) -> Result:
     """The loop itself, unjitted.
 
@@ -208,6 +218,10 @@ def iterate_impl(
     small products.  ``batched_step(problem, states)`` computes the step of every fit
     (default: ``vmap`` of ``rule.step``); the batch layer passes its own to choose how
     the fits' work is batched (jnmf.batch).
+
+    ``progress_every`` (None, or a traced integer stride) reports progress to the host
+    (:func:`jnmf.progress.report`) at the start and every ``progress_every`` iterations,
+    from inside the loop.  None is static and compiles exactly the loop without reports.
     """
     per_fit = (lambda f: jax.vmap(f)) if batched else (lambda f: f)
     if hasattr(problem, "prepared"):
@@ -283,17 +297,27 @@ def iterate_impl(
         return jnp.any(~carry[-1])
 
     def body(carry):
-        new = advance(*carry[:6])
-        if not batched:
-            return new
-        done = carry[-1]
+        stepped = advance(*carry[:6])
+        new = stepped
+        if batched:
+            done = carry[-1]
 
-        def freeze():
-            return jax.tree.map(
-                lambda a, b: jnp.where(done.reshape(done.shape + (1,) * (a.ndim - 1)), a, b), carry, new
+            def freeze():
+                return jax.tree.map(
+                    lambda a, b: jnp.where(done.reshape(done.shape + (1,) * (a.ndim - 1)), a, b),
+                    carry,
+                    stepped,
+                )
+
+            new = jax.lax.cond(jnp.any(done), freeze, lambda: stepped)
+        if progress_every is not None:
+            k_new, f_new, done_new = new[0], new[2], new[-1]
+            jax.lax.cond(
+                jnp.max(k_new) % progress_every == 0,
+                lambda: _report_progress(k_new, f_new, done_new),
+                lambda: None,
             )
-
-        return jax.lax.cond(jnp.any(done), freeze, lambda: new)
+        return new
 
     carry = (
         jnp.zeros(lead, jnp.int32),
@@ -307,6 +331,8 @@ def iterate_impl(
         jnp.full(lead, MAX_ITERATIONS, jnp.int32),
         jnp.broadcast_to(max_iterations <= 0, lead),
     )
+    if progress_every is not None:
+        _report_progress(carry[0], f0, carry[-1])  # iteration 0: the compiled loop starts
     k, state, _, history, _, _, steps, converged, status, _ = jax.lax.while_loop(cond, body, carry)
     # The per-iteration objective (history, tol test) is the cheap form of
     # quadratic.objective_after_R_step, exact only to ~eps ||Y||^2; the reported

@@ -16,7 +16,10 @@ the scaled data, whose largest entry is 1.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import itertools
+import json
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -29,10 +32,11 @@ import optax
 from jaxtyping import Array
 
 from . import _validate as check
-from .batch import run_grid, run_restarts
+from .batch import batching_strategy, run_grid, run_restarts
 from .driver import CONVERGED, NONFINITE, STATUS, Stopping, status_names
 from .init import INITIALIZERS, initialize
 from .problem import REPLACEABLE, Problem, build_problem, check_replacements, scale_factors
+from .progress import FitMonitor
 from .rules import DEFAULT_METHOD, METHODS, AlternatingRule, make_rule
 
 __all__ = [
@@ -67,6 +71,8 @@ class FitResult(eqx.Module):
         best: index of the best restart.
         all_L, all_R: every restart's factors (``restarts x m x k``, ``restarts x k x n``)
             with ``return_all=True``, else None.
+        settings: how the fit was made (method, rank, penalties, stopping, init, restarts,
+            key, ...), JSON-serializable; saved by :meth:`save`.
     """
 
     L: Array
@@ -84,11 +90,22 @@ class FitResult(eqx.Module):
     best: int = eqx.field(static=True)
     all_L: Array | None = None
     all_R: Array | None = None
+    settings: dict = eqx.field(static=True, default_factory=dict)
 
     @property
     def status_name(self) -> str:
         """The best restart's status: converged / max_iterations / stuck / nonfinite."""
         return status_names(self.status)
+
+    def save(self, path) -> None:
+        """Write this result to one ``.npz`` file (no pickle); read it back with :func:`jnmf.load`.
+
+        Args:
+            path: the file to write (``.npz`` is appended by NumPy when missing).
+        """
+        from .result_files import save
+
+        save(self, path)
 
 
 def as_key(key) -> Array:
@@ -157,6 +174,56 @@ def _setup(Y, rank, method, init, restarts, key, stopping, overrides) -> _Setup:
     return _Setup(Y, rank, rule, restarts, as_key(key), stop, data_scale(Y), degree)
 
 
+class Settings(dict):
+    """A dict of plain JSON values that hashes by its content, so a :class:`FitResult`
+    holding one as static data can still pass through ``jax.jit``."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(json.dumps(self, sort_keys=True))
+
+
+def _plain(value):
+    """A JSON value for a setting: numbers as Python numbers; an array as its shape and dtype
+    (array-valued penalties are described, not stored)."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return float(value)
+    if np.ndim(value) == 0:
+        return float(np.asarray(value))
+    return {"array": {"shape": list(np.shape(value)), "dtype": str(np.asarray(value).dtype)}}
+
+
+def fit_settings(
+    s: _Setup, method, init, key, normalize, history_size: int, strategy, W_0R, W_0C, penalties: dict
+) -> Settings:
+    """The arguments of a fit as JSON values (``FitResult.settings``).
+
+    ``key`` keeps the raw bits of the JAX key the restarts were drawn from (so a NumPy
+    Generator or JAX key is recorded too); ``seed`` is the int seed when one was given.
+    """
+    key_bits = jax.random.key_data(s.key) if jnp.issubdtype(s.key.dtype, jax.dtypes.prng_key) else s.key
+    weights = {"W_0R": W_0R, "W_0C": W_0C}
+    return Settings(
+        method=method if isinstance(method, str) else s.rule.method_name,
+        rule=repr(s.rule),
+        rank=s.rank,
+        restarts=s.restarts,
+        init=init if isinstance(init, str) else "given (L0, R0)",
+        seed=0 if key is None else (int(key) if isinstance(key, int | np.integer) else None),
+        key=[int(b) for b in np.asarray(key_bits).ravel()],
+        stopping={name: _plain(v) for name, v in dataclasses.asdict(s.stopping).items()},
+        penalties={name: _plain(v) for name, v in {**penalties, **weights}.items() if v is not None},
+        normalize=normalize,
+        history_size=int(history_size),
+        strategy=strategy or batching_strategy(s.rule),
+        dtype=str(s.Y.dtype),
+        shape=list(s.Y.shape),
+    )
+
+
 def _scaled_starts(s: _Setup, Ys, init) -> tuple[Array, Array]:
     root = math.sqrt(s.scale)
     if isinstance(init, tuple | list):
@@ -184,7 +251,7 @@ def _warn_status(status_code: int, where: str) -> None:
         )
 
 
-def _zero_fit(s: _Setup, return_all: bool, history_size: int) -> FitResult:
+def _zero_fit(s: _Setup, return_all: bool, history_size: int, settings: dict) -> FitResult:
     """An all-zero Y: the zero factors are the exact solution (status converged)."""
     m, n = s.Y.shape
     dt = s.Y.dtype
@@ -206,6 +273,7 @@ def _zero_fit(s: _Setup, return_all: bool, history_size: int) -> FitResult:
         best=0,
         all_L=jnp.zeros((b, m, s.rank), dt) if return_all else None,
         all_R=jnp.zeros((b, s.rank, n), dt) if return_all else None,
+        settings=settings,
     )
 
 
@@ -226,6 +294,9 @@ def fit(
     history_size: int = 1000,
     return_all: bool = False,
     strategy: str | None = None,
+    verbose: int = 0,
+    progress: bool = False,
+    progress_every: int = 10,
     W_0R=None,
     W_0C=None,
     **penalties,
@@ -252,12 +323,20 @@ def fit(
         return_all: also return every restart's factors (``all_L``, ``all_R``).
         strategy: ``"vmap"`` or ``"map"`` batching of restarts (default: per backend,
             :func:`jnmf.batch.batching_strategy`).
+        verbose: 1 prints scikit-learn style lines ("Epoch 10 reached after 0.012 seconds,
+            objective: ...") every ``progress_every`` iterations and at the end; 2 also a
+            line per restart.  Reported from inside the compiled loop.
+        progress: show a tqdm progress bar of the iterations on stderr.
+        progress_every: iterations between reports when ``verbose`` or ``progress``
+            (traced: changing it does not recompile).  Without either, the loop is
+            compiled without reports (and, unlike a loop with reports, can be kept in
+            JAX's persistent compilation cache).
         W_0R, W_0C, **penalties: weights and penalties of eq. 3 / eq. 4, as for
             :func:`jnmf.problem.build_problem` (``lambda_1L`` ... ``gamma_2R``, ``W_1L`` ...).
 
     Returns:
-        A :class:`FitResult`.  Warns :class:`ConvergenceWarning` when the best fit hit the
-        iteration cap.
+        A :class:`FitResult` (its ``settings`` record the arguments).  Warns
+        :class:`ConvergenceWarning` when the best fit hit the iteration cap.
 
     Raises:
         ValueError: bad input or settings, naming the argument (before compiling).
@@ -267,27 +346,41 @@ def fit(
     s = _setup(Y, rank, method, init, restarts, key, stopping, overrides)
     problem = build_problem(jnp.asarray(s.Y), s.rank, W_0R=W_0R, W_0C=W_0C, **penalties)
     s.rule.check(problem)
+    settings = fit_settings(s, method, init, key, normalize, history_size, strategy, W_0R, W_0C, penalties)
     if not np.any(s.Y):
-        return _zero_fit(s, return_all, history_size)
+        return _zero_fit(s, return_all, history_size, settings)
     problem = problem.scaled(s.scale, s.degree)
     L0, R0 = _scaled_starts(s, problem.Y, init)
     unit = float(s.scale) ** s.degree  # objectives scale as Y^degree
-    res = run_restarts(
-        s.rule,
-        problem,
-        L0,
-        R0,
-        stopping=s.stopping.replace(target=s.stopping.target / unit),
-        history_size=history_size,
-        normalize=normalize,
-        strategy=strategy,
-    )
+    monitor = None
+    if verbose or progress:
+        monitor = FitMonitor(
+            restarts=s.restarts,
+            max_iterations=s.stopping.max_iterations,
+            unit=unit,
+            verbose=verbose,
+            bar=progress,
+            sequential=settings["strategy"] == "map",
+            description=f"{settings['method']} rank {s.rank}",
+        )
+    with monitor or contextlib.nullcontext():
+        res = run_restarts(
+            s.rule,
+            problem,
+            L0,
+            R0,
+            stopping=s.stopping.replace(target=s.stopping.target / unit),
+            history_size=history_size,
+            normalize=normalize,
+            strategy=strategy,
+            progress_every=progress_every if monitor else None,
+        )
     objectives = np.asarray(res.objective, np.float64) * unit
     all_status = np.asarray(res.status)
     best = _pick_best(objectives, all_status)
     _warn_status(int(all_status[best]), "the best fit")
     L, R = scale_factors(res.L, res.R, s.scale)
-    return FitResult(
+    result = FitResult(
         L=L[best],
         R=R[best],
         objective=objectives[best],
@@ -303,7 +396,11 @@ def fit(
         best=best,
         all_L=L if return_all else None,
         all_R=R if return_all else None,
+        settings=settings,
     )
+    if monitor:
+        monitor.finish(result)
+    return result
 
 
 class SweepResult(eqx.Module):
@@ -329,6 +426,16 @@ class SweepResult(eqx.Module):
     best: np.ndarray
     L: Array | None
     R: Array | None
+
+    def save(self, path) -> None:
+        """Write this result to one ``.npz`` file (no pickle); read it back with :func:`jnmf.load`.
+
+        Args:
+            path: the file to write (``.npz`` is appended by NumPy when missing).
+        """
+        from .result_files import save
+
+        save(self, path)
 
 
 def _grid_points(grid: Mapping[str, Sequence], product: bool) -> dict[str, np.ndarray]:

@@ -42,6 +42,13 @@ ROW_NAMES = [f"gene{i}" for i in range(ROWS)]
 COLUMN_NAMES = [f"sample{j}" for j in range(COLUMNS)]
 
 
+@pytest.fixture(autouse=True)
+def _no_default_compile_cache(monkeypatch):
+    # in-process main() calls would otherwise point this pytest process's JAX cache at
+    # ~/.cache/jnmf/jax; the subprocesses get theirs from JAX_COMPILATION_CACHE_DIR (env)
+    monkeypatch.setenv("JNMF_NO_COMPILE_CACHE", "1")
+
+
 @pytest.fixture(scope="module")
 def data() -> np.ndarray:
     # quarter-integers are exact in decimal text, Matrix Market and float32 alike
