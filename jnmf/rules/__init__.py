@@ -19,6 +19,10 @@ from .projected import ProjectedGradient
 
 DEFAULT_METHOD = "ahals"
 
+# One shared instance: an optax optimizer is a static field, and two adam() objects
+# never compare equal, so a fresh one per call would recompile every fit.
+_DEFAULT_PG = ProjectedGradient(optax.adam(1e-2))
+
 # name -> (description, factory)
 METHODS: dict[str, tuple[str, object]] = {
     "ahals": (
@@ -32,7 +36,7 @@ METHODS: dict[str, tuple[str, object]] = {
     "kl": ("KL-divergence multiplicative update (Lee & Seung 2001)", KLMU),
     "pg": (
         "projected gradient driven by an optax optimizer (default adam(1e-2))",
-        lambda: ProjectedGradient(optax.adam(1e-2)),
+        lambda: _DEFAULT_PG,
     ),
 }
 
