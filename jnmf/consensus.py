@@ -40,8 +40,8 @@ from scipy.cluster.hierarchy import cophenet, fcluster, linkage
 from scipy.spatial.distance import squareform
 
 from . import _validate as check
-from .batch import run_restarts
-from .driver import Stopping
+from .batch import batching_strategy, run_restarts
+from .driver import Stopping, status_names
 from .fitting import _setup, as_key, starting_points
 from .problem import build_problem, scale_factors
 
@@ -61,9 +61,12 @@ class Consensus:
         objectives: each restart's objective (the one its method minimizes).
         loss: each restart's ``1/2 ||Y - LR||_F^2``.
         iterations: each restart's iteration count.
+        status: each restart's status code (:data:`jnmf.driver.STATUS`).
         best: index of the best restart (smallest objective).
         residual: ``||Y - LR||_F`` of the best restart.
         L, R: the best restart's factors (``m x rank``, ``rank x n``).
+        history, history_stride: the best restart's objective history (see
+            :class:`jnmf.driver.Result`), in the user's units.
     """
 
     rank: int
@@ -75,14 +78,21 @@ class Consensus:
     objectives: np.ndarray
     loss: np.ndarray
     iterations: np.ndarray
+    status: np.ndarray
     best: int
     residual: float
     L: np.ndarray
     R: np.ndarray
+    history: np.ndarray
+    history_stride: int
 
     @property
     def best_objective(self) -> float:
         return float(self.objectives[self.best])
+
+    @property
+    def status_names(self) -> np.ndarray:
+        return status_names(self.status)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +215,7 @@ def consensus(
     max_iterations: int = 2000,
     stable_labels: int = 40,
     tol: float = 0.0,
+    history_size: int = 256,
     strategy: str | None = None,
 ) -> Consensus | RankSurvey:
     """Consensus clustering of ``restarts`` fits per rank, every rank in one program.
@@ -221,7 +232,9 @@ def consensus(
         stable_labels: stop a restart once its clusters have not changed for this
             many iterations (R's NMF default, 40; 0 disables).
         tol: relative objective change (0, off, as R's NMF).
-        strategy: batching strategy (see :mod:`jnmf.batch`).
+        history_size: length of each restart's objective history.
+        strategy: batching strategy (default: :func:`jnmf.batch.batching_strategy`
+            for fits that stop unevenly: on CPU a loop of fits).
 
     Returns:
         :class:`Consensus` or :class:`RankSurvey`.
@@ -255,7 +268,10 @@ def consensus(
         R0s.append(R0 * live[None, :, None])
     L0, R0 = jnp.concatenate(L0s), jnp.concatenate(R0s)
 
-    res = run_restarts(s.rule, problem, L0, R0, stopping=stopping, history_size=1, strategy=strategy)
+    strategy = strategy or batching_strategy(s.rule, uneven_stops=stable_labels > 0)
+    res = run_restarts(
+        s.rule, problem, L0, R0, stopping=stopping, history_size=history_size, strategy=strategy
+    )
     compilations = _cache_size() - compiled_before
     L, R = scale_factors(res.L, res.R, s.scale)
     L, R = np.asarray(L), np.asarray(R)
@@ -284,10 +300,13 @@ def consensus(
                 objectives=obj,
                 loss=loss,
                 iterations=iterations[rows],
+                status=np.asarray(res.status)[rows],
                 best=best,
                 residual=float(np.sqrt(2.0 * loss[best])),
                 L=Lr[best],
                 R=Rr[best],
+                history=np.asarray(res.history[rows][best], np.float64) * unit,
+                history_stride=int(res.history_stride[rows][best]),
             )
         )
     if single:
