@@ -261,8 +261,9 @@ class Problem(eqx.Module):
         ``R / sqrt(scale)``: its objective is the original's divided by ``scale^degree``.
 
         ``degree`` is the degree of the loss in Y: 2 for eq. 3 (Frobenius), 1 for the
-        KL divergence, beta for the beta-divergence (``rule.loss_degree``).  Then the L1 weights are multiplied by ``scale^(1/2 - degree)``
-        and the L2 weights by ``scale^(1 - degree)`` (loss weights unchanged), so a
+        KL divergence, beta for the beta-divergence (``rule.loss_degree``).  Then the L1
+        weights are multiplied by ``scale^(1/2 - degree)`` and the L2 weights by
+        ``scale^(1 - degree)`` (loss weights unchanged), so a
         fit of the scaled problem, mapped back with :func:`scale_factors`, solves the
         original problem without its overflow or underflow.  (With ``scale`` a power
         of 4 every one of these operations is exact in floating point.)
