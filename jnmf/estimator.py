@@ -38,10 +38,10 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, check_non_negative, validate_data
 
-from .batch import run_restarts
-from .driver import CONVERGED, MAX_ITERATIONS, NONFINITE, iterate
+from .batch import continue_restarts
+from .driver import CONVERGED, MAX_ITERATIONS, NONFINITE, STUCK, iterate
 from .fitting import data_scale, starting_points
-from .problem import build_problem, scale_factors
+from .problem import build_problem
 from .rules import KLMU, METHODS, AlternatingRule, BetaMU, make_rule
 from .rules.base import HalfStep
 from .rules.beta import beta_divergence, effective_data
@@ -54,6 +54,8 @@ _jit_beta_divergence = jax.jit(beta_divergence)
 _jit_starting_points = jax.jit(starting_points, static_argnums=(1, 2, 3))
 # floor of WH (relative to max(X)) in the beta-divergences, as in the rules' epsilon
 _MODEL_FLOOR = 1e-10
+# iterations between convergence tests (scikit-learn's mu solver tests every 10)
+_CHECK_EVERY = 10
 
 
 class FixedRRule(AlternatingRule):
@@ -303,8 +305,6 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                     f"beta_loss = {self.beta_loss!r}"
                 )
             return make_rule("hals")
-        if beta == 2.0:
-            return make_rule("mu")
         if beta == 1.0:
             return KLMU()
         return BetaMU(beta)
@@ -399,10 +399,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if update_H:
             self._n_components = k
         penalties = self._penalties(n_samples, n_features)
-        start = time.perf_counter()
-        W, H, n_iter, status, history = self._solve(X, k, rule, init, H, update_H, penalties)
-        if self.verbose:
-            self._report(n_iter, status, history, time.perf_counter() - start)
+        W, H, n_iter, status = self._solve(X, k, rule, init, H, update_H, penalties)
         if status == MAX_ITERATIONS and self.tol > 0:
             warnings.warn(
                 f"Maximum number of iterations {self.max_iter} reached. Increase it to improve convergence.",
@@ -412,58 +409,99 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         return W, H, n_iter
 
     def _solve(self, X: np.ndarray, k: int, rule, init, H_fixed, update_H: bool, penalties: dict):
-        """Run jnmf on the scaled data in X's precision; (W, H, n_iter, status, history)."""
+        """Run jnmf on the scaled data in X's precision; ``(W, H, n_iter, status)``."""
         dtype = X.dtype
         restarts = int(self.restarts) if update_H else 1
-        history_size = int(self.max_iter) if self.verbose else 1
         m, n = X.shape
         if not np.any(X):  # the zero factors are the exact solution
             H = np.zeros((k, n), dtype) if update_H else np.asarray(H_fixed, dtype)
-            return np.zeros((m, k), dtype), H, 0, CONVERGED, np.full(history_size, np.nan)
+            return np.zeros((m, k), dtype), H, 0, CONVERGED
         seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         scale = data_scale(X)
         root = float(np.sqrt(scale))
         with _compute_precision(dtype):
             problem = build_problem(jnp.asarray(X), k, **penalties).scaled(scale, rule.loss_degree)
-            Ys = problem.Y
             if not update_H:
                 avg = np.sqrt(X.mean() / k) / root
                 L0 = jnp.full((1, m, k), avg, dtype)
                 R0 = jnp.asarray(H_fixed, dtype)[None] / root
                 rule = FixedRRule(rule)
             elif isinstance(init, tuple):
-                L0 = jnp.asarray(init[0], dtype)[None] / root
-                R0 = jnp.asarray(init[1], dtype)[None] / root
-                L0 = jnp.broadcast_to(L0, (restarts, m, k))
-                R0 = jnp.broadcast_to(R0, (restarts, k, n))
+                L0 = jnp.broadcast_to(jnp.asarray(init[0], dtype) / root, (restarts, m, k))
+                R0 = jnp.broadcast_to(jnp.asarray(init[1], dtype) / root, (restarts, k, n))
             else:
-                L0, R0 = _jit_starting_points(Ys, k, init, restarts, jax.random.key(seed))
-            stop = dict(max_iterations=int(self.max_iter), tol=float(self.tol), history_size=history_size)
-            if restarts == 1:  # one fit: the unbatched loop, given a leading axis of one
-                res = iterate(rule, problem, rule.init(problem, L0[0], R0[0]), **stop)
-                res = jax.tree.map(lambda a: a[None], res)
-            else:
-                res = run_restarts(rule, problem, L0, R0, **stop)
-            objectives = np.asarray(res.objective, np.float64)
-            status = np.asarray(res.status)
-            ok = np.isfinite(objectives) & (status != NONFINITE)
-            if not ok.any():
-                raise FloatingPointError(
-                    "every fit produced non-finite values; please report the data's shape and range"
-                )
-            best = int(np.argmin(np.where(ok, objectives, np.inf)))
-            L, R = scale_factors(res.L[best], res.R[best], scale)
-            W = np.asarray(L, dtype)
-            H = np.asarray(R, dtype) if update_H else np.asarray(H_fixed, dtype)
-            history = np.asarray(res.history[best], np.float64) * float(scale) ** rule.loss_degree
-            return W, H, int(res.iterations[best]), int(status[best]), history
+                L0, R0 = _jit_starting_points(problem.Y, k, init, restarts, jax.random.key(seed))
+            L, R, n_iter, status = self._iterate_in_chunks(rule, problem, L0, R0)
+        ok = np.isfinite(L).all(axis=(1, 2)) & np.isfinite(R).all(axis=(1, 2)) & (status != NONFINITE)
+        if not ok.any():
+            raise FloatingPointError(
+                "every fit produced non-finite values; please report the data's shape and range"
+            )
+        best = self._best
+        W = np.asarray(L[best] * root, dtype)
+        H = np.asarray(R[best] * root, dtype) if update_H else np.asarray(H_fixed, dtype)
+        return W, H, int(n_iter[best]), int(status[best])
 
-    def _report(self, n_iter: int, status: int, history: np.ndarray, seconds: float) -> None:
-        """Verbose output after a fit (scikit-learn prints during its loop; jnmf's is compiled)."""
-        for i in range(9, min(n_iter, history.size), 10):
-            print(f"Epoch {i + 1:02d}, objective: {history[i]:f}")
-        outcome = "Converged" if status == CONVERGED else "Stopped"
-        print(f"{outcome} at iteration {n_iter}; epoch {n_iter:02d} reached after {seconds:.3f} seconds.")
+    def _iterate_in_chunks(self, rule, problem, L0, R0):
+        """Iterate all restarts in chunks of ``_CHECK_EVERY`` iterations, with scikit-learn's
+        convergence test between chunks: a fit is done when its error ``e = sqrt(2 f)`` (f
+        the objective, penalties included) improved by less than ``tol * e_0`` over the
+        chunk.  Chunks continue the rule's state exactly (:func:`jnmf.batch.continue_restarts`),
+        so the iterates are those of one uninterrupted run.  Returns the factors (at the
+        iteration each fit was done), iteration counts and statuses, per restart, and sets
+        ``self._best``.
+        """
+        b = L0.shape[0]
+        states = jax.vmap(lambda L, R: rule.init(problem, L, R))(L0, R0)
+
+        def advance(states, iterations):
+            if b == 1:  # one fit: the unbatched loop, given a leading axis of one
+                one = jax.tree.map(lambda a: a[0], states)
+                res = iterate(rule, problem, one, max_iterations=iterations, tol=0.0, history_size=1)
+                return jax.tree.map(lambda a: a[None], res)
+            return continue_restarts(
+                rule, problem, states, max_iterations=iterations, tol=0.0, history_size=1
+            )
+
+        start = time.perf_counter()
+        first = advance(states, 0)  # the objective at the start, from the same program
+        error0 = np.sqrt(2.0 * np.maximum(np.asarray(first.objective, np.float64), 0.0))
+        previous = error0
+        n_iter = np.zeros(b, np.int64)
+        status = np.full(b, MAX_ITERATIONS)
+        done = error0 == 0
+        status[done] = CONVERGED
+        L = np.array(first.L, np.float64)
+        R = np.array(first.R, np.float64)
+        objective = np.asarray(first.objective, np.float64).copy()
+        while not done.all() and n_iter.max() < self.max_iter:
+            chunk = int(min(_CHECK_EVERY, self.max_iter - n_iter.max()))
+            res = advance(states, chunk)
+            states = res.state
+            f = np.asarray(res.objective, np.float64)
+            error = np.sqrt(2.0 * np.maximum(f, 0.0))
+            live = ~done
+            n_iter[live] += np.asarray(res.iterations)[live]
+            L[live], R[live], objective[live] = np.asarray(res.L)[live], np.asarray(res.R)[live], f[live]
+            ended = np.isin(np.asarray(res.status), (STUCK, NONFINITE)) & live
+            status[ended] = np.asarray(res.status)[ended]
+            converged = live & ~ended & (self.tol > 0) & ((previous - error) < self.tol * error0)
+            status[converged] = CONVERGED
+            done |= ended | converged
+            previous = error
+            if self.verbose:
+                seconds = time.perf_counter() - start
+                for i in np.flatnonzero(live):
+                    tag = f"restart {i}: " if b > 1 else ""
+                    print(
+                        f"{tag}Epoch {n_iter[i]:02d} reached after {seconds:.3f} seconds, error: {error[i]:f}"
+                    )
+        ok = np.isfinite(objective) & (status != NONFINITE)
+        self._best = int(np.argmin(np.where(ok, objective, np.inf)))
+        if self.verbose:
+            outcome = "Converged" if status[self._best] == CONVERGED else "Stopped"
+            print(f"{outcome} at iteration {n_iter[self._best]}")
+        return L, R, n_iter, status
 
     def _reconstruction_error(self, X: np.ndarray, W: np.ndarray, H: np.ndarray) -> float:
         beta = beta_loss_value(self.beta_loss)
