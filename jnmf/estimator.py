@@ -148,16 +148,19 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             ``W`` and ``H`` passed to ``fit`` / ``fit_transform``).
         solver: ``"cd"`` (default): jnmf's HALS, ``method="hals"`` (Cichocki & Phan 2009), the
             same column-wise exact minimization as scikit-learn's coordinate descent;
-            Frobenius loss only.  ``"mu"``: multiplicative updates: Lee & Seung (2001) /
-            MURNMF (``method="mu"``) for the Frobenius loss, :class:`~jnmf.rules.KLMU` for
-            Kullback-Leibler, :class:`~jnmf.rules.BetaMU` (Févotte & Idier 2011) otherwise.
+            Frobenius loss only.  ``"mu"``: multiplicative updates:
+            :class:`~jnmf.rules.BetaMU` (Févotte & Idier 2011; for beta = 2 the Lee & Seung
+            2001 update with the penalties in the denominator, as scikit-learn's; jnmf's
+            ``method="mu"`` is Pav's MURNMF, whose clipped numerator is not the same) and
+            :class:`~jnmf.rules.KLMU` for Kullback-Leibler (an exact majorize-minimize step
+            for the ridge, where scikit-learn's is a heuristic).
         beta_loss: ``"frobenius"`` (2), ``"kullback-leibler"`` (1), ``"itakura-saito"`` (0) or
             a float; anything but 2 needs ``solver="mu"`` (or a matching ``method``); for
             ``beta_loss <= 0`` X must have no zeros.
-        tol: tolerance of jnmf's stopping test: the relative change of the objective in one
-            iteration, ``|f_{k-1} - f_k| <= tol |f_{k-1}|`` (scikit-learn tests the
-            violation of cd, or the error every 10 iterations of mu, instead), checked
-            every iteration; 0 disables it.
+        tol: scikit-learn's stopping test of its mu solver, for every solver: every 10
+            iterations, stop when the error ``e = sqrt(2 f)`` (f the objective, penalties
+            included) improved by less than ``tol * e_0`` (``e_0`` at the start) since the
+            last test; 0 disables it (scikit-learn's cd tests its violation instead).
         max_iter: the iteration cap (default 200).
         random_state: seeds the random initializations (int, RandomState or None).
         alpha_W, alpha_H, l1_ratio: the regularization, as in scikit-learn.
