@@ -5,6 +5,9 @@ driver -> batch -> surfaces (``fit``, ``sweep``, ``consensus``, the rnnmf front 
 the CLI).  The top level holds what users call; building blocks stay in their
 modules (:mod:`jnmf.problem`, :mod:`jnmf.quadratic`, :mod:`jnmf.rules`,
 :mod:`jnmf.driver`, :mod:`jnmf.batch`, :mod:`jnmf.init`).
+
+``jnmf.NMF`` is the scikit-learn drop-in estimator (:mod:`jnmf.estimator`); it is
+imported on first use, so ``import jnmf`` works without scikit-learn.
 """
 
 from .compile_cache import enable_compile_cache
@@ -16,7 +19,22 @@ from .giqpm import GIQPM
 from .problem import Problem, build_problem
 from .result_files import load
 from .rnnmf import aurnmf, gaurnmf, giqpm, murnmf, objective
-from .rules import ANLS, AURNMF, HALS, KLMU, METHODS, MURNMF, ProjectedGradient, make_rule
+from .rules import ANLS, AURNMF, HALS, KLMU, METHODS, MURNMF, BetaMU, ProjectedGradient, make_rule
+
+
+def __getattr__(name: str):
+    """``jnmf.NMF``, imported on first use (it needs scikit-learn, an optional dependency)."""
+    if name == "NMF":
+        try:
+            from .estimator import NMF
+        except ImportError as e:
+            raise ImportError(
+                f"jnmf.NMF (the scikit-learn drop-in estimator) needs scikit-learn "
+                f"(pip install scikit-learn): {e}"
+            ) from e
+        return NMF
+    raise AttributeError(f"module 'jnmf' has no attribute {name!r}")
+
 
 __all__ = [
     # surfaces
@@ -43,6 +61,7 @@ __all__ = [
     "AURNMF",
     "ANLS",
     "KLMU",
+    "BetaMU",
     "ProjectedGradient",
     "GIQPM",
     "iterate",

@@ -172,6 +172,43 @@ def run_restarts(
     return _restarts(rule, problem, states, opts, int(history_size), normalize, strategy, every)
 
 
+def continue_restarts(
+    rule,
+    problem: Problem,
+    states,
+    *,
+    stopping: Stopping | None = None,
+    max_iterations: int | None = None,
+    min_xstep: float | None = None,
+    tol: float | None = None,
+    rel_tol: float | None = None,
+    history_size: int = 1000,
+    normalize=None,
+    strategy: str | None = None,
+) -> Result:
+    """:func:`run_restarts` from a batch of rule states (e.g. ``Result.state`` of an earlier
+    call), so a fit can run in chunks with tests between them; the rule's auxiliary state
+    (annealed steps, optimizer moments, ``L R``) carries over, so chunks of ``n`` iterations
+    give exactly the iterates of one longer run (with the convergence tests off).
+
+    Args:
+        rule, problem, stopping, ...: as for :func:`run_restarts`.
+        states: the rule's states with a leading restart axis.
+
+    Returns:
+        A :class:`~jnmf.driver.Result` whose leaves have a leading restart axis.
+    """
+    rule.check(problem)
+    check_static_options(history_size, normalize)
+    overrides = dict(max_iterations=max_iterations, min_xstep=min_xstep, tol=tol, rel_tol=rel_tol)
+    stop = (stopping or DEFAULT_STOPPING).replace(**overrides).validate()
+    strategy = strategy or batching_strategy(rule)
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}; got {strategy!r}")
+    opts = stop.traced(rule.factors(states)[0].dtype)
+    return _restarts(rule, problem, states, opts, int(history_size), normalize, strategy)
+
+
 def run_grid(
     rule,
     problem: Problem,

@@ -157,7 +157,7 @@ class _Setup(eqx.Module):
     key: Array
     stopping: Stopping
     scale: float
-    degree: int
+    degree: float
 
 
 def _setup(Y, rank, method, init, restarts, key, stopping, overrides) -> _Setup:
@@ -170,7 +170,7 @@ def _setup(Y, rank, method, init, restarts, key, stopping, overrides) -> _Setup:
     rule = make_rule(method)
     if not isinstance(init, tuple | list) and init not in INITIALIZERS:
         raise ValueError(f"init must be one of {sorted(INITIALIZERS)} or an (L, R) pair; got {init!r}")
-    degree = 1 if rule.method_name == "kl" else 2  # the objective's degree in Y
+    degree = rule.loss_degree  # the objective's degree of homogeneity in Y
     return _Setup(Y, rank, rule, restarts, as_key(key), stop, data_scale(Y), degree)
 
 
@@ -555,7 +555,7 @@ def sweep(
     )
 
 
-def scale_settings(settings: Mapping[str, np.ndarray], scale: float, degree: int) -> dict:
+def scale_settings(settings: Mapping[str, np.ndarray], scale: float, degree: float) -> dict:
     """Swept values transformed as :meth:`jnmf.problem.Problem.scaled` transforms the base."""
     l1 = scale ** (0.5 - degree)
     l2 = scale ** (1 - degree)

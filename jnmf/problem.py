@@ -256,13 +256,14 @@ class Problem(eqx.Module):
             out = eqx.tree_at(lambda p: p.data, out, None)
         return out
 
-    def scaled(self, scale: float, degree: int = 2) -> Problem:
+    def scaled(self, scale: float, degree: float = 2) -> Problem:
         """The same problem for the data ``Y / scale``, with factors ``L / sqrt(scale)``,
         ``R / sqrt(scale)``: its objective is the original's divided by ``scale^degree``.
 
         ``degree`` is the degree of the loss in Y: 2 for eq. 3 (Frobenius), 1 for the
-        KL divergence.  Then the L1 weights are multiplied by ``scale^(1/2 - degree)``
-        and the L2 weights by ``scale^(1 - degree)`` (loss weights unchanged), so a
+        KL divergence, beta for the beta-divergence (``rule.loss_degree``).  Then the L1
+        weights are multiplied by ``scale^(1/2 - degree)`` and the L2 weights by
+        ``scale^(1 - degree)`` (loss weights unchanged), so a
         fit of the scaled problem, mapped back with :func:`scale_factors`, solves the
         original problem without its overflow or underflow.  (With ``scale`` a power
         of 4 every one of these operations is exact in floating point.)

@@ -12,6 +12,7 @@ import optax
 from .anls import ANLS
 from .au import AURNMF
 from .base import AlternatingRule, HalfStep, NMFState, Rule, StepInfo
+from .beta import BetaMU
 from .hals import HALS
 from .kl import KLMU
 from .mu import MURNMF
@@ -34,6 +35,10 @@ METHODS: dict[str, tuple[str, object]] = {
     "au": ("additive update with optimal step (AURNMF/GAURNMF, Pav 2024 Alg. 3)", AURNMF),
     "anls": ("alternating non-negative least squares, exact NNLS half steps (Kim & Park 2011)", ANLS),
     "kl": ("KL-divergence multiplicative update (Lee & Seung 2001)", KLMU),
+    "beta": (
+        "beta-divergence multiplicative update (Févotte & Idier 2011), beta=1.5; BetaMU(beta) for others",
+        lambda: BetaMU(1.5),
+    ),
     "pg": (
         "projected gradient driven by an optax optimizer (default adam(1e-2))",
         lambda: _DEFAULT_PG,
@@ -45,7 +50,7 @@ def make_rule(method: str | AlternatingRule | optax.GradientTransformation) -> A
     """A rule from a method name in :data:`METHODS`, a rule, or an optax optimizer.
 
     Args:
-        method: ``"ahals"``, ``"hals"``, ``"mu"``, ``"au"``, ``"anls"``, ``"kl"``, ``"pg"``; an
+        method: ``"ahals"``, ``"hals"``, ``"mu"``, ``"au"``, ``"anls"``, ``"kl"``, ``"beta"``, ``"pg"``; an
             :class:`AlternatingRule` (returned as is); or an optax optimizer (projected
             gradient with it).
 
@@ -70,6 +75,7 @@ __all__ = [
     "ANLS",
     "AURNMF",
     "AlternatingRule",
+    "BetaMU",
     "DEFAULT_METHOD",
     "HALS",
     "HalfStep",

@@ -166,6 +166,14 @@ class AlternatingRule(eqx.Module):
         """The objective this rule decreases (eq. 3 unless the rule says otherwise)."""
         return problem.objective(state.Lt.T, state.R)
 
+    @property
+    def loss_degree(self) -> float:
+        """The degree of homogeneity of the rule's loss in ``(Y, LR)``: 2 for eq. 3's
+        Frobenius loss (``loss(c Y, c LR) = c^2 loss(Y, LR)``).  ``fit`` and ``sweep``
+        rescale the data and the penalties with it (:meth:`jnmf.problem.Problem.scaled`).
+        Rules with another loss override it (1 for KL, beta for the beta-divergence)."""
+        return 2.0
+
     # ----------------------------------------------------- final machinery
     def init(self, problem: Problem, L: Array, R: Array) -> NMFState:
         """The starting state from L (``m x k``) and R (``k x n``)."""

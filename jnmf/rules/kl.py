@@ -169,6 +169,11 @@ class KLMU(AlternatingRule):
     def __init__(self, epsilon=1e-10):
         self.epsilon = as_setting(epsilon)
 
+    @property
+    def loss_degree(self) -> float:
+        """The KL divergence is homogeneous of degree 1 in ``(Y, LR)``."""
+        return 1.0
+
     def check(self, problem: Problem) -> None:
         if not kl_supported(problem):
             raise unsupported(self, "full or non-orthogonality W_0R / W_0C (only diagonal loss weights)")

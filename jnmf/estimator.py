@@ -1,0 +1,589 @@
+"""``jnmf.NMF``: a scikit-learn drop-in for ``sklearn.decomposition.NMF`` (a surface, layer 6).
+
+Change one import, ``from jnmf import NMF``, and the rest of a scikit-learn program stays
+as it is: the same constructor parameters, defaults and meanings as scikit-learn 1.9's
+``NMF``, the same fitted attributes, ``fit`` / ``transform`` / ``fit_transform`` /
+``inverse_transform`` / ``get_feature_names_out``, pipelines, ``clone``, grid search.  The
+fits run on jnmf's compiled solvers.  scikit-learn is an optional dependency of jnmf:
+this module needs it, ``import jnmf`` does not (``jnmf.NMF`` imports it on first use).
+
+Orientation: scikit-learn factors ``X ~ W H`` (``n_samples x n_features``); jnmf factors
+``Y ~ L R``.  The estimator uses ``Y = X``, ``L = W`` (the transformed data) and ``R = H``
+(``components_``).
+
+Objective (scikit-learn's, exactly): ``D_beta(X || WH)`` (half the squared Frobenius
+distance for ``beta_loss="frobenius"``) plus
+
+    alpha_W * l1_ratio * n_features * ||W||_1 + 1/2 alpha_W * (1 - l1_ratio) * n_features * ||W||_F^2
+  + alpha_H * l1_ratio * n_samples  * ||H||_1 + 1/2 alpha_H * (1 - l1_ratio) * n_samples  * ||H||_F^2,
+
+that is jnmf's eq. 3 / eq. 4 with ``lambda_1L = alpha_W l1_ratio n_features``,
+``lambda_2L = alpha_W (1 - l1_ratio) n_features``, ``lambda_1R = alpha_H l1_ratio n_samples``,
+``lambda_2R = alpha_H (1 - l1_ratio) n_samples`` (``alpha_H="same"``: ``alpha_H = alpha_W``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_array, check_is_fitted, check_non_negative, validate_data
+
+from .batch import continue_restarts
+from .driver import CONVERGED, MAX_ITERATIONS, NONFINITE, STUCK, iterate
+from .fitting import data_scale, starting_points
+from .problem import build_problem
+from .rules import KLMU, METHODS, AlternatingRule, BetaMU, make_rule
+from .rules.base import HalfStep
+from .rules.beta import beta_divergence, effective_data
+
+BETA_LOSSES = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
+INITS = ("random", "nndsvd", "nndsvda", "nndsvdar", "custom")
+SOLVERS = ("cd", "mu")
+# one compiled program each (eager, their many small operations compile one by one per shape)
+_jit_beta_divergence = jax.jit(beta_divergence)
+_jit_starting_points = jax.jit(starting_points, static_argnums=(1, 2, 3))
+# floor of WH (relative to max(X)) in the beta-divergences, as in the rules' epsilon
+_MODEL_FLOOR = 1e-10
+# iterations between convergence tests (scikit-learn's mu solver tests every 10)
+_CHECK_EVERY = 10
+
+
+class FixedRRule(AlternatingRule):
+    """A rule with R held fixed: its L half steps only (the estimator's ``transform``).
+
+    Wraps any alternating rule: every hook is the wrapped rule's, and the R half step
+    returns R unchanged (its half problem is still formed, which the wrapped rule's
+    bookkeeping and objective may use).
+
+    Attributes:
+        rule: the wrapped rule.
+    """
+
+    rule: AlternatingRule
+
+    @property
+    def loss_degree(self) -> float:
+        return self.rule.loss_degree
+
+    def half_step(self, hp, Xt, aux, side: str) -> HalfStep:
+        if side == "R":
+            return HalfStep(Xt, aux, step=jnp.zeros((), Xt.dtype))
+        return self.rule.half_step(hp, Xt, aux, side)
+
+    def init_aux(self, problem, Lt, R):
+        return self.rule.init_aux(problem, Lt, R)
+
+    def begin_iteration(self, aux):
+        return self.rule.begin_iteration(aux)
+
+    def half_problem(self, problem, side, Lt, R, aux):
+        return self.rule.half_problem(problem, side, Lt, R, aux)
+
+    def finish_iteration(self, problem, hp_R, Lt, R, aux):
+        return self.rule.finish_iteration(problem, hp_R, Lt, R, aux)
+
+    def check(self, problem) -> None:
+        self.rule.check(problem)
+
+    def objective(self, problem, state):
+        return self.rule.objective(problem, state)
+
+
+def beta_loss_value(beta_loss) -> float:
+    """``beta_loss`` as a float (the names map to 2, 1, 0)."""
+    if isinstance(beta_loss, str):
+        return BETA_LOSSES[beta_loss]
+    return float(beta_loss)
+
+
+def _compute_precision(dtype):
+    """Float64 data are computed in float64: JAX's 64-bit mode for this call only."""
+    return jax.enable_x64(True) if np.dtype(dtype) == np.float64 else contextlib.nullcontext()
+
+
+def _check_init_factor(A, shape, whom: str) -> np.ndarray:
+    """A user starting factor: right shape, non-negative, not all zero."""
+    A = check_array(A)
+    if shape[0] != "auto" and A.shape[0] != shape[0]:
+        raise ValueError(
+            f"Array with wrong first dimension passed to {whom}. Expected {shape[0]}, but got {A.shape[0]}."
+        )
+    if shape[1] != "auto" and A.shape[1] != shape[1]:
+        raise ValueError(
+            f"Array with wrong second dimension passed to {whom}. Expected {shape[1]}, but got {A.shape[1]}."
+        )
+    check_non_negative(A, whom)
+    if np.max(A) == 0:
+        raise ValueError(f"Array passed to {whom} is full of zeros.")
+    return A
+
+
+class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Non-negative matrix factorization ``X ~ W H``, scikit-learn's ``NMF`` on jnmf's solvers.
+
+    A drop-in for ``sklearn.decomposition.NMF`` (scikit-learn 1.9): same parameters,
+    defaults, meanings, attributes and methods; change the import to ``from jnmf import NMF``.
+
+    Orientation: ``X`` is ``n_samples x n_features``; ``W`` (``n_samples x n_components``,
+    what ``transform`` returns) is jnmf's ``L`` and ``H = components_``
+    (``n_components x n_features``) is jnmf's ``R``, with ``Y = X``.  The objective is
+    scikit-learn's (see the module docstring for the exact penalty mapping).
+
+    Parameters:
+        n_components: int, ``"auto"`` (default; from a custom ``H``, else ``n_features``) or
+            None (``n_features``).
+        init: None (``"nndsvda"`` when ``n_components <= min(n_samples, n_features)``, else
+            ``"random"``), ``"random"``, ``"nndsvd"``, ``"nndsvda"``, ``"nndsvdar"`` (jnmf's
+            initializers, :mod:`jnmf.init`, seeded from ``random_state``) or ``"custom"`` (the
+            ``W`` and ``H`` passed to ``fit`` / ``fit_transform``).
+        solver: ``"cd"`` (default): jnmf's HALS, ``method="hals"`` (Cichocki & Phan 2009), the
+            same column-wise exact minimization as scikit-learn's coordinate descent;
+            Frobenius loss only.  ``"mu"``: multiplicative updates:
+            :class:`~jnmf.rules.BetaMU` (Févotte & Idier 2011; for beta = 2 the Lee & Seung
+            2001 update with the penalties in the denominator, as scikit-learn's; jnmf's
+            ``method="mu"`` is Pav's MURNMF, whose clipped numerator is not the same) and
+            :class:`~jnmf.rules.KLMU` for Kullback-Leibler (an exact majorize-minimize step
+            for the ridge, where scikit-learn's is a heuristic).
+        beta_loss: ``"frobenius"`` (2), ``"kullback-leibler"`` (1), ``"itakura-saito"`` (0) or
+            a float; anything but 2 needs ``solver="mu"`` (or a matching ``method``); for
+            ``beta_loss <= 0`` X must have no zeros.
+        tol: scikit-learn's stopping test of its mu solver, for every solver: every 10
+            iterations, stop when the error ``e = sqrt(2 f)`` (f the objective, penalties
+            included) improved by less than ``tol * e_0`` (``e_0`` at the start) since the
+            last test; 0 disables it (scikit-learn's cd tests its violation instead).
+        max_iter: the iteration cap (default 200).
+        random_state: seeds the random initializations (int, RandomState or None).
+        alpha_W, alpha_H, l1_ratio: the regularization, as in scikit-learn.
+        verbose: print a summary of the iterations after each fit (the loop runs compiled,
+            so the lines come at the end).
+        shuffle: accepted for compatibility and ignored: jnmf's HALS sweeps the
+            components in order (the result differs only by the path taken).
+        restarts: jnmf extra: fit from this many starting points (different seeds; useful
+            with ``init="random"``) as one compiled program and keep the best by objective.
+        method: jnmf extra: a method name of :data:`jnmf.METHODS` (e.g. ``"ahals"``,
+            ``"anls"``, ``"au"``, ``"pg"``, ``"kl"``, ``"beta"``) or a jnmf rule, overriding
+            ``solver``.  ``"kl"`` needs ``beta_loss=1``; ``"beta"`` uses ``beta_loss``; the
+            others minimize the Frobenius loss.
+
+    Attributes:
+        components_: ``H``, ``n_components x n_features``.
+        n_components_: the number of components.
+        reconstruction_err_: ``||X - WH||_F`` for the Frobenius loss, else
+            ``sqrt(2 D_beta(X || WH))`` (the true divergence: scikit-learn leaves out the
+            entries with ``X <= 1.2e-7``, so for ``beta_loss <= 0`` the two may differ).
+        n_iter_: iterations of the returned fit.
+        n_features_in_, feature_names_in_: as in scikit-learn.
+
+    Input: dense arrays and scipy.sparse matrices (CSR/CSC; densified: jnmf's solvers are
+    dense).  Output dtype: float32 input gives float32, float64 (and integer) input
+    float64.  Float64 is computed in float64: JAX's 64-bit mode is switched on for the
+    duration of each call only (the global setting is left alone).
+
+    Sources: Cichocki & Phan (2009) (HALS); Lee & Seung (2001) (MU); Févotte & Idier
+    (2011), "Algorithms for nonnegative matrix factorization with the beta-divergence"
+    (beta MU); scikit-learn's NMF documentation for the interface and the objective.
+    """
+
+    def __init__(
+        self,
+        n_components="auto",
+        *,
+        init=None,
+        solver="cd",
+        beta_loss="frobenius",
+        tol=1e-4,
+        max_iter=200,
+        random_state=None,
+        alpha_W=0.0,
+        alpha_H="same",
+        l1_ratio=0.0,
+        verbose=0,
+        shuffle=False,
+        restarts=1,
+        method=None,
+    ):
+        self.n_components = n_components
+        self.init = init
+        self.solver = solver
+        self.beta_loss = beta_loss
+        self.tol = tol
+        self.max_iter = max_iter
+        self.random_state = random_state
+        self.alpha_W = alpha_W
+        self.alpha_H = alpha_H
+        self.l1_ratio = l1_ratio
+        self.verbose = verbose
+        self.shuffle = shuffle
+        self.restarts = restarts
+        self.method = method
+
+    # ------------------------------------------------------------ validation
+    def _validate_params(self) -> None:
+        """Check every parameter on the host; ValueError naming it (before compiling)."""
+
+        def real(name, value, low=0.0, high=None):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, numbers.Real)
+                or not np.isfinite(value)
+                or value < low
+                or (high is not None and value > high)
+            ):
+                bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+                raise ValueError(
+                    f"The '{name}' parameter of NMF must be a real number {bound}; got {value!r}"
+                )
+
+        def integer(name, value, low):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+                raise ValueError(f"The '{name}' parameter of NMF must be an int >= {low}; got {value!r}")
+
+        n = self.n_components
+        if not (n is None or (isinstance(n, str) and n == "auto")):
+            integer("n_components", n, 1)
+        if self.init is not None and self.init not in INITS:
+            raise ValueError(f"The 'init' parameter of NMF must be None or one of {INITS}; got {self.init!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"The 'solver' parameter of NMF must be one of {SOLVERS}; got {self.solver!r}")
+        if isinstance(self.beta_loss, str):
+            if self.beta_loss not in BETA_LOSSES:
+                raise ValueError(
+                    f"The 'beta_loss' parameter of NMF must be a float or one of {tuple(BETA_LOSSES)}; "
+                    f"got {self.beta_loss!r}"
+                )
+        else:
+            real("beta_loss", self.beta_loss, low=-np.inf)
+        real("tol", self.tol)
+        integer("max_iter", self.max_iter, 1)
+        real("alpha_W", self.alpha_W)
+        if not (isinstance(self.alpha_H, str) and self.alpha_H == "same"):
+            real("alpha_H", self.alpha_H)
+        real("l1_ratio", self.l1_ratio, 0.0, 1.0)
+        if not isinstance(self.verbose, numbers.Integral | np.bool_):
+            raise ValueError(f"The 'verbose' parameter of NMF must be an int or bool; got {self.verbose!r}")
+        if not isinstance(self.shuffle, bool | np.bool_):
+            raise ValueError(f"The 'shuffle' parameter of NMF must be a bool; got {self.shuffle!r}")
+        integer("restarts", self.restarts, 1)
+        if self.method is not None and not isinstance(self.method, AlternatingRule):
+            if not isinstance(self.method, str) or self.method not in METHODS:
+                raise ValueError(
+                    f"The 'method' parameter of NMF must be None, a jnmf rule or one of {sorted(METHODS)}; "
+                    f"got {self.method!r}"
+                )
+        self._rule(beta_loss_value(self.beta_loss))  # solver / method / beta_loss consistency
+
+    def _rule(self, beta: float) -> AlternatingRule:
+        """The jnmf rule for ``solver`` / ``method`` and the loss parameter ``beta``."""
+        if self.method is not None:
+            rule = make_rule(self.method)
+            if self.method == "beta":
+                return BetaMU(beta)
+            if isinstance(rule, BetaMU):
+                if float(rule.beta) != beta:
+                    raise ValueError(
+                        f"method BetaMU({float(rule.beta)}) does not match beta_loss={self.beta_loss!r}"
+                    )
+                return rule
+            loss = 1.0 if isinstance(rule, KLMU) else 2.0
+            if loss != beta:
+                raise ValueError(
+                    f"Invalid beta_loss parameter: method {rule.method_name!r} minimizes beta_loss = {loss}, "
+                    f"not beta_loss = {self.beta_loss!r}; use method='beta' (or solver='mu')"
+                )
+            return rule
+        if self.solver == "cd":
+            if beta != 2.0:
+                raise ValueError(
+                    f"Invalid beta_loss parameter: solver {self.solver!r} does not handle "
+                    f"beta_loss = {self.beta_loss!r}"
+                )
+            return make_rule("hals")
+        if beta == 1.0:
+            return KLMU()
+        return BetaMU(beta)
+
+    def _penalties(self, n_samples: int, n_features: int) -> dict:
+        """scikit-learn's regularization as jnmf's eq.-4 scalars (see the module docstring)."""
+        alpha_W = float(self.alpha_W)
+        alpha_H = alpha_W if isinstance(self.alpha_H, str) else float(self.alpha_H)
+        l1 = float(self.l1_ratio)
+        return dict(
+            lambda_1L=n_features * alpha_W * l1,
+            lambda_2L=n_features * alpha_W * (1.0 - l1),
+            lambda_1R=n_samples * alpha_H * l1,
+            lambda_2R=n_samples * alpha_H * (1.0 - l1),
+        )
+
+    # ------------------------------------------------------------ fitting
+    def _fit_transform(self, X, y=None, W=None, H=None, update_H=True):
+        """Fit ``X ~ W H`` (``update_H=True``) or solve for W with H fixed.
+
+        The same contract as scikit-learn's private ``NMF._fit_transform`` (so
+        ``sklearn.decomposition.non_negative_factorization`` can drive this estimator).
+
+        Args:
+            X: validated data (dense or CSR/CSC, float32 or float64).
+            W, H: starting factors for ``init="custom"``; with ``update_H=False``, H is the
+                fixed ``components_`` and W is ignored.
+            update_H: fit both factors (True) or W only (False).
+
+        Returns:
+            ``(W, H, n_iter)`` in X's dtype.
+        """
+        if sp.issparse(X):
+            X = X.toarray()
+        X = np.asarray(X)
+        check_non_negative(X, "NMF (input X)")
+        beta = beta_loss_value(self.beta_loss)
+        rule = self._rule(beta)
+        n_samples, n_features = X.shape
+        if X.min() == 0 and beta <= 0:
+            raise ValueError(
+                "When beta_loss <= 0 and X contains zeros, the solver may diverge. Please add small "
+                "values to X, or use a positive beta_loss (the beta-divergence is infinite at X = 0)."
+            )
+        k = self.n_components
+        if k is None:
+            k = n_features
+        if self.solver == "mu" and self.method is None and self.init == "nndsvd" and update_H:
+            warnings.warn(
+                "The multiplicative update ('mu') solver cannot update zeros present in the "
+                "initialization; with init='nndsvd' they stay zero. Try init='nndsvda' or 'nndsvdar'.",
+                UserWarning,
+                stacklevel=3,
+            )
+        if not update_H:
+            if W is not None:
+                warnings.warn(
+                    "When update_H=False, the provided initial W is not used.", RuntimeWarning, stacklevel=3
+                )
+            H = _check_init_factor(H, (k, n_features), "NMF (input H)")
+            if H.dtype != X.dtype:
+                raise TypeError(f"H should have the same dtype as X. Got H.dtype = {H.dtype}.")
+            k = H.shape[0]
+            init = None
+        elif self.init == "custom":
+            H = _check_init_factor(H, (k, n_features), "NMF (input H)")
+            W = _check_init_factor(W, (n_samples, k), "NMF (input W)")
+            if H.dtype != X.dtype or W.dtype != X.dtype:
+                raise TypeError(
+                    f"H and W should have the same dtype as X. Got H.dtype = {H.dtype} and "
+                    f"W.dtype = {W.dtype}."
+                )
+            k = H.shape[0]
+            init = (W, H)
+        else:
+            if W is not None or H is not None:
+                warnings.warn(
+                    "When init!='custom', provided W or H are ignored. Set init='custom' to use them "
+                    "as initialization.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            if k == "auto":
+                k = n_features
+            init = self.init
+            if init is None:
+                init = "nndsvda" if k <= min(n_samples, n_features) else "random"
+            elif init != "random" and k > min(n_samples, n_features):
+                raise ValueError(
+                    f"init = '{init}' can only be used when n_components <= min(n_samples, n_features)"
+                )
+        if update_H:
+            self._n_components = k
+        penalties = self._penalties(n_samples, n_features)
+        W, H, n_iter, status = self._solve(X, k, rule, init, H, update_H, penalties)
+        if status == MAX_ITERATIONS and self.tol > 0:
+            warnings.warn(
+                f"Maximum number of iterations {self.max_iter} reached. Increase it to improve convergence.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        return W, H, n_iter
+
+    def _solve(self, X: np.ndarray, k: int, rule, init, H_fixed, update_H: bool, penalties: dict):
+        """Run jnmf on the scaled data in X's precision; ``(W, H, n_iter, status)``."""
+        dtype = X.dtype
+        restarts = int(self.restarts) if update_H else 1
+        m, n = X.shape
+        if not np.any(X):  # the zero factors are the exact solution
+            H = np.zeros((k, n), dtype) if update_H else np.asarray(H_fixed, dtype)
+            return np.zeros((m, k), dtype), H, 0, CONVERGED
+        seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        scale = data_scale(X)
+        root = float(np.sqrt(scale))
+        with _compute_precision(dtype):
+            problem = build_problem(jnp.asarray(X), k, **penalties).scaled(scale, rule.loss_degree)
+            if not update_H:
+                avg = np.sqrt(X.mean() / k) / root
+                L0 = jnp.full((1, m, k), avg, dtype)
+                R0 = jnp.asarray(H_fixed, dtype)[None] / root
+                rule = FixedRRule(rule)
+            elif isinstance(init, tuple):
+                L0 = jnp.broadcast_to(jnp.asarray(init[0], dtype) / root, (restarts, m, k))
+                R0 = jnp.broadcast_to(jnp.asarray(init[1], dtype) / root, (restarts, k, n))
+            else:
+                L0, R0 = _jit_starting_points(problem.Y, k, init, restarts, jax.random.key(seed))
+            L, R, n_iter, status = self._iterate_in_chunks(rule, problem, L0, R0)
+        ok = np.isfinite(L).all(axis=(1, 2)) & np.isfinite(R).all(axis=(1, 2)) & (status != NONFINITE)
+        if not ok.any():
+            raise FloatingPointError(
+                "every fit produced non-finite values; please report the data's shape and range"
+            )
+        best = self._best
+        W = np.asarray(L[best] * root, dtype)
+        H = np.asarray(R[best] * root, dtype) if update_H else np.asarray(H_fixed, dtype)
+        return W, H, int(n_iter[best]), int(status[best])
+
+    def _iterate_in_chunks(self, rule, problem, L0, R0):
+        """Iterate all restarts in chunks of ``_CHECK_EVERY`` iterations, with scikit-learn's
+        convergence test between chunks: a fit is done when its error ``e = sqrt(2 f)`` (f
+        the objective, penalties included) improved by less than ``tol * e_0`` over the
+        chunk.  Chunks continue the rule's state exactly (:func:`jnmf.batch.continue_restarts`),
+        so the iterates are those of one uninterrupted run.  Returns the factors (at the
+        iteration each fit was done), iteration counts and statuses, per restart, and sets
+        ``self._best``.
+        """
+        b = L0.shape[0]
+        states = jax.vmap(lambda L, R: rule.init(problem, L, R))(L0, R0)
+
+        def advance(states, iterations):
+            if b == 1:  # one fit: the unbatched loop, given a leading axis of one
+                one = jax.tree.map(lambda a: a[0], states)
+                res = iterate(rule, problem, one, max_iterations=iterations, tol=0.0, history_size=1)
+                return jax.tree.map(lambda a: a[None], res)
+            return continue_restarts(
+                rule, problem, states, max_iterations=iterations, tol=0.0, history_size=1
+            )
+
+        start = time.perf_counter()
+        first = advance(states, 0)  # the objective at the start, from the same program
+        error0 = np.sqrt(2.0 * np.maximum(np.asarray(first.objective, np.float64), 0.0))
+        previous = error0
+        n_iter = np.zeros(b, np.int64)
+        status = np.full(b, MAX_ITERATIONS)
+        done = error0 == 0
+        status[done] = CONVERGED
+        L = np.array(first.L, np.float64)
+        R = np.array(first.R, np.float64)
+        objective = np.asarray(first.objective, np.float64).copy()
+        while not done.all() and n_iter.max() < self.max_iter:
+            chunk = int(min(_CHECK_EVERY, self.max_iter - n_iter.max()))
+            res = advance(states, chunk)
+            states = res.state
+            f = np.asarray(res.objective, np.float64)
+            error = np.sqrt(2.0 * np.maximum(f, 0.0))
+            live = ~done
+            n_iter[live] += np.asarray(res.iterations)[live]
+            L[live], R[live], objective[live] = np.asarray(res.L)[live], np.asarray(res.R)[live], f[live]
+            ended = np.isin(np.asarray(res.status), (STUCK, NONFINITE)) & live
+            status[ended] = np.asarray(res.status)[ended]
+            converged = live & ~ended & (self.tol > 0) & ((previous - error) < self.tol * error0)
+            status[converged] = CONVERGED
+            done |= ended | converged
+            previous = error
+            if self.verbose:
+                seconds = time.perf_counter() - start
+                for i in np.flatnonzero(live):
+                    tag = f"restart {i}: " if b > 1 else ""
+                    print(
+                        f"{tag}Epoch {n_iter[i]:02d} reached after {seconds:.3f} seconds, error: {error[i]:f}"
+                    )
+        ok = np.isfinite(objective) & (status != NONFINITE)
+        self._best = int(np.argmin(np.where(ok, objective, np.inf)))
+        if self.verbose:
+            outcome = "Converged" if status[self._best] == CONVERGED else "Stopped"
+            print(f"{outcome} at iteration {n_iter[self._best]}")
+        return L, R, n_iter, status
+
+    def _reconstruction_error(self, X: np.ndarray, W: np.ndarray, H: np.ndarray) -> float:
+        beta = beta_loss_value(self.beta_loss)
+        if beta == 2.0:
+            return float(np.linalg.norm(X - W @ H))
+        scale = data_scale(X)
+        with _compute_precision(X.dtype):
+            eps = jnp.asarray(_MODEL_FLOOR * scale, X.dtype)
+            Y = effective_data(jnp.asarray(X), jnp.asarray(beta, X.dtype), eps)
+            divergence = float(_jit_beta_divergence(Y, jnp.asarray(W @ H), beta, eps))
+        return float(np.sqrt(2.0 * max(divergence, 0.0)))
+
+    def fit_transform(self, X, y=None, W=None, H=None):
+        """Fit the model to X and return the transformed data W.
+
+        Args:
+            X: ``n_samples x n_features`` non-negative data (array-like or scipy.sparse,
+                densified).
+            y: ignored.
+            W, H: starting factors when ``init="custom"``.
+
+        Returns:
+            W, ``n_samples x n_components``, in X's floating dtype.
+        """
+        self._validate_params()
+        X = validate_data(
+            self, X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32], ensure_non_negative=True
+        )
+        if sp.issparse(X):
+            X = X.toarray()
+        W, H, n_iter = self._fit_transform(X, W=W, H=H)
+        self.reconstruction_err_ = self._reconstruction_error(X, W, H)
+        self.n_components_ = H.shape[0]
+        self.components_ = H
+        self.n_iter_ = n_iter
+        return W
+
+    def fit(self, X, y=None, **params):
+        """Fit the model to X (``params``: ``W``, ``H`` for ``init="custom"``); returns self."""
+        self.fit_transform(X, **params)
+        return self
+
+    def transform(self, X):
+        """W for new data X with ``components_`` fixed (the fit's solver, W steps only).
+
+        Args:
+            X: ``n_samples x n_features`` non-negative data (array-like or scipy.sparse).
+
+        Returns:
+            W, ``n_samples x n_components``, in X's floating dtype.
+        """
+        check_is_fitted(self)
+        X = validate_data(
+            self,
+            X,
+            accept_sparse=("csr", "csc"),
+            dtype=[np.float64, np.float32],
+            reset=False,
+            ensure_non_negative=True,
+        )
+        if sp.issparse(X):
+            X = X.toarray()
+        H = self.components_.astype(X.dtype, copy=False)
+        W, _, _ = self._fit_transform(X, H=H, update_H=False)
+        return W
+
+    def inverse_transform(self, X):
+        """The data back from W: ``X @ components_`` (``n_samples x n_features``)."""
+        check_is_fitted(self)
+        return X @ self.components_
+
+    @property
+    def _n_features_out(self):
+        """Number of transformed output features (for ``get_feature_names_out``)."""
+        return self.components_.shape[0]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.positive_only = True
+        tags.input_tags.sparse = True
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
