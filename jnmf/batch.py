@@ -206,7 +206,7 @@ def continue_restarts(
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}; got {strategy!r}")
     opts = stop.traced(rule.factors(states)[0].dtype)
-    return _restarts(rule, problem, states, opts, int(history_size), normalize, strategy)
+    return _restarts(rule, problem, states, opts, int(history_size), normalize, strategy, None)
 
 
 def run_grid(

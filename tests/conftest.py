@@ -8,9 +8,26 @@
 """
 
 import jax
+import pytest
 from hypothesis import settings
 
 jax.config.update("jax_enable_x64", True)
 
 settings.register_profile("jnmf", derandomize=True, deadline=None)
 settings.load_profile("jnmf")
+
+
+@pytest.fixture(autouse=True)
+def _no_persistent_compile_cache(monkeypatch):
+    """In-process CLI calls must not point this pytest process's JAX compilation cache at a
+    directory (a tmp_path that is deleted after its test, or the user's ~/.cache):
+    the cache is process-wide, and JAX crashed writing into a removed directory.  Tests
+    of the cache run the CLI in subprocesses with their own environment."""
+    monkeypatch.setenv("JNMF_NO_COMPILE_CACHE", "1")
+    before = jax.config.jax_compilation_cache_dir
+    yield
+    if jax.config.jax_compilation_cache_dir != before:
+        jax.config.update("jax_compilation_cache_dir", before)
+        from jax._src import compilation_cache
+
+        compilation_cache.reset_cache()

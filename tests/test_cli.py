@@ -259,8 +259,9 @@ def test_rank_survey(tmp_path, env, data):
     summary = json.loads((out / "summary.json").read_text())
     assert [r["rank"] for r in summary["ranks"]] == [2, 3]
     for row in summary["ranks"]:
-        assert {"cophenetic", "dispersion", "relative_error", "seconds"} <= set(row)
+        assert {"cophenetic", "dispersion", "silhouette", "relative_error"} <= set(row)
         assert 0 <= row["dispersion"] <= 1
+    assert summary["survey"]["seconds"] > 0 and summary["survey"]["compilations"] >= 0
     assert summary["picked_rank"] in (2, 3) and summary["reason"]
     assert summary["settings"]["method"] == "kl"
     consensus = np.load(out / "consensus.npz")
