@@ -117,19 +117,25 @@ def _grid(rule, problem, grid, states, opts, history_size, normalize, strategy) 
     return jax.lax.map(one_setting, grid)
 
 
-def _prepare(rule, problem, L0, R0, stopping, overrides, history_size, normalize, strategy):
+def _options(rule, stopping, overrides, history_size, normalize, strategy, dtype):
+    """The validated run options (traced) and the batching strategy."""
     check_static_options(history_size, normalize)
     stop = (stopping or DEFAULT_STOPPING).replace(**overrides).validate()
     strategy = strategy or batching_strategy(rule)
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}; got {strategy!r}")
+    return stop.traced(dtype), strategy
+
+
+def _prepare(rule, problem, L0, R0, stopping, overrides, history_size, normalize, strategy):
+    opts, strategy = _options(rule, stopping, overrides, history_size, normalize, strategy, L0.dtype)
     if L0.ndim != 3 or R0.ndim != 3 or L0.shape[0] != R0.shape[0]:
         raise ValueError(
             f"L0 and R0 must be stacks of starting factors with one leading axis, got shapes "
             f"{L0.shape} and {R0.shape}"
         )
     states = jax.vmap(lambda L, R: rule.init(problem, L, R))(L0, R0)
-    return states, stop.traced(L0.dtype), strategy
+    return states, opts, strategy
 
 
 def run_restarts(
@@ -203,13 +209,9 @@ def continue_restarts(
         A :class:`~jnmf.driver.Result` whose leaves have a leading restart axis.
     """
     rule.check(problem)
-    check_static_options(history_size, normalize)
     overrides = dict(max_iterations=max_iterations, min_xstep=min_xstep, tol=tol, rel_tol=rel_tol)
-    stop = (stopping or DEFAULT_STOPPING).replace(**overrides).validate()
-    strategy = strategy or batching_strategy(rule)
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}; got {strategy!r}")
-    opts = stop.traced(rule.factors(states)[0].dtype)
+    dtype = rule.factors(states)[0].dtype
+    opts, strategy = _options(rule, stopping, overrides, history_size, normalize, strategy, dtype)
     return _restarts(rule, problem, states, opts, int(history_size), normalize, strategy, None)
 
 

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import xlogy
@@ -61,9 +60,8 @@ from jaxtyping import Array
 
 from .._validate import is_traced
 from ..problem import Problem
-from ..weights import Weight
 from .base import AlternatingRule, HalfStep, as_setting, unsupported
-from .kl import kl_supported
+from .kl import KLHalfProblem, diagonal_loss_weights, kl_supported
 
 
 def mm_exponent(beta: Array) -> Array:
@@ -132,11 +130,6 @@ def beta_divergence(
     return jnp.sum(D)
 
 
-def _loss_weights(problem: Problem, dtype) -> tuple[Array, Array]:
-    m, n = problem.Y.shape
-    return problem.W_0R.diagonal(m, dtype), problem.W_0C.diagonal(n, dtype)
-
-
 def beta_objective(
     problem: Problem, L: Array, R: Array, beta, LR: Array | None = None, epsilon: float | Array = 0.0
 ) -> Array:
@@ -145,32 +138,16 @@ def beta_objective(
     For ``beta <= 0`` the data are floored at ``epsilon`` (:func:`effective_data`).
     """
     LR = L @ R if LR is None else LR
-    w, v = _loss_weights(problem, L.dtype)
+    w, v = diagonal_loss_weights(problem, L.dtype)
     eps = jnp.asarray(epsilon, L.dtype)
     Y = effective_data(problem.Y, jnp.asarray(beta, L.dtype), eps)
     return beta_divergence(Y, LR, beta, eps, w, v) + problem.penalty_L.value(L) + problem.penalty_R.value(R)
 
 
-class BetaHalfProblem(eqx.Module):
-    """The beta-divergence subproblem of one factor, factor-major (``Xt`` is ``k x p``).
-
-    Attributes:
-        numerator: ``F (W (.) Y (.) P^(beta-2))`` in ``k x p`` layout (F the fixed factor,
-            W the loss weights ``w_i v_j``, P the floored model).
-        denominator: ``F (W (.) P^(beta-1)) + W_1`` (``k x p``).
-        penalties: the L2 pairs as (k-side, p-side) weights.
-    """
-
-    numerator: Array
-    denominator: Array
-    penalties: tuple[tuple[Weight, Weight], ...]
-
-    def quadratic(self, Xt: Array) -> Array:
-        """sum_j B_j Xt A_j: the gradient of the L2 terms, factor-major."""
-        out = jnp.zeros_like(Xt)
-        for k_side, p_side in self.penalties:
-            out = out + k_side.left(p_side.right(Xt))
-        return out
+# The half problem of a beta-divergence step has the shape of KL's: numerator
+# ``F (W (.) Y (.) P^(beta-2))``, denominator ``F (W (.) P^(beta-1)) + W_1`` (``k x p``;
+# F the fixed factor, W the loss weights ``w_i v_j``, P the floored model), L2 pairs.
+BetaHalfProblem = KLHalfProblem
 
 
 def beta_mu_update(X: Array, numerator: Array, denominator: Array, exponent: Array) -> Array:
@@ -229,7 +206,7 @@ class BetaMU(AlternatingRule):
     def half_problem(self, problem: Problem, side: str, Lt: Array, R: Array, LR: Array) -> BetaHalfProblem:
         dt = R.dtype
         beta, eps = self.beta.astype(dt), self.epsilon.astype(dt)
-        w, v = _loss_weights(problem, dt)
+        w, v = diagonal_loss_weights(problem, dt)
         if side == "R":
             LR = Lt.T @ R  # at the new L
         P = jnp.maximum(LR, eps)

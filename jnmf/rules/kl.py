@@ -74,7 +74,8 @@ def kl_supported(problem: Problem) -> bool:
     return problem.W_0R.kind in _DIAGONAL_KINDS and problem.W_0C.kind in _DIAGONAL_KINDS
 
 
-def _loss_weights(problem: Problem, dtype) -> tuple[Array, Array]:
+def diagonal_loss_weights(problem: Problem, dtype) -> tuple[Array, Array]:
+    """The diagonals of W_0R and W_0C: the elementwise weights ``w_i v_j`` of a divergence."""
     m, n = problem.Y.shape
     return problem.W_0R.diagonal(m, dtype), problem.W_0C.diagonal(n, dtype)
 
@@ -107,7 +108,7 @@ def kl_objective(
 ) -> Array:
     """The objective KLMU decreases: weighted ``D(Y || LR)`` plus the penalty terms of eq. 3."""
     LR = L @ R if LR is None else LR
-    w, v = _loss_weights(problem, L.dtype)
+    w, v = diagonal_loss_weights(problem, L.dtype)
     return (
         kl_divergence(problem.Y, LR, epsilon, w, v) + problem.penalty_L.value(L) + problem.penalty_R.value(R)
     )
@@ -132,13 +133,15 @@ def kl_mm_update(X: Array, numerator: Array, denominator: Array, quadratic: Arra
 
 
 class KLHalfProblem(eqx.Module):
-    """The KL subproblem of one factor, factor-major (``Xt`` is ``k x p``).
+    """The subproblem of one factor for a multiplicative divergence update, factor-major
+    (``Xt`` is ``k x p``); the beta-divergence rule (jnmf.rules.beta) uses it too.
 
     Attributes:
-        numerator: the Lee-Seung numerator, ``F (Yw (/) max(LR, eps))`` in ``k x p`` layout
-            (F the fixed factor).
-        denominator: the linear coefficient ``(F v) w' + W_1`` (``k x p``; w, v the
-            diagonal loss weights of the free and fixed side).
+        numerator: the update's numerator; for KL the Lee-Seung ``F (Yw (/) max(LR, eps))``
+            in ``k x p`` layout (F the fixed factor).
+        denominator: the update's denominator; for KL the linear coefficient
+            ``(F v) w' + W_1`` (``k x p``; w, v the diagonal loss weights of the free and
+            fixed side).
         penalties: the L2 pairs as (k-side, p-side) weights.
     """
 
@@ -187,7 +190,7 @@ class KLMU(AlternatingRule):
 
     def half_problem(self, problem: Problem, side: str, Lt: Array, R: Array, LR: Array) -> KLHalfProblem:
         eps = self.epsilon.astype(R.dtype)
-        w, v = _loss_weights(problem, R.dtype)
+        w, v = diagonal_loss_weights(problem, R.dtype)
         Yw = problem.Yw  # w_i Y_ij v_j for diagonal weights
         if side == "L":
             # num' = R (Yw / LR)',  den' = (R v) w' + W_1L'
