@@ -110,6 +110,51 @@ def data(name: str, x) -> np.ndarray:
     return arr
 
 
+MISSING = ("error", "nan")
+
+
+def data_with_missing(name: str, x, missing: str = "error"):
+    """:func:`data`, where with ``missing="nan"`` NaN entries mark missing values.
+
+    Returns ``(Y, present)``: Y with its missing entries set to 0, and a boolean mask of
+    the entries present (None when nothing is missing or ``missing="error"``).
+    """
+    if missing not in MISSING:
+        raise ValueError(f"missing must be one of {MISSING}, got {missing!r}")
+    if missing == "error" or x is None or is_traced(x):
+        return data(name, x), None
+    if hasattr(x, "toarray") and not isinstance(x, np.ndarray):  # scipy.sparse
+        x = x.toarray()
+    arr = np.asarray(x)
+    if arr.dtype.kind != "f":
+        return data(name, arr), None
+    nan = np.isnan(arr)
+    if not nan.any():
+        return data(name, arr), None
+    if nan.all():
+        raise ValueError(f"{name} has no observed entries: every entry is NaN")
+    return data(name, np.where(nan, 0, arr)), ~nan
+
+
+def elementwise_weight(name: str, w, shape: tuple[int, int], dtype=None):
+    """A non-negative, finite elementwise weight of the data's shape (0 = missing)."""
+    if w is None:
+        return None
+    if hasattr(w, "toarray") and not isinstance(w, np.ndarray):  # scipy.sparse
+        w = w.toarray()
+    arr = _host(w)
+    if tuple(arr.shape) != tuple(shape):
+        raise ValueError(f"{name} must have the data's shape {tuple(shape)}, got {tuple(arr.shape)}")
+    if np.dtype(arr.dtype).kind not in "fiub":
+        raise ValueError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    if is_traced(arr):
+        return w
+    _check_values(name, arr.astype(np.float64))
+    if not np.any(arr):
+        raise ValueError(f"{name} is zero everywhere: no entry of the data would be fitted")
+    return arr if dtype is None else arr.astype(dtype)
+
+
 def matrix(name: str, x, *, nonneg: bool = True):
     """A non-empty, finite (non-negative) floating-point 2-d array."""
     if x is None:

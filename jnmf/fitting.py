@@ -158,10 +158,19 @@ class _Setup(eqx.Module):
     stopping: Stopping
     scale: float
     degree: float
+    M: np.ndarray | None = None
 
 
-def _setup(Y, rank, method, init, restarts, key, stopping, overrides) -> _Setup:
-    Y = check.data("Y", Y)
+def _setup(Y, rank, method, init, restarts, key, stopping, overrides, M=None, missing="error") -> _Setup:
+    Y, present = check.data_with_missing("Y", Y, missing)
+    M = check.elementwise_weight("M", M, Y.shape, Y.dtype)
+    if present is not None:
+        M = present.astype(Y.dtype) if M is None else np.where(present, M, 0).astype(Y.dtype)
+        if not np.any(M):
+            raise ValueError("M is zero at every entry of Y that is not NaN: nothing would be fitted")
+    if M is not None:
+        # entries of weight 0 must not matter, not even to the data scale or the starts
+        Y = np.where(M > 0, Y, 0).astype(Y.dtype)
     rank = check.positive_int("rank", rank)
     if rank > min(Y.shape):
         raise ValueError(f"rank must be at most min(Y.shape) = {min(Y.shape)}, got {rank}")
@@ -171,7 +180,7 @@ def _setup(Y, rank, method, init, restarts, key, stopping, overrides) -> _Setup:
     if not isinstance(init, tuple | list) and init not in INITIALIZERS:
         raise ValueError(f"init must be one of {sorted(INITIALIZERS)} or an (L, R) pair; got {init!r}")
     degree = rule.loss_degree  # the objective's degree of homogeneity in Y
-    return _Setup(Y, rank, rule, restarts, as_key(key), stop, data_scale(Y), degree)
+    return _Setup(Y, rank, rule, restarts, as_key(key), stop, data_scale(Y), degree, M)
 
 
 class Settings(dict):
@@ -205,7 +214,7 @@ def fit_settings(
     Generator or JAX key is recorded too); ``seed`` is the int seed when one was given.
     """
     key_bits = jax.random.key_data(s.key) if jnp.issubdtype(s.key.dtype, jax.dtypes.prng_key) else s.key
-    weights = {"W_0R": W_0R, "W_0C": W_0C}
+    weights = {"W_0R": W_0R, "W_0C": W_0C, "M": s.M}
     return Settings(
         method=method if isinstance(method, str) else s.rule.method_name,
         rule=repr(s.rule),
@@ -297,6 +306,8 @@ def fit(
     verbose: int = 0,
     progress: bool = False,
     progress_every: int = 10,
+    M=None,
+    missing: str = "error",
     W_0R=None,
     W_0C=None,
     **penalties,
@@ -331,6 +342,13 @@ def fit(
             (traced: changing it does not recompile).  Without either, the loop is
             compiled without reports (and, unlike a loop with reports, can be kept in
             JAX's persistent compilation cache).
+        M: an optional ``m x n`` non-negative elementwise weight of the loss,
+            ``1/2 sum M (.) (Y - LR)^2`` (or the divergence weighted entry by entry);
+            ``M_ij = 0`` marks a missing entry.  Supported by every method except ANLS
+            with full W_0R / W_0C (see :func:`jnmf.problem.build_problem`).  Costs one
+            extra ``m x n`` array per half step.
+        missing: ``"error"`` (default: NaN in Y is an error) or ``"nan"``: NaN entries of Y
+            are missing (weight 0; combined with ``M`` when given).
         W_0R, W_0C, **penalties: weights and penalties of eq. 3 / eq. 4, as for
             :func:`jnmf.problem.build_problem` (``lambda_1L`` ... ``gamma_2R``, ``W_1L`` ...).
 
@@ -343,10 +361,11 @@ def fit(
         FloatingPointError: every restart became non-finite (a bug for valid input).
     """
     overrides = dict(max_iterations=max_iterations, tol=tol, min_xstep=min_xstep, rel_tol=rel_tol)
-    s = _setup(Y, rank, method, init, restarts, key, stopping, overrides)
-    problem = build_problem(jnp.asarray(s.Y), s.rank, W_0R=W_0R, W_0C=W_0C, **penalties)
+    s = _setup(Y, rank, method, init, restarts, key, stopping, overrides, M, missing)
+    problem = build_problem(jnp.asarray(s.Y), s.rank, W_0R=W_0R, W_0C=W_0C, M=s.M, **penalties)
     s.rule.check(problem)
     settings = fit_settings(s, method, init, key, normalize, history_size, strategy, W_0R, W_0C, penalties)
+    settings["missing"] = missing
     if not np.any(s.Y):
         return _zero_fit(s, return_all, history_size, settings)
     problem = problem.scaled(s.scale, s.degree)
@@ -482,6 +501,8 @@ def sweep(
     factors: str = "best",
     history_size: int = 1,
     strategy: str | None = None,
+    M=None,
+    missing: str = "error",
     W_0R=None,
     W_0C=None,
     **penalties,
@@ -492,9 +513,11 @@ def sweep(
         Y, rank, method, init, restarts, key, stopping, ...: as for :func:`fit`.
         grid: maps names to lists of values: the eq.-4 scalars ``lambda_1L`` ...
             ``gamma_2R``, elementwise L1 weights ``W_1L`` (``m x k`` each) / ``W_1R``
-            (``k x n``), diagonal loss weights ``W_0R`` (length m) / ``W_0C`` (length n).
+            (``k x n``), diagonal loss weights ``W_0R`` (length m) / ``W_0C`` (length n),
+            elementwise weights ``M`` (``m x n`` each: e.g. one hold-out mask per fold).
             A swept value REPLACES the base value given as a keyword (so naming a key
             in both is an error).
+        M, missing: an elementwise loss weight and the NaN policy, as for :func:`fit`.
         product: the Cartesian product of the lists (True) or zip them (equal lengths).
         factors: ``"all"``, ``"best"`` or ``"none"`` (summaries only).
 
@@ -502,19 +525,28 @@ def sweep(
         A :class:`SweepResult`; every setting starts from the same ``restarts`` points.
     """
     overrides = dict(max_iterations=max_iterations, tol=tol, min_xstep=min_xstep, rel_tol=rel_tol)
-    s = _setup(Y, rank, method, init, restarts, key, stopping, overrides)
+    s = _setup(Y, rank, method, init, restarts, key, stopping, overrides, M, missing)
     settings = _grid_points(grid, product)
     clash = set(settings) & (
-        set(penalties) | {k for k, v in (("W_0R", W_0R), ("W_0C", W_0C)) if v is not None}
+        set(penalties) | {k for k, v in (("W_0R", W_0R), ("W_0C", W_0C), ("M", M)) if v is not None}
     )
     if clash:
         raise ValueError(f"{sorted(clash)} given both in grid and as fixed values")
+    if "M" in settings and (W_0R is not None or W_0C is not None or {"W_0R", "W_0C"} & set(settings)):
+        raise ValueError("grid['M'] cannot be combined with W_0R / W_0C: fold them into the swept M")
     if factors not in ("all", "best", "none"):
         raise ValueError(f"factors must be 'all', 'best' or 'none'; got {factors!r}")
     m, n = s.Y.shape
     for i in range(len(next(iter(settings.values())))):
         check_replacements({k: v[i] for k, v in settings.items()}, m, n, s.rank)
-    base = build_problem(jnp.asarray(s.Y), s.rank, W_0R=W_0R, W_0C=W_0C, **penalties)
+    base_M = s.M
+    if "M" in settings:
+        if s.M is not None:
+            # the data's own missing entries stay missing in every swept weight
+            settings["M"] = settings["M"] * (s.M > 0)
+        base_M = np.ones(s.Y.shape, s.Y.dtype)  # the base leaf the grid replaces
+    base = build_problem(jnp.asarray(s.Y), s.rank, W_0R=W_0R, W_0C=W_0C, M=base_M, **penalties)
+    s.rule.check(base)
     problem = base.scaled(s.scale, s.degree)
     scaled_settings = scale_settings(settings, s.scale, s.degree)
     L0, R0 = _scaled_starts(s, problem.Y, init)

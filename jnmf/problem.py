@@ -39,7 +39,7 @@ PenaltyPairs = tuple[tuple[Weight, Weight], ...]
 # User-facing names of the sweepable leaves, and where they live.
 SCALAR_PENALTIES = ("lambda_1L", "lambda_1R", "lambda_2L", "lambda_2R", "gamma_2L", "gamma_2R")
 GENERAL_PENALTIES = ("W_1L", "W_1R", "W_2RL", "W_2CL", "W_2RR", "W_2CR")
-REPLACEABLE = SCALAR_PENALTIES + ("W_1L", "W_1R", "W_0R", "W_0C")
+REPLACEABLE = SCALAR_PENALTIES + ("W_1L", "W_1R", "W_0R", "W_0C", "M")
 
 
 def pair_quadratic(pairs: PenaltyPairs, X: Array) -> Array:
@@ -119,16 +119,20 @@ class DataTerms(eqx.Module):
     """What the algorithms need of Y, derived from a :class:`Problem`'s current leaves.
 
     Attributes:
-        Yw: ``W_0R Y W_0C`` (``m x n``), all the algorithms ever need of Y.
+        Yw: ``W_0R Y W_0C`` (``m x n``), or ``M (.) Y`` with an elementwise weight M: all
+            the algorithms ever need of Y.
         Ywt: its transpose, stored contiguously: the L step's product ``R Yw'`` and the
             R step's ``L' Yw`` are then both "short-wide times tall" GEMMs, about 1.6x
             faster on CPU than products against a transposed operand.
-        half_data_norm: ``1/2 tr(Y' W_0R Y W_0C)``, the constant c of eq. 7.
+        half_data_norm: ``1/2 tr(Y' W_0R Y W_0C)`` (``1/2 sum M Y^2``), the constant c of eq. 7.
+        Mt: the transpose of the elementwise weight M, stored contiguously for the L
+            step (None without M).
     """
 
     Yw: Float[Array, "m n"]
     Ywt: Float[Array, "n m"]
     half_data_norm: Array
+    Mt: Float[Array, "n m"] | None = None
 
 
 class Problem(eqx.Module):
@@ -141,6 +145,10 @@ class Problem(eqx.Module):
         Y: the ``m x n`` non-negative data.
         W_0R, W_0C: row (``m x m``) and column (``n x n``) weights of the loss.
         penalty_L, penalty_R: the penalties on L and on R (:class:`FactorPenalty`).
+        M: an optional ``m x n`` non-negative *elementwise* loss weight, replacing the
+            loss of eq. 3 by ``1/2 sum_ij M_ij (Y - LR)_ij^2`` (0 marks a missing entry).
+            It is not a Kronecker product, so it cannot be written as W_0R, W_0C; with M
+            both must be the identity (:func:`build_problem` folds diagonal ones into M).
         data: cached :class:`DataTerms`, or None.  Only the driver fills it (once per
             fit, after every leaf is final); :meth:`replace` clears it.
     """
@@ -150,6 +158,7 @@ class Problem(eqx.Module):
     W_0C: Weight
     penalty_L: FactorPenalty
     penalty_R: FactorPenalty
+    M: Float[Array, "m n"] | None = None
     data: DataTerms | None = None
 
     @staticmethod
@@ -167,10 +176,12 @@ class Problem(eqx.Module):
         W_1R=0.0,
         W_2L: PenaltyPairs = (),
         W_2R: PenaltyPairs = (),
+        M=None,
     ) -> Problem:
         """Eq. 3 from the scalars of eq. 4 (and optional general terms), unvalidated.
 
-        ``W_2L`` / ``W_2R`` are tuples of :class:`~jnmf.weights.Weight` pairs.
+        ``W_2L`` / ``W_2R`` are tuples of :class:`~jnmf.weights.Weight` pairs; ``M`` an
+        optional elementwise loss weight (see :class:`Problem`).
         """
         Y = jnp.asarray(Y)
         dt = Y.dtype
@@ -185,30 +196,48 @@ class Problem(eqx.Module):
             Weight.from_user(W_0C),
             side(lambda_1L, W_1L, lambda_2L, gamma_2L, W_2L),
             side(lambda_1R, W_1R, lambda_2R, gamma_2R, W_2R),
+            None if M is None else jnp.asarray(M, dt),
         )
 
     # ----------------------------------------------------------- derived terms
+    @property
+    def masked(self) -> bool:
+        """Whether the loss carries an elementwise weight M (static: fixes the code path)."""
+        return self.M is not None
+
+    def weighted_data(self) -> Array:
+        """``W_0R Y W_0C``, or ``M (.) Y`` with an elementwise weight."""
+        if self.M is not None:
+            return self.M * self.Y
+        return self.W_0R.left(self.W_0C.right(self.Y))
+
     def data_terms(self) -> DataTerms:
         """:class:`DataTerms` from the current leaves (the cache when the driver set it)."""
         if self.data is not None:
             return self.data
-        Yw = self.W_0R.left(self.W_0C.right(self.Y))
-        return DataTerms(Yw, Yw.T, 0.5 * jnp.sum(self.Y * Yw))
+        Yw = self.weighted_data()
+        return DataTerms(Yw, Yw.T, 0.5 * jnp.sum(self.Y * Yw), None if self.M is None else self.M.T)
 
     def prepared(self) -> Problem:
         """This problem with :class:`DataTerms` computed once (the driver calls it)."""
         if self.data is not None:
             return self
-        Yw = self.W_0R.left(self.W_0C.right(self.Y))
-        # an explicit copy: the transpose must be materialized, not a view fused into
+        Yw = self.weighted_data()
+        # explicit copies: the transposes must be materialized, not views fused into
         # each product (see DataTerms.Ywt)
         Ywt = jnp.copy(Yw.T)
+        Mt = None if self.M is None else jnp.copy(self.M.T)
         return eqx.tree_at(
             lambda p: p.data,
             self,
-            DataTerms(Yw, Ywt, 0.5 * jnp.sum(self.Y * Yw)),
+            DataTerms(Yw, Ywt, 0.5 * jnp.sum(self.Y * Yw), Mt),
             is_leaf=lambda x: x is None,
         )
+
+    @property
+    def Mt(self) -> Array | None:
+        """M transposed (``n x m``), or None."""
+        return None if self.M is None else self.data_terms().Mt
 
     @property
     def Yw(self) -> Array:
@@ -227,8 +256,9 @@ class Problem(eqx.Module):
         """A copy with the named leaves replaced (traced values are fine).
 
         Names: the eq.-4 scalars ``lambda_1L`` ... ``gamma_2R``, the L1 weights ``W_1L`` /
-        ``W_1R`` (scalar or factor-shaped), and the loss weights ``W_0R`` / ``W_0C``
-        (``None``, a scalar, a vector for a diagonal, or a matrix).  Each value
+        ``W_1R`` (scalar or factor-shaped), the loss weights ``W_0R`` / ``W_0C``
+        (``None``, a scalar, a vector for a diagonal, or a matrix), and the elementwise
+        weight ``M`` (``m x n``; only on a problem built with one).  Each value
         REPLACES the current one; nothing is added.  Shapes are checked here, values by
         :func:`build_problem` / the surfaces (they may be traced).
         """
@@ -239,6 +269,13 @@ class Problem(eqx.Module):
         m, n = self.Y.shape
         out = self
         for name, v in values.items():
+            if name == "M":
+                if self.M is None:
+                    raise ValueError("M can only replace an elementwise weight: build the problem with M")
+                if jnp.shape(v) != (m, n):
+                    raise ValueError(f"M must have shape {(m, n)}, got {jnp.shape(v)}")
+                out = eqx.tree_at(lambda p: p.M, out, jnp.asarray(v, dt))
+                continue
             if name in ("W_0R", "W_0C"):
                 size = m if name == "W_0R" else n
                 if v is not None and jnp.ndim(v) in (1, 2) and jnp.shape(v)[0] != size:
@@ -279,17 +316,25 @@ class Problem(eqx.Module):
             self.W_0C,
             self.penalty_L.scaled(l1, l2),
             self.penalty_R.scaled(l1, l2),
+            self.M,
         )
 
     # ----------------------------------------------------------------- eq. 3
     def loss(self, L: Array, R: Array) -> Array:
-        """1/2 tr((Y - LR)' W_0R (Y - LR) W_0C), the weighted Frobenius loss.
+        """1/2 tr((Y - LR)' W_0R (Y - LR) W_0C), the weighted Frobenius loss
+        (``1/2 sum M (Y - LR)^2`` with an elementwise weight).
 
         Computed from the residual (m x n, never m x n x k), which keeps full
         precision when the fit is nearly exact.
         """
         E = self.Y - L @ R
-        return 0.5 * jnp.sum(E * self.W_0R.left(self.W_0C.right(E)))
+        return 0.5 * jnp.sum(E * self.weighted_residual(E))
+
+    def weighted_residual(self, E: Array) -> Array:
+        """``W_0R E W_0C`` (``M (.) E`` with an elementwise weight) for an ``m x n`` E."""
+        if self.M is not None:
+            return self.M * E
+        return self.W_0R.left(self.W_0C.right(E))
 
     def objective(self, L: Float[Array, "m k"], R: Float[Array, "k n"]) -> Array:
         """The objective of eq. 3."""
@@ -302,6 +347,9 @@ class Problem(eqx.Module):
         dR = L' W_0R L R W_0C - L' W_0R Y W_0C + W_1R + sum_j W_2RR_j R W_2CR_j
         (the matrix form of G x + d, eqs. 8-9, for each half step).
         """
+        if self.M is not None:
+            E = self.M * (L @ R) - self.Yw  # -(M (.) (Y - LR))
+            return E @ R.T + self.penalty_L.gradient(L), L.T @ E + self.penalty_R.gradient(R)
         WL = self.W_0R.left(L)
         RW = self.W_0C.right(R)
         Yw = self.Yw
@@ -336,7 +384,7 @@ def _l2_pairs(rows, cols, row_n: int, col_n: int, rname: str, cname: str, dtype)
     return tuple(pairs)
 
 
-def build_problem(Y, rank: int, *, W_0R=None, W_0C=None, **penalties) -> Problem:
+def build_problem(Y, rank: int, *, W_0R=None, W_0C=None, M=None, **penalties) -> Problem:
     """Validate data, weights and penalties and build eq. 3 (the validating constructor).
 
     Args:
@@ -346,6 +394,10 @@ def build_problem(Y, rank: int, *, W_0R=None, W_0C=None, **penalties) -> Problem
             ``W_2RR``).
         W_0R, W_0C: loss weights: None (identity), a scalar, a vector (diagonal) or a
             symmetric PSD matrix with non-negative entries.
+        M: an optional ``m x n`` non-negative elementwise loss weight (0 = missing): the
+            loss becomes ``1/2 sum M (.) (Y - LR)^2``.  Diagonal or scalar ``W_0R`` /
+            ``W_0C`` are folded into it (``M_ij w_i v_j``); full ones cannot be combined
+            with it.
         **penalties: the scalar keywords of eq. 4 (``lambda_1L`` ... ``gamma_2R``) and/or
             the general ones of eq. 3 as in rnnmf's ``gaurnmf`` (``W_1L``, ``W_1R``: scalar
             or factor-shaped; ``W_2RL``, ``W_2CL``, ``W_2RR``, ``W_2CR``: a weight or a list
@@ -366,6 +418,19 @@ def build_problem(Y, rank: int, *, W_0R=None, W_0C=None, **penalties) -> Problem
     check.square_weight("W_0C", W_0C, n, psd=True)
     w0r = None if W_0R is None else jnp.asarray(W_0R, dt)
     w0c = None if W_0C is None else jnp.asarray(W_0C, dt)
+    if M is not None:
+        M = jnp.asarray(check.elementwise_weight("M", M, (m, n)), dt)
+        for name, w in (("W_0R", w0r), ("W_0C", w0c)):
+            if w is not None and w.ndim == 2:
+                raise ValueError(
+                    f"{name} as a full matrix cannot be combined with an elementwise weight M; "
+                    "give the row/column weights as vectors (they are folded into M)"
+                )
+        if w0r is not None:
+            M = M * (w0r[:, None] if w0r.ndim == 1 else w0r)
+        if w0c is not None:
+            M = M * (w0c[None, :] if w0c.ndim == 1 else w0c)
+        w0r = w0c = None
     sc = {key: check.nonneg_scalar(key, penalties.get(key, 0.0)) for key in SCALAR_PENALTIES}
     W_1L = check.l1_weight("W_1L", penalties.get("W_1L", 0.0), (m, rank))
     W_1R = check.l1_weight("W_1R", penalties.get("W_1R", 0.0), (rank, n))
@@ -379,7 +444,7 @@ def build_problem(Y, rank: int, *, W_0R=None, W_0C=None, **penalties) -> Problem
         W_2R = _l2_pairs(
             penalties.get("W_2RR", 0.0), penalties.get("W_2CR", 0.0), rank, n, "W_2RR", "W_2CR", dt
         )
-    return Problem.from_scalars(Y, w0r, w0c, **sc, W_1L=W_1L, W_1R=W_1R, W_2L=W_2L, W_2R=W_2R)
+    return Problem.from_scalars(Y, w0r, w0c, **sc, W_1L=W_1L, W_1R=W_1R, W_2L=W_2L, W_2R=W_2R, M=M)
 
 
 def check_replacements(values: dict, m: int, n: int, rank: int) -> None:
@@ -393,6 +458,8 @@ def check_replacements(values: dict, m: int, n: int, rank: int) -> None:
             check.l1_weight(name, v, (rank, n))
         elif name in ("W_0R", "W_0C"):
             check.square_weight(name, v, m if name == "W_0R" else n, psd=True)
+        elif name == "M":
+            check.elementwise_weight(name, v, (m, n))
 
 
 def is_traced_problem(problem: Problem) -> bool:

@@ -27,6 +27,13 @@ Terms whose p-side weight is a multiple of I (the loss with identity or scalar
 weights, ridge, non-orthogonality of L) fold into one ``k x k`` *mixing* matrix,
 so in the common case ``G Xt`` is a single small GEMM, with no extra pass over Xt
 per penalty.
+
+**Elementwise weights (missing values).**  With a loss ``1/2 sum M (.) (Y - LR)^2`` the
+loss part of G is no Kronecker product: column c of the unknown has its own Gram
+``F Diag(M_t[:, c]) F'``.  G is still applied matrix-free, as
+``F (M_t (.) (F' Xt))`` (``M_t`` the weight in the fixed-by-free ``q x p`` layout of the
+data), at the cost of two ``k x q x p`` products and one ``q x p`` temporary, i.e. an
+extra m x n array in memory per half step.
 """
 
 from __future__ import annotations
@@ -137,6 +144,10 @@ class HalfProblem(eqx.Module):
         penalties: the L2 pairs as (k-side, p-side) weights.
         fixed_size: q, the length of the fixed factor (n in the L step, m in the R
             step); cost models such as accelerated HALS's need it.
+        fixed: the fixed factor F (``k x q``), kept only with an elementwise weight.
+        mask: the elementwise weight in ``q x p`` layout (``M'`` in the L step, ``M`` in the
+            R step), or None.  With it the loss term is ``F (mask (.) (F' Xt))`` and
+            ``gram`` is zero (no Kronecker part).
     """
 
     gram: Float[Array, "k k"]
@@ -144,13 +155,33 @@ class HalfProblem(eqx.Module):
     linear: Float[Array, "k p"]
     penalties: tuple[tuple[Weight, Weight], ...]
     fixed_size: int = eqx.field(static=True, default=0)
+    fixed: Float[Array, "k q"] | None = None
+    mask: Float[Array, "q p"] | None = None
+
+    @property
+    def masked(self) -> bool:
+        """Whether the loss carries an elementwise weight (static)."""
+        return self.mask is not None
 
     def terms(self) -> list[tuple[Weight, Array]]:
-        """Every quadratic term as (p-side weight, dense k-side matrix)."""
+        """Every quadratic term with a Kronecker form, as (p-side weight, dense k-side
+        matrix): the loss (unless elementwise weighted) and the L2 pairs."""
         k = self.gram.shape[0]
         dt = self.gram.dtype
         pens = [(p_side, k_side.dense(k, dt)) for k_side, p_side in self.penalties]
-        return [(self.weight, self.gram)] + pens
+        return pens if self.masked else [(self.weight, self.gram)] + pens
+
+    def masked_loss_G(self, Xt: Array) -> Array:
+        """The elementwise-weighted loss part of G Xt: ``F (mask (.) (F' Xt))``."""
+        return self.fixed @ (self.mask * (self.fixed.T @ Xt))
+
+    def masked_loss_diagonal(self) -> Array:
+        """diag of the weighted loss part of G, ``(F (.) F) mask`` (``k x p``)."""
+        return (self.fixed * self.fixed) @ self.mask
+
+    def column_grams(self) -> Float[Array, "p k k"]:
+        """The loss's ``k x k`` Gram of every column c, ``F Diag(mask[:, c]) F'`` (ANLS)."""
+        return jnp.einsum("iq,qc,jq->cij", self.fixed, self.mask, self.fixed)
 
     def split_terms(self) -> tuple[Array, list[tuple[Weight, Array]]]:
         """(mixing, others): the sum of the terms whose p-side weight is a multiple of
@@ -173,6 +204,8 @@ class HalfProblem(eqx.Module):
         out = mixing @ Xt
         for p_side, B in others:
             out = out + p_side.right(B @ Xt)
+        if self.masked:
+            out = out + self.masked_loss_G(Xt)
         return out
 
     def gradient(self, Xt: Array, GX: Array | None = None) -> Array:
@@ -190,6 +223,8 @@ class HalfProblem(eqx.Module):
         out = jnp.zeros((k, p), dt)
         for p_side, B in self.terms():
             out = out + jnp.diagonal(B)[:, None] * p_side.diagonal(p, dt)[None, :]
+        if self.masked:
+            out = out + self.masked_loss_diagonal()
         return out
 
     def block_majorizer(self) -> Float[Array, "k p"]:
@@ -204,6 +239,9 @@ class HalfProblem(eqx.Module):
         out = jnp.zeros((k, p), dt)
         for p_side, B in self.terms():
             out = out + jnp.diagonal(B)[:, None] * p_side.row_sums(p, dt)[None, :]
+        if self.masked:
+            # the masked loss's blocks are diagonal already: their diagonal is exact
+            out = out + self.masked_loss_diagonal()
         return out
 
 
@@ -212,16 +250,23 @@ def cross_gram(A: Array, B: Array) -> Array:
     return A @ B.T
 
 
-def _half_problem(F, data_t, fixed_weight: Weight, free_weight: Weight, W_1, pairs) -> HalfProblem:
-    """The subproblem of a factor-major unknown given the fixed factor F (``k x q``) and
-    the weighted data in (q x p) layout."""
-    gram = cross_gram(fixed_weight.right(F), F)
+def _half_problem(
+    F, data_t, fixed_weight: Weight, free_weight: Weight, W_1, pairs, mask_t=None
+) -> HalfProblem:
+    """The subproblem of a factor-major unknown given the fixed factor F (``k x q``), the
+    weighted data in (q x p) layout and, optionally, the elementwise weight in that layout."""
+    if mask_t is None:
+        gram = cross_gram(fixed_weight.right(F), F)
+    else:
+        gram = jnp.zeros((F.shape[0], F.shape[0]), F.dtype)
     return HalfProblem(
         gram=gram,
         weight=free_weight,
         linear=W_1 - F @ data_t,
         penalties=tuple(pairs),
         fixed_size=F.shape[-1],
+        fixed=None if mask_t is None else F,
+        mask=mask_t,
     )
 
 
@@ -234,14 +279,14 @@ def half_problem_L(problem: Problem, Lt: Array, R: Array) -> HalfProblem:
     W_1 = problem.penalty_L.l1()
     W_1 = W_1.T if W_1.ndim == 2 else W_1
     pairs = [(col, row) for row, col in problem.penalty_L.pairs()]  # L' W_2R L W_2C: k-side is W_2C
-    return _half_problem(R, problem.Ywt, problem.W_0C, problem.W_0R, W_1, pairs)
+    return _half_problem(R, problem.Ywt, problem.W_0C, problem.W_0R, W_1, pairs, problem.Mt)
 
 
 def half_problem_R(problem: Problem, Lt: Array, R: Array) -> HalfProblem:
     """The subproblem in R with L fixed, on Xt = R (``k x n``)."""
     del R
     pen = problem.penalty_R
-    return _half_problem(Lt, problem.Yw, problem.W_0R, problem.W_0C, pen.l1(), pen.pairs())
+    return _half_problem(Lt, problem.Yw, problem.W_0R, problem.W_0C, pen.l1(), pen.pairs(), problem.M)
 
 
 def half_problem(problem: Problem, side: str, Lt: Array, R: Array) -> HalfProblem:
@@ -278,7 +323,7 @@ def objective_after_R_step(problem: Problem, hp_R: HalfProblem, Lt: Array, R: Ar
     ||Y||^2 to cancellation, which is why final objectives are recomputed from the
     residual.
     """
-    LtLt = hp_R.gram if problem.W_0R.kind == "identity" else None
+    LtLt = hp_R.gram if problem.W_0R.kind == "identity" and not problem.masked else None
     return hp_R.value(R) + problem.half_data_norm + penalty_L_from_gram(problem, Lt, LtLt)
 
 

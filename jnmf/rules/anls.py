@@ -74,7 +74,12 @@ def half_problem_qp(hp: HalfProblem) -> tuple[Array, Array]:
     k, p = hp.linear.shape
     dt = hp.linear.dtype
     terms = [(w, B) for w, B in hp.terms() if w.kind != "offdiag"]
-    if all(w.kind in _SHARED for w, _ in terms):
+    if hp.masked:
+        # an elementwise loss weight gives every row of X its own Gram (p x k x k)
+        Q = hp.column_grams()
+        for w, B in terms:
+            Q = Q + (_scalar_of(w, dt) * B if w.kind in _SHARED else w.diagonal(p, dt)[:, None, None] * B[None])
+    elif all(w.kind in _SHARED for w, _ in terms):
         Q = sum(_scalar_of(w, dt) * B for w, B in terms)
     else:
         Q = sum(w.diagonal(p, dt)[:, None, None] * B[None] for w, B in terms)

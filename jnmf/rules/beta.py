@@ -5,7 +5,8 @@ With our naming ``Y ~ L R`` the rule minimizes
     D_beta(Y || LR) + tr(W_1L' L) + tr(W_1R' R) + (the L2 terms of eq. 3)
 
 where ``D_beta = sum_ij w_i v_j d_beta(Y_ij | (LR)_ij)`` (``w``, ``v`` the diagonal loss
-weights ``W_0R``, ``W_0C``; none by default) and, for ``y, x > 0``,
+weights ``W_0R``, ``W_0C``; none by default; or ``M_ij`` with an elementwise weight M,
+0 for a missing entry) and, for ``y, x > 0``,
 
     d_beta(y | x) = (y^beta + (beta - 1) x^beta - beta y x^(beta - 1)) / (beta (beta - 1))
     d_1(y | x)    = y log(y / x) - y + x              (generalized Kullback-Leibler)
@@ -61,7 +62,7 @@ from jaxtyping import Array
 from .._validate import is_traced
 from ..problem import Problem
 from .base import AlternatingRule, HalfStep, as_setting, unsupported
-from .kl import KLHalfProblem, diagonal_loss_weights, kl_supported
+from .kl import KLHalfProblem, kl_supported, loss_weight_matrix
 
 
 def mm_exponent(beta: Array) -> Array:
@@ -86,6 +87,7 @@ def beta_divergence(
     epsilon: float | Array = 0.0,
     row_weight: Array | None = None,
     col_weight: Array | None = None,
+    weight: Array | None = None,
 ) -> Array:
     """``sum_ij w_i v_j d_beta(Y_ij | (LR)_ij)`` (the beta-divergence of Févotte & Idier 2011).
 
@@ -95,7 +97,8 @@ def beta_divergence(
         LR: the model, floored at ``epsilon`` before any power, logarithm or division.
         beta: the divergence parameter (any real; may be traced).
         epsilon: the floor of ``LR``.
-        row_weight, col_weight: optional elementwise weights ``w`` (m) and ``v`` (n).
+        row_weight, col_weight: optional row and column weights ``w`` (m) and ``v`` (n).
+        weight: an optional elementwise weight (``m x n``; 0 drops an entry).
 
     Returns:
         The scalar divergence: half the squared Frobenius distance for beta = 2, the
@@ -123,6 +126,8 @@ def beta_divergence(
     D = jnp.where(
         beta == 2, half_square, jnp.where(beta == 1, kl, jnp.where(beta == 0, itakura_saito, general))
     )
+    if weight is not None:
+        D = weight * D
     if row_weight is not None:
         D = row_weight[:, None] * D
     if col_weight is not None:
@@ -138,10 +143,11 @@ def beta_objective(
     For ``beta <= 0`` the data are floored at ``epsilon`` (:func:`effective_data`).
     """
     LR = L @ R if LR is None else LR
-    w, v = diagonal_loss_weights(problem, L.dtype)
+    weights = loss_weight_matrix(problem, L.dtype)
     eps = jnp.asarray(epsilon, L.dtype)
     Y = effective_data(problem.Y, jnp.asarray(beta, L.dtype), eps)
-    return beta_divergence(Y, LR, beta, eps, w, v) + problem.penalty_L.value(L) + problem.penalty_R.value(R)
+    loss = beta_divergence(Y, LR, beta, eps, weight=weights)
+    return loss + problem.penalty_L.value(L) + problem.penalty_R.value(R)
 
 
 # The half problem of a beta-divergence step has the shape of KL's: numerator
@@ -206,12 +212,11 @@ class BetaMU(AlternatingRule):
     def half_problem(self, problem: Problem, side: str, Lt: Array, R: Array, LR: Array) -> BetaHalfProblem:
         dt = R.dtype
         beta, eps = self.beta.astype(dt), self.epsilon.astype(dt)
-        w, v = diagonal_loss_weights(problem, dt)
         if side == "R":
             LR = Lt.T @ R  # at the new L
         P = jnp.maximum(LR, eps)
         Y = effective_data(problem.Y, beta, eps)
-        weights = w[:, None] * v[None, :]
+        weights = loss_weight_matrix(problem, dt)
         # Y P^(beta-2) only where Y > 0 (P^(beta-2) may overflow where Y = 0 and beta < 2)
         scaled_data = jnp.where(Y > 0, weights * Y * jnp.power(P, beta - 2.0), jnp.where(Y == 0, 0.0, Y))
         model_term = weights * jnp.power(P, beta - 1.0)

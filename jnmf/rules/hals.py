@@ -86,4 +86,8 @@ class HALS(AlternatingRule):
     def half_step(self, hp: HalfProblem, Xt: Array, aux, side: str) -> HalfStep:
         k, p = Xt.shape
         n_sweeps = self.sweeps(p, hp.fixed_size, k)
+        if hp.masked and self.inner_sweeps is None:
+            # with an elementwise weight a sweep costs as much as d itself (rho ~ 1/3),
+            # so Gillis & Glineur's rule gives a single sweep
+            n_sweeps = 1
         return HalfStep(hals_sweeps(hp, Xt, n_sweeps, self.delta.astype(Xt.dtype)), aux)

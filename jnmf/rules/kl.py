@@ -28,6 +28,9 @@ Supported beyond Lee & Seung (all exact majorize-minimize steps, so monotone):
   ``x = 2 x0 num / (b + sqrt(b^2 + 4 q num))``; with no L2 term, the plain update.
 * ``W_0R`` / ``W_0C`` of kinds identity, scalar or diagonal, as the elementwise
   weights ``w_i v_j`` of ``sum_ij w_i v_j D_ij`` (``problem.Yw = W_0R Y W_0C`` is then ``w_i Y_ij v_j``).
+* An elementwise weight ``M`` (missing values: ``M_ij = 0``), the divergence
+  ``sum_ij M_ij D_ij``: the updates become ``L <- L (.) ((M (.) Y (/) LR) R') (/) (M R' + W_1L)``
+  and likewise for R (the same majorization, entry by entry).
 
 Not supported: ``full`` or ``offdiag`` ``W_0R`` / ``W_0C`` (a weighted KL divergence has
 no meaning for a non-diagonal weight): :meth:`KLMU.check` rejects them.
@@ -80,22 +83,35 @@ def diagonal_loss_weights(problem: Problem, dtype) -> tuple[Array, Array]:
     return problem.W_0R.diagonal(m, dtype), problem.W_0C.diagonal(n, dtype)
 
 
+def loss_weight_matrix(problem: Problem, dtype) -> Array:
+    """The elementwise weights of a divergence, ``m x n``: M, or ``w_i v_j`` from the
+    diagonal W_0R, W_0C."""
+    if problem.masked:
+        return problem.M.astype(dtype)
+    w, v = diagonal_loss_weights(problem, dtype)
+    return w[:, None] * v[None, :]
+
+
 def kl_divergence(
     Y: Array,
     LR: Array,
     epsilon: float | Array = 0.0,
     row_weight: Array | None = None,
     col_weight: Array | None = None,
+    weight: Array | None = None,
 ) -> Array:
     """Generalized KL divergence ``sum w_i v_j (Y log(Y / LR) - Y + LR)`` (Lee & Seung 2001).
 
     ``0 log 0 = 0``.  ``LR`` is clamped below at ``epsilon`` inside the logarithm (as
     in the update), so the value is finite wherever the update is; with
     ``epsilon = 0`` an entry with ``LR = 0 < Y`` gives ``+inf``, the exact value.
-    ``row_weight`` (m) and ``col_weight`` (n) are optional elementwise weights.
+    ``row_weight`` (m) and ``col_weight`` (n) are optional row and column weights,
+    ``weight`` (``m x n``) an optional elementwise one.
     """
     P = jnp.maximum(LR, epsilon)
     D = xlogy(Y, jnp.where(Y > 0, Y / P, 1.0)) - Y + LR
+    if weight is not None:
+        D = weight * D
     if row_weight is not None:
         D = row_weight[:, None] * D
     if col_weight is not None:
@@ -108,10 +124,12 @@ def kl_objective(
 ) -> Array:
     """The objective KLMU decreases: weighted ``D(Y || LR)`` plus the penalty terms of eq. 3."""
     LR = L @ R if LR is None else LR
-    w, v = diagonal_loss_weights(problem, L.dtype)
-    return (
-        kl_divergence(problem.Y, LR, epsilon, w, v) + problem.penalty_L.value(L) + problem.penalty_R.value(R)
-    )
+    if problem.masked:
+        loss = kl_divergence(problem.Y, LR, epsilon, weight=problem.M)
+    else:
+        w, v = diagonal_loss_weights(problem, L.dtype)
+        loss = kl_divergence(problem.Y, LR, epsilon, w, v)
+    return loss + problem.penalty_L.value(L) + problem.penalty_R.value(R)
 
 
 def kl_mm_update(X: Array, numerator: Array, denominator: Array, quadratic: Array) -> Array:
@@ -197,13 +215,15 @@ class KLMU(AlternatingRule):
             quotient = Yw / jnp.maximum(LR, eps)
             numerator = jnp.einsum("kn,mn->km", R, quotient)
             W_1 = problem.penalty_L.l1()
-            denominator = (R @ v)[:, None] * w[None, :] + (W_1.T if W_1.ndim == 2 else W_1)
+            weight_sums = R @ problem.Mt if problem.masked else (R @ v)[:, None] * w[None, :]
+            denominator = weight_sums + (W_1.T if W_1.ndim == 2 else W_1)
             pairs = tuple((col, row) for row, col in problem.penalty_L.pairs())
         else:
             # at the new L: num = L' (Yw / LR),  den = (L' w) v' + W_1R
             quotient = Yw / jnp.maximum(Lt.T @ R, eps)
             numerator = Lt @ quotient
-            denominator = (Lt @ w)[:, None] * v[None, :] + problem.penalty_R.l1()
+            weight_sums = Lt @ problem.M if problem.masked else (Lt @ w)[:, None] * v[None, :]
+            denominator = weight_sums + problem.penalty_R.l1()
             pairs = problem.penalty_R.pairs()
         return KLHalfProblem(numerator, denominator, pairs)
 
