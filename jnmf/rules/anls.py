@@ -20,6 +20,10 @@ Supported: any ``W_1L`` / ``W_1R``; ridge (``lambda_2``); ``gamma_2L`` (k side f
 identity/scalar/diagonal ``W_0R`` / ``W_0C``; general L2 pairs whose p-side weight is
 diagonal.
 
+An elementwise loss weight M (missing values) gives every row of X its own Gram
+``F Diag(M_c) F'``: Q is then ``p x k x k`` (memory ``p k^2`` per half step; the Grams cost
+``q p k^2``, k times a product with the data).
+
 Not supported (p-side non-diagonal weights couple the rows): ``full`` or ``offdiag``
 ``W_0R`` / ``W_0C``, ``gamma_2R`` (in the R step, on X = R', its ``n x n`` weight is on
 the p side), and L2 pairs with a full p-side weight.  Such weights are replaced by
@@ -78,7 +82,8 @@ def half_problem_qp(hp: HalfProblem) -> tuple[Array, Array]:
         # an elementwise loss weight gives every row of X its own Gram (p x k x k)
         Q = hp.column_grams()
         for w, B in terms:
-            Q = Q + (_scalar_of(w, dt) * B if w.kind in _SHARED else w.diagonal(p, dt)[:, None, None] * B[None])
+            shared = w.kind in _SHARED
+            Q = Q + (_scalar_of(w, dt) * B if shared else w.diagonal(p, dt)[:, None, None] * B[None])
     elif all(w.kind in _SHARED for w, _ in terms):
         Q = sum(_scalar_of(w, dt) * B for w, B in terms)
     else:
