@@ -12,7 +12,7 @@ imported on first use, so ``import jnmf`` works without scikit-learn.
 
 from .compile_cache import enable_compile_cache
 from .consensus import Consensus, consensus
-from .datasets import load_golub
+from .datasets import load_golub, load_orl_faces
 from .driver import STATUS, Result, Stopping, iterate
 from .fitting import ConvergenceWarning, FitResult, SweepResult, fit, sweep
 from .giqpm import GIQPM
@@ -42,6 +42,7 @@ __all__ = [
     "sweep",
     "consensus",
     "load_golub",
+    "load_orl_faces",
     # keeping results and compiled programs
     "load",
     "enable_compile_cache",
