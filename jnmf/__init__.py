@@ -12,6 +12,7 @@ imported on first use, so ``import jnmf`` works without scikit-learn.
 
 from .compile_cache import enable_compile_cache
 from .consensus import Consensus, consensus
+from .cross_validation import RankCV, cross_validate_rank
 from .datasets import load_golub, load_orl_faces
 from .driver import STATUS, Result, Stopping, iterate
 from .fitting import ConvergenceWarning, FitResult, SweepResult, fit, sweep
@@ -41,6 +42,8 @@ __all__ = [
     "fit",
     "sweep",
     "consensus",
+    "cross_validate_rank",
+    "RankCV",
     "load_golub",
     "load_orl_faces",
     # keeping results and compiled programs

@@ -29,7 +29,6 @@ Clustering uses scipy's hierarchical clustering (``linkage``, ``cophenet``, ``fc
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Sequence
 
@@ -42,7 +41,7 @@ from scipy.spatial.distance import squareform
 from . import _validate as check
 from .batch import batching_strategy, run_restarts
 from .driver import Stopping, status_names
-from .fitting import _setup, as_key, starting_points
+from .fitting import _setup, as_key, padded_starting_points
 from .problem import build_problem, scale_factors
 
 
@@ -217,6 +216,8 @@ def consensus(
     tol: float = 0.0,
     history_size: int = 256,
     strategy: str | None = None,
+    M=None,
+    missing: str = "error",
 ) -> Consensus | RankSurvey:
     """Consensus clustering of ``restarts`` fits per rank, every rank in one program.
 
@@ -235,6 +236,8 @@ def consensus(
         history_size: length of each restart's objective history.
         strategy: batching strategy (default: :func:`jnmf.batch.batching_strategy`
             for fits that stop unevenly: on CPU a loop of fits).
+        M, missing: an elementwise loss weight (0 = missing) and the NaN policy, as for
+            :func:`jnmf.fit`.
 
     Returns:
         :class:`Consensus` or :class:`RankSurvey`.
@@ -249,24 +252,14 @@ def consensus(
         raise ValueError(f"ranks must be distinct, got {rank_list}")
     top = max(rank_list)
     stopping = Stopping(max_iterations=max_iterations, tol=tol, stable_labels=stable_labels)
-    s = _setup(Y, top, method, "random", restarts, as_key(key), stopping, {})
+    s = _setup(Y, top, method, "random", restarts, as_key(key), stopping, {}, M, missing)
     for r in rank_list:
         if r < 1:
             raise ValueError(f"every rank must be >= 1, got {r}")
-    problem = build_problem(jnp.asarray(s.Y), top)
+    problem = build_problem(jnp.asarray(s.Y), top, M=s.M)
     s.rule.check(problem)
     problem = problem.scaled(s.scale, s.degree)
-
-    # Starting points: rank r's restarts draw rank-r random factors (scale sqrt(mean / r)),
-    # padded with zero components up to the largest rank.
-    keys = jax.random.split(s.key, len(rank_list))
-    L0s, R0s = [], []
-    for r, k in zip(rank_list, keys, strict=True):
-        L0, R0 = starting_points(problem.Y, top, "random", s.restarts, k)
-        live = (jnp.arange(top) < r).astype(L0.dtype) * math.sqrt(top / r)
-        L0s.append(L0 * live[None, None, :])
-        R0s.append(R0 * live[None, :, None])
-    L0, R0 = jnp.concatenate(L0s), jnp.concatenate(R0s)
+    L0, R0 = padded_starting_points(problem.Y, rank_list, s.restarts, s.key)
 
     strategy = strategy or batching_strategy(s.rule, uneven_stops=stable_labels > 0)
     res = run_restarts(
@@ -285,7 +278,8 @@ def consensus(
         rows = slice(i * s.restarts, (i + 1) * s.restarts)
         Lr, Rr = L[rows, :, :r], R[rows, :r, :]
         C = np.mean([connectivity(Rk) for Rk in Rr], axis=0)
-        loss = np.array([0.5 * np.sum((Y64 - a.astype(np.float64) @ b) ** 2) for a, b in zip(Lr, Rr)])
+        W64 = 1.0 if s.M is None else np.asarray(s.M, np.float64)
+        loss = np.array([0.5 * np.sum(W64 * (Y64 - a.astype(np.float64) @ b) ** 2) for a, b in zip(Lr, Rr)])
         obj = objectives[rows]
         best = int(np.argmin(np.where(np.isfinite(obj), obj, np.inf)))
         labels = consensus_labels(C, r)

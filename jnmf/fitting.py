@@ -147,6 +147,25 @@ def starting_points(Y, rank: int, init, restarts: int, key) -> tuple[Array, Arra
     return jax.vmap(lambda k: initialize(Y, rank, init, k))(keys)
 
 
+def padded_starting_points(Y, ranks: Sequence[int], restarts: int, key) -> tuple[Array, Array]:
+    """``restarts`` random starts per rank, padded to ``max(ranks)`` with zero components.
+
+    Rank r's restarts draw rank-r random factors at rank r's scale (``sqrt(mean / r)``)
+    and then zeros: every rule keeps a zero component exactly zero, so the padded fit
+    is the fit at rank r, and all ranks run in one compiled program.  Returns stacks of
+    ``len(ranks) * restarts`` starts, rank by rank.
+    """
+    top = max(ranks)
+    keys = jax.random.split(key, len(ranks))
+    L0s, R0s = [], []
+    for r, k in zip(ranks, keys, strict=True):
+        L0, R0 = starting_points(Y, top, "random", restarts, k)
+        live = (jnp.arange(top) < r).astype(L0.dtype) * math.sqrt(top / r)
+        L0s.append(L0 * live[None, None, :])
+        R0s.append(R0 * live[None, :, None])
+    return jnp.concatenate(L0s), jnp.concatenate(R0s)
+
+
 class _Setup(eqx.Module):
     """Validated inputs shared by ``fit`` and ``sweep`` (host side, before compiling)."""
 
