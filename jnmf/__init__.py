@@ -1,7 +1,7 @@
 """jnmf: regularized non-negative matrix factorization as composable JAX functions.
 
 Layers (each imports only those below it): problem -> quadratic -> rules ->
-driver -> batch -> surfaces (``fit``, ``sweep``, ``consensus``, the rnnmf front doors,
+driver -> implicit -> batch -> surfaces (``fit``, ``sweep``, ``consensus``, the rnnmf front doors,
 the CLI).  The top level holds what users call; building blocks stay in their
 modules (:mod:`jnmf.problem`, :mod:`jnmf.quadratic`, :mod:`jnmf.rules`,
 :mod:`jnmf.driver`, :mod:`jnmf.batch`, :mod:`jnmf.init`).
@@ -17,6 +17,7 @@ from .datasets import load_golub, load_orl_faces
 from .driver import STATUS, Result, Stopping, iterate
 from .fitting import ConvergenceWarning, FitResult, SweepResult, fit, sweep
 from .giqpm import GIQPM
+from .implicit import differentiable_fit
 from .problem import Problem, build_problem
 from .result_files import load
 from .rnnmf import aurnmf, gaurnmf, giqpm, murnmf, objective
@@ -41,6 +42,7 @@ __all__ = [
     # surfaces
     "fit",
     "sweep",
+    "differentiable_fit",
     "consensus",
     "cross_validate_rank",
     "RankCV",
