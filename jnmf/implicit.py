@@ -299,6 +299,7 @@ def differentiable_fit(
     method=DEFAULT_METHOD,
     W_0R=None,
     W_0C=None,
+    M=None,
     stopping: Stopping | None = None,
     max_iterations: int | None = None,
     tol: float | None = None,
@@ -326,6 +327,8 @@ def differentiable_fit(
             start (the fit then finds the nearby local solution, quickly).
         method: the rule (default accelerated HALS); see :func:`solve`.
         W_0R, W_0C: loss weights, as for :func:`jnmf.build_problem`.
+        M: an optional elementwise loss weight (``m x n``, 0 = missing), differentiable
+            too: e.g. a training mask, whose held-out complement scores a penalty.
         stopping, max_iterations, tol, rel_tol: the stopping rule (default
             :func:`implicit_stopping`).
         damping, cg_tol, cg_max_iterations, support_tol: the reverse pass (see :func:`solve`).
@@ -347,7 +350,7 @@ def differentiable_fit(
     dtype = jnp.result_type(Y, L0, R0)
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.result_type(float)
-    problem = build_problem(Y.astype(dtype), L0.shape[1], W_0R=W_0R, W_0C=W_0C, **penalties)
+    problem = build_problem(Y.astype(dtype), L0.shape[1], W_0R=W_0R, W_0C=W_0C, M=M, **penalties)
     if not check.is_traced(Y):
         check.matrix("Y", Y)
     return solve(
