@@ -251,10 +251,16 @@ def test_missing_matplotlib_skips_pngs_with_one_hint(tmp_path, env, data):
 def test_rank_survey(tmp_path, env, data):
     write_csv(tmp_path / "data.csv", labeled_rows(data))
     result = run_cli(
-        env, tmp_path, "rank", "data.csv", "--ranks", "2-3", "--restarts", "4", "--max-iterations", "50"
-    )
+        env, tmp_path, "rank", "data.csv", "--ranks", "2-3", "--restarts", "4", "--max-iterations", "50",
+        "--cv", "speckled", "--cv-repeats", "2",
+    )  # fmt: skip
     assert_ok(result)
     out = tmp_path / "jnmf-rank"  # the default --out
+    assert "cross-validation picks rank" in result.stdout
+    cv = json.loads((out / "summary.json").read_text())["cross_validation"]
+    assert cv["ranks"] == [2, 3] and cv["repeats"] == 2 and cv["selected_rank"] in (2, 3)
+    assert all(np.isfinite(cv["mean_test_error"]))
+    assert_png(out / "cv_error.png")
     assert "cophenetic" in result.stdout and "Picked rank" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert [r["rank"] for r in summary["ranks"]] == [2, 3]
