@@ -181,7 +181,8 @@ def pick_rank(ranks: Sequence[int], cophenetic: Sequence[float]) -> tuple[int, s
 
 
 def relative_error(Y: np.ndarray, L: np.ndarray, R: np.ndarray) -> float:
-    """``||Y - L R||_F / ||Y||_F`` computed in float64.
+    """``||Y - L R||_F / ||Y||_F`` computed in float64, over the entries present (NaN
+    entries of Y, missing values, are left out of both norms).
 
     Args:
         Y: the data.
@@ -192,8 +193,9 @@ def relative_error(Y: np.ndarray, L: np.ndarray, R: np.ndarray) -> float:
         The relative Frobenius error.
     """
     Y = np.asarray(Y, np.float64)
-    residual = Y - np.asarray(L, np.float64) @ np.asarray(R, np.float64)
-    return float(np.linalg.norm(residual) / np.linalg.norm(Y))
+    present = ~np.isnan(Y)
+    residual = (Y - np.asarray(L, np.float64) @ np.asarray(R, np.float64))[present]
+    return float(np.linalg.norm(residual) / np.linalg.norm(Y[present]))
 
 
 def fit_status(result, max_iterations: int) -> str:
@@ -340,7 +342,7 @@ def _load_input(args, timings: dict) -> LabeledMatrix:
     start = time.perf_counter()
     dtype = np.float64 if getattr(args, "float64", False) else np.float32
     matrix = read_matrix(args.input, key=args.key, header=args.header, row_names=args.row_names, dtype=dtype)
-    check_nonnegative(args.input, matrix)
+    check_nonnegative(args.input, matrix, allow_nan=getattr(args, "missing", "error") == "nan")
     timings["load"] = time.perf_counter() - start
     return matrix
 
@@ -427,6 +429,7 @@ def _run_fit(args) -> int:
         max_iterations=args.max_iterations,
         tol=args.tol,
         progress=_show_progress(args),
+        missing=args.missing,
         **penalties,
     )
     L, R = np.asarray(res.L), np.asarray(res.R)  # waits for the computation
@@ -514,6 +517,7 @@ def survey(
     seed: int,
     say: Callable[..., None],
     progress: bool = False,
+    missing: str = "error",
 ) -> tuple[list[RankRow], object]:
     """Consensus clustering at every rank, all in one compiled program, and its table.
 
@@ -527,13 +531,15 @@ def survey(
         seed: seed of the restarts' initializations.
         say: print function for the table (a no-op when quiet).
         progress: show a bar on stderr while the survey runs.
+        missing: ``"nan"`` treats NaN entries as missing values (``jnmf.fit``'s ``missing``).
 
     Returns:
         One row per rank, and the :class:`jnmf.consensus.RankSurvey`.
     """
     import jnmf
 
-    norm = np.linalg.norm(np.asarray(Y, np.float64))
+    Y64 = np.asarray(Y, np.float64)
+    norm = np.linalg.norm(Y64[~np.isnan(Y64)])
     with progress_bar(1, f"rank survey {ranks[0]}-{ranks[-1]}", enabled=progress, unit="survey") as bar:
         result = _call_jnmf(
             jnmf.consensus,
@@ -544,6 +550,7 @@ def survey(
             key=seed,
             max_iterations=max_iterations,
             tol=tol,
+            missing=missing,
         )
         bar.advance_to(1)
     say(f"{'rank':>4}  {'cophenetic':>10}  {'dispersion':>10}  {'silhouette':>10}  {'rel. error':>10}")
@@ -609,7 +616,13 @@ def _cross_validation(args, Y: np.ndarray, ranks: Sequence[int], outputs: Output
     import jnmf
 
     cv = jnmf.cross_validate_rank(
-        Y, ranks, scheme=args.cv, repeats=args.cv_repeats, key=args.seed, max_iterations=args.max_iterations
+        Y,
+        ranks,
+        scheme=args.cv,
+        repeats=args.cv_repeats,
+        key=args.seed,
+        max_iterations=args.max_iterations,
+        missing=args.missing,
     )
     say(f"\ncross-validation ({args.cv}, {args.cv_repeats} repeats, ahals): test MSE per rank")
     say(cv.table())
@@ -657,6 +670,7 @@ def _run_survey(
         seed=args.seed,
         say=say,
         progress=_show_progress(args),
+        missing=getattr(args, "missing", "error"),
     )
     timings["survey"] = time.perf_counter() - survey_start
     picked, reason = pick_rank([r.rank for r in rows], [r.cophenetic for r in rows])
@@ -842,6 +856,13 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
         help="text files: the first column holds row names (default: yes when it has a non-numeric cell)",
     )
     parser.add_argument("--float64", action="store_true", help="compute in double precision")
+    parser.add_argument(
+        "--missing",
+        choices=("error", "nan"),
+        default="error",
+        help="NaN entries (and empty or NA cells of text files): an error, or missing values that "
+        "are neither fitted nor scored (weight 0 in the loss)",
+    )
 
 
 def _add_output_options(parser: argparse.ArgumentParser, default_out: str) -> None:

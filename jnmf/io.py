@@ -103,21 +103,26 @@ def read_matrix(
     return matrix._replace(values=values)
 
 
-def check_nonnegative(path: str | Path, matrix: LabeledMatrix) -> None:
+def check_nonnegative(path: str | Path, matrix: LabeledMatrix, *, allow_nan: bool = False) -> None:
     """Raise MatrixFileError unless every entry is finite and >= 0, naming the first bad one.
 
     Args:
         path: the file the values came from (for the message).
         matrix: the matrix read from it; its names, if any, help locate the entry.
+        allow_nan: NaN entries are missing values (``--missing nan``); infinities are not.
     """
     values = matrix.values
-    bad = ~np.isfinite(values)
+    bad = np.isinf(values) if allow_nan else ~np.isfinite(values)
     if bad.any():
         i, j = np.argwhere(bad)[0]
+        what = "infinite" if allow_nan else "NaN or infinite"
+        hint = "" if allow_nan else " (or --missing nan to treat NaN as missing values)"
         raise MatrixFileError(
-            f"{path}: {_entries(bad.sum())} NaN or infinite (first at {_where(matrix, i, j)}); "
-            "NMF needs finite values"
+            f"{path}: {_entries(bad.sum())} {what} (first at {_where(matrix, i, j)}); "
+            f"NMF needs finite values{hint}"
         )
+    if allow_nan and np.isnan(values).all():
+        raise MatrixFileError(f"{path}: every entry is missing (NaN)")
     negative = values < 0
     if negative.any():
         i, j = np.argwhere(negative)[0]

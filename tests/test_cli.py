@@ -343,6 +343,11 @@ def test_nan_entry(tmp_path, env, data):
     rows[1][1] = "NaN"
     write_csv(tmp_path / "data.csv", rows)
     assert_error(run_cli(env, tmp_path, "fit", "data.csv", "--rank", "2"), 1, "NaN", "row 2, column 2")
+    # --missing nan: the entry is a missing value, neither fitted nor scored
+    result = run_cli(env, tmp_path, "fit", "data.csv", "--rank", "2", "--missing", "nan", "--out", "m")
+    assert_ok(result)
+    summary = json.loads((tmp_path / "m" / "summary.json").read_text())
+    assert np.isfinite(summary["relative_error"]) and summary["relative_error"] < 1
 
 
 def test_npz_with_several_arrays_needs_key(tmp_path, env, data, capsys, monkeypatch):
