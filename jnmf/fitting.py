@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -153,17 +154,23 @@ def padded_starting_points(Y, ranks: Sequence[int], restarts: int, key) -> tuple
     Rank r's restarts draw rank-r random factors at rank r's scale (``sqrt(mean / r)``)
     and then zeros: every rule keeps a zero component exactly zero, so the padded fit
     is the fit at rank r, and all ranks run in one compiled program.  Returns stacks of
-    ``len(ranks) * restarts`` starts, rank by rank.
+    ``len(ranks) * restarts`` starts, rank by rank (one small compiled program for all
+    ranks).
     """
-    top = max(ranks)
-    keys = jax.random.split(key, len(ranks))
-    L0s, R0s = [], []
-    for r, k in zip(ranks, keys, strict=True):
-        L0, R0 = starting_points(Y, top, "random", restarts, k)
-        live = (jnp.arange(top) < r).astype(L0.dtype) * math.sqrt(top / r)
-        L0s.append(L0 * live[None, None, :])
-        R0s.append(R0 * live[None, :, None])
-    return jnp.concatenate(L0s), jnp.concatenate(R0s)
+    ranks_arr = jnp.asarray(list(ranks), Y.dtype)
+    keys = jax.random.split(key, len(ranks_arr))
+    return _padded_starts(jnp.asarray(Y), ranks_arr, keys, max(ranks), restarts)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _padded_starts(Y, ranks, keys, top: int, restarts: int) -> tuple[Array, Array]:
+    def one_rank(r, key):
+        L0, R0 = jax.vmap(lambda k: initialize(Y, top, "random", k))(jax.random.split(key, restarts))
+        live = (jnp.arange(top) < r).astype(L0.dtype) * jnp.sqrt(top / r)
+        return L0 * live[None, None, :], R0 * live[None, :, None]
+
+    L0, R0 = jax.vmap(one_rank)(ranks, keys)
+    return L0.reshape(-1, *L0.shape[2:]), R0.reshape(-1, *R0.shape[2:])
 
 
 class _Setup(eqx.Module):

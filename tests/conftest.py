@@ -31,3 +31,13 @@ def _no_persistent_compile_cache(monkeypatch):
         from jax._src import compilation_cache
 
         compilation_cache.reset_cache()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module (modules share their compiled
+    functions within themselves, rarely across).  One process that kept every program
+    of the whole suite crashed inside XLA's CPU compiler late in the run; releasing them
+    keeps each process's compiler state small."""
+    yield
+    jax.clear_caches()
