@@ -19,9 +19,12 @@ every rule keeps a zero component exactly zero (its curvature, numerator and
 gradient all vanish), so a padded fit is the fit at its own rank.  A survey over
 ranks 2-10 compiles once, not once per rank.
 
-**Stopping.**  As R's NMF package by default: a restart stops when its assignment of
-samples to clusters has not changed for ``stable_labels=40`` iterations (checked every
-10), or at ``max_iterations`` (default 2000).
+**Stopping.**  As R's NMF package by default (``nmf.stop.connectivity``, Brunet et
+al.'s ``stopconv``): the clustering of the samples is checked every 10 iterations and a
+restart stops once it was unchanged at more than ``stable_labels=40`` consecutive checks
+(so after at least 420 iterations, the last 410 with stable clusters), or at
+``max_iterations`` (default 2000).  Restarts that reach ``max_iterations`` count in the
+consensus like the others, as in R.
 
 Clustering uses scipy's hierarchical clustering (``linkage``, ``cophenet``, ``fcluster``).
 """
@@ -230,8 +233,9 @@ def consensus(
             Brunet et al. (2004) used.
         key: int seed, JAX key or NumPy Generator (one key, split per rank).
         max_iterations: iteration cap of each restart.
-        stable_labels: stop a restart once its clusters have not changed for this
-            many iterations (R's NMF default, 40; 0 disables).
+        stable_labels: stop a restart once its clusters (checked every 10 iterations)
+            were unchanged at more than this many consecutive checks (R's NMF
+            ``stopconv``, default 40: 410 iterations of stable clusters; 0 disables).
         tol: relative objective change (0, off, as R's NMF).
         history_size: length of each restart's objective history.
         strategy: batching strategy (default: :func:`jnmf.batch.batching_strategy`
