@@ -3,9 +3,9 @@
 R: ``nmf(esGolub, 2:5, nrun=50, method="brunet", seed=123456)`` on one core
 (experiments/golub_survey_R.R; needs R's NMF package).  jnmf: ``jnmf.consensus(Y,
 [2, 3, 4, 5], restarts=50, method="kl")``, every (rank, restart) in one compiled program,
-with R's stopping rule (``nmf.stop.connectivity``: the clustering checked every 10
-iterations, a restart stops once it was unchanged at more than 40 checks in a row, or
-at 2000 iterations).
+with R's seeding (entries uniform on (0, max Y]) and its stopping rule
+(``nmf.stop.connectivity``: the clustering checked every 10 iterations, a restart
+stops once it was unchanged at more than 40 checks in a row, or at 2000 iterations).
 
 jnmf runs first, cold (this fresh process: compiling included), then warm (same
 shapes, another key: nothing to compile); then R, never at the same time.  One table
@@ -16,7 +16,7 @@ ALL-T / AML) and the restarts' iterations; then the wall times and their ratio.
 ``--seeds`` adds warm surveys with more keys (the sampling noise of the statistics).
 
     python experiments/bench_golub_survey.py [--nrun 50] [--ranks 2 5] [--seeds 3]
-        [--r-output saved.txt | --skip-r]
+        [--init uniform|random] [--r-output saved.txt | --skip-r]
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def samples_off(labels, cell_types, rank: int) -> int:
     labels, types = np.asarray(labels), np.asarray(cell_types).astype(str)
     classes = np.where(types == "AML", "AML", "ALL") if rank == 2 else types
     return sum(
-        int(np.sum(labels == c)) - max(int(np.sum((labels == c) & (classes == t))) for t in np.unique(classes))
+        int(np.sum(labels == c))
+        - max(int(np.sum((labels == c) & (classes == t))) for t in np.unique(classes))
         for c in np.unique(labels)
     )
 
@@ -88,6 +89,9 @@ def main() -> None:
     ap.add_argument("--ranks", type=int, nargs=2, default=[2, 5])
     ap.add_argument("--seed", type=int, default=123456, help="R's seed and jnmf's cold key")
     ap.add_argument("--seeds", type=int, default=0, help="extra warm jnmf surveys with keys 1..SEEDS")
+    ap.add_argument(
+        "--init", default="uniform", help="jnmf's starts: uniform (R's seeding, default) or random"
+    )
     ap.add_argument("--skip-r", action="store_true")
     ap.add_argument("--r-output", help="read R's results from this saved output of golub_survey_R.R")
     args = ap.parse_args()
@@ -97,11 +101,13 @@ def main() -> None:
     Y = np.asarray(golub.expression, np.float32)
     cells = np.asarray(golub.cell_type).astype(str)
 
-    cold = jnmf.consensus(Y, ranks, restarts=args.nrun, key=args.seed)
+    cold = jnmf.consensus(Y, ranks, restarts=args.nrun, key=args.seed, init=args.init)
     t = time.perf_counter()
-    warm = jnmf.consensus(Y, ranks, restarts=args.nrun, key=7)
+    warm = jnmf.consensus(Y, ranks, restarts=args.nrun, key=7, init=args.init)
     t_warm = time.perf_counter() - t
-    extra = [jnmf.consensus(Y, ranks, restarts=args.nrun, key=s) for s in range(1, args.seeds + 1)]
+    extra = [
+        jnmf.consensus(Y, ranks, restarts=args.nrun, key=s, init=args.init) for s in range(1, args.seeds + 1)
+    ]
 
     r = None
     if args.r_output:
@@ -112,30 +118,38 @@ def main() -> None:
     if r is not None and r["cells"] is not None and not np.array_equal(r["cells"], cells):
         print("WARNING: R's sample order differs from jnmf.load_golub()'s")
 
-    print(f"Golub ALL/AML (5000 x 38), ranks {lo}-{hi}, {args.nrun} restarts per rank; KL / brunet;"
-          f" jnmf key {args.seed} (cold), R seed {args.seed}")  # fmt: skip
-    print(f"{'rank':>4} | {'cophenetic':^15} | {'dispersion':^15} | {'silhouette':^15} | {'samples off':^11} |"
-          f" {'iterations median/min/max':^27}")  # fmt: skip
-    print(f"{'':>4} | {'jnmf':>7} {'R':>7} | {'jnmf':>7} {'R':>7} | {'jnmf':>7} {'R':>7} | {'jnmf':>5} {'R':>5} |"
-          f" {'jnmf':>13} {'R':>13}")  # fmt: skip
+    print(
+        f"Golub ALL/AML (5000 x 38), ranks {lo}-{hi}, {args.nrun} restarts per rank; KL / brunet;"
+        f" jnmf init {args.init}, key {args.seed} (cold); R seed {args.seed}"
+    )
+    head = ("cophenetic", "dispersion", "silhouette")
+    print(
+        f"{'rank':>4} | "
+        + " | ".join(f"{h:^15}" for h in head)
+        + f" | {'samples off':^11} | {'iterations':^27}"
+    )
+    pair = f"{'jnmf':>7} {'R':>7}"
+    print(f"{'':>4} | {pair} | {pair} | {pair} | {'jnmf':>5} {'R':>5} | {'jnmf':>13} {'R':>13}")
     for e in cold:
-        coph, disp, sil, its_r = (np.nan, np.nan, np.nan, None)
-        off_r = "-"
+        coph, disp, sil, its_r, off_r = np.nan, np.nan, np.nan, "-", "-"
         if r is not None and e.rank in r["ranks"]:
-            coph, disp, sil, its_r = r["ranks"][e.rank]
+            coph, disp, sil, its = r["ranks"][e.rank]
+            its_r = "/".join(map(str, its))
             off_r = str(samples_off(r["labels"][e.rank], cells, e.rank))
-        its_r = "-" if its_r is None else f"{its_r[0]}/{its_r[1]}/{its_r[2]}"
-        print(f"{e.rank:>4} | {e.cophenetic:>7.4f} {coph:>7.4f} | {e.dispersion:>7.4f} {disp:>7.4f} |"
-              f" {e.silhouette:>7.4f} {sil:>7.4f} | {samples_off(e.labels, cells, e.rank):>5} {off_r:>5} |"
-              f" {iters(e.iterations):>13} {its_r:>13}")  # fmt: skip
+        both = ((e.cophenetic, coph), (e.dispersion, disp), (e.silhouette, sil))
+        stats = " | ".join(f"{a:>7.4f} {b:>7.4f}" for a, b in both)
+        off = samples_off(e.labels, cells, e.rank)
+        print(f"{e.rank:>4} | {stats} | {off:>5} {off_r:>5} | {iters(e.iterations):>13} {its_r:>13}")
+    print("  (iterations: median/min/max over the restarts)")
     if extra:
         surveys = [cold, warm, *extra]
         print(f"jnmf across {len(surveys)} keys ({args.seed}, 7, 1..{args.seeds}): mean +- sd [min, max]")
         for i, rank in enumerate(ranks):
             for name in ("cophenetic", "dispersion"):
                 v = np.array([getattr(s, name)[i] for s in surveys])
-                print(f"  rank {rank} {name:<10} {v.mean():.4f} +- {v.std(ddof=1):.4f} [{v.min():.4f}, {v.max():.4f}]"
-                      f"  ({' '.join(f'{x:.4f}' for x in v)})")  # fmt: skip
+                each = " ".join(f"{x:.4f}" for x in v)
+                spread = f"{v.mean():.4f} +- {v.std(ddof=1):.4f} [{v.min():.4f}, {v.max():.4f}]"
+                print(f"  rank {rank} {name:<10} {spread}  ({each})")
             offs = [samples_off(s.entries[i].labels, cells, rank) for s in surveys]
             print(f"  rank {rank} samples off {offs}")
     print(f"jnmf: cold {cold.seconds:.1f} s ({cold.compilations} XLA compilations),"

@@ -218,6 +218,24 @@ def test_partition_labels_ignore_relabelling():
     assert np.any(np.asarray(a) != np.asarray(c))
 
 
+def test_consensus_starts_as_r_nmf_by_default():
+    """jnmf.consensus draws its restarts uniform on (0, max Y] (R NMF's seeding) unless
+    init="random" asks for jnmf's half-normal starts."""
+    from jnmf.fitting import padded_starting_points
+
+    Y = jnp.asarray(np.random.default_rng(0).random((10, 8)) * 4.0)
+    L0, R0 = padded_starting_points(Y, [2, 3], 5, jax.random.PRNGKey(0), "uniform")
+    assert L0.shape == (10, 10, 3) and R0.shape == (10, 3, 8)
+    assert not np.any(np.asarray(L0[:5, :, 2])) and not np.any(np.asarray(R0[:5, 2]))
+    live = np.asarray(L0[5:])
+    assert np.all(live > 0) and np.all(live <= float(jnp.max(Y)))
+    a = jnmf.consensus(np.asarray(Y), 2, restarts=3, max_iterations=20, key=1)
+    b = jnmf.consensus(np.asarray(Y), 2, restarts=3, max_iterations=20, key=1, init="random")
+    assert not np.allclose(a.objectives, b.objectives)
+    with pytest.raises(ValueError, match="init"):
+        jnmf.consensus(np.asarray(Y), 2, restarts=3, init="nndsvd")
+
+
 def test_golub_is_shipped():
     g = jnmf.load_golub()
     assert g.expression.shape == (5000, 38)
