@@ -19,9 +19,12 @@ every rule keeps a zero component exactly zero (its curvature, numerator and
 gradient all vanish), so a padded fit is the fit at its own rank.  A survey over
 ranks 2-10 compiles once, not once per rank.
 
-**Stopping.**  As R's NMF package by default: a restart stops when its assignment of
-samples to clusters has not changed for ``stable_labels=40`` iterations (checked every
-10), or at ``max_iterations`` (default 2000).
+**Stopping.**  As R's NMF package by default (``nmf.stop.connectivity``, Brunet et
+al.'s ``stopconv``): the clustering of the samples is checked every 10 iterations and a
+restart stops once it was unchanged at more than ``stable_labels=40`` consecutive checks
+(so after at least 420 iterations, the last 410 with stable clusters), or at
+``max_iterations`` (default 2000).  Restarts that reach ``max_iterations`` count in the
+consensus like the others, as in R.
 
 Clustering uses scipy's hierarchical clustering (``linkage``, ``cophenet``, ``fcluster``).
 """
@@ -213,6 +216,7 @@ def consensus(
     key=None,
     max_iterations: int = 2000,
     stable_labels: int = 40,
+    init: str = "uniform",
     tol: float = 0.0,
     history_size: int = 256,
     strategy: str | None = None,
@@ -230,8 +234,14 @@ def consensus(
             Brunet et al. (2004) used.
         key: int seed, JAX key or NumPy Generator (one key, split per rank).
         max_iterations: iteration cap of each restart.
-        stable_labels: stop a restart once its clusters have not changed for this
-            many iterations (R's NMF default, 40; 0 disables).
+        stable_labels: stop a restart once its clusters (checked every 10 iterations)
+            were unchanged at more than this many consecutive checks (R's NMF
+            ``stopconv``, default 40: 410 iterations of stable clusters; 0 disables).
+        init: the restarts' random starting factors: ``"uniform"`` (default), every
+            entry uniform on ``(0, max(Y)]`` as R's NMF seeds ``nmf(x, k, seed=n)``;
+            ``"random"``, jnmf's half-normal (:func:`jnmf.init.random_init`), or
+            ``"sparse"``.  On Golub the half-normal starts gave a consensus dispersion
+            about 0.01 lower than the uniform ones at ranks 3-5 (50 restarts).
         tol: relative objective change (0, off, as R's NMF).
         history_size: length of each restart's objective history.
         strategy: batching strategy (default: :func:`jnmf.batch.batching_strategy`
@@ -252,14 +262,16 @@ def consensus(
         raise ValueError(f"ranks must be distinct, got {rank_list}")
     top = max(rank_list)
     stopping = Stopping(max_iterations=max_iterations, tol=tol, stable_labels=stable_labels)
-    s = _setup(Y, top, method, "random", restarts, as_key(key), stopping, {}, M, missing)
+    if init not in ("uniform", "random", "sparse"):
+        raise ValueError(f"init must be 'uniform', 'random' or 'sparse' (random restarts), got {init!r}")
+    s = _setup(Y, top, method, init, restarts, as_key(key), stopping, {}, M, missing)
     for r in rank_list:
         if r < 1:
             raise ValueError(f"every rank must be >= 1, got {r}")
     problem = build_problem(jnp.asarray(s.Y), top, M=s.M)
     s.rule.check(problem)
     problem = problem.scaled(s.scale, s.degree)
-    L0, R0 = padded_starting_points(problem.Y, rank_list, s.restarts, s.key)
+    L0, R0 = padded_starting_points(problem.Y, rank_list, s.restarts, s.key, init)
 
     strategy = strategy or batching_strategy(s.rule, uneven_stops=stable_labels > 0)
     res = run_restarts(

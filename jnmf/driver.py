@@ -20,8 +20,14 @@ Stopping rules (:class:`Stopping`; any may end the loop):
 * a target: the objective is at most ``target`` (``0`` disables), e.g. to time
   restarts to a given error;
 * stable clusters (the default stopping rule of R's NMF package, Gaujoux & Seoighe
-  2010): every sample's dominant factor ``argmax_j R[j, i]`` has not changed for
-  ``stable_labels`` iterations, checked every :data:`LABEL_CHECK_EVERY` (``0`` disables);
+  2010, after Brunet et al. 2004): every :data:`LABEL_CHECK_EVERY` iterations the
+  clustering of the samples (each to its dominant factor ``argmax_j R[j, i]``) is
+  compared with the previous check; the fit stops once it was unchanged at more than
+  ``stable_labels`` consecutive checks (R's ``stopconv``; ``0`` disables).  As R's
+  ``nmf.stop.connectivity``, the first check (iteration 10) always counts as a change
+  and clusterings are compared as partitions (a relabelling is no change), so
+  ``stable_labels=40`` stops at the earliest at iteration 420, after the clusters held
+  for 410 iterations;
 * ``max_iterations`` reached, the rule reports it is stuck, or the objective or a
   factor stopped being finite.
 
@@ -54,7 +60,7 @@ Normalize = Literal["max", "sum"] | None
 STATUS = ("converged", "max_iterations", "stuck", "nonfinite")
 CONVERGED, MAX_ITERATIONS, STUCK, NONFINITE = range(4)
 
-# Iterations between checks of the cluster assignment (stable_labels), as R's NMF.
+# Iterations between checks of the clustering (stable_labels), as R's NMF (check.interval).
 LABEL_CHECK_EVERY = 10
 
 # Steps below this many ulps of the factor's largest entry are rounding noise.
@@ -74,9 +80,10 @@ class Stopping:
             for float32).
         rel_tol: relative change of the factors (default 0, off).
         target: stop (converged) once the objective is at most this (default 0, off).
-        stable_labels: stop (converged) once the samples' cluster assignment (argmax
-            over R's rows) has not changed for this many iterations (default 0, off;
-            R's NMF uses 40).
+        stable_labels: stop (converged) once the samples' clustering (argmax over R's
+            rows, checked every :data:`LABEL_CHECK_EVERY` iterations) was unchanged at
+            more than this many consecutive checks: R's NMF ``stopconv`` (default 0,
+            off; R's NMF uses 40, i.e. the clusters held for 410 iterations).
     """
 
     max_iterations: int = 1000
@@ -175,6 +182,17 @@ class Result(eqx.Module):
         return self.steps[..., 1]
 
 
+def partition_labels(labels: Array, clusters: int) -> Array:
+    """Canonical labels of a clustering (``labels`` in ``[0, clusters)``): each sample
+    gets the index of the first sample in its cluster, so two label vectors are equal
+    exactly when they define the same partition (R's NMF compares connectivity
+    matrices; this is that test in O(clusters n) instead of O(n^2))."""
+    labels = labels.astype(jnp.int32)
+    clusters = jnp.arange(clusters, dtype=jnp.int32)
+    first = jnp.argmax(labels[None, :] == clusters[:, None], axis=1).astype(jnp.int32)
+    return first[labels]
+
+
 def _relative_change(new: tuple, old: tuple) -> Array:
     total = 0.0
     for a, b in zip(new, old, strict=True):
@@ -234,7 +252,8 @@ def iterate_impl(
     stride = jnp.maximum(1, -(-max_iterations // history_size)).astype(jnp.int32)
 
     def labels_of(state):
-        return jnp.argmax(rule.factors(state)[-1], axis=0).astype(jnp.int32)
+        R = rule.factors(state)[-1]
+        return partition_labels(jnp.argmax(R, axis=0), R.shape[0])
 
     def bookkeeping(k, old, state, info, f, history, labels, since):
         """The stopping tests of one fit after one step from ``old`` to ``state``."""
@@ -263,7 +282,8 @@ def iterate_impl(
         new_labels = jax.lax.cond(check_labels, lambda: labels_of(state), lambda: labels)
         changed = jnp.any(new_labels != labels)
         since = jnp.where(changed, k, since)
-        converged |= check_labels & ~changed & (k - since >= stable_labels)
+        # R's nmf.stop.connectivity: more than stable_labels unchanged checks in a row
+        converged |= check_labels & (k - since > LABEL_CHECK_EVERY * stable_labels)
         labels = new_labels
         # the relative change costs passes over the factors: only when asked for
         rel = jax.lax.cond(
@@ -325,7 +345,9 @@ def iterate_impl(
         f0,
         jnp.full(lead + (history_size,), jnp.nan, dtype),
         per_fit(labels_of)(state),
-        jnp.zeros(lead, jnp.int32),
+        # the last change of the clustering: the first check always counts as one (R
+        # compares it with an empty connectivity matrix)
+        jnp.full(lead, LABEL_CHECK_EVERY, jnp.int32),
         jnp.full(lead + (len(factors0),), jnp.inf, dtype),
         jnp.zeros(lead, bool),
         jnp.full(lead, MAX_ITERATIONS, jnp.int32),

@@ -148,25 +148,30 @@ def starting_points(Y, rank: int, init, restarts: int, key) -> tuple[Array, Arra
     return jax.vmap(lambda k: initialize(Y, rank, init, k))(keys)
 
 
-def padded_starting_points(Y, ranks: Sequence[int], restarts: int, key) -> tuple[Array, Array]:
+def padded_starting_points(
+    Y, ranks: Sequence[int], restarts: int, key, init: str = "random"
+) -> tuple[Array, Array]:
     """``restarts`` random starts per rank, padded to ``max(ranks)`` with zero components.
 
-    Rank r's restarts draw rank-r random factors at rank r's scale (``sqrt(mean / r)``)
-    and then zeros: every rule keeps a zero component exactly zero, so the padded fit
-    is the fit at rank r, and all ranks run in one compiled program.  Returns stacks of
+    Rank r's restarts draw rank-r random factors (``init``: "random" at rank r's scale,
+    ``sqrt(mean / r)``; "uniform" on ``(0, max(Y)]`` whatever the rank, as R's NMF) and
+    then zeros: every rule keeps a zero component exactly zero, so the padded fit is the
+    fit at rank r, and all ranks run in one compiled program.  Returns stacks of
     ``len(ranks) * restarts`` starts, rank by rank (one small compiled program for all
     ranks).
     """
     ranks_arr = jnp.asarray(list(ranks), Y.dtype)
     keys = jax.random.split(key, len(ranks_arr))
-    return _padded_starts(jnp.asarray(Y), ranks_arr, keys, max(ranks), restarts)
+    return _padded_starts(jnp.asarray(Y), ranks_arr, keys, max(ranks), restarts, init)
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4))
-def _padded_starts(Y, ranks, keys, top: int, restarts: int) -> tuple[Array, Array]:
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _padded_starts(Y, ranks, keys, top: int, restarts: int, init: str) -> tuple[Array, Array]:
     def one_rank(r, key):
-        L0, R0 = jax.vmap(lambda k: initialize(Y, top, "random", k))(jax.random.split(key, restarts))
-        live = (jnp.arange(top) < r).astype(L0.dtype) * jnp.sqrt(top / r)
+        L0, R0 = jax.vmap(lambda k: initialize(Y, top, init, k))(jax.random.split(key, restarts))
+        live = (jnp.arange(top) < r).astype(L0.dtype)
+        if init == "random":
+            live = live * jnp.sqrt(top / r)  # drawn at rank top's scale
         return L0 * live[None, None, :], R0 * live[None, :, None]
 
     L0, R0 = jax.vmap(one_rank)(ranks, keys)
@@ -347,7 +352,7 @@ def fit(
         method: a name in :data:`jnmf.rules.METHODS` (default ``"ahals"``, accelerated
             HALS, the fastest Frobenius solver measured, see experiments/bench_orl.py),
             a rule of :mod:`jnmf.rules`, or an optax optimizer (projected gradient).
-        init: ``"random"`` (scikit-learn's scaling), ``"sparse"``, ``"nndsvd"``,
+        init: ``"random"`` (scikit-learn's scaling), ``"sparse"``, ``"uniform"`` (R NMF's), ``"nndsvd"``,
             ``"nndsvda"``, ``"nndsvdar"`` or an ``(L0, R0)`` pair.
         restarts: number of fits, run as one compiled program; the best is returned.
         key: int seed, JAX key or NumPy Generator for the initializations (default 0).

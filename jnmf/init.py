@@ -11,6 +11,8 @@ ignores ``key`` except ``nndsvdar``.
   ``E[(LR)_ij] = (2 / pi) mean(Y)``.
 * :func:`sparse_random_init`: the same with a given fraction of exact zeros in each
   factor (the sparse starting iterates of Pav 2024, Figure 2).
+* :func:`uniform_init`: every entry uniform on ``(0, max(Y)]``, R's NMF package's
+  "random" seeding (``nmf(x, k, seed=123456)``); the default of :func:`jnmf.consensus`.
 * :func:`nndsvd`, :func:`nndsvda`, :func:`nndsvdar`: non-negative double SVD, with the
   zeros kept, replaced by ``mean(Y)``, or replaced by ``mean(Y)/100 u``, u uniform on (0, 1].
 * :func:`initialize`: dispatch on a name, or validate a user ``(L, R)`` pair.
@@ -63,6 +65,23 @@ def random_init(Y, rank: int, key) -> Factors:
     s = _scale(Y, rank)
     L = s * jnp.abs(jax.random.normal(kL, (m, rank), Y.dtype))
     R = s * jnp.abs(jax.random.normal(kR, (rank, n), Y.dtype))
+    return L, R
+
+
+def uniform_init(Y, rank: int, key) -> Factors:
+    """Every entry of L and R uniform on ``(0, max(Y)]``: the "random" seeding of R's
+    NMF package (Gaujoux & Seoighe 2010), which draws ``runif(0, max(x))``.
+
+    With ``max(Y) <= 0`` the bound is 1.
+    """
+    Y = _as_data(Y)
+    rank = _check_rank(rank)
+    m, n = Y.shape
+    kL, kR = jax.random.split(key)
+    top = jnp.max(Y)
+    top = jnp.where(top > 0, top, 1.0).astype(Y.dtype)
+    L = top * (1.0 - jax.random.uniform(kL, (m, rank), Y.dtype))
+    R = top * (1.0 - jax.random.uniform(kR, (rank, n), Y.dtype))
     return L, R
 
 
@@ -149,11 +168,12 @@ def nndsvdar(Y, rank: int, key) -> Factors:
 INITIALIZERS: dict[str, Callable[..., Factors]] = {
     "random": random_init,
     "sparse": sparse_random_init,
+    "uniform": uniform_init,
     "nndsvd": nndsvd,
     "nndsvda": nndsvda,
     "nndsvdar": nndsvdar,
 }
-_NEEDS_KEY = ("random", "sparse", "nndsvdar")
+_NEEDS_KEY = ("random", "sparse", "uniform", "nndsvdar")
 
 
 def _check_user_factor(name: str, X, shape: tuple[int, int], dtype) -> Array:
@@ -172,7 +192,7 @@ def _check_user_factor(name: str, X, shape: tuple[int, int], dtype) -> Array:
 def initialize(Y, rank: int, init: str | tuple = "random", key=None) -> Factors:
     """Starting ``(L, R)`` for a rank-``rank`` factorization of Y.
 
-    ``init`` is one of ``"random"``, ``"sparse"``, ``"nndsvd"``, ``"nndsvda"``, ``"nndsvdar"``
+    ``init`` is one of ``"random"``, ``"sparse"``, ``"uniform"``, ``"nndsvd"``, ``"nndsvda"``, ``"nndsvdar"``
     (see the module docstring; the random ones need ``key``), or a user pair
     ``(L, R)``, checked for shapes ``m x rank`` and ``rank x n`` and, when not traced, for
     finite non-negative values; it is cast to Y's dtype.

@@ -178,6 +178,64 @@ def test_consensus_recovers_planted_clusters():
     assert len({(a, b) for a, b in zip(found, labels)}) == 3
 
 
+def test_stable_labels_counts_checks_as_r_nmf():
+    """R's nmf.stop.connectivity (stopconv=40, check.interval=10): the first check
+    (iteration 10) counts as a change, and a fit stops once its clustering was unchanged
+    at more than 40 consecutive checks, so clusters that never change stop it at
+    iteration 420, not after 40 iterations."""
+    from jnmf.batch import run_restarts
+    from jnmf.driver import CONVERGED, Stopping, iterate
+    from jnmf.problem import build_problem
+    from jnmf.rules.kl import KLMU
+
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(3), 5)
+    L = rng.random((12, 3)) + 0.5
+    R = np.where(np.arange(3)[:, None] == labels[None, :], 1.0, 0.01)
+    problem = build_problem(jnp.asarray(L @ R), 3)
+    rule = KLMU()
+    for stable, expected in ((40, 420), (3, 50), (0, 700)):
+        stop = Stopping(max_iterations=700, tol=0.0, stable_labels=stable)
+        res = iterate(rule, problem, rule.init(problem, jnp.asarray(L), jnp.asarray(R)), stopping=stop)
+        assert int(res.iterations) == expected, stable
+        assert (int(res.status) == CONVERGED) == (stable > 0)
+    L0 = jnp.asarray(np.stack([L, L * 2.0]))
+    R0 = jnp.asarray(np.stack([R, R / 2.0]))
+    stop = Stopping(max_iterations=2000, tol=0.0, stable_labels=40)
+    res = run_restarts(rule, problem, L0, R0, stopping=stop)
+    np.testing.assert_array_equal(np.asarray(res.iterations), [420, 420])
+
+
+def test_partition_labels_ignore_relabelling():
+    """Clusterings are compared as partitions, as R compares connectivity matrices."""
+    from jnmf.driver import partition_labels
+
+    a = partition_labels(jnp.array([2, 2, 0, 1, 0]), 3)
+    b = partition_labels(jnp.array([1, 1, 2, 0, 2]), 3)
+    c = partition_labels(jnp.array([1, 1, 2, 2, 0]), 3)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, [0, 0, 2, 3, 2])
+    assert np.any(np.asarray(a) != np.asarray(c))
+
+
+def test_consensus_starts_as_r_nmf_by_default():
+    """jnmf.consensus draws its restarts uniform on (0, max Y] (R NMF's seeding) unless
+    init="random" asks for jnmf's half-normal starts."""
+    from jnmf.fitting import padded_starting_points
+
+    Y = jnp.asarray(np.random.default_rng(0).random((10, 8)) * 4.0)
+    L0, R0 = padded_starting_points(Y, [2, 3], 5, jax.random.PRNGKey(0), "uniform")
+    assert L0.shape == (10, 10, 3) and R0.shape == (10, 3, 8)
+    assert not np.any(np.asarray(L0[:5, :, 2])) and not np.any(np.asarray(R0[:5, 2]))
+    live = np.asarray(L0[5:])
+    assert np.all(live > 0) and np.all(live <= float(jnp.max(Y)))
+    a = jnmf.consensus(np.asarray(Y), 2, restarts=3, max_iterations=20, key=1)
+    b = jnmf.consensus(np.asarray(Y), 2, restarts=3, max_iterations=20, key=1, init="random")
+    assert not np.allclose(a.objectives, b.objectives)
+    with pytest.raises(ValueError, match="init"):
+        jnmf.consensus(np.asarray(Y), 2, restarts=3, init="nndsvd")
+
+
 def test_golub_is_shipped():
     g = jnmf.load_golub()
     assert g.expression.shape == (5000, 38)

@@ -18,6 +18,7 @@ from jnmf.init import (
     nndsvdar,
     random_init,
     sparse_random_init,
+    uniform_init,
 )
 
 M, N, K = 12, 9, 4  # fixed shapes
@@ -58,6 +59,18 @@ def test_random_scale_and_positivity():
     np.testing.assert_allclose(np.mean(big_L @ big_R), 2 / np.pi * float(jnp.mean(Y)), rtol=0.05)
     L0, _ = random_init(jnp.zeros((M, N)), K, KEY)
     assert np.all(np.asarray(L0) > 0)  # all-zero data still gives a usable start
+
+
+def test_uniform_is_r_nmf_random_seeding():
+    """R's NMF seeds with runif(0, max(x)): entries uniform on (0, max(Y)]."""
+    top = float(jnp.max(Y_example(2)))
+    L, R = uniform_init(jnp.full((400, 300), top).at[0, 0].set(0.0), K, KEY)
+    for X in (L, R):
+        X = np.asarray(X)
+        assert np.all(X > 0) and np.all(X <= top * (1 + 1e-12))
+        np.testing.assert_allclose(np.mean(X), top / 2, rtol=0.05)
+    L0, _ = uniform_init(jnp.zeros((M, N)), K, KEY)
+    assert np.all(np.asarray(L0) > 0) and np.all(np.asarray(L0) <= 1.0)
 
 
 @SETTINGS
