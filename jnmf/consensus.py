@@ -218,7 +218,7 @@ def consensus(
     stable_labels: int = 40,
     init: str = "uniform",
     tol: float = 0.0,
-    history_size: int = 256,
+    history_size: int = 32,
     strategy: str | None = None,
     M=None,
     missing: str = "error",

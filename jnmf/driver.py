@@ -250,6 +250,9 @@ def iterate_impl(
     f0 = per_fit(lambda s: rule.objective(problem, s).astype(dtype))(state)
     lead = f0.shape  # () or (batch,)
     stride = jnp.maximum(1, -(-max_iterations // history_size)).astype(jnp.int32)
+    # A rule whose objective costs a pass over the data (KL, beta, masked losses) gets it
+    # evaluated only where it is used; the step's own value is then dead code for XLA.
+    lazy_objective = bool(getattr(rule, "costly_objective", lambda p: False)(problem))
 
     def labels_of(state):
         R = rule.factors(state)[-1]
@@ -261,8 +264,12 @@ def iterate_impl(
             state = rule.rescale(state, normalize)
         halted = jnp.zeros((), bool) if info.halted is None else info.halted
         k = k + jnp.where(halted, 0, 1).astype(k.dtype)
-        f_new = info.objective.astype(dtype)
         record = (k % stride) == 0
+        if lazy_objective:
+            need = record | (tol > 0) | (target > 0) | (k >= max_iterations) | (progress_every is not None)
+            f_new = jax.lax.cond(need, lambda: rule.objective(problem, state).astype(dtype), lambda: f)
+        else:
+            f_new = info.objective.astype(dtype)
         slot = jnp.clip(k // stride - 1, 0, history_size - 1)
         history = history.at[slot].set(jnp.where(record, f_new, history[slot]))
         steps = info.steps.astype(dtype)

@@ -162,6 +162,17 @@ class AlternatingRule(eqx.Module):
         """Raise a ValueError naming the setting when this rule cannot solve ``problem``
         exactly (weight kinds are static; values are checked when concrete)."""
 
+    def costly_objective(self, problem: Problem) -> bool:
+        """Whether this rule's per-iteration objective costs a pass over the data (static).
+
+        The step reports eq. 3 almost for free from the R half problem, except with an
+        elementwise weight M (the masked loss needs ``m x n`` work).  When True the
+        driver ignores the step's objective (XLA then drops its computation) and
+        evaluates :meth:`objective` only at the iterations that need it: a relative
+        change or target test, a history slot, the iteration cap.
+        """
+        return bool(getattr(problem, "masked", False))
+
     def objective(self, problem: Problem, state: NMFState) -> Array:
         """The objective this rule decreases (eq. 3 unless the rule says otherwise)."""
         return problem.objective(state.Lt.T, state.R)

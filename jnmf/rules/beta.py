@@ -47,7 +47,7 @@ Numerics (the same guards as :class:`~jnmf.rules.kl.KLMU` and scikit-learn's sol
 * ``beta`` is an array leaf: changing it never recompiles (the exponent and the special
   cases are chosen with ``jnp.where``).
 
-``NMFState.aux`` carries ``L R`` (as for KLMU), formed once per half step.
+``NMFState.aux`` is empty (as for KLMU): each half step forms ``L R`` itself.
 """
 
 from __future__ import annotations
@@ -200,20 +200,27 @@ class BetaMU(AlternatingRule):
         if not kl_supported(problem):
             raise unsupported(self, "full or non-orthogonality W_0R / W_0C (only diagonal loss weights)")
 
-    def init_aux(self, problem: Problem, Lt: Array, R: Array) -> Array:
-        return Lt.T @ R
+    def init_aux(self, problem: Problem, Lt: Array, R: Array) -> None:
+        # No state between iterations: each half step forms L R itself.  (Carrying the
+        # product from the end of one iteration to the next would cost one more m x n x k
+        # product whenever the driver does not need the objective.)
+        return None
+
+    def costly_objective(self, problem: Problem) -> bool:
+        """The divergence needs a logarithm or power of every entry of LR: about as much as
+        the rest of an iteration, so the driver evaluates it only where needed."""
+        return True
 
     def objective(self, problem: Problem, state) -> Array:
         dt = state.R.dtype
         return beta_objective(
-            problem, state.Lt.T, state.R, self.beta.astype(dt), state.aux, self.epsilon.astype(dt)
+            problem, state.Lt.T, state.R, self.beta.astype(dt), None, self.epsilon.astype(dt)
         )
 
-    def half_problem(self, problem: Problem, side: str, Lt: Array, R: Array, LR: Array) -> BetaHalfProblem:
+    def half_problem(self, problem: Problem, side: str, Lt: Array, R: Array, aux) -> BetaHalfProblem:
         dt = R.dtype
         beta, eps = self.beta.astype(dt), self.epsilon.astype(dt)
-        if side == "R":
-            LR = Lt.T @ R  # at the new L
+        LR = Lt.T @ R  # at the current factors (the new L in the R step)
         P = jnp.maximum(LR, eps)
         Y = effective_data(problem.Y, beta, eps)
         weights = loss_weight_matrix(problem, dt)
@@ -237,7 +244,6 @@ class BetaMU(AlternatingRule):
         return HalfStep(beta_mu_update(Xt, hp.numerator, denominator, exponent), aux)
 
     def finish_iteration(self, problem: Problem, hp_R, Lt: Array, R: Array, aux):
-        LR = Lt.T @ R
         dt = R.dtype
-        objective = beta_objective(problem, Lt.T, R, self.beta.astype(dt), LR, self.epsilon.astype(dt))
-        return Lt, R, LR, objective
+        objective = beta_objective(problem, Lt.T, R, self.beta.astype(dt), None, self.epsilon.astype(dt))
+        return Lt, R, aux, objective

@@ -38,8 +38,9 @@ no meaning for a non-diagonal weight): :meth:`KLMU.check` rejects them.
 Where this rule differs from the protocol's default (jnmf/rules/base.py): its
 objective is not eq. 3, so its half problem is not eq. 8's ``(G, d)`` but
 :class:`KLHalfProblem` (the Lee-Seung numerator and denominator of the free
-factor), and ``NMFState.aux`` carries the product ``L R`` so each iteration forms it
-once per half step.
+factor), and ``NMFState.aux`` is empty: each half step forms the product ``L R`` itself,
+and the objective (which needs a logarithm of every entry) is evaluated by the driver
+only where it is used (:meth:`KLMU.costly_objective`).
 
 Column normalization (unit 1-norm columns of L, as in the DAMC notes) is the driver option
 ``normalize="sum"`` of :func:`jnmf.driver.iterate`; without penalties it leaves the
@@ -199,20 +200,28 @@ class KLMU(AlternatingRule):
         if not kl_supported(problem):
             raise unsupported(self, "full or non-orthogonality W_0R / W_0C (only diagonal loss weights)")
 
-    def init_aux(self, problem: Problem, Lt: Array, R: Array) -> Array:
-        return Lt.T @ R
+    def init_aux(self, problem: Problem, Lt: Array, R: Array) -> None:
+        # No state between iterations: each half step forms L R itself.  (Carrying the
+        # product from the end of one iteration to the next would cost one more m x n x k
+        # product whenever the driver does not need the objective.)
+        return None
+
+    def costly_objective(self, problem: Problem) -> bool:
+        """The divergence needs a logarithm or power of every entry of LR: about as much as
+        the rest of an iteration, so the driver evaluates it only where needed."""
+        return True
 
     def objective(self, problem: Problem, state) -> Array:
         eps = self.epsilon.astype(state.R.dtype)
-        return kl_objective(problem, state.Lt.T, state.R, state.aux, eps)
+        return kl_objective(problem, state.Lt.T, state.R, None, eps)
 
-    def half_problem(self, problem: Problem, side: str, Lt: Array, R: Array, LR: Array) -> KLHalfProblem:
+    def half_problem(self, problem: Problem, side: str, Lt: Array, R: Array, aux) -> KLHalfProblem:
         eps = self.epsilon.astype(R.dtype)
         w, v = diagonal_loss_weights(problem, R.dtype)
         Yw = problem.Yw  # w_i Y_ij v_j for diagonal weights
         if side == "L":
             # num' = R (Yw / LR)',  den' = (R v) w' + W_1L'
-            quotient = Yw / jnp.maximum(LR, eps)
+            quotient = Yw / jnp.maximum(Lt.T @ R, eps)
             numerator = jnp.einsum("kn,mn->km", R, quotient)
             W_1 = problem.penalty_L.l1()
             weight_sums = R @ problem.Mt if problem.masked else (R @ v)[:, None] * w[None, :]
@@ -231,6 +240,5 @@ class KLMU(AlternatingRule):
         return HalfStep(kl_mm_update(Xt, hp.numerator, hp.denominator, hp.quadratic(Xt)), aux)
 
     def finish_iteration(self, problem: Problem, hp_R, Lt: Array, R: Array, aux):
-        LR = Lt.T @ R
         eps = self.epsilon.astype(R.dtype)
-        return Lt, R, LR, kl_objective(problem, Lt.T, R, LR, eps)
+        return Lt, R, aux, kl_objective(problem, Lt.T, R, None, eps)
