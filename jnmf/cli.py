@@ -903,7 +903,7 @@ def _add_survey_options(
         type=_nonneg_float,
         default=0.0,
         help="also stop a fit when its objective changes by less than this fraction (0: only the "
-        "stable-cluster rule of R's NMF: clusters unchanged for 40 iterations)",
+        "stable-cluster rule of R's NMF: clusters unchanged at 40 checks in a row, one every 10 iterations)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initializations")
 
