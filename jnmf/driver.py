@@ -256,6 +256,8 @@ def iterate_impl(
 
     def labels_of(state):
         R = rule.factors(state)[-1]
+        if R.ndim < 2:  # a vector problem (GIQPM): no samples to cluster
+            return jnp.zeros((1,), jnp.int32)
         return partition_labels(jnp.argmax(R, axis=0), R.shape[0])
 
     def bookkeeping(k, old, state, info, f, history, labels, since):
