@@ -87,6 +87,13 @@ def float_dtype(*arrays):
     return jax.dtypes.canonicalize_dtype(dt)
 
 
+def _dense(x):
+    """A scipy.sparse matrix as a dense array (anything else unchanged)."""
+    if hasattr(x, "toarray") and not isinstance(x, np.ndarray):
+        return x.toarray()
+    return x
+
+
 def data(name: str, x) -> np.ndarray:
     """Data for ``fit``-like surfaces: a non-empty, finite, non-negative 2-d array of any
     real dtype, converted to its fit dtype (:func:`float_dtype`) on the host."""
@@ -94,9 +101,7 @@ def data(name: str, x) -> np.ndarray:
         raise ValueError(f"{name} is required")
     if is_traced(x):
         raise ValueError(f"{name} must be a concrete array (fit validates and rescales it on the host)")
-    if hasattr(x, "toarray") and not isinstance(x, np.ndarray):  # scipy.sparse
-        x = x.toarray()
-    arr = np.asarray(x)
+    arr = np.asarray(_dense(x))
     if arr.dtype == object or not (
         np.dtype(arr.dtype).kind in "iub" or jnp.issubdtype(arr.dtype, jnp.floating)
     ):
@@ -123,9 +128,7 @@ def data_with_missing(name: str, x, missing: str = "error"):
         raise ValueError(f"missing must be one of {MISSING}, got {missing!r}")
     if missing == "error" or x is None or is_traced(x):
         return data(name, x), None
-    if hasattr(x, "toarray") and not isinstance(x, np.ndarray):  # scipy.sparse
-        x = x.toarray()
-    arr = np.asarray(x)
+    arr = np.asarray(_dense(x))
     if arr.dtype.kind != "f":
         return data(name, arr), None
     nan = np.isnan(arr)
@@ -140,8 +143,7 @@ def elementwise_weight(name: str, w, shape: tuple[int, int], dtype=None):
     """A non-negative, finite elementwise weight of the data's shape (0 = missing)."""
     if w is None:
         return None
-    if hasattr(w, "toarray") and not isinstance(w, np.ndarray):  # scipy.sparse
-        w = w.toarray()
+    w = _dense(w)
     arr = _host(w)
     if tuple(arr.shape) != tuple(shape):
         raise ValueError(f"{name} must have the data's shape {tuple(shape)}, got {tuple(arr.shape)}")

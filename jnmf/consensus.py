@@ -284,13 +284,13 @@ def consensus(
     objectives = np.asarray(res.objective, np.float64) * unit
     iterations = np.asarray(res.iterations)
     Y64 = np.asarray(s.Y, np.float64)
+    W64 = 1.0 if s.M is None else np.asarray(s.M, np.float64)  # the loss's elementwise weight
 
     entries = []
     for i, r in enumerate(rank_list):
         rows = slice(i * s.restarts, (i + 1) * s.restarts)
         Lr, Rr = L[rows, :, :r], R[rows, :r, :]
         C = np.mean([connectivity(Rk) for Rk in Rr], axis=0)
-        W64 = 1.0 if s.M is None else np.asarray(s.M, np.float64)
         loss = np.array([0.5 * np.sum(W64 * (Y64 - a.astype(np.float64) @ b) ** 2) for a, b in zip(Lr, Rr)])
         obj = objectives[rows]
         best = int(np.argmin(np.where(np.isfinite(obj), obj, np.inf)))

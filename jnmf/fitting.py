@@ -577,7 +577,6 @@ def sweep(
             settings["M"] = settings["M"] * (s.M > 0)
         base_M = np.ones(s.Y.shape, s.Y.dtype)  # the base leaf the grid replaces
     base = build_problem(jnp.asarray(s.Y), s.rank, W_0R=W_0R, W_0C=W_0C, M=base_M, **penalties)
-    s.rule.check(base)
     problem = base.scaled(s.scale, s.degree)
     scaled_settings = scale_settings(settings, s.scale, s.degree)
     L0, R0 = _scaled_starts(s, problem.Y, init)

@@ -202,12 +202,9 @@ def _untiled_sweep(hp: HalfProblem, mixing: Array, others, curvature: Array):
     scaled per column): row by row over the whole Xt, as before tiling."""
     k = hp.linear.shape[0]
 
-    def G_row(j, Xt):
-        return _penalty_row(mixing, others, j, Xt)
-
     def sweep(Xt):
         def update(j, Xt):
-            new = _update(Xt[j], G_row(j, Xt) + hp.linear[j], curvature[j])
+            new = _update(Xt[j], _penalty_row(mixing, others, j, Xt) + hp.linear[j], curvature[j])
             return Xt.at[j].set(new)
 
         X_new = jax.lax.fori_loop(0, k, update, Xt)
