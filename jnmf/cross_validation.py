@@ -109,7 +109,16 @@ class RankCV:
 
 def select_rank(ranks: np.ndarray, test_error: np.ndarray, rule: str = "min") -> int:
     """The rank with the lowest mean test error (``"min"``), or the smallest rank within
-    one standard error of it (``"1se"``); ``test_error`` is ``repeats x R``."""
+    one standard error of it (``"1se"``).
+
+    Args:
+        ranks: the ranks (R,), ascending.
+        test_error: the test errors, ``repeats x R``.
+        rule: ``"min"`` or ``"1se"`` (with one repeat, ``"1se"`` is ``"min"``).
+
+    Returns:
+        The selected rank.
+    """
     mean = test_error.mean(axis=0)
     best = int(np.nanargmin(mean))
     if rule == "min" or test_error.shape[0] < 2:

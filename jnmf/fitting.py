@@ -156,9 +156,18 @@ def padded_starting_points(
     Rank r's restarts draw rank-r random factors (``init``: "random" at rank r's scale,
     ``sqrt(mean / r)``; "uniform" on ``(0, max(Y)]`` whatever the rank, as R's NMF) and
     then zeros: every rule keeps a zero component exactly zero, so the padded fit is the
-    fit at rank r, and all ranks run in one compiled program.  Returns stacks of
-    ``len(ranks) * restarts`` starts, rank by rank (one small compiled program for all
-    ranks).
+    fit at rank r, and all ranks run in one compiled program.  The starts of all ranks
+    are drawn by one small compiled program.
+
+    Args:
+        Y: the (scaled) data the starts are drawn for.
+        ranks: the ranks; the factors are padded to the largest.
+        restarts: starts per rank.
+        key: a JAX key (split per rank).
+        init: ``"random"`` or ``"uniform"``.
+
+    Returns:
+        ``(L0, R0)``: stacks of ``len(ranks) * restarts`` starts, rank by rank.
     """
     ranks_arr = jnp.asarray(list(ranks), Y.dtype)
     keys = jax.random.split(key, len(ranks_arr))

@@ -61,13 +61,31 @@ from .base import AlternatingRule, HalfStep, as_setting
 
 def diagonal_newton_direction(hp: HalfProblem, X: Array, grad: Array) -> Array:
     """h = (x - grad (/) diag G)^+ - x; a coordinate without curvature uses 1 (still a
-    descent direction: the argument in the module docstring holds for any positive scale)."""
+    descent direction: the argument in the module docstring holds for any positive scale).
+
+    Args:
+        hp: the half problem (Pav 2024, eqs. 6-9).
+        X: the current factor-major unknown.
+        grad: ``G X + d`` at X.
+
+    Returns:
+        The direction, shaped like X.
+    """
     curvature = positive_or_one(hp.diagonal())
     return jnp.maximum(X - grad / curvature, 0.0) - X
 
 
 def lemma22_diagonal_direction(hp: HalfProblem, X: Array, grad: Array) -> Array:
-    """Lemma 2.2's step with b = (x + d (/) diag G)^+, read literally from section 3.1."""
+    """Lemma 2.2's step with b = (x + d (/) diag G)^+, read literally from section 3.1.
+
+    Args:
+        hp: the half problem (Pav 2024, eqs. 6-9).
+        X: the current factor-major unknown.
+        grad: ``G X + d`` at X.
+
+    Returns:
+        The direction, shaped like X.
+    """
     curvature = positive_or_one(hp.diagonal())
     b = jnp.maximum(X + hp.linear / curvature, 0.0)
     Gb = hp.apply_G(b)
@@ -76,7 +94,15 @@ def lemma22_diagonal_direction(hp: HalfProblem, X: Array, grad: Array) -> Array:
 
 
 def complementarity_direction(X: Array, grad: Array) -> Array:
-    """h = -grad (.) x, with max(-grad, 0) on zero elements (PICK_DIRECTION's rule)."""
+    """h = -grad (.) x, with max(-grad, 0) on zero elements (PICK_DIRECTION's rule).
+
+    Args:
+        X: the current factor-major unknown.
+        grad: ``G X + d`` at X.
+
+    Returns:
+        The direction, shaped like X.
+    """
     return jnp.where(X <= 0, jnp.maximum(-grad, 0.0), -grad * X)
 
 
@@ -84,7 +110,18 @@ DIRECTIONS = ("lee_seung", "diagonal_newton", "lemma22_diagonal", "complementari
 
 
 def variant_direction(name: str, hp: HalfProblem, X: Array, grad: Array, GX: Array) -> Array:
-    """The direction ``name`` (one of :data:`DIRECTIONS`) at X."""
+    """The direction ``name`` (one of :data:`DIRECTIONS`) at X.
+
+    Args:
+        name: the direction's name.
+        hp: the half problem.
+        X: the current factor-major unknown.
+        grad: ``G X + d`` at X.
+        GX: ``G X`` (the Lee-Seung direction's denominator).
+
+    Returns:
+        The direction, shaped like X.
+    """
     if name == "lee_seung":
         return pick_direction(X, grad, GX)
     if name == "diagonal_newton":
