@@ -244,7 +244,7 @@ def run_grid(
         A :class:`~jnmf.driver.Result` whose leaves have leading axes (G, restarts).
     """
     dt = L0.dtype
-    m, n = problem.Y.shape
+    m, n = problem.shape
     k = L0.shape[-1]
     grid = {key: np.asarray(v, dt) for key, v in grid.items()}
     sizes = {v.shape[0] if v.ndim else None for v in grid.values()}

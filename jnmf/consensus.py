@@ -271,7 +271,7 @@ def consensus(
     problem = build_problem(jnp.asarray(s.Y), top, M=s.M)
     s.rule.check(problem)
     problem = problem.scaled(s.scale, s.degree)
-    L0, R0 = padded_starting_points(problem.Y, rank_list, s.restarts, s.key, init)
+    L0, R0 = padded_starting_points(problem.data, rank_list, s.restarts, s.key, init)
 
     strategy = strategy or batching_strategy(s.rule, uneven_stops=stable_labels > 0)
     res = run_restarts(

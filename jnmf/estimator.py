@@ -39,18 +39,37 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, check_non_negative, validate_data
 
 from .batch import continue_restarts
+from .data import DataOperator, dense_operator, sparse_operator
 from .driver import CONVERGED, MAX_ITERATIONS, NONFINITE, STUCK, iterate
 from .fitting import data_scale, starting_points
 from .problem import build_problem
 from .rules import KLMU, METHODS, AlternatingRule, BetaMU, make_rule
 from .rules.base import HalfStep
 from .rules.beta import beta_divergence, effective_data
+from .rules.kl import kl_objective
 
 BETA_LOSSES = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
 INITS = ("random", "nndsvd", "nndsvda", "nndsvdar", "custom")
 SOLVERS = ("cd", "mu")
 # one compiled program each (eager, their many small operations compile one by one per shape)
 _jit_beta_divergence = jax.jit(beta_divergence)
+_jit_loss = jax.jit(lambda problem, W, H: problem.loss(W, H))
+_jit_kl = jax.jit(lambda problem, W, H, eps: kl_objective(problem, W, H, None, eps))
+
+
+def _has_zero(X) -> bool:
+    """Whether X (dense or scipy.sparse) has a zero entry (unstored entries are zeros)."""
+    if sp.issparse(X):
+        return X.nnz < X.shape[0] * X.shape[1] or (X.nnz > 0 and X.data.min() == 0)
+    return bool(X.min() == 0)
+
+
+def _any_nonzero(X) -> bool:
+    if isinstance(X, DataOperator):
+        return float(X.maximum()) > 0
+    return bool(np.any(X))
+
+
 _jit_starting_points = jax.jit(starting_points, static_argnums=(1, 2, 3))
 # floor of WH (relative to max(X)) in the beta-divergences, as in the rules' epsilon
 _MODEL_FLOOR = 1e-10
@@ -340,14 +359,16 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         Returns:
             ``(W, H, n_iter)`` in X's dtype.
         """
-        if sp.issparse(X):
-            X = X.toarray()
-        X = np.asarray(X)
-        check_non_negative(X, "NMF (input X)")
         beta = beta_loss_value(self.beta_loss)
+        if sp.issparse(X) and beta not in (1.0, 2.0):
+            # a beta-divergence's update needs (WH)^(beta-1) at every entry, zeros included
+            X = X.toarray()
+        if not sp.issparse(X):
+            X = np.asarray(X)
+        check_non_negative(X, "NMF (input X)")
         rule = self._rule(beta)
         n_samples, n_features = X.shape
-        if X.min() == 0 and beta <= 0:
+        if _has_zero(X) and beta <= 0:
             raise ValueError(
                 "When beta_loss <= 0 and X contains zeros, the solver may diverge. Please add small "
                 "values to X, or use a positive beta_loss (the beta-divergence is infinite at X = 0)."
@@ -411,21 +432,24 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             )
         return W, H, n_iter
 
-    def _solve(self, X: np.ndarray, k: int, rule, init, H_fixed, update_H: bool, penalties: dict):
-        """Run jnmf on the scaled data in X's precision; ``(W, H, n_iter, status)``."""
+    def _solve(self, X, k: int, rule, init, H_fixed, update_H: bool, penalties: dict):
+        """Run jnmf on the scaled data in X's precision; ``(W, H, n_iter, status)``.
+
+        A sparse X reaches the rules as a :class:`jnmf.data.SparseData` (never densified)."""
         dtype = X.dtype
         restarts = int(self.restarts) if update_H else 1
         m, n = X.shape
-        if not np.any(X):  # the zero factors are the exact solution
+        X = sparse_operator("X", X, dtype=dtype) if sp.issparse(X) else X
+        if not _any_nonzero(X):  # the zero factors are the exact solution
             H = np.zeros((k, n), dtype) if update_H else np.asarray(H_fixed, dtype)
             return np.zeros((m, k), dtype), H, 0, CONVERGED
         seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         scale = data_scale(X)
         root = float(np.sqrt(scale))
         with _compute_precision(dtype):
-            problem = build_problem(jnp.asarray(X), k, **penalties).scaled(scale, rule.loss_degree)
+            problem = build_problem(dense_operator(X), k, **penalties).scaled(scale, rule.loss_degree)
             if not update_H:
-                avg = np.sqrt(X.mean() / k) / root
+                avg = np.sqrt(float(X.mean()) / k) / root
                 L0 = jnp.full((1, m, k), avg, dtype)
                 R0 = jnp.asarray(H_fixed, dtype)[None] / root
                 rule = FixedRRule(rule)
@@ -433,7 +457,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 L0 = jnp.broadcast_to(jnp.asarray(init[0], dtype) / root, (restarts, m, k))
                 R0 = jnp.broadcast_to(jnp.asarray(init[1], dtype) / root, (restarts, k, n))
             else:
-                L0, R0 = _jit_starting_points(problem.Y, k, init, restarts, jax.random.key(seed))
+                L0, R0 = _jit_starting_points(problem.data, k, init, restarts, jax.random.key(seed))
             L, R, n_iter, status = self._iterate_in_chunks(rule, problem, L0, R0)
         ok = np.isfinite(L).all(axis=(1, 2)) & np.isfinite(R).all(axis=(1, 2)) & (status != NONFINITE)
         if not ok.any():
@@ -506,8 +530,22 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             print(f"{outcome} at iteration {n_iter[self._best]}")
         return L, R, n_iter, status
 
-    def _reconstruction_error(self, X: np.ndarray, W: np.ndarray, H: np.ndarray) -> float:
+    def _reconstruction_error(self, X, W: np.ndarray, H: np.ndarray) -> float:
         beta = beta_loss_value(self.beta_loss)
+        if sp.issparse(X) and beta in (1.0, 2.0):
+            # from the stored entries: no dense X or W H
+            with _compute_precision(X.dtype):
+                data = sparse_operator("X", X, dtype=X.dtype)
+                problem = build_problem(data, W.shape[1])
+                W_, H_ = jnp.asarray(W, X.dtype), jnp.asarray(H, X.dtype)
+                if beta == 2.0:
+                    value = float(_jit_loss(problem, W_, H_))
+                else:
+                    eps = jnp.asarray(_MODEL_FLOOR * data_scale(data), X.dtype)
+                    value = float(_jit_kl(problem, W_, H_, eps))
+            return float(np.sqrt(2.0 * max(value, 0.0)))
+        if sp.issparse(X):
+            X = X.toarray()
         if beta == 2.0:
             return float(np.linalg.norm(X - W @ H))
         scale = data_scale(X)
@@ -533,8 +571,6 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         X = validate_data(
             self, X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32], ensure_non_negative=True
         )
-        if sp.issparse(X):
-            X = X.toarray()
         W, H, n_iter = self._fit_transform(X, W=W, H=H)
         self.reconstruction_err_ = self._reconstruction_error(X, W, H)
         self.n_components_ = H.shape[0]
@@ -565,8 +601,6 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             reset=False,
             ensure_non_negative=True,
         )
-        if sp.issparse(X):
-            X = X.toarray()
         H = self.components_.astype(X.dtype, copy=False)
         W, _, _ = self._fit_transform(X, H=H, update_H=False)
         return W

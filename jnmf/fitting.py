@@ -34,6 +34,7 @@ from jaxtyping import Array
 
 from . import _validate as check
 from .batch import batching_strategy, run_grid, run_restarts
+from .data import DataOperator, dense_operator, is_sparse_input, sparse_operator
 from .driver import CONVERGED, NONFINITE, STATUS, Stopping, status_names
 from .init import INITIALIZERS, initialize
 from .problem import REPLACEABLE, Problem, build_problem, check_replacements, scale_factors
@@ -132,18 +133,48 @@ def data_scale(Y: np.ndarray) -> float:
     not scale-equivariant (an optax optimizer's absolute learning rate) give ``c``
     times the same fit.
     """
-    top = float(np.max(Y)) if Y.size else 0.0
+    if isinstance(Y, DataOperator):
+        top = float(Y.maximum())
+    else:
+        top = float(np.max(Y)) if Y.size else 0.0
     return top if top > 0 else 1.0
 
 
+def _user_start(name: str, X, shape: tuple[int, int], restarts: int, dtype) -> Array:
+    """A user's starting factor, one (``shape``) or a stack of ``restarts`` (one per restart)."""
+    arr = np.asarray(X) if not check.is_traced(X) else X
+    if arr.ndim == 3:
+        if arr.shape != (restarts, *shape):
+            raise ValueError(
+                f"{name} as a stack of starts must have shape {(restarts, *shape)} (restarts, ...), "
+                f"got {tuple(arr.shape)}"
+            )
+        for i in range(restarts):
+            check.matrix(f"{name}[{i}]", arr[i])
+        return jnp.asarray(arr, dtype)
+    arr = check.matrix(name, arr)
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(arr.shape)}")
+    return jnp.broadcast_to(jnp.asarray(arr, dtype), (restarts, *shape))
+
+
 def starting_points(Y, rank: int, init, restarts: int, key) -> tuple[Array, Array]:
-    """``restarts`` starting pairs, stacked: from an initializer name or one user (L0, R0)."""
+    """``restarts`` starting pairs, stacked: from an initializer name, or a user pair
+    ``(L0, R0)``: one start for every restart, or stacks of shapes ``(restarts, m, k)`` and
+    ``(restarts, k, n)`` (e.g. another tool's seeded replicates).
+
+    ``Y`` is the data (an array or a :class:`~jnmf.data.DataOperator`): random starts use
+    only its shape, mean and maximum."""
     if isinstance(init, tuple | list):
         L0, R0 = init
-        _, L0, R0 = check.factors(Y, L0, R0)
-        if L0.shape[1] != rank:
-            raise ValueError(f"init L has rank {L0.shape[1]}, expected rank={rank}")
-        return jnp.broadcast_to(L0, (restarts, *L0.shape)), jnp.broadcast_to(R0, (restarts, *R0.shape))
+        m, n = Y.shape
+        lr = np.shape(L0)[-1] if np.ndim(L0) >= 2 else None
+        if lr is not None and lr != rank:
+            raise ValueError(f"init L has rank {lr}, expected rank={rank}")
+        dt = Y.dtype
+        return _user_start("init L", L0, (m, rank), restarts, dt), _user_start(
+            "init R", R0, (rank, n), restarts, dt
+        )
     keys = jax.random.split(key, restarts)
     return jax.vmap(lambda k: initialize(Y, rank, init, k))(keys)
 
@@ -171,7 +202,8 @@ def padded_starting_points(
     """
     ranks_arr = jnp.asarray(list(ranks), Y.dtype)
     keys = jax.random.split(key, len(ranks_arr))
-    return _padded_starts(jnp.asarray(Y), ranks_arr, keys, max(ranks), restarts, init)
+    Y = Y if isinstance(Y, DataOperator) else jnp.asarray(Y)
+    return _padded_starts(Y, ranks_arr, keys, max(ranks), restarts, init)
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5))
@@ -188,9 +220,12 @@ def _padded_starts(Y, ranks, keys, top: int, restarts: int, init: str) -> tuple[
 
 
 class _Setup(eqx.Module):
-    """Validated inputs shared by ``fit`` and ``sweep`` (host side, before compiling)."""
+    """Validated inputs shared by the surfaces (host side, before compiling).
 
-    Y: np.ndarray
+    ``Y`` is a validated host array (dense data) or a :class:`~jnmf.data.SparseData`
+    operator (sparse input, never densified)."""
+
+    Y: np.ndarray | DataOperator
     rank: int
     rule: AlternatingRule
     restarts: int
@@ -200,8 +235,39 @@ class _Setup(eqx.Module):
     degree: float
     M: np.ndarray | None = None
 
+    @property
+    def sparse(self) -> bool:
+        return isinstance(self.Y, DataOperator)
 
-def _setup(Y, rank, method, init, restarts, key, stopping, overrides, M=None, missing="error") -> _Setup:
+
+MISSING = ("error", "nan", "unstored")
+
+
+def validated_data(Y, M=None, missing: str = "error"):
+    """``(Y, M)`` checked on the host: a dense NumPy array (NaN entries, with
+    ``missing="nan"``, zeroed and folded into the elementwise weight M), or, for sparse
+    input (every scipy.sparse format, ``jax.experimental.sparse`` BCOO / BCSR), a
+    :class:`~jnmf.data.SparseData` that is never densified.
+
+    Raises:
+        ValueError: naming the argument, before anything is compiled.
+    """
+    if missing not in MISSING:
+        raise ValueError(f"missing must be one of {MISSING}, got {missing!r}")
+    if is_sparse_input(Y):
+        if M is not None:
+            raise ValueError(
+                "M (an elementwise weight) needs dense Y; for sparse Y, missing='unstored' makes "
+                "the unstored entries missing"
+            )
+        if missing == "nan":
+            raise ValueError("missing='nan' needs dense Y; sparse Y may use missing='unstored'")
+        data = sparse_operator("Y", Y, "missing" if missing == "unstored" else "zero")
+        if missing == "unstored" and data.nnz == 0:
+            raise ValueError("Y stores no entries: with missing='unstored' nothing would be fitted")
+        return data, None
+    if missing == "unstored":
+        raise ValueError("missing='unstored' is for sparse Y (scipy.sparse, BCOO); dense Y may use 'nan'")
     Y, present = check.data_with_missing("Y", Y, missing)
     M = check.elementwise_weight("M", M, Y.shape, Y.dtype)
     if present is not None:
@@ -211,6 +277,11 @@ def _setup(Y, rank, method, init, restarts, key, stopping, overrides, M=None, mi
     if M is not None:
         # entries of weight 0 must not matter, not even to the data scale or the starts
         Y = np.where(M > 0, Y, 0).astype(Y.dtype)
+    return Y, M
+
+
+def _setup(Y, rank, method, init, restarts, key, stopping, overrides, M=None, missing="error") -> _Setup:
+    Y, M = validated_data(Y, M, missing)
     rank = check.positive_int("rank", rank)
     if rank > min(Y.shape):
         raise ValueError(f"rank must be at most min(Y.shape) = {min(Y.shape)}, got {rank}")
@@ -221,6 +292,12 @@ def _setup(Y, rank, method, init, restarts, key, stopping, overrides, M=None, mi
         raise ValueError(f"init must be one of {sorted(INITIALIZERS)} or an (L, R) pair; got {init!r}")
     degree = rule.loss_degree  # the objective's degree of homogeneity in Y
     return _Setup(Y, rank, rule, restarts, as_key(key), stop, data_scale(Y), degree, M)
+
+
+def device_data(s: _Setup) -> DataOperator:
+    """The setup's data as an operator on the device (a dense Y is copied at most once:
+    see :func:`jnmf.data.dense_operator`)."""
+    return dense_operator(s.Y)
 
 
 class Settings(dict):
@@ -276,7 +353,7 @@ def fit_settings(
 def _scaled_starts(s: _Setup, Ys, init) -> tuple[Array, Array]:
     root = math.sqrt(s.scale)
     if isinstance(init, tuple | list):
-        init = (check.matrix("init L", init[0]) / root, check.matrix("init R", init[1]) / root)
+        init = (np.asarray(init[0], np.float64) / root, np.asarray(init[1], np.float64) / root)
     return starting_points(Ys, s.rank, init, s.restarts, s.key)
 
 
@@ -298,6 +375,12 @@ def _warn_status(status_code: int, where: str) -> None:
             ConvergenceWarning,
             stacklevel=check.user_stacklevel(),
         )
+
+
+def _any_nonzero(Y) -> bool:
+    if isinstance(Y, DataOperator):
+        return float(Y.maximum()) > 0
+    return bool(np.any(Y))
 
 
 def _zero_fit(s: _Setup, return_all: bool, history_size: int, settings: dict) -> FitResult:
@@ -402,14 +485,14 @@ def fit(
     """
     overrides = dict(max_iterations=max_iterations, tol=tol, min_xstep=min_xstep, rel_tol=rel_tol)
     s = _setup(Y, rank, method, init, restarts, key, stopping, overrides, M, missing)
-    problem = build_problem(jnp.asarray(s.Y), s.rank, W_0R=W_0R, W_0C=W_0C, M=s.M, **penalties)
+    problem = build_problem(device_data(s), s.rank, W_0R=W_0R, W_0C=W_0C, M=s.M, **penalties)
     s.rule.check(problem)
     settings = fit_settings(s, method, init, key, normalize, history_size, strategy, W_0R, W_0C, penalties)
     settings["missing"] = missing
-    if not np.any(s.Y):
+    if float(s.scale) == 1.0 and not _any_nonzero(s.Y):
         return _zero_fit(s, return_all, history_size, settings)
     problem = problem.scaled(s.scale, s.degree)
-    L0, R0 = _scaled_starts(s, problem.Y, init)
+    L0, R0 = _scaled_starts(s, problem.data, init)
     unit = float(s.scale) ** s.degree  # objectives scale as Y^degree
     monitor = None
     if verbose or progress:
@@ -576,6 +659,8 @@ def sweep(
         raise ValueError("grid['M'] cannot be combined with W_0R / W_0C: fold them into the swept M")
     if factors not in ("all", "best", "none"):
         raise ValueError(f"factors must be 'all', 'best' or 'none'; got {factors!r}")
+    if "M" in settings and s.sparse:
+        raise ValueError("grid['M'] needs dense Y (elementwise weights of a sparse Y are not supported)")
     m, n = s.Y.shape
     for i in range(len(next(iter(settings.values())))):
         check_replacements({k: v[i] for k, v in settings.items()}, m, n, s.rank)
@@ -585,10 +670,10 @@ def sweep(
             # the data's own missing entries stay missing in every swept weight
             settings["M"] = settings["M"] * (s.M > 0)
         base_M = np.ones(s.Y.shape, s.Y.dtype)  # the base leaf the grid replaces
-    base = build_problem(jnp.asarray(s.Y), s.rank, W_0R=W_0R, W_0C=W_0C, M=base_M, **penalties)
+    base = build_problem(device_data(s), s.rank, W_0R=W_0R, W_0C=W_0C, M=base_M, **penalties)
     problem = base.scaled(s.scale, s.degree)
     scaled_settings = scale_settings(settings, s.scale, s.degree)
-    L0, R0 = _scaled_starts(s, problem.Y, init)
+    L0, R0 = _scaled_starts(s, problem.data, init)
     unit = float(s.scale) ** s.degree
     res = run_grid(
         s.rule,

@@ -165,8 +165,9 @@ def kkt_conditions(problem: Problem, L: Array, R: Array, support_tol=0.0) -> KKT
     """
     problem, L, R = jax.lax.stop_gradient((problem.replace(), L, R))
     gL, gR = _objective_gradient(problem, L, R)
-    Yw = problem.Yw
-    scale = jnp.maximum(jnp.max(jnp.abs(Yw @ R.T)), jnp.max(jnp.abs(L.T @ Yw)))
+    scale = jnp.maximum(
+        jnp.max(jnp.abs(problem.data_product_L(R))), jnp.max(jnp.abs(problem.data_product_R(L.T)))
+    )
     scale = jnp.where(scale > 0, scale, 1.0)
     on_L, on_R = L > support_tol, R > support_tol
     stat = jnp.maximum(jnp.max(jnp.where(on_L, jnp.abs(gL), 0.0)), jnp.max(jnp.where(on_R, jnp.abs(gR), 0.0)))
@@ -226,7 +227,7 @@ def solve(
     """
     rule = _solver_rule(method)
     L0, R0 = jnp.asarray(L0), jnp.asarray(R0)
-    dtype = jnp.result_type(L0, R0, problem.Y)
+    dtype = jnp.result_type(L0, R0, problem.dtype)
     L0, R0 = L0.astype(dtype), R0.astype(dtype)
     stop = (stopping or implicit_stopping(dtype)).replace(
         max_iterations=max_iterations, tol=tol, rel_tol=rel_tol, min_xstep=min_xstep

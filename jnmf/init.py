@@ -27,10 +27,16 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from .data import DataOperator, DenseData
+
 Factors = tuple[Float[Array, "m k"], Float[Array, "k n"]]
 
 
-def _as_data(Y) -> Array:
+def _as_data(Y) -> Array | DataOperator:
+    """Y as an array, or the data operator itself (random starts need only its shape,
+    mean and maximum)."""
+    if isinstance(Y, DataOperator):
+        return Y
     Y = jnp.asarray(Y)
     if Y.ndim != 2:
         raise ValueError(f"Y must be a 2-d matrix, got shape {Y.shape}")
@@ -47,8 +53,40 @@ def _check_rank(rank, limit: int | None = None) -> int:
     return int(rank)
 
 
-def _scale(Y: Array, rank: int) -> Array:
-    mean = jnp.mean(Y)
+def _mean(Y) -> Array:
+    return Y.mean() if isinstance(Y, DataOperator) else jnp.mean(Y)
+
+
+def _max(Y) -> Array:
+    return Y.maximum() if isinstance(Y, DataOperator) else jnp.max(Y)
+
+
+def _svd(Y, rank: int):
+    """The ``rank`` leading singular triplets ``(U, S, V')`` of Y.
+
+    Dense data: the full SVD.  Other operators (sparse data): a randomized range finder
+    with 4 power iterations and 10 oversampling columns (Halko, Martinsson & Tropp 2011),
+    using only products with Y, so no ``m x n`` array is formed.
+    """
+    if not isinstance(Y, DataOperator):
+        U, S, Vt = jnp.linalg.svd(Y, full_matrices=False)
+        return U[:, :rank], S[:rank], Vt[:rank]
+    if isinstance(Y, DenseData):
+        return _svd(Y.dense(), rank)
+    m, n = Y.shape
+    width = min(rank + 10, m, n)
+    Omega = jax.random.normal(jax.random.key(0), (width, m), Y.dtype)  # factor-major test matrix
+    Q = jnp.linalg.qr(Y.product_R(Omega).T)[0]  # n x width: range of Y'
+    for _ in range(4):
+        Q = jnp.linalg.qr(Y.product_L(Q.T).T)[0]  # m x width: range of Y Y' ...
+        Q = jnp.linalg.qr(Y.product_R(Q.T).T)[0]  # n x width
+    B = Y.product_L(Q.T)  # (Y Q)' : width x m, so Y ~ B' Q'
+    Ub, S, Vt = jnp.linalg.svd(B.T, full_matrices=False)  # B' = Ub S Vt
+    return Ub[:, :rank], S[:rank], (Q @ Vt.T)[:, :rank].T
+
+
+def _scale(Y, rank: int) -> Array:
+    mean = _mean(Y)
     # An all-zero Y would give all-zero factors, from which multiplicative rules never move.
     return jnp.sqrt(jnp.where(mean > 0, mean, 1.0) / rank)
 
@@ -78,7 +116,7 @@ def uniform_init(Y, rank: int, key) -> Factors:
     rank = _check_rank(rank)
     m, n = Y.shape
     kL, kR = jax.random.split(key)
-    top = jnp.max(Y)
+    top = _max(Y)
     top = jnp.where(top > 0, top, 1.0).astype(Y.dtype)
     L = top * (1.0 - jax.random.uniform(kL, (m, rank), Y.dtype))
     R = top * (1.0 - jax.random.uniform(kR, (rank, n), Y.dtype))
@@ -124,8 +162,8 @@ def nndsvd(Y, rank: int, key=None) -> Factors:
     del key
     Y = _as_data(Y)
     rank = _check_rank(rank, min(Y.shape))
-    U, S, Vt = jnp.linalg.svd(Y, full_matrices=False)
-    U, S, V = U[:, :rank], S[:rank], Vt[:rank].T  # V: n x rank, columns v_j
+    U, S, Vt = _svd(Y, rank)
+    V = Vt.T  # n x rank, columns v_j
 
     up, un = jnp.maximum(U, 0.0), jnp.maximum(-U, 0.0)
     vp, vn = jnp.maximum(V, 0.0), jnp.maximum(-V, 0.0)
@@ -150,7 +188,7 @@ def nndsvda(Y, rank: int, key=None) -> Factors:
     del key
     Y = _as_data(Y)
     L, R = nndsvd(Y, rank)
-    avg = jnp.mean(Y)
+    avg = _mean(Y)
     return jnp.where(L == 0, avg, L), jnp.where(R == 0, avg, R)
 
 
@@ -158,7 +196,7 @@ def nndsvdar(Y, rank: int, key) -> Factors:
     """:func:`nndsvd` with its zeros replaced by ``mean(Y) / 100 u``, u uniform on (0, 1]."""
     Y = _as_data(Y)
     L, R = nndsvd(Y, rank)
-    avg = jnp.mean(Y)
+    avg = _mean(Y)
     kL, kR = jax.random.split(key)
     small_L = avg / 100 * (1.0 - jax.random.uniform(kL, L.shape, L.dtype))
     small_R = avg / 100 * (1.0 - jax.random.uniform(kR, R.shape, R.dtype))

@@ -18,9 +18,11 @@ it by the name users know.  Each factor's penalties are one :class:`FactorPenalt
 For R the non-orthogonality matrix is ``n x n`` (it acts on the columns of R),
 exactly as in the reference package rnnmf.
 
-Nothing derived from the leaves (``W_0R Y W_0C``, its transpose, the constant of
-eq. 7) is stored: :class:`DataTerms` computes it from the current leaves, once per
-fit, inside the compiled program, so it cannot go stale when a leaf is replaced.
+Y itself is a :class:`~jnmf.data.DataOperator` (dense, masked, sparse, a row block):
+nothing else touches it.  Nothing derived from the leaves (the constant of eq. 7, a
+masked operator's ``M (.) Y``) is stored across fits: :meth:`Problem.prepared` computes it
+from the current leaves, once per fit, inside the compiled program, so it cannot go
+stale when a leaf is replaced.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from . import _validate as check
+from .data import DataOperator, DenseData, MaskedData
 from .weights import Weight
 
 PenaltyPairs = tuple[tuple[Weight, Weight], ...]
@@ -115,26 +118,6 @@ class FactorPenalty(eqx.Module):
         return all(not np.any(np.asarray(x)) for x in leaves)
 
 
-class DataTerms(eqx.Module):
-    """What the algorithms need of Y, derived from a :class:`Problem`'s current leaves.
-
-    Attributes:
-        Yw: ``W_0R Y W_0C`` (``m x n``), or ``M (.) Y`` with an elementwise weight M: all
-            the algorithms ever need of Y.
-        Ywt: its transpose, stored contiguously: the L step's product ``R Yw'`` and the
-            R step's ``L' Yw`` are then both "short-wide times tall" GEMMs, about 1.6x
-            faster on CPU than products against a transposed operand.
-        half_data_norm: ``1/2 tr(Y' W_0R Y W_0C)`` (``1/2 sum M Y^2``), the constant c of eq. 7.
-        Mt: the transpose of the elementwise weight M, stored contiguously for the L
-            step (None without M).
-    """
-
-    Yw: Float[Array, "m n"]
-    Ywt: Float[Array, "n m"]
-    half_data_norm: Array
-    Mt: Float[Array, "n m"] | None = None
-
-
 class Problem(eqx.Module):
     """Data, weights and penalties of eq. 3 (every numeric field is a named array leaf).
 
@@ -142,24 +125,28 @@ class Problem(eqx.Module):
     change leaves with :meth:`replace`.
 
     Attributes:
-        Y: the ``m x n`` non-negative data.
+        data: the :class:`~jnmf.data.DataOperator` of the ``m x n`` non-negative data Y
+            (dense, dense with an elementwise weight M, sparse, a row block): the only
+            object that touches Y.
         W_0R, W_0C: row (``m x m``) and column (``n x n``) weights of the loss.
         penalty_L, penalty_R: the penalties on L and on R (:class:`FactorPenalty`).
-        M: an optional ``m x n`` non-negative *elementwise* loss weight, replacing the
-            loss of eq. 3 by ``1/2 sum_ij M_ij (Y - LR)_ij^2`` (0 marks a missing entry).
-            It is not a Kronecker product, so it cannot be written as W_0R, W_0C; with M
-            both must be the identity (:func:`build_problem` folds diagonal ones into M).
-        data: cached :class:`DataTerms`, or None.  Only the driver fills it (once per
-            fit, after every leaf is final); :meth:`replace` clears it.
+        constant: the cached constant c of eq. 7, ``1/2 <Y, W_0R Y W_0C>``, or None.  Only
+            the driver fills it (once per fit, after every leaf is final, with
+            :meth:`prepared`); :meth:`replace` clears it.
+
+    With an elementwise weight M (a :class:`~jnmf.data.MaskedData` operator, or sparse
+    data whose unstored entries are missing) the loss of eq. 3 is
+    ``1/2 sum_ij M_ij (Y - LR)_ij^2`` (0 marks a missing entry); it is not a Kronecker
+    product, so W_0R and W_0C are then the identity (:func:`build_problem` folds diagonal
+    ones into M).
     """
 
-    Y: Float[Array, "m n"]
+    data: DataOperator
     W_0R: Weight
     W_0C: Weight
     penalty_L: FactorPenalty
     penalty_R: FactorPenalty
-    M: Float[Array, "m n"] | None = None
-    data: DataTerms | None = None
+    constant: Array | None = None
 
     @staticmethod
     def from_scalars(
@@ -180,76 +167,75 @@ class Problem(eqx.Module):
     ) -> Problem:
         """Eq. 3 from the scalars of eq. 4 (and optional general terms), unvalidated.
 
-        ``W_2L`` / ``W_2R`` are tuples of :class:`~jnmf.weights.Weight` pairs; ``M`` an
-        optional elementwise loss weight (see :class:`Problem`).
+        ``Y`` is an array or a :class:`~jnmf.data.DataOperator`; ``W_2L`` / ``W_2R`` are
+        tuples of :class:`~jnmf.weights.Weight` pairs; ``M`` an optional elementwise loss
+        weight (see :class:`Problem`).
         """
-        Y = jnp.asarray(Y)
-        dt = Y.dtype
+        if isinstance(Y, DataOperator):
+            data = Y
+            if M is not None:
+                raise ValueError("M cannot be combined with a data operator: build a MaskedData")
+        else:
+            Y = jnp.asarray(Y)
+            data = DenseData(Y) if M is None else MaskedData(Y, jnp.asarray(M, Y.dtype))
+        dt = data.dtype
 
         def side(l1, W1, l2, g2, W2):
             a = lambda v: jnp.asarray(v, dt)
             return FactorPenalty(a(l1), a(W1), a(l2), a(g2), tuple(W2))
 
         return Problem(
-            Y,
+            data,
             Weight.from_user(W_0R),
             Weight.from_user(W_0C),
             side(lambda_1L, W_1L, lambda_2L, gamma_2L, W_2L),
             side(lambda_1R, W_1R, lambda_2R, gamma_2R, W_2R),
-            None if M is None else jnp.asarray(M, dt),
         )
 
     # ----------------------------------------------------------- derived terms
     @property
     def masked(self) -> bool:
         """Whether the loss carries an elementwise weight M (static: fixes the code path)."""
-        return self.M is not None
-
-    def weighted_data(self) -> Array:
-        """``W_0R Y W_0C``, or ``M (.) Y`` with an elementwise weight."""
-        if self.M is not None:
-            return self.M * self.Y
-        return self.W_0R.left(self.W_0C.right(self.Y))
-
-    def data_terms(self) -> DataTerms:
-        """:class:`DataTerms` from the current leaves (the cache when the driver set it)."""
-        if self.data is not None:
-            return self.data
-        Yw = self.weighted_data()
-        return DataTerms(Yw, Yw.T, 0.5 * jnp.sum(self.Y * Yw), None if self.M is None else self.M.T)
-
-    def prepared(self) -> Problem:
-        """This problem with :class:`DataTerms` computed once (the driver calls it)."""
-        if self.data is not None:
-            return self
-        Yw = self.weighted_data()
-        # explicit copies: the transposes must be materialized, not views fused into
-        # each product (see DataTerms.Ywt)
-        Ywt = jnp.copy(Yw.T)
-        Mt = None if self.M is None else jnp.copy(self.M.T)
-        return eqx.tree_at(
-            lambda p: p.data,
-            self,
-            DataTerms(Yw, Ywt, 0.5 * jnp.sum(self.Y * Yw), Mt),
-            is_leaf=lambda x: x is None,
-        )
+        return self.data.masked
 
     @property
-    def Mt(self) -> Array | None:
-        """M transposed (``n x m``), or None."""
-        return None if self.M is None else self.data_terms().Mt
+    def shape(self) -> tuple[int, int]:
+        """(m, n), the shape of Y."""
+        return self.data.shape
 
     @property
-    def Yw(self) -> Array:
-        return self.data_terms().Yw
+    def dtype(self):
+        return self.data.dtype
 
     @property
-    def Ywt(self) -> Array:
-        return self.data_terms().Ywt
+    def Y(self) -> Array:
+        """The dense data array (dense operators only; sparse data has no dense Y)."""
+        if not hasattr(self.data, "Y"):
+            raise ValueError(f"the data of this problem are {type(self.data).__name__}, not a dense array")
+        return self.data.Y
+
+    @property
+    def M(self) -> Array | None:
+        """The dense elementwise weight, or None."""
+        return getattr(self.data, "M", None)
 
     @property
     def half_data_norm(self) -> Array:
-        return self.data_terms().half_data_norm
+        """``1/2 tr(Y' W_0R Y W_0C)`` (``1/2 sum M Y^2``), the constant c of eq. 7."""
+        if self.constant is not None:
+            return self.constant
+        return self.data.half_norm(self.W_0R, self.W_0C)
+
+    def prepared(self) -> Problem:
+        """This problem with its data's derived terms and the constant of eq. 7 computed
+        once (the driver calls it)."""
+        if self.constant is not None:
+            return self
+        data = self.data.prepared()
+        out = eqx.tree_at(lambda p: p.data, self, data)
+        return eqx.tree_at(
+            lambda p: p.constant, out, data.half_norm(self.W_0R, self.W_0C), is_leaf=lambda x: x is None
+        )
 
     # -------------------------------------------------------------- leaves
     def replace(self, **values) -> Problem:
@@ -265,16 +251,12 @@ class Problem(eqx.Module):
         unknown = set(values) - set(REPLACEABLE)
         if unknown:
             raise ValueError(f"cannot replace {sorted(unknown)}; replaceable: {REPLACEABLE}")
-        dt = self.Y.dtype
-        m, n = self.Y.shape
+        dt = self.dtype
+        m, n = self.shape
         out = self
         for name, v in values.items():
             if name == "M":
-                if self.M is None:
-                    raise ValueError("M can only replace an elementwise weight: build the problem with M")
-                if jnp.shape(v) != (m, n):
-                    raise ValueError(f"M must have shape {(m, n)}, got {jnp.shape(v)}")
-                out = eqx.tree_at(lambda p: p.M, out, jnp.asarray(v, dt))
+                out = eqx.tree_at(lambda p: p.data, out, out.data.replace_mask(v))
                 continue
             if name in ("W_0R", "W_0C"):
                 size = m if name == "W_0R" else n
@@ -289,8 +271,8 @@ class Problem(eqx.Module):
             if field != "W_1" and v.ndim != 0:
                 raise ValueError(f"{name} must be a scalar, got shape {v.shape}")
             out = eqx.tree_at(lambda p, s=side, f=field: getattr(getattr(p, f"penalty_{s}"), f), out, v)
-        if out.data is not None:
-            out = eqx.tree_at(lambda p: p.data, out, None)
+        if out.constant is not None:
+            out = eqx.tree_at(lambda p: p.constant, out, None)
         return out
 
     def scaled(self, scale: float, degree: float = 2) -> Problem:
@@ -302,21 +284,20 @@ class Problem(eqx.Module):
         weights are multiplied by ``scale^(1/2 - degree)`` and the L2 weights by
         ``scale^(1 - degree)`` (loss weights unchanged), so a
         fit of the scaled problem, mapped back with :func:`scale_factors`, solves the
-        original problem without its overflow or underflow.  (With ``scale`` a power
-        of 4 every one of these operations is exact in floating point.)
+        original problem without its overflow or underflow.  The data are not copied:
+        the operator carries ``1 / scale`` as a traced leaf.
         """
-        dt = self.Y.dtype
+        dt = self.dtype
         # capped at the largest finite value, so zero penalties stay zero (not 0 * inf)
         top = float(jnp.finfo(dt).max)
         l1 = jnp.asarray(min(float(np.float64(scale) ** (0.5 - degree)), top), dt)
         l2 = jnp.asarray(min(float(np.float64(scale) ** (1 - degree)), top), dt)
         return Problem(
-            self.Y / jnp.asarray(scale, dt),
+            self.data.scaled(scale),
             self.W_0R,
             self.W_0C,
             self.penalty_L.scaled(l1, l2),
             self.penalty_R.scaled(l1, l2),
-            self.M,
         )
 
     # ----------------------------------------------------------------- eq. 3
@@ -324,21 +305,23 @@ class Problem(eqx.Module):
         """1/2 tr((Y - LR)' W_0R (Y - LR) W_0C), the weighted Frobenius loss
         (``1/2 sum M (Y - LR)^2`` with an elementwise weight).
 
-        Computed from the residual (m x n, never m x n x k), which keeps full
-        precision when the fit is nearly exact.
+        Computed by the data operator without an ``m x n`` residual (dense data: the
+        residual of one row block at a time, which keeps full precision when the fit
+        is nearly exact; see :meth:`jnmf.data.DataOperator.loss`).
         """
-        E = self.Y - L @ R
-        return 0.5 * jnp.sum(E * self.weighted_residual(E))
-
-    def weighted_residual(self, E: Array) -> Array:
-        """``W_0R E W_0C`` (``M (.) E`` with an elementwise weight) for an ``m x n`` E."""
-        if self.M is not None:
-            return self.M * E
-        return self.W_0R.left(self.W_0C.right(E))
+        return self.data.loss(L, R, self.W_0R, self.W_0C)
 
     def objective(self, L: Float[Array, "m k"], R: Float[Array, "k n"]) -> Array:
         """The objective of eq. 3."""
         return self.loss(L, R) + self.penalty_L.value(L) + self.penalty_R.value(R)
+
+    def data_product_L(self, R: Array) -> Array:
+        """``R (W_0R Y W_0C)'`` (``k x m``): the data part of the L step's d (eq. 8)."""
+        return self.W_0R.right(self.data.product_L(self.W_0C.right(R)))
+
+    def data_product_R(self, Lt: Array) -> Array:
+        """``Lt (W_0R Y W_0C)`` (``k x n``): the data part of the R step's d (eq. 8)."""
+        return self.W_0C.right(self.data.product_R(self.W_0R.right(Lt)))
 
     def gradients(self, L: Array, R: Array) -> tuple[Array, Array]:
         """Analytic gradients of eq. 3 with respect to L and R.
@@ -347,14 +330,15 @@ class Problem(eqx.Module):
         dR = L' W_0R L R W_0C - L' W_0R Y W_0C + W_1R + sum_j W_2RR_j R W_2CR_j
         (the matrix form of G x + d, eqs. 8-9, for each half step).
         """
-        if self.M is not None:
-            E = self.M * (L @ R) - self.Yw  # -(M (.) (Y - LR))
-            return E @ R.T + self.penalty_L.gradient(L), L.T @ E + self.penalty_R.gradient(R)
+        Lt = L.T
+        if self.masked:
+            gLt = self.data.mask_operator("L").apply(R, Lt) - self.data.product_L(R)
+            gR = self.data.mask_operator("R").apply(Lt, R) - self.data.product_R(Lt)
+            return gLt.T + self.penalty_L.gradient(L), gR + self.penalty_R.gradient(R)
         WL = self.W_0R.left(L)
         RW = self.W_0C.right(R)
-        Yw = self.Yw
-        gL = WL @ (R @ RW.T) - Yw @ R.T + self.penalty_L.gradient(L)
-        gR = (WL.T @ L) @ RW - L.T @ Yw + self.penalty_R.gradient(R)
+        gL = WL @ (R @ RW.T) - self.data_product_L(R).T + self.penalty_L.gradient(L)
+        gR = (WL.T @ L) @ RW - self.data_product_R(Lt) + self.penalty_R.gradient(R)
         return gL, gR
 
 
@@ -412,13 +396,31 @@ def build_problem(Y, rank: int, *, W_0R=None, W_0C=None, M=None, **penalties) ->
     unknown = set(penalties) - set(SCALAR_PENALTIES) - set(GENERAL_PENALTIES)
     if unknown:
         raise ValueError(f"unknown penalty keyword(s): {sorted(unknown)}")
+    operator = isinstance(Y, DataOperator)
     m, n = Y.shape
     dt = Y.dtype
     check.square_weight("W_0R", W_0R, m, psd=True)
     check.square_weight("W_0C", W_0C, n, psd=True)
     w0r = None if W_0R is None else jnp.asarray(W_0R, dt)
     w0c = None if W_0C is None else jnp.asarray(W_0C, dt)
-    if M is not None:
+    if operator and not isinstance(Y, DenseData):
+        if M is not None:
+            raise ValueError(
+                "M (an elementwise weight) needs dense data; for sparse data, missing='unstored' "
+                "makes the unstored entries missing"
+            )
+        for name, w in (("W_0R", w0r), ("W_0C", w0c)):
+            if w is not None and w.ndim == 2:
+                raise ValueError(
+                    f"{name} as a full matrix needs dense data; give row/column weights as vectors"
+                )
+        if Y.masked:
+            # an elementwise weight: diagonal loss weights fold into it, as for dense M below
+            for name, w in (("W_0R", w0r), ("W_0C", w0c)):
+                if w is not None:
+                    raise ValueError(f"{name} cannot be combined with missing='unstored'")
+    elif M is not None:
+        Yd = Y.Y if operator else Y
         M = jnp.asarray(check.elementwise_weight("M", M, (m, n)), dt)
         for name, w in (("W_0R", w0r), ("W_0C", w0c)):
             if w is not None and w.ndim == 2:
@@ -431,6 +433,8 @@ def build_problem(Y, rank: int, *, W_0R=None, W_0C=None, M=None, **penalties) ->
         if w0c is not None:
             M = M * (w0c[None, :] if w0c.ndim == 1 else w0c)
         w0r = w0c = None
+        Y = MaskedData(jnp.asarray(Yd), M)
+        M = None
     sc = {key: check.nonneg_scalar(key, penalties.get(key, 0.0)) for key in SCALAR_PENALTIES}
     W_1L = check.l1_weight("W_1L", penalties.get("W_1L", 0.0), (m, rank))
     W_1R = check.l1_weight("W_1R", penalties.get("W_1R", 0.0), (rank, n))

@@ -42,6 +42,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from .data import MaskOperator
 from .problem import Problem
 from .weights import Weight
 
@@ -146,8 +147,9 @@ class HalfProblem(eqx.Module):
             step); cost models such as accelerated HALS's need it.
         fixed: the fixed factor F (``k x q``), kept only with an elementwise weight.
         mask: the elementwise weight in ``q x p`` layout (``M'`` in the L step, ``M`` in the
-            R step), or None.  With it the loss term is ``F (mask (.) (F' Xt))`` and
-            ``gram`` is zero (no Kronecker part).
+            R step) as a :class:`~jnmf.data.MaskOperator` of the data operator, or None.
+            With it the loss term is ``F (mask (.) (F' Xt))`` and ``gram`` is zero (no
+            Kronecker part).
     """
 
     gram: Float[Array, "k k"]
@@ -156,7 +158,7 @@ class HalfProblem(eqx.Module):
     penalties: tuple[tuple[Weight, Weight], ...]
     fixed_size: int = eqx.field(static=True, default=0)
     fixed: Float[Array, "k q"] | None = None
-    mask: Float[Array, "q p"] | None = None
+    mask: MaskOperator | None = None
 
     @property
     def masked(self) -> bool:
@@ -173,15 +175,15 @@ class HalfProblem(eqx.Module):
 
     def masked_loss_G(self, Xt: Array) -> Array:
         """The elementwise-weighted loss part of G Xt: ``F (mask (.) (F' Xt))``."""
-        return self.fixed @ (self.mask * (self.fixed.T @ Xt))
+        return self.mask.apply(self.fixed, Xt)
 
     def masked_loss_diagonal(self) -> Array:
         """diag of the weighted loss part of G, ``(F (.) F) mask`` (``k x p``)."""
-        return (self.fixed * self.fixed) @ self.mask
+        return self.mask.diagonal(self.fixed)
 
     def column_grams(self) -> Float[Array, "p k k"]:
         """The loss's ``k x k`` Gram of every column c, ``F Diag(mask[:, c]) F'`` (ANLS)."""
-        return jnp.einsum("iq,qc,jq->cij", self.fixed, self.mask, self.fixed)
+        return self.mask.column_grams(self.fixed)
 
     def split_terms(self) -> tuple[Array, list[tuple[Weight, Array]]]:
         """(mixing, others): the sum of the terms whose p-side weight is a multiple of
@@ -250,23 +252,21 @@ def cross_gram(A: Array, B: Array) -> Array:
     return A @ B.T
 
 
-def _half_problem(
-    F, data_t, fixed_weight: Weight, free_weight: Weight, W_1, pairs, mask_t=None
-) -> HalfProblem:
+def _half_problem(F, product, fixed_weight: Weight, free_weight: Weight, W_1, pairs, mask) -> HalfProblem:
     """The subproblem of a factor-major unknown given the fixed factor F (``k x q``), the
-    weighted data in (q x p) layout and, optionally, the elementwise weight in that layout."""
-    if mask_t is None:
+    data product ``F (W Y W)`` in (k x p) layout and, optionally, the elementwise weight."""
+    if mask is None:
         gram = cross_gram(fixed_weight.right(F), F)
     else:
         gram = jnp.zeros((F.shape[0], F.shape[0]), F.dtype)
     return HalfProblem(
         gram=gram,
         weight=free_weight,
-        linear=W_1 - F @ data_t,
+        linear=W_1 - product,
         penalties=tuple(pairs),
         fixed_size=F.shape[-1],
-        fixed=None if mask_t is None else F,
-        mask=mask_t,
+        fixed=None if mask is None else F,
+        mask=mask,
     )
 
 
@@ -279,14 +279,17 @@ def half_problem_L(problem: Problem, Lt: Array, R: Array) -> HalfProblem:
     W_1 = problem.penalty_L.l1()
     W_1 = W_1.T if W_1.ndim == 2 else W_1
     pairs = [(col, row) for row, col in problem.penalty_L.pairs()]  # L' W_2R L W_2C: k-side is W_2C
-    return _half_problem(R, problem.Ywt, problem.W_0C, problem.W_0R, W_1, pairs, problem.Mt)
+    product = problem.data_product_L(R)
+    return _half_problem(R, product, problem.W_0C, problem.W_0R, W_1, pairs, problem.data.mask_operator("L"))
 
 
 def half_problem_R(problem: Problem, Lt: Array, R: Array) -> HalfProblem:
     """The subproblem in R with L fixed, on Xt = R (``k x n``)."""
     del R
     pen = problem.penalty_R
-    return _half_problem(Lt, problem.Yw, problem.W_0R, problem.W_0C, pen.l1(), pen.pairs(), problem.M)
+    product = problem.data_product_R(Lt)
+    mask = problem.data.mask_operator("R")
+    return _half_problem(Lt, product, problem.W_0R, problem.W_0C, pen.l1(), pen.pairs(), mask)
 
 
 def half_problem(problem: Problem, side: str, Lt: Array, R: Array) -> HalfProblem:

@@ -70,16 +70,19 @@ def test_replace_rejects_unknown_and_misshaped():
 
 
 def test_derived_terms_follow_replaced_weights():
-    """W_0R Y W_0C and the constant of eq. 7 are derived from the current leaves, so a
-    replaced loss weight changes them (they were stored, and could go stale, before)."""
+    """The products with W_0R Y W_0C and the constant of eq. 7 are derived from the current
+    leaves, so a replaced loss weight changes them (they were stored, and could go stale,
+    before); the cached constant is dropped by replace."""
     Y = jnp.asarray(_data())
     p = build_problem(Y, K)
     w = jnp.linspace(0.5, 2.0, M)
     q = p.replace(W_0R=w)
-    np.testing.assert_allclose(q.Yw, w[:, None] * Y, rtol=1e-14)
+    R = jnp.asarray(np.random.default_rng(0).random((K, Y.shape[1])))
+    np.testing.assert_allclose(q.data_product_L(R), R @ (w[:, None] * Y).T, rtol=1e-13)
     np.testing.assert_allclose(q.half_data_norm, 0.5 * jnp.sum(w[:, None] * Y * Y), rtol=1e-14)
     prepared = p.prepared()
-    assert prepared.data is not None and prepared.replace(W_0R=w).data is None
+    assert prepared.constant is not None and prepared.replace(W_0R=w).constant is None
+    np.testing.assert_allclose(prepared.replace(W_0R=w).prepared().half_data_norm, q.half_data_norm)
 
 
 def test_sweep_replaces_lambda_1():

@@ -142,10 +142,10 @@ def beta_objective(
 
     For ``beta <= 0`` the data are floored at ``epsilon`` (:func:`effective_data`).
     """
-    LR = L @ R if LR is None else LR
+    LR = problem.data.sampled(L.T, R) if LR is None else LR
     weights = loss_weight_matrix(problem, L.dtype)
     eps = jnp.asarray(epsilon, L.dtype)
-    Y = effective_data(problem.Y, jnp.asarray(beta, L.dtype), eps)
+    Y = effective_data(problem.data.stored(), jnp.asarray(beta, L.dtype), eps)
     loss = beta_divergence(Y, LR, beta, eps, weight=weights)
     return loss + problem.penalty_L.value(L) + problem.penalty_R.value(R)
 
@@ -199,6 +199,13 @@ class BetaMU(AlternatingRule):
     def check(self, problem: Problem) -> None:
         if not kl_supported(problem):
             raise unsupported(self, "full or non-orthogonality W_0R / W_0C (only diagonal loss weights)")
+        if problem.data.unstored_zero:
+            raise unsupported(
+                self,
+                "sparse data with unstored zeros: its update needs (LR)^(beta-1) at every entry, "
+                "an m x n pass; use method='kl' (beta=1), a Frobenius method (beta=2), dense data, "
+                "or missing='unstored'",
+            )
 
     def init_aux(self, problem: Problem, Lt: Array, R: Array) -> None:
         # No state between iterations: each half step forms L R itself.  (Carrying the
@@ -220,21 +227,23 @@ class BetaMU(AlternatingRule):
     def half_problem(self, problem: Problem, side: str, Lt: Array, R: Array, aux) -> BetaHalfProblem:
         dt = R.dtype
         beta, eps = self.beta.astype(dt), self.epsilon.astype(dt)
-        LR = Lt.T @ R  # at the current factors (the new L in the R step)
-        P = jnp.maximum(LR, eps)
-        Y = effective_data(problem.Y, beta, eps)
+        data = problem.data
+        P = jnp.maximum(data.sampled(Lt, R), eps)  # at the current factors (the new L in the R step)
+        Y = effective_data(data.stored(), beta, eps)
         weights = loss_weight_matrix(problem, dt)
         # Y P^(beta-2) only where Y > 0 (P^(beta-2) may overflow where Y = 0 and beta < 2)
-        scaled_data = jnp.where(Y > 0, weights * Y * jnp.power(P, beta - 2.0), jnp.where(Y == 0, 0.0, Y))
-        model_term = weights * jnp.power(P, beta - 1.0)
+        scaled_data = data.with_stored(
+            jnp.where(Y > 0, weights * Y * jnp.power(P, beta - 2.0), jnp.where(Y == 0, 0.0, Y))
+        )
+        model_term = data.with_stored(weights * jnp.power(P, beta - 1.0))
         if side == "L":
-            numerator = jnp.einsum("kn,mn->km", R, scaled_data)
+            numerator = scaled_data.product_L(R)
             W_1 = problem.penalty_L.l1()
-            denominator = jnp.einsum("kn,mn->km", R, model_term) + (W_1.T if W_1.ndim == 2 else W_1)
+            denominator = model_term.product_L(R) + (W_1.T if W_1.ndim == 2 else W_1)
             pairs = tuple((col, row) for row, col in problem.penalty_L.pairs())
         else:
-            numerator = Lt @ scaled_data
-            denominator = Lt @ model_term + problem.penalty_R.l1()
+            numerator = scaled_data.product_R(Lt)
+            denominator = model_term.product_R(Lt) + problem.penalty_R.l1()
             pairs = problem.penalty_R.pairs()
         return BetaHalfProblem(numerator, denominator, pairs)
 

@@ -34,7 +34,8 @@ Terms with a non-scalar p-side weight (diagonal, full or off-diagonal W_0R / W_0
 non-orthogonality of R) fall back to the untiled sweep, unchanged.
 
 With an elementwise loss weight (missing values) row j's loss gradient is
-``F[j] @ (mask (.) (F' Xt))``: the sweep keeps ``P = F' Xt`` (``q x p``) and updates it
+``F[j] @ (mask (.) (F' Xt))``: the sweep keeps ``P = F' Xt`` (``q x p``, or only its entries
+where the mask is stored, :class:`jnmf.data.SparseMask`) and updates it
 by a rank-one term after each row, so a sweep costs about three products of the size
 of computing d, and the sum is exact (no majorization: each column's block is
 diagonal in j's coordinates).
@@ -186,12 +187,11 @@ def _masked_sweep(hp: HalfProblem, mixing: Array, others, curvature: Array):
         def update(j, carry):
             Xt, P = carry
             Fj = F[j]
-            g = Fj @ (mask * P) + _penalty_row(mixing, others, j, Xt) + hp.linear[j]
+            g = mask.row_gradient(Fj, P) + _penalty_row(mixing, others, j, Xt) + hp.linear[j]
             new = _update(Xt[j], g, curvature[j])
-            P = P + Fj[:, None] * (new - Xt[j])[None, :]
-            return Xt.at[j].set(new), P
+            return Xt.at[j].set(new), mask.update(P, Fj, new - Xt[j])
 
-        X_new, _ = lax.fori_loop(0, k, update, (Xt, F.T @ Xt))
+        X_new, _ = lax.fori_loop(0, k, update, (Xt, mask.sweep_state(F, Xt)))
         return X_new, jnp.sum((X_new - Xt) ** 2)
 
     return sweep

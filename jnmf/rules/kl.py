@@ -27,7 +27,7 @@ Supported beyond Lee & Seung (all exact majorize-minimize steps, so monotone):
   ``q = (sum_j W_R,j X0 W_C,j)`` elementwise), whose minimizer is
   ``x = 2 x0 num / (b + sqrt(b^2 + 4 q num))``; with no L2 term, the plain update.
 * ``W_0R`` / ``W_0C`` of kinds identity, scalar or diagonal, as the elementwise
-  weights ``w_i v_j`` of ``sum_ij w_i v_j D_ij`` (``problem.Yw = W_0R Y W_0C`` is then ``w_i Y_ij v_j``).
+  weights ``w_i v_j`` of ``sum_ij w_i v_j D_ij`` (the weighted data are then ``w_i Y_ij v_j``).
 * An elementwise weight ``M`` (missing values: ``M_ij = 0``), the divergence
   ``sum_ij M_ij D_ij``: the updates become ``L <- L (.) ((M (.) Y (/) LR) R') (/) (M R' + W_1L)``
   and likewise for R (the same majorization, entry by entry).
@@ -80,17 +80,15 @@ def kl_supported(problem: Problem) -> bool:
 
 def diagonal_loss_weights(problem: Problem, dtype) -> tuple[Array, Array]:
     """The diagonals of W_0R and W_0C: the elementwise weights ``w_i v_j`` of a divergence."""
-    m, n = problem.Y.shape
+    m, n = problem.shape
     return problem.W_0R.diagonal(m, dtype), problem.W_0C.diagonal(n, dtype)
 
 
 def loss_weight_matrix(problem: Problem, dtype) -> Array:
-    """The elementwise weights of a divergence, ``m x n``: M, or ``w_i v_j`` from the
-    diagonal W_0R, W_0C."""
-    if problem.masked:
-        return problem.M.astype(dtype)
+    """The elementwise weights of a divergence at the data's stored entries (``m x n`` for
+    dense data): ``M_ij w_i v_j`` (M = 1 without an elementwise weight)."""
     w, v = diagonal_loss_weights(problem, dtype)
-    return w[:, None] * v[None, :]
+    return problem.data.entry_weights(w, v).astype(dtype)
 
 
 def kl_divergence(
@@ -123,13 +121,23 @@ def kl_divergence(
 def kl_objective(
     problem: Problem, L: Array, R: Array, LR: Array | None = None, epsilon: float | Array = 0.0
 ) -> Array:
-    """The objective KLMU decreases: weighted ``D(Y || LR)`` plus the penalty terms of eq. 3."""
-    LR = L @ R if LR is None else LR
-    if problem.masked:
-        loss = kl_divergence(problem.Y, LR, epsilon, weight=problem.M)
+    """The objective KLMU decreases: weighted ``D(Y || LR)`` plus the penalty terms of eq. 3.
+
+    Evaluated at the data's stored entries (``LR`` there, or sampled from L, R): for sparse
+    data with unstored zeros, those entries add only ``(LR)_ij``, whose weighted sum over
+    all entries is ``(w' L)(R v)``.
+    """
+    data = problem.data
+    w, v = diagonal_loss_weights(problem, L.dtype)
+    weights = data.entry_weights(w, v)
+    Y = data.stored()
+    LR = data.sampled(L.T, R) if LR is None else LR
+    P = jnp.maximum(LR, epsilon)
+    D = xlogy(Y, jnp.where(Y > 0, Y / P, 1.0)) - Y
+    if data.unstored_zero:
+        loss = jnp.sum(weights * D) + (w @ L) @ (R @ v)
     else:
-        w, v = diagonal_loss_weights(problem, L.dtype)
-        loss = kl_divergence(problem.Y, LR, epsilon, w, v)
+        loss = jnp.sum(weights * (D + LR))
     return loss + problem.penalty_L.value(L) + problem.penalty_R.value(R)
 
 
@@ -217,21 +225,29 @@ class KLMU(AlternatingRule):
 
     def half_problem(self, problem: Problem, side: str, Lt: Array, R: Array, aux) -> KLHalfProblem:
         eps = self.epsilon.astype(R.dtype)
+        data = problem.data
         w, v = diagonal_loss_weights(problem, R.dtype)
-        Yw = problem.Yw  # w_i Y_ij v_j for diagonal weights
+        weights = data.entry_weights(w, v)  # M_ij w_i v_j at the stored entries
+        # the quotient Yw / max(LR, eps), stored where Y is (at the current factors: the
+        # new L in the R step)
+        quotient = data.with_stored(weights * data.stored() / jnp.maximum(data.sampled(Lt, R), eps))
         if side == "L":
             # num' = R (Yw / LR)',  den' = (R v) w' + W_1L'
-            quotient = Yw / jnp.maximum(Lt.T @ R, eps)
-            numerator = jnp.einsum("kn,mn->km", R, quotient)
+            numerator = quotient.product_L(R)
             W_1 = problem.penalty_L.l1()
-            weight_sums = R @ problem.Mt if problem.masked else (R @ v)[:, None] * w[None, :]
+            if data.masked:
+                weight_sums = data.with_stored(weights).product_L(R)
+            else:
+                weight_sums = (R @ v)[:, None] * w[None, :]
             denominator = weight_sums + (W_1.T if W_1.ndim == 2 else W_1)
             pairs = tuple((col, row) for row, col in problem.penalty_L.pairs())
         else:
-            # at the new L: num = L' (Yw / LR),  den = (L' w) v' + W_1R
-            quotient = Yw / jnp.maximum(Lt.T @ R, eps)
-            numerator = Lt @ quotient
-            weight_sums = Lt @ problem.M if problem.masked else (Lt @ w)[:, None] * v[None, :]
+            # num = L' (Yw / LR),  den = (L' w) v' + W_1R
+            numerator = quotient.product_R(Lt)
+            if data.masked:
+                weight_sums = data.with_stored(weights).product_R(Lt)
+            else:
+                weight_sums = (Lt @ w)[:, None] * v[None, :]
             denominator = weight_sums + problem.penalty_R.l1()
             pairs = problem.penalty_R.pairs()
         return KLHalfProblem(numerator, denominator, pairs)

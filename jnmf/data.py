@@ -1,0 +1,853 @@
+"""The data operator (layer 2): the only code in jnmf that touches Y.
+
+Every algorithm needs only a few things of the data matrix ``Y`` (``m x n``):
+
+* the products of a factor with it, ``Ft Y`` (``k x n``) and ``R Y'`` (``k x m``): the linear
+  term d of the half problem (Pav 2024, eq. 8) for R and for L;
+* the constant ``1/2 <Y, W_0R Y W_0C>`` of eq. 7 and the Frobenius loss at ``(L, R)``
+  (eq. 3), without an ``m x n`` residual;
+* for divergences (KL, beta), ``L R`` *sampled* at the stored entries and products with
+  a matrix of the same sparsity pattern (the quotient ``Y / LR``);
+* with an elementwise weight M, its products in the half problem (the
+  :class:`MaskOperator`);
+* the largest entry and the mean (the scaling and the random starts), row blocks.
+
+:class:`DataOperator` states that interface; each kind of data is one final class:
+
+* :class:`DenseData`: a dense ``m x n`` array;
+* :class:`MaskedData`: dense, with an elementwise loss weight M (0 = missing);
+* :class:`SparseData`: the stored entries of a sparse matrix in coordinate form (from
+  any scipy.sparse format or a ``jax.experimental.sparse`` BCOO/BCSR); the unstored
+  entries are zeros (``unstored="zero"``) or missing (``unstored="missing"``, as RcppML's
+  ``mask_zeros``: recommender-style data);
+* :class:`RowBlock`: rows ``start:start + rows`` of a larger matrix (streaming, sharded fits).
+
+Scaling (``fit`` works on ``Y / max(Y)``) is a traced scalar leaf ``inv_scale`` applied to
+the (small) results, never a rescaled copy of Y.
+
+**Sparse products.**  XLA:CPU has no fast sparse-dense product: ``BCOO @ dense`` and a
+gather followed by ``segment_sum`` materialize an ``nnz x k`` temporary and ran 5-6x
+slower than scipy on a 100000 x 20000 matrix at 0.2% (experiments/bench_sparse.py).  Here
+the stored entries are visited in chunks of :data:`CHUNK` by a ``fori_loop`` whose body
+gathers ``CHUNK x k`` rows of the factor and scatter-adds them into the ``q x k`` result:
+``O(CHUNK k)`` temporary memory, no padding of the entries (the last, shorter chunk is
+a static remainder), and both directions (``Y X`` and ``Y' X``) at the same speed.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jaxtyping import Array
+
+from .weights import Weight
+
+# Stored entries per chunk of a sparse product (see the module docstring).
+CHUNK = 4096
+# Rows per block of the dense Frobenius loss: a block's residual is ROW_BLOCK x n.
+ROW_BLOCK = 512
+_DIAGONAL = ("identity", "scalar", "diag")
+
+
+def _as_scale(x, dtype) -> Array:
+    return jnp.asarray(x, dtype)
+
+
+# ------------------------------------------------------------------ chunked sparse kernels
+def _chunked(n_items: int, body, init, chunk: int = CHUNK):
+    """``init`` folded by ``body(start, size, carry)`` over ``[0, n_items)`` in chunks: a
+    ``fori_loop`` over the full chunks and one static remainder chunk."""
+    n_full, rest = divmod(n_items, chunk)
+    carry = init
+    if n_full:
+        carry = lax.fori_loop(0, n_full, lambda i, c: body(i * chunk, chunk, c), carry)
+    if rest:
+        carry = body(n_full * chunk, rest, carry)
+    return carry
+
+
+def _slice(x: Array, start, size: int) -> Array:
+    return lax.dynamic_slice_in_dim(x, jnp.asarray(start, jnp.int32), size)
+
+
+def scatter_product(dst: Array, src: Array, values: Array, X: Array, size: int) -> Array:
+    """``out[dst[e]] += values[e] X[src[e]]`` over every stored entry e: a sparse matrix
+    (entries ``(dst, src, values)``) times the row-major factor X (``q x k``), ``size x k``."""
+
+    def body(start, width, out):
+        d, s, v = _slice(dst, start, width), _slice(src, start, width), _slice(values, start, width)
+        return out.at[d].add(X[s] * v[:, None], mode="promise_in_bounds")
+
+    return _chunked(dst.shape[0], body, jnp.zeros((size, X.shape[1]), X.dtype))
+
+
+def sampled_product(rows: Array, cols: Array, A: Array, B: Array) -> Array:
+    """``(A B')[rows[e], cols[e]]`` for every entry e, for row-major A (``m x k``), B (``n x k``)."""
+
+    def body(start, width, out):
+        r, c = _slice(rows, start, width), _slice(cols, start, width)
+        vals = jnp.sum(A[r] * B[c], axis=-1)
+        return lax.dynamic_update_slice_in_dim(out, vals, jnp.asarray(start, jnp.int32), 0)
+
+    return _chunked(rows.shape[0], body, jnp.zeros(rows.shape, A.dtype))
+
+
+# ------------------------------------------------------------------------ mask operators
+class MaskOperator(eqx.Module):
+    """The elementwise loss weight of one half problem, in its ``q x p`` layout (fixed
+    factor by free factor): the loss part of G is ``F (mask (.) (F' Xt))`` (no Kronecker
+    product, see jnmf/quadratic.py).  HALS's sweep keeps ``P = F' Xt`` as a *sweep state*."""
+
+    @abc.abstractmethod
+    def apply(self, F: Array, Xt: Array) -> Array:
+        """``F (mask (.) (F' Xt))``, ``k x p``."""
+
+    @abc.abstractmethod
+    def diagonal(self, F: Array) -> Array:
+        """``(F (.) F) mask``: the diagonal of the loss part of G, ``k x p``."""
+
+    @abc.abstractmethod
+    def column_grams(self, F: Array) -> Array:
+        """``F Diag(mask[:, c]) F'`` of every free column c, ``p x k x k`` (ANLS)."""
+
+    @abc.abstractmethod
+    def sweep_state(self, F: Array, Xt: Array):
+        """``F' Xt`` where the mask is non-zero (HALS's running product)."""
+
+    @abc.abstractmethod
+    def row_gradient(self, Fj: Array, P) -> Array:
+        """``Fj (mask (.) P)``: one row of the loss gradient from the sweep state."""
+
+    @abc.abstractmethod
+    def update(self, P, Fj: Array, delta: Array):
+        """The sweep state after row j of Xt changed by ``delta`` (rank-one update)."""
+
+
+class DenseMask(MaskOperator):
+    """A dense weight M (``m x n``).  In the L step (``transposed``) the ``q x p`` layout is
+    ``M'``: the products contract M's other axis, so no transposed copy is made."""
+
+    M: Array
+    transposed: bool = eqx.field(static=True)
+
+    def apply(self, F, Xt):
+        if self.transposed:  # F = R (k x n), Xt = L' (k x m): ((M (.) L R) R')'
+            return ((self.M * (Xt.T @ F)) @ F.T).T
+        return F @ (self.M * (F.T @ Xt))
+
+    def diagonal(self, F):
+        FF = F * F
+        return (self.M @ FF.T).T if self.transposed else FF @ self.M
+
+    def column_grams(self, F):
+        if self.transposed:
+            return jnp.einsum("iq,cq,jq->cij", F, self.M, F)
+        return jnp.einsum("iq,qc,jq->cij", F, self.M, F)
+
+    def sweep_state(self, F, Xt):
+        return Xt.T @ F if self.transposed else F.T @ Xt
+
+    def row_gradient(self, Fj, P):
+        return (self.M * P) @ Fj if self.transposed else Fj @ (self.M * P)
+
+    def update(self, P, Fj, delta):
+        if self.transposed:
+            return P + delta[:, None] * Fj[None, :]
+        return P + Fj[:, None] * delta[None, :]
+
+
+class SparseMask(MaskOperator):
+    """A weight stored at the entries ``(fixed[e], free[e])`` of the ``q x p`` layout (zero
+    elsewhere): every product visits only those entries."""
+
+    fixed_index: Array
+    free_index: Array
+    weights: Array
+    free_size: int = eqx.field(static=True)
+
+    def _gram_sampled(self, F, Xt):
+        return sampled_product(self.fixed_index, self.free_index, F.T, Xt.T)
+
+    def apply(self, F, Xt):
+        P = self.weights * self._gram_sampled(F, Xt)
+        return scatter_product(self.free_index, self.fixed_index, P, F.T, self.free_size).T
+
+    def diagonal(self, F):
+        return scatter_product(self.free_index, self.fixed_index, self.weights, (F * F).T, self.free_size).T
+
+    def column_grams(self, F):
+        k = F.shape[0]
+        outer = jnp.einsum("iq,jq->qij", F, F).reshape(F.shape[1], k * k)
+        grams = scatter_product(self.free_index, self.fixed_index, self.weights, outer, self.free_size)
+        return grams.reshape(self.free_size, k, k)
+
+    def sweep_state(self, F, Xt):
+        return self._gram_sampled(F, Xt)
+
+    def row_gradient(self, Fj, P):
+        vals = self.weights * P
+        return scatter_product(self.free_index, self.fixed_index, vals, Fj[:, None], self.free_size)[:, 0]
+
+    def update(self, P, Fj, delta):
+        return P + Fj[self.fixed_index] * delta[self.free_index]
+
+
+# ------------------------------------------------------------------------ the operators
+class DataOperator(eqx.Module):
+    """What the algorithms need of ``Y`` (``m x n``); see the module docstring.
+
+    Products are with the *loss-weighted* data: ``M (.) Y`` for a masked operator, Y
+    otherwise (the Kronecker weights W_0R, W_0C of eq. 3 are applied to the factors by
+    the caller, jnmf/quadratic.py).  Every result is in the units of ``Y * inv_scale``.
+    """
+
+    @property
+    @abc.abstractmethod
+    def shape(self) -> tuple[int, int]:
+        """(m, n)."""
+
+    @property
+    @abc.abstractmethod
+    def dtype(self):
+        """The floating dtype."""
+
+    # class attributes (not fields): whether the loss carries an elementwise weight, whether
+    # unstored entries count as zeros (sparse data), whether the operator itself is m x n
+    masked = False
+    unstored_zero = False
+    needs_mn_memory = True
+
+    # -- scaling
+    @abc.abstractmethod
+    def scaled(self, scale) -> DataOperator:
+        """The operator of ``Y / scale`` (a traced scalar leaf; no copy of Y)."""
+
+    def prepared(self) -> DataOperator:
+        """This operator with its derived terms computed (once per fit, by the driver)."""
+        return self
+
+    # -- products
+    @abc.abstractmethod
+    def product_R(self, Ft: Array) -> Array:
+        """``Ft (M (.) Y)`` for a factor-major ``Ft`` (``k x m``): ``k x n`` (the R step's d)."""
+
+    @abc.abstractmethod
+    def product_L(self, R: Array) -> Array:
+        """``R (M (.) Y)'`` for ``R`` (``k x n``): ``k x m`` (the L step's d)."""
+
+    # -- constants and losses
+    @abc.abstractmethod
+    def half_norm(self, W_0R: Weight, W_0C: Weight) -> Array:
+        """``1/2 <Y, W_0R Y W_0C>`` (``1/2 sum M Y^2`` when masked): the constant c of eq. 7."""
+
+    @abc.abstractmethod
+    def loss(self, L: Array, R: Array, W_0R: Weight, W_0C: Weight) -> Array:
+        """``1/2 tr((Y - LR)' W_0R (Y - LR) W_0C)`` (``1/2 sum M (Y - LR)^2`` when masked)."""
+
+    # -- stored entries (divergences)
+    @abc.abstractmethod
+    def stored(self) -> Array:
+        """The values of Y at the stored entries (all ``m x n`` entries for dense data)."""
+
+    @abc.abstractmethod
+    def sampled(self, Lt: Array, R: Array) -> Array:
+        """``L R`` at the stored entries (an ``m x n`` array for dense data)."""
+
+    @abc.abstractmethod
+    def entry_weights(self, w: Array, v: Array) -> Array:
+        """The loss weight of each stored entry: ``M_ij w_i v_j`` (M = 1 unmasked)."""
+
+    @abc.abstractmethod
+    def with_stored(self, values: Array) -> DataOperator:
+        """An unmasked, unscaled operator with these values at the stored entries."""
+
+    def mask_operator(self, side: str) -> MaskOperator | None:
+        """The elementwise weight of the ``side`` half problem, or None (unmasked)."""
+        return None
+
+    # -- host side
+    @abc.abstractmethod
+    def maximum(self) -> Array:
+        """The largest entry of Y (times ``inv_scale``)."""
+
+    @abc.abstractmethod
+    def mean(self) -> Array:
+        """The mean over all ``m x n`` entries (unstored zeros count as zeros)."""
+
+    @abc.abstractmethod
+    def row_block(self, start: int, stop: int) -> DataOperator:
+        """Rows ``start:stop`` as an operator of the same kind."""
+
+    def replace_mask(self, M) -> DataOperator:
+        raise ValueError("M can only replace an elementwise weight: build the problem with M")
+
+    def dense(self) -> Array:
+        """Y as a dense array (tests and small problems only)."""
+        raise ValueError(f"{type(self).__name__} has no dense form")
+
+
+def _row_col_weights(W_0R: Weight, W_0C: Weight, m: int, n: int, dtype):
+    """The diagonals (w, v) of diagonal-kind loss weights (None for the identity)."""
+    w = None if W_0R.kind == "identity" else W_0R.diagonal(m, dtype)
+    v = None if W_0C.kind == "identity" else W_0C.diagonal(n, dtype)
+    return w, v
+
+
+def _blocked_sum(Y: Array, f, block: int = ROW_BLOCK) -> Array:
+    """``sum_b f(start_b, Y[rows of b])`` over row blocks (no ``m x n`` temporary)."""
+    m, n = Y.shape
+
+    def body(start, size, total):
+        rows = lax.dynamic_slice_in_dim(Y, jnp.asarray(start, jnp.int32), size, 0)
+        return total + f(start, size, rows)
+
+    return _chunked(m, body, jnp.zeros((), Y.dtype), block)
+
+
+class DenseData(DataOperator):
+    """A dense ``m x n`` array Y.
+
+    The products are two GEMMs against Y itself: the L step's ``R Y'`` contracts Y's
+    second axis (XLA reads Y transposed; no transposed copy is kept).  The Frobenius
+    loss is summed over row blocks of the residual (exact to rounding, no ``m x n``
+    temporary), except with full (non-diagonal) W_0R / W_0C, which need the whole residual.
+    """
+
+    Y: Array
+    inv_scale: Array
+
+    def __init__(self, Y, inv_scale=None):
+        self.Y = Y
+        self.inv_scale = _as_scale(1.0 if inv_scale is None else inv_scale, Y.dtype)
+
+    @property
+    def shape(self):
+        return tuple(self.Y.shape)
+
+    @property
+    def dtype(self):
+        return self.Y.dtype
+
+    def scaled(self, scale):
+        return DenseData(self.Y, self.inv_scale / jnp.asarray(scale, self.Y.dtype))
+
+    # The scale multiplies the (small) factor before the product, never Y: no scaled copy of
+    # Y, and no overflow for data near the float32 limits (fit's scale equivariance).
+    def product_R(self, Ft):
+        return (Ft * self.inv_scale) @ self.Y
+
+    def product_L(self, R):
+        return (R * self.inv_scale) @ self.Y.T
+
+    def half_norm(self, W_0R, W_0C):
+        Y, s = self.Y, self.inv_scale
+        m, n = Y.shape
+        if W_0R.kind in _DIAGONAL and W_0C.kind in _DIAGONAL:
+            w, v = _row_col_weights(W_0R, W_0C, m, n, Y.dtype)
+            Ys = Y * s  # fused into the reduction: no m x n temporary
+            sq = Ys * Ys if v is None else Ys * Ys * v[None, :]
+            row_sq = jnp.sum(sq, axis=1)
+            return 0.5 * (jnp.sum(row_sq) if w is None else jnp.sum(w * row_sq))
+        Ys = Y * s
+        return 0.5 * jnp.sum(Ys * W_0R.left(W_0C.right(Ys)))
+
+    def loss(self, L, R, W_0R, W_0C):
+        m, n = self.shape
+        s = self.inv_scale
+        if not (W_0R.kind in _DIAGONAL and W_0C.kind in _DIAGONAL):
+            E = self.Y * s - L @ R  # full weights couple all rows: the whole residual
+            return 0.5 * jnp.sum(E * W_0R.left(W_0C.right(E)))
+        w, v = _row_col_weights(W_0R, W_0C, m, n, self.dtype)
+
+        def block(start, size, Yb):
+            Lb = lax.dynamic_slice_in_dim(L, jnp.asarray(start, jnp.int32), size, 0)
+            E = Yb * s - Lb @ R
+            E2 = E * E if v is None else E * E * v[None, :]
+            if w is not None:
+                E2 = E2 * lax.dynamic_slice_in_dim(w, jnp.asarray(start, jnp.int32), size)[:, None]
+            return jnp.sum(E2)
+
+        return 0.5 * _blocked_sum(self.Y, block)
+
+    def stored(self):
+        return self.Y * self.inv_scale
+
+    def sampled(self, Lt, R):
+        return Lt.T @ R
+
+    def entry_weights(self, w, v):
+        return w[:, None] * v[None, :]
+
+    def with_stored(self, values):
+        return DenseData(values)
+
+    def maximum(self):
+        return jnp.max(self.Y) * self.inv_scale
+
+    def mean(self):
+        return jnp.mean(self.Y) * self.inv_scale
+
+    def row_block(self, start, stop):
+        return DenseData(self.Y[start:stop], self.inv_scale)
+
+    def dense(self):
+        return self.Y * self.inv_scale
+
+
+class MaskedData(DataOperator):
+    """Dense Y with an elementwise loss weight M (``m x n``, 0 = missing): the loss is
+    ``1/2 sum M (.) (Y - LR)^2``.  The products need ``M (.) Y``, formed once per fit
+    (:meth:`prepared`): masked fits hold that extra ``m x n`` array, and each half step
+    of a Frobenius rule one more (``M (.) (F' Xt)``, see :class:`DenseMask`)."""
+
+    masked = True
+
+    Y: Array
+    M: Array
+    inv_scale: Array
+    MY: Array | None = None
+
+    def __init__(self, Y, M, inv_scale=None, MY=None):
+        self.Y = Y
+        self.M = M
+        self.inv_scale = _as_scale(1.0 if inv_scale is None else inv_scale, Y.dtype)
+        self.MY = MY
+
+    @property
+    def shape(self):
+        return tuple(self.Y.shape)
+
+    @property
+    def dtype(self):
+        return self.Y.dtype
+
+    def scaled(self, scale):
+        return MaskedData(self.Y, self.M, self.inv_scale / jnp.asarray(scale, self.Y.dtype))
+
+    def prepared(self):
+        if self.MY is not None:
+            return self
+        return MaskedData(self.Y, self.M, self.inv_scale, self.M * self.Y)
+
+    def _weighted(self):
+        return self.M * self.Y if self.MY is None else self.MY
+
+    def product_R(self, Ft):
+        return (Ft * self.inv_scale) @ self._weighted()
+
+    def product_L(self, R):
+        return (R * self.inv_scale) @ self._weighted().T
+
+    def half_norm(self, W_0R, W_0C):
+        Ys = self.Y * self.inv_scale
+        return 0.5 * jnp.sum(self.M * Ys * Ys)
+
+    def loss(self, L, R, W_0R, W_0C):
+        s = self.inv_scale
+
+        def block(start, size, Yb):
+            st = jnp.asarray(start, jnp.int32)
+            Lb = lax.dynamic_slice_in_dim(L, st, size, 0)
+            Mb = lax.dynamic_slice_in_dim(self.M, st, size, 0)
+            E = Yb * s - Lb @ R
+            return jnp.sum(Mb * E * E)
+
+        return 0.5 * _blocked_sum(self.Y, block)
+
+    def stored(self):
+        return self.Y * self.inv_scale
+
+    def sampled(self, Lt, R):
+        return Lt.T @ R
+
+    def entry_weights(self, w, v):
+        return self.M * (w[:, None] * v[None, :])
+
+    def with_stored(self, values):
+        return DenseData(values)
+
+    def mask_operator(self, side):
+        return DenseMask(self.M, side == "L")
+
+    def maximum(self):
+        return jnp.max(jnp.where(self.M > 0, self.Y, 0)) * self.inv_scale
+
+    def mean(self):
+        return jnp.mean(self.Y) * self.inv_scale
+
+    def row_block(self, start, stop):
+        return MaskedData(self.Y[start:stop], self.M[start:stop], self.inv_scale)
+
+    def replace_mask(self, M):
+        if jnp.shape(M) != self.shape:
+            raise ValueError(f"M must have shape {self.shape}, got {jnp.shape(M)}")
+        return MaskedData(self.Y, jnp.asarray(M, self.dtype), self.inv_scale)
+
+    def dense(self):
+        return self.Y * self.inv_scale
+
+
+class SparseData(DataOperator):
+    """The stored entries of a sparse ``m x n`` matrix, in coordinate form sorted by row.
+
+    Attributes:
+        rows, cols: int32 indices of the stored entries (``nnz``).
+        values: their values.
+        inv_scale: the traced scale factor.
+        weights: with ``unstored="missing"``, the loss weight of each stored entry (1
+            unless given); None otherwise.
+        shape: (m, n), static.
+        unstored: ``"zero"`` (unstored entries are zeros, the default) or ``"missing"``
+            (they carry no loss: RcppML's ``mask_zeros``), static.
+
+    Per iteration a fit costs ``O(nnz k + (m + n) k^2)`` and holds ``O(nnz + (m + n) k)``:
+    no ``m x n`` array exists.  With unstored zeros the Frobenius loss is
+    ``1/2 (sum_stored w (Y^2 - 2 Y LR) + <Lt W_0R Lt', R W_0C R'>)``.
+    """
+
+    rows: Array
+    cols: Array
+    values: Array
+    inv_scale: Array
+    weights: Array | None
+    static_shape: tuple[int, int] = eqx.field(static=True)
+    unstored: str = eqx.field(static=True)
+    needs_mn_memory = False
+
+    def __init__(self, rows, cols, values, shape, unstored="zero", inv_scale=None, weights=None):
+        self.rows = rows
+        self.cols = cols
+        self.values = values
+        self.static_shape = (int(shape[0]), int(shape[1]))
+        self.unstored = unstored
+        self.inv_scale = _as_scale(1.0 if inv_scale is None else inv_scale, values.dtype)
+        if unstored == "missing" and weights is None:
+            weights = jnp.ones_like(values)
+        self.weights = weights
+
+    @property
+    def masked(self):  # type: ignore[override]
+        return self.unstored == "missing"
+
+    @property
+    def unstored_zero(self):  # type: ignore[override]
+        return self.unstored == "zero"
+
+    @property
+    def shape(self):
+        return self.static_shape
+
+    @property
+    def dtype(self):
+        return self.values.dtype
+
+    @property
+    def nnz(self) -> int:
+        return int(self.rows.shape[0])
+
+    def _new(self, **changes) -> SparseData:
+        args = dict(
+            rows=self.rows,
+            cols=self.cols,
+            values=self.values,
+            shape=self.shape,
+            unstored=self.unstored,
+            inv_scale=self.inv_scale,
+            weights=self.weights,
+        )
+        args.update(changes)
+        return SparseData(**args)
+
+    def scaled(self, scale):
+        return self._new(inv_scale=self.inv_scale / jnp.asarray(scale, self.dtype))
+
+    def _vals(self):
+        """The values the products use: ``weights (.) Y`` when masked."""
+        return self.values if self.weights is None else self.values * self.weights
+
+    def product_R(self, Ft):
+        m, n = self.shape
+        return scatter_product(self.cols, self.rows, self._vals(), (Ft * self.inv_scale).T, n).T
+
+    def product_L(self, R):
+        m, n = self.shape
+        return scatter_product(self.rows, self.cols, self._vals(), (R * self.inv_scale).T, m).T
+
+    def _diag_weights(self, W_0R, W_0C):
+        m, n = self.shape
+        w, v = _row_col_weights(W_0R, W_0C, m, n, self.dtype)
+        out = jnp.ones_like(self.values) if self.weights is None else self.weights
+        if w is not None:
+            out = out * w[self.rows]
+        if v is not None:
+            out = out * v[self.cols]
+        return out
+
+    def half_norm(self, W_0R, W_0C):
+        Y = self.values * self.inv_scale
+        return 0.5 * jnp.sum(self._diag_weights(W_0R, W_0C) * Y * Y)
+
+    def loss(self, L, R, W_0R, W_0C):
+        Y = self.values * self.inv_scale
+        LR = sampled_product(self.rows, self.cols, L, R.T)
+        wts = self._diag_weights(W_0R, W_0C)
+        if self.masked:
+            E = Y - LR
+            return 0.5 * jnp.sum(wts * E * E)
+        # unstored zeros: sum_all w (LR)^2 by the k x k Gram matrices, stored part by sampling
+        Lt = L.T
+        model = jnp.sum(W_0R.right(Lt) @ L * (W_0C.right(R) @ R.T))
+        return 0.5 * (jnp.sum(wts * Y * (Y - 2.0 * LR)) + model)
+
+    def stored(self):
+        return self.values * self.inv_scale
+
+    def sampled(self, Lt, R):
+        return sampled_product(self.rows, self.cols, Lt.T, R.T)
+
+    def entry_weights(self, w, v):
+        out = w[self.rows] * v[self.cols]
+        return out if self.weights is None else out * self.weights
+
+    def with_stored(self, values):
+        return SparseData(self.rows, self.cols, values, self.shape, "zero")
+
+    def mask_operator(self, side):
+        if not self.masked:
+            return None
+        m, n = self.shape
+        if side == "L":  # q x p = n x m
+            return SparseMask(self.cols, self.rows, self.weights, m)
+        return SparseMask(self.rows, self.cols, self.weights, n)
+
+    def maximum(self):
+        return jnp.max(self.values, initial=0.0) * self.inv_scale
+
+    def mean(self):
+        m, n = self.shape
+        if self.masked:
+            return jnp.mean(self.values) * self.inv_scale if self.nnz else jnp.zeros((), self.dtype)
+        return jnp.sum(self.values) / (m * n) * self.inv_scale
+
+    def row_block(self, start, stop):
+        rows = np.asarray(self.rows)
+        lo, hi = np.searchsorted(rows, [start, stop])
+        return SparseData(
+            jnp.asarray(rows[lo:hi] - start),
+            self.cols[lo:hi],
+            self.values[lo:hi],
+            (stop - start, self.shape[1]),
+            self.unstored,
+            self.inv_scale,
+            None if self.weights is None else self.weights[lo:hi],
+        )
+
+    def replace_mask(self, M):
+        if not self.masked:
+            return super().replace_mask(M)
+        raise ValueError("M cannot be replaced on sparse data with unstored='missing'")
+
+    def dense(self):
+        m, n = self.shape
+        return jnp.zeros((m, n), self.dtype).at[self.rows, self.cols].add(self.values) * self.inv_scale
+
+
+class RowBlock(DataOperator):
+    """Rows ``start:start + m_block`` of an ``total_rows x n`` matrix: an operator of any
+    kind plus where its rows sit (streamed and row-sharded fits sum their k x n and
+    k x k partial results over blocks; the L factor of a block is its own rows)."""
+
+    block: DataOperator
+    start: int = eqx.field(static=True)
+    total_rows: int = eqx.field(static=True)
+
+    @property
+    def masked(self):  # type: ignore[override]
+        return self.block.masked
+
+    @property
+    def unstored_zero(self):  # type: ignore[override]
+        return self.block.unstored_zero
+
+    @property
+    def shape(self):
+        return self.block.shape
+
+    @property
+    def dtype(self):
+        return self.block.dtype
+
+    def _wrap(self, block):
+        return RowBlock(block, self.start, self.total_rows)
+
+    def scaled(self, scale):
+        return self._wrap(self.block.scaled(scale))
+
+    def prepared(self):
+        return self._wrap(self.block.prepared())
+
+    def product_R(self, Ft):
+        return self.block.product_R(Ft)
+
+    def product_L(self, R):
+        return self.block.product_L(R)
+
+    def half_norm(self, W_0R, W_0C):
+        return self.block.half_norm(W_0R, W_0C)
+
+    def loss(self, L, R, W_0R, W_0C):
+        return self.block.loss(L, R, W_0R, W_0C)
+
+    def stored(self):
+        return self.block.stored()
+
+    def sampled(self, Lt, R):
+        return self.block.sampled(Lt, R)
+
+    def entry_weights(self, w, v):
+        return self.block.entry_weights(w, v)
+
+    def with_stored(self, values):
+        return self._wrap(self.block.with_stored(values))
+
+    def mask_operator(self, side):
+        return self.block.mask_operator(side)
+
+    def maximum(self):
+        return self.block.maximum()
+
+    def mean(self):
+        return self.block.mean()
+
+    def row_block(self, start, stop):
+        return RowBlock(self.block.row_block(start, stop), self.start + start, self.total_rows)
+
+    def dense(self):
+        return self.block.dense()
+
+
+# ------------------------------------------------------------------------ construction
+def is_sparse_input(x) -> bool:
+    """Whether ``x`` is a scipy.sparse matrix/array or a ``jax.experimental.sparse`` BCOO/BCSR."""
+    if hasattr(x, "tocoo") and hasattr(x, "nnz") and not isinstance(x, np.ndarray):
+        return True
+    return type(x).__module__.startswith("jax.experimental.sparse")
+
+
+def sparse_from_coo(rows, cols, values, shape, unstored: str = "zero", dtype=None) -> SparseData:
+    """A :class:`SparseData` from host COO arrays (duplicates summed, sorted by row)."""
+    rows = np.asarray(rows, np.int64)
+    cols = np.asarray(cols, np.int64)
+    values = np.asarray(values)
+    if dtype is not None:
+        values = values.astype(dtype, copy=False)
+    m, n = int(shape[0]), int(shape[1])
+    order_sorted = rows.size < 2 or bool(
+        np.all((rows[1:] > rows[:-1]) | ((rows[1:] == rows[:-1]) & (cols[1:] > cols[:-1])))
+    )
+    if not order_sorted:
+        key = rows * n + cols
+        order = np.argsort(key, kind="stable")
+        key, values = key[order], values[order]
+        first = np.ones(key.size, bool)
+        first[1:] = key[1:] != key[:-1]
+        starts = np.flatnonzero(first)
+        values = np.add.reduceat(values, starts) if values.size else values
+        key = key[starts]
+        rows, cols = key // n, key % n
+    return SparseData(
+        jax.device_put(rows.astype(np.int32)),
+        jax.device_put(cols.astype(np.int32)),
+        jax.device_put(values),
+        (m, n),
+        unstored,
+    )
+
+
+def dense_operator(Y) -> DenseData:
+    """A :class:`DenseData` over a validated host (NumPy) or device array.
+
+    ``jax.device_put`` of a C-contiguous NumPy array whose buffer is 64-byte aligned is
+    zero-copy on the CPU backend (the device array aliases the caller's memory, e.g. an
+    ``np.load(..., mmap_mode="r")`` file or an array from :func:`aligned_empty`); any
+    other array is copied once.
+    """
+    if isinstance(Y, DataOperator):
+        return Y
+    return DenseData(Y if isinstance(Y, jax.Array) else jax.device_put(np.ascontiguousarray(Y)))
+
+
+def aligned_empty(shape, dtype, alignment: int = 64) -> np.ndarray:
+    """An uninitialized C-contiguous array whose buffer is ``alignment``-byte aligned, so
+    that :func:`dense_operator` (hence ``jnmf.fit``) can use it without a device copy."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(size + alignment, np.uint8)
+    offset = (-raw.ctypes.data) % alignment
+    return raw[offset : offset + size].view(dtype).reshape(shape)
+
+
+def sparse_operator(name: str, x, unstored: str = "zero", dtype=None) -> SparseData:
+    """A validated :class:`SparseData` from any scipy.sparse matrix/array or a
+    ``jax.experimental.sparse`` BCOO / BCSR, without densifying it.
+
+    Args:
+        name: the argument's name, for error messages.
+        x: the sparse matrix (2-d, non-empty; stored values finite and non-negative).
+        unstored: ``"zero"`` (unstored entries are zeros) or ``"missing"`` (they carry no loss).
+        dtype: the floating dtype (default: :func:`jnmf._validate.float_dtype` of the values).
+
+    Returns:
+        The operator; memory: the stored entries once more on the device (int32 row and
+        column indices and the values), sorted by row, duplicates summed.
+
+    Raises:
+        ValueError: naming ``name``, for a bad shape, dtype or value.
+    """
+    from . import _validate as check
+
+    if type(x).__module__.startswith("jax.experimental.sparse"):
+        if hasattr(x, "to_bcoo"):
+            x = x.to_bcoo()
+        if getattr(x, "n_batch", 0) or getattr(x, "n_dense", 0) or x.ndim != 2:
+            raise ValueError(f"{name} as a BCOO must be a plain 2-d matrix (no batch or dense dimensions)")
+        shape = tuple(int(d) for d in x.shape)
+        idx = np.asarray(x.indices)
+        values = np.asarray(x.data)
+        rows, cols = idx[:, 0], idx[:, 1]
+        keep = (rows < shape[0]) & (cols < shape[1])  # BCOO pads with out-of-range indices
+        rows, cols, values = rows[keep], cols[keep], values[keep]
+    else:
+        if x.ndim != 2:
+            raise ValueError(f"{name} must be a 2-d matrix, got shape {tuple(x.shape)}")
+        shape = tuple(int(d) for d in x.shape)
+        csr = x.tocsr()
+        if not csr.has_canonical_format:
+            csr = csr.copy()
+            csr.sum_duplicates()
+        values = csr.data
+        rows = cols = None
+    if shape[0] == 0 or shape[1] == 0:
+        raise ValueError(f"{name} must not be empty, got shape {shape}")
+    kind = np.dtype(values.dtype).kind
+    if values.dtype == object or kind not in "iubf":
+        raise ValueError(f"{name} must be a real numeric matrix, got dtype {values.dtype}")
+    dt = np.dtype(dtype) if dtype is not None else np.dtype(check.float_dtype(values))
+    values = values.astype(dt, copy=False)
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{name} must be finite; it stores NaN or infinite entries")
+    if values.size and values.min() < 0:
+        raise ValueError(f"{name} must be non-negative; it stores entries < 0 (min {values.min()})")
+    if unstored not in ("zero", "missing"):
+        raise ValueError(f"unstored must be 'zero' or 'missing', got {unstored!r}")
+    if rows is None:
+        counts = np.diff(csr.indptr)
+        rows = np.repeat(np.arange(shape[0], dtype=np.int32), counts)
+        cols = csr.indices.astype(np.int32, copy=False)
+        return SparseData(jax.device_put(rows), jax.device_put(cols), jax.device_put(values), shape, unstored)
+    return sparse_from_coo(rows, cols, values, shape, unstored, dt)

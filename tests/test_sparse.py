@@ -1,0 +1,190 @@
+"""Sparse data end to end (jnmf.data.SparseData): never densified, the same iterates as dense.
+
+Exactness tests run in float64 (x64 is enabled in conftest.py): a sparse fit and the dense
+fit of the same matrix from the same start agree to 1e-10 after 50 iterations, for every
+method that works on the stored entries.
+"""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from jax.experimental import sparse as jsparse
+
+import jnmf
+from jnmf import batch
+from jnmf.data import SparseData, sparse_operator
+from jnmf.problem import build_problem
+from jnmf.rules import make_rule
+
+METHODS = ["mu", "au", "hals", "ahals", "anls", "pg", "kl"]
+MASKED_METHODS = ["mu", "au", "hals", "ahals", "anls", "pg", "kl", "beta"]
+
+
+def _sparse_case(m=40, n=30, k=3, density=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    Y = rng.random((m, k)) @ rng.random((k, n))
+    Y = Y * (rng.random((m, n)) < density)
+    Y[3] = 0.0  # an empty row and column
+    Y[:, 5] = 0.0
+    start = (rng.random((m, k)) + 0.1, rng.random((k, n)) + 0.1)
+    return Y, start
+
+
+@pytest.fixture(scope="module")
+def case():
+    return _sparse_case()
+
+
+def _fit(Y, method, start, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jnmf.ConvergenceWarning)
+        return jnmf.fit(Y, 3, method=method, init=start, max_iterations=50, tol=0, **kw)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_sparse_fit_equals_dense_fit(case, method):
+    """Unstored entries as zeros: the sparse fit is the dense fit (float64, 1e-10)."""
+    Y, start = case
+    dense = _fit(Y, method, start)
+    sparse = _fit(sp.csr_matrix(Y), method, start)
+    np.testing.assert_allclose(sparse.L, dense.L, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(sparse.R, dense.R, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(sparse.objective, dense.objective, rtol=1e-10)
+    np.testing.assert_allclose(sparse.history, dense.history, rtol=1e-9, equal_nan=True)
+
+
+@pytest.mark.parametrize("method", MASKED_METHODS)
+def test_unstored_missing_equals_dense_mask(case, method):
+    """missing='unstored' (RcppML's mask_zeros) is the dense fit with M = the pattern."""
+    Y, start = case
+    pattern = (Y != 0).astype(float)
+    dense = _fit(Y, method, start, M=pattern)
+    sparse = _fit(sp.csr_matrix(Y), method, start, missing="unstored")
+    np.testing.assert_allclose(sparse.L @ sparse.R, dense.L @ dense.R, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(sparse.objective, dense.objective, rtol=1e-10)
+
+
+def test_every_sparse_format_gives_the_same_fit(case):
+    """scipy.sparse matrices and arrays of every format, BCOO and BCSR: one operator, one fit."""
+    Y, start = case
+    ref = _fit(sp.csr_matrix(Y), "hals", start)
+    inputs = [sp.csc_matrix(Y), sp.coo_matrix(Y), sp.lil_matrix(Y), sp.dok_matrix(Y), sp.bsr_matrix(Y)]
+    inputs += [sp.csr_array(Y), sp.coo_array(Y), jsparse.BCOO.fromdense(Y), jsparse.BCSR.fromdense(Y)]
+    for X in inputs:
+        got = _fit(X, "hals", start)
+        np.testing.assert_allclose(got.L, ref.L, rtol=1e-12, atol=1e-14, err_msg=type(X).__name__)
+
+
+def test_duplicates_and_unsorted_coo_are_summed():
+    rng = np.random.default_rng(3)
+    rows = rng.integers(0, 10, 60)
+    cols = rng.integers(0, 8, 60)
+    vals = rng.random(60)
+    X = sp.coo_matrix((vals, (rows, cols)), shape=(10, 8))
+    op = sparse_operator("Y", X)
+    np.testing.assert_allclose(op.dense(), X.toarray(), rtol=1e-14)
+    bcoo = jsparse.BCOO((jnp.asarray(vals), jnp.stack([rows, cols], 1)), shape=(10, 8))
+    np.testing.assert_allclose(sparse_operator("Y", bcoo).dense(), X.toarray(), rtol=1e-14)
+
+
+def test_operator_products_losses_and_samples(case):
+    """Every quantity of the operator against its dense definition (float64)."""
+    Y, (L, R) = case
+    op = sparse_operator("Y", sp.csr_matrix(Y)).scaled(2.0)
+    Ys = Y / 2.0
+    w, v = np.linspace(0.5, 2, Y.shape[0]), np.linspace(1, 3, Y.shape[1])
+    from jnmf.weights import Weight
+
+    W0R, W0C = Weight.from_user(jnp.asarray(w)), Weight.from_user(jnp.asarray(v))
+    np.testing.assert_allclose(op.product_R(L.T), L.T @ Ys, rtol=1e-12)
+    np.testing.assert_allclose(op.product_L(R), R @ Ys.T, rtol=1e-12)
+    np.testing.assert_allclose(op.half_norm(W0R, W0C), 0.5 * np.sum(w[:, None] * Ys**2 * v), rtol=1e-12)
+    E = Ys - L @ R
+    np.testing.assert_allclose(op.loss(L, R, W0R, W0C), 0.5 * np.sum(w[:, None] * E**2 * v), rtol=1e-10)
+    stored = Y != 0
+    np.testing.assert_allclose(np.sort(op.sampled(L.T, R)), np.sort((L @ R)[stored]), rtol=1e-12)
+    assert float(op.maximum()) == pytest.approx(Ys.max())
+    assert float(op.mean()) == pytest.approx(Ys.mean())
+    block = op.row_block(10, 25)
+    np.testing.assert_allclose(block.dense(), Ys[10:25], rtol=1e-14)
+
+
+def test_no_m_by_n_array_in_a_compiled_sparse_fit():
+    """The compiled fit program of a sparse matrix (4000 x 3000 at 0.2%, 2 restarts batched)
+    holds temporaries below 10% of what one m x n float array would take (its temporaries
+    are O((m + n) k) per restart: factors, half problems, the loop's carries)."""
+    m, n, k = 4000, 3000, 4
+    X = sp.random(m, n, density=0.002, format="csr", random_state=0, dtype=np.float32)
+    data = sparse_operator("Y", X)
+    for method in ("ahals", "mu", "kl"):
+        rule = make_rule(method)
+        problem = build_problem(data, k)
+        key = jax.random.key(0)
+        L0 = jax.random.uniform(key, (2, m, k), jnp.float32)
+        R0 = jax.random.uniform(key, (2, k, n), jnp.float32)
+        states = jax.vmap(lambda L, R, rule=rule, problem=problem: rule.init(problem, L, R))(L0, R0)
+        opts = jnmf.Stopping(max_iterations=5).traced(jnp.float32)
+        for strategy in ("vmap", "map"):
+            program = jax.jit(
+                lambda p, s, rule=rule, strategy=strategy: batch._run(rule, p, s, opts, 4, None, strategy)
+            )
+            temp = program.lower(problem, states).compile().memory_analysis().temp_size_in_bytes
+            assert temp < 0.1 * m * n * 4, (method, strategy, temp)
+
+
+def test_sparse_input_errors_name_the_argument(case):
+    Y, start = case
+    X = sp.csr_matrix(Y)
+    with pytest.raises(ValueError, match="beta"):
+        jnmf.fit(X, 3, method="beta")
+    with pytest.raises(ValueError, match="M .*dense"):
+        jnmf.fit(X, 3, M=np.ones(Y.shape))
+    with pytest.raises(ValueError, match="missing='nan' needs dense"):
+        jnmf.fit(X, 3, missing="nan")
+    with pytest.raises(ValueError, match="missing='unstored' is for sparse"):
+        jnmf.fit(Y, 3, missing="unstored")
+    bad = X.copy()
+    bad.data[0] = -1.0
+    with pytest.raises(ValueError, match="Y must be non-negative"):
+        jnmf.fit(bad, 3)
+    bad.data[0] = np.nan
+    with pytest.raises(ValueError, match="Y must be finite"):
+        jnmf.fit(bad, 3)
+    with pytest.raises(ValueError, match="W_0R as a full matrix needs dense"):
+        jnmf.fit(X, 3, W_0R=np.eye(Y.shape[0]))
+    with pytest.raises(ValueError, match="grid\\['M'\\] needs dense"):
+        jnmf.sweep(X, 3, {"M": [np.ones(Y.shape)]})
+
+
+def test_sparse_sweep_and_restarts_match_dense(case):
+    Y, _ = case
+    kw = dict(max_iterations=30, tol=0, key=2, method="mu", restarts=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jnmf.ConvergenceWarning)
+        a = jnmf.sweep(Y, 3, {"lambda_1L": [0.0, 0.1]}, **kw)
+        b = jnmf.sweep(sp.csr_matrix(Y), 3, {"lambda_1L": [0.0, 0.1]}, **kw)
+    np.testing.assert_allclose(b.objectives, a.objectives, rtol=1e-10)
+    np.testing.assert_allclose(b.loss, a.loss, rtol=1e-10)
+
+
+def test_nndsvd_on_sparse_data_uses_products_only(case):
+    """NNDSVD of a sparse Y from a randomized SVD (products with Y only) equals the dense
+    NNDSVD when the randomized range finder is exact (rank <= the width it samples)."""
+    from jnmf.init import nndsvd
+
+    Y, _ = case
+    Ld, Rd = nndsvd(jnp.asarray(Y), 3)
+    Ls, Rs = nndsvd(sparse_operator("Y", sp.csr_matrix(Y)), 3)
+    np.testing.assert_allclose(Ls @ Rs, Ld @ Rd, rtol=1e-6, atol=1e-8)
+
+
+def test_sparse_operator_is_a_pytree_leaf_set():
+    X = sp.random(30, 20, density=0.2, format="csr", random_state=1)
+    op = sparse_operator("Y", X)
+    assert isinstance(op, SparseData)
+    leaves = jax.tree.leaves(op)
+    assert all(leaf.ndim <= 1 for leaf in leaves)  # no m x n leaf
