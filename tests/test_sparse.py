@@ -130,7 +130,9 @@ def test_no_m_by_n_array_in_a_compiled_sparse_fit():
         opts = jnmf.Stopping(max_iterations=5).traced(jnp.float32)
         for strategy in ("vmap", "map"):
             program = jax.jit(
-                lambda p, s, rule=rule, strategy=strategy: batch._run(rule, p, s, opts, 4, None, strategy)
+                lambda p, s, rule=rule, strategy=strategy, o=opts: batch._run(
+                    rule, p, s, o, 4, None, strategy
+                )
             )
             temp = program.lower(problem, states).compile().memory_analysis().temp_size_in_bytes
             assert temp < 0.1 * m * n * 4, (method, strategy, temp)
