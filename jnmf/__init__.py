@@ -1,8 +1,8 @@
 """jnmf: regularized non-negative matrix factorization as composable JAX functions.
 
 Layers (each imports only those below it): problem -> quadratic -> rules ->
-driver -> implicit -> batch -> surfaces (``fit``, ``sweep``, ``consensus``, ``programs``, the rnnmf front doors,
-the CLI).  The top level holds what users call; building blocks stay in their
+driver -> implicit -> batch -> surfaces (``fit``, ``sweep``, ``consensus``, ``programs``,
+the rnnmf front doors, the CLI).  The top level holds what users call; building blocks stay in their
 modules (:mod:`jnmf.problem`, :mod:`jnmf.quadratic`, :mod:`jnmf.rules`,
 :mod:`jnmf.driver`, :mod:`jnmf.batch`, :mod:`jnmf.init`).
 

@@ -67,6 +67,7 @@ __all__ = [
     "DEFAULT_TOL",
     "Programs",
     "ProgramsAtRank",
+    "combine",
     "kmeans",
     "local_density",
     "programs",
@@ -395,6 +396,81 @@ def _rank_list(ranks) -> list[int]:
     return out
 
 
+def combine(
+    spectra,
+    counts,
+    *,
+    density_neighbors: float = 0.30,
+    density_threshold: float = 0.5,
+    kmeans_restarts: int = 10,
+    refit_to=None,
+    keep_replicates: bool = True,
+    seed: int = 0,
+) -> ProgramsAtRank:
+    """The consensus of one rank's replicate spectra (steps 2-5 of Kotliar et al. 2019).
+
+    Args:
+        spectra: ``replicates x K x genes`` replicate spectra (any positive row scaling).
+        counts: the ``cells x genes`` matrix they were fitted to (for the usage refit).
+        density_neighbors, density_threshold, kmeans_restarts, refit_to, keep_replicates:
+            as for :func:`programs`.
+        seed: the seed of the k-means starts.
+
+    Returns:
+        A :class:`ProgramsAtRank` (``iterations``, ``status`` and ``objectives`` empty).
+        When fewer than K spectra pass the density filter, all are clustered, with a
+        warning.
+    """
+    spectra = np.asarray(spectra, np.float64)
+    if spectra.ndim != 3:
+        raise ValueError(f"spectra must be replicates x K x genes, got shape {spectra.shape}")
+    replicates, K, genes = spectra.shape
+    X = np.asarray(counts, np.float64)
+    if X.ndim != 2 or X.shape[1] != genes:
+        raise ValueError(f"counts must be cells x {genes} genes, got shape {X.shape}")
+    Z = X if refit_to is None else np.asarray(refit_to, np.float64)
+    S = _l2_rows(spectra.reshape(replicates * K, genes))
+    D = _pairwise_distances(S)
+    density = local_density(D, int(round(density_neighbors * replicates)))
+    kept = density < density_threshold
+    if kept.sum() < K:
+        warnings.warn(
+            f"rank {K}: only {int(kept.sum())} of {kept.size} replicate spectra pass "
+            f"density_threshold={density_threshold}; clustering all of them instead",
+            stacklevel=check.user_stacklevel(),
+        )
+        kept = np.ones_like(kept)
+    idx = np.flatnonzero(kept)
+    km, _, _ = kmeans(S[idx], K, restarts=kmeans_restarts, seed=seed)
+    labels = np.full(kept.size, -1)
+    labels[idx] = km
+    stability = silhouette_score(D[np.ix_(idx, idx)], km)
+    median = np.stack([np.median(S[idx][km == j], axis=0) for j in range(K)])
+    total = median.sum(axis=1, keepdims=True)
+    median = np.divide(median, total, out=np.zeros_like(median), where=total > 0)
+    W = nnls_fixed(X, median)  # usages: min ||X - W H|| with H = median fixed
+    error = float(np.linalg.norm(X - W @ median))
+    usage_total = W.sum(axis=1, keepdims=True)
+    U = np.divide(W, usage_total, out=np.zeros_like(W), where=usage_total > 0)
+    H = nnls_fixed(Z.T, U.T).T  # spectra in input units: min ||Z - U H||
+    empty = np.zeros(0)
+    return ProgramsAtRank(
+        rank=K,
+        spectra=H,
+        consensus=median,
+        usages=U,
+        stability=stability,
+        error=error,
+        density=density,
+        kept=kept,
+        labels=labels,
+        iterations=empty.astype(np.int32),
+        status=empty.astype(np.int32),
+        objectives=empty,
+        replicate_spectra=S if keep_replicates else None,
+    )
+
+
 def programs(
     counts,
     ranks: int | Sequence[int],
@@ -488,45 +564,19 @@ def programs(
     entries = []
     for i, K in enumerate(rank_list):
         rows = slice(i * replicates, (i + 1) * replicates)
-        spectra = _l2_rows(R[rows, :K, :].reshape(replicates * K, genes))
-        D = _pairwise_distances(spectra)
-        density = local_density(D, int(round(density_neighbors * replicates)))
-        kept = density < density_threshold
-        if kept.sum() < K:
-            warnings.warn(
-                f"rank {K}: only {int(kept.sum())} of {kept.size} replicate spectra pass "
-                f"density_threshold={density_threshold}; clustering all of them instead",
-                stacklevel=check.user_stacklevel(),
-            )
-            kept = np.ones_like(kept)
-        idx = np.flatnonzero(kept)
-        km, _, _ = kmeans(spectra[idx], K, restarts=kmeans_restarts, seed=i)
-        labels = np.full(kept.size, -1)
-        labels[idx] = km
-        stability = silhouette_score(D[np.ix_(idx, idx)], km)
-        median = np.stack([np.median(spectra[idx][km == j], axis=0) for j in range(K)])
-        total = median.sum(axis=1, keepdims=True)
-        median = np.divide(median, total, out=np.zeros_like(median), where=total > 0)
-        W = nnls_fixed(X64, median)  # usages: min ||X - W H||, H = median fixed
-        error = float(np.linalg.norm(X64 - W @ median))
-        usage_total = W.sum(axis=1, keepdims=True)
-        U = np.divide(W, usage_total, out=np.zeros_like(W), where=usage_total > 0)
-        H = nnls_fixed(Z64.T, U.T).T  # spectra in input units: min ||Z - U H||
+        entry = combine(
+            R[rows, :K, :],
+            X64,
+            density_neighbors=density_neighbors,
+            density_threshold=density_threshold,
+            kmeans_restarts=kmeans_restarts,
+            refit_to=Z64,
+            keep_replicates=keep_replicates,
+            seed=i,
+        )
         entries.append(
-            ProgramsAtRank(
-                rank=K,
-                spectra=H,
-                consensus=median,
-                usages=U,
-                stability=stability,
-                error=error,
-                density=density,
-                kept=kept,
-                labels=labels,
-                iterations=iterations[rows],
-                status=status[rows],
-                objectives=objectives[rows],
-                replicate_spectra=spectra if keep_replicates else None,
+            dataclasses.replace(
+                entry, iterations=iterations[rows], status=status[rows], objectives=objectives[rows]
             )
         )
     settings = {
