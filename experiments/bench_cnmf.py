@@ -141,7 +141,8 @@ def main() -> None:
     )
     print(
         f"jnmf: {res.settings['method']} tol={res.settings['tol']} "
-        f"max_iterations={res.settings['max_iterations']} {res.settings['dtype']} strategy={res.settings['strategy']}, {res.compilations} compilations"
+        f"max_iterations={res.settings['max_iterations']} {res.settings['dtype']} "
+        f"strategy={res.settings['strategy']}, {res.compilations} compilations"
     )
     print("cNMF: scikit-learn cd, tol=1e-4, max_iter=1000, float64 (its defaults)\n")
     print("rank | stability cNMF / jnmf | error cNMF / jnmf | spectra r mean/min cNMF | jnmf", end="")
