@@ -70,6 +70,7 @@ __all__ = [
     "combine",
     "kmeans",
     "local_density",
+    "prepare",
     "programs",
     "silhouette_score",
 ]
@@ -469,6 +470,67 @@ def combine(
         objectives=empty,
         replicate_spectra=S if keep_replicates else None,
     )
+
+
+def prepare(counts, genes: int = 2000) -> tuple[object, np.ndarray, np.ndarray]:
+    """cNMF-style input: the most variable genes, each scaled to unit variance, not centred.
+
+    The rule (documented, close to but not cNMF's v-score): every cell is scaled to the
+    median library size; per gene, the Fano factor ``var / mean`` of those normalised
+    counts is computed, and the ``genes`` genes with the largest Fano factor (among
+    genes with a non-zero mean) are kept.  Their raw counts are then divided by their
+    standard deviation over cells (Kotliar et al. 2019 scale the raw counts of the
+    selected genes the same way).  A scipy.sparse input stays sparse.
+
+    Args:
+        counts: ``cells x genes`` non-negative counts (NumPy or scipy.sparse).
+        genes: how many genes to keep (all with non-zero variance when there are fewer).
+
+    Returns:
+        ``(X, selected, std)``: the scaled ``cells x n`` matrix (sparse CSR when the input
+        was sparse), the indices of the selected genes (by decreasing Fano factor) and the
+        standard deviation each was divided by.
+
+    Raises:
+        ValueError: ``counts`` is not a non-negative 2-d matrix, ``genes < 1``, or no gene
+            varies.
+    """
+    import scipy.sparse as sp
+
+    genes = check.positive_int("genes", genes)
+    sparse = sp.issparse(counts)
+    if sparse:
+        C = sp.csr_matrix(counts, dtype=np.float64)
+        if C.ndim != 2 or (C.nnz and C.data.min() < 0) or not np.all(np.isfinite(C.data)):
+            raise ValueError("counts must be a 2-d matrix of finite non-negative values")
+    else:
+        C = np.asarray(counts, np.float64)
+        if C.ndim != 2 or not np.all(np.isfinite(C)) or (C.size and C.min() < 0):
+            raise ValueError("counts must be a 2-d matrix of finite non-negative values")
+    library = np.asarray(C.sum(axis=1)).ravel()
+    target = np.median(library[library > 0]) if np.any(library > 0) else 1.0
+    factor = np.divide(target, library, out=np.zeros_like(library), where=library > 0)
+
+    def moments(A, weights):
+        A = sp.diags(weights) @ A if sparse else A * weights[:, None]
+        mean = np.asarray(A.mean(axis=0)).ravel()
+        square = np.asarray((A.multiply(A) if sparse else A * A).mean(axis=0)).ravel()
+        return mean, np.maximum(square - mean * mean, 0.0)
+
+    mean, var = moments(C, factor)
+    fano = np.divide(var, mean, out=np.full_like(mean, -np.inf), where=mean > 0)
+    _, raw_var = moments(C, np.ones_like(library))
+    candidates = np.flatnonzero((mean > 0) & (raw_var > 0))
+    if candidates.size == 0:
+        raise ValueError("counts: no gene varies across cells")
+    order = candidates[np.argsort(-fano[candidates], kind="stable")]
+    selected = order[:genes]
+    std = np.sqrt(raw_var[selected])
+    if sparse:
+        X = (C[:, selected] @ sp.diags(1.0 / std)).tocsr()
+    else:
+        X = C[:, selected] / std[None, :]
+    return X, selected, std
 
 
 def programs(

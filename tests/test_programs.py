@@ -242,3 +242,48 @@ def test_plots(survey):
     assert len(fig.axes) == 2
     fig = jnmf.plot.clustergram(res[TRUE_K])
     assert len(fig.axes) >= 2
+
+
+# ----------------------------------------------------------------- the command line
+def test_cli_programs_writes_every_output(tmp_path, capsys):
+    from jnmf.cli import main
+
+    X, _, _ = planted()
+    path = tmp_path / "counts.npz"
+    np.savez(path, counts=np.round(X))
+    out = tmp_path / "out"
+    argv = [str(path), "--ranks", "2-3", "--replicates", "4", "--genes", "25", "--out", str(out)]
+    assert main(["programs", *argv, "--no-cache", "--quiet"]) == 0
+    summary = __import__("json").loads((out / "summary.json").read_text())
+    assert summary["ranks"] == [2, 3] and summary["genes_selected"] == 25
+    for k in (2, 3):
+        spectra = np.loadtxt(out / f"spectra_k{k}.csv", delimiter=",", skiprows=1, usecols=range(1, k + 1))
+        assert spectra.shape == (25, k)
+        usages = np.loadtxt(out / f"usages_k{k}.csv", delimiter=",", skiprows=1, usecols=range(1, k + 1))
+        np.testing.assert_allclose(usages.sum(axis=1), 1.0, atol=1e-6)
+    assert (out / "k_selection.tsv").read_text().startswith("rank\tstability")
+    assert isinstance(jnmf.load(out / "programs.npz"), jnmf.Programs)
+    # an existing output is not overwritten without --force
+    assert main(["programs", *argv, "--no-cache"]) == 1
+    assert "--force" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "status", "message"),
+    [
+        (None, [], 1, "no such file"),
+        ("a,b\n1,x\n", [], 1, "not a number"),
+        ("1,2\n3,-4\n", [], 1, "negative"),
+        ("1,2\n3,4\n", ["--ranks", "1-3"], 2, "at least 2"),
+        ("1,2,3\n3,4,5\n", ["--ranks", "2-9"], 2, "--ranks"),
+    ],
+)
+def test_cli_programs_bad_input_is_one_line(tmp_path, capsys, content, extra, status, message):
+    from jnmf.cli import main
+
+    path = tmp_path / "counts.csv"
+    if content is not None:
+        path.write_text(content)
+    assert main(["programs", str(path), "--out", str(tmp_path / "o"), "--no-cache", *extra]) == status
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("jnmf: error:") and message in err
