@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from simulate_counts import simulate  # noqa: E402
 
 import jnmf  # noqa: E402
-from jnmf.programs import _l2_rows, _pairwise_distances, local_density  # noqa: E402
+from jnmf.programs import DEFAULT_METHOD, DEFAULT_TOL, _l2_rows, _pairwise_distances, local_density  # noqa: E402
 from jnmf.rules.fixed import nnls_fixed  # noqa: E402
 
 
@@ -81,6 +81,8 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, nargs="+", default=[7, 8, 9, 10])
     parser.add_argument("--replicates", type=int, default=20)
     parser.add_argument("--seed", type=int, default=14)
+    parser.add_argument("--method", default=DEFAULT_METHOD, help="jnmf's method")
+    parser.add_argument("--tol", type=float, default=DEFAULT_TOL, help="jnmf's tol")
     parser.add_argument("--out", default="/tmp/bench_cnmf")
     parser.add_argument("--cnmf-python", default="/work/cnmf-venv/bin/python")
     parser.add_argument(
@@ -121,7 +123,7 @@ def main() -> None:
     )
     print(f"load average before jnmf: {os.getloadavg()}", flush=True)
 
-    res = jnmf.programs(X, args.ranks, args.replicates, key=args.seed)
+    res = jnmf.programs(X, args.ranks, args.replicates, key=args.seed, method=args.method, tol=args.tol)
     jn_times = res.seconds
 
     # the truth in the prepared matrix's units: cNMF scales each HVG's counts by a constant
