@@ -960,6 +960,7 @@ def _run_programs(args) -> int:
         args.replicates,
         method=args.method,
         tol=args.tol,
+        rel_tol=args.rel_tol,
         max_iterations=args.max_iterations,
         density_threshold=args.density_threshold,
         key=args.seed,
@@ -1010,7 +1011,7 @@ def _run_programs(args) -> int:
 
 
 def _add_programs_command(sub, methods: Sequence[str]) -> None:
-    from .programs import DEFAULT_MAX_ITERATIONS, DEFAULT_METHOD, DEFAULT_TOL
+    from .programs import DEFAULT_MAX_ITERATIONS, DEFAULT_METHOD, DEFAULT_REL_TOL, DEFAULT_TOL
 
     cmd = sub.add_parser(
         "programs",
@@ -1040,7 +1041,13 @@ def _add_programs_command(sub, methods: Sequence[str]) -> None:
         "--tol",
         type=_nonneg_float,
         default=DEFAULT_TOL,
-        help="relative objective change that stops a replicate (not scikit-learn's tol: see jnmf.programs)",
+        help="relative objective change that stops a replicate (0: off; not scikit-learn's tol)",
+    )
+    cmd.add_argument(
+        "--rel-tol",
+        type=_nonneg_float,
+        default=DEFAULT_REL_TOL,
+        help="relative change of the factors that stops a replicate (1e-4: as converged as cNMF's fits)",
     )
     cmd.add_argument(
         "--max-iterations", type=_positive_int, default=DEFAULT_MAX_ITERATIONS, help="cap per replicate"
