@@ -287,3 +287,27 @@ def test_cli_programs_bad_input_is_one_line(tmp_path, capsys, content, extra, st
     assert main(["programs", str(path), "--out", str(tmp_path / "o"), "--no-cache", *extra]) == status
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("jnmf: error:") and message in err
+
+
+def test_prepare_keeps_variable_genes_scaled_and_sparse_sparse():
+    import scipy.sparse as sp
+
+    from jnmf.programs import prepare
+
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(5.0, (200, 40)).astype(float)  # Poisson: Fano factor ~1
+    counts[:, :5] = rng.negative_binomial(2, 2 / 7, (200, 5))  # mean 5, Fano factor ~3.5
+    counts[:, 6] = 0  # never expressed
+    X, genes, std = prepare(counts, 5)
+    assert sorted(genes) == [0, 1, 2, 3, 4]
+    np.testing.assert_allclose(X.std(axis=0), 1.0)
+    np.testing.assert_allclose(X * std, counts[:, genes])  # scaled, not centred
+    Xs, genes_s, _ = prepare(sp.csr_matrix(counts), 5)
+    assert sp.issparse(Xs)
+    np.testing.assert_array_equal(genes_s, genes)
+    np.testing.assert_allclose(Xs.toarray(), X)
+    assert 6 not in prepare(counts, 100)[1]
+    with pytest.raises(ValueError, match="genes"):
+        prepare(counts, 0)
+    with pytest.raises(ValueError, match="counts"):
+        prepare(-counts, 5)
