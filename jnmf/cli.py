@@ -916,6 +916,8 @@ PROGRAMS_RANKS = tuple(range(7, 13))
 
 
 def _run_programs(args) -> int:
+    import scipy.sparse
+
     import jnmf
     import jnmf.plot
     from jnmf.programs import prepare
@@ -937,6 +939,12 @@ def _run_programs(args) -> int:
     _enable_float64(args)
     matrix = _load_input(args, timings)
     counts = matrix.values
+    cell_names, gene_names = matrix.row_names, matrix.column_names
+    if Path(args.input).is_dir():  # a 10x Genomics directory holds genes x cells
+        counts, cell_names, gene_names = counts.T, gene_names, cell_names
+    sparse = scipy.sparse.issparse(counts)
+    if sparse:
+        counts = scipy.sparse.csr_matrix(counts)
     cells, n_genes = counts.shape
     try:
         X, selected, _ = prepare(counts, args.genes)
@@ -946,8 +954,8 @@ def _run_programs(args) -> int:
         raise UsageError(
             f"--ranks go up to {ranks[-1]}, above min(cells, selected genes) = {min(X.shape)} of this data"
         )
-    gene_names = matrix.column_names or [f"gene{j}" for j in range(n_genes)]
-    cell_names = matrix.row_names or [f"cell{i}" for i in range(cells)]
+    gene_names = list(gene_names) if gene_names is not None else [f"gene{j}" for j in range(n_genes)]
+    cell_names = list(cell_names) if cell_names is not None else [f"cell{i}" for i in range(cells)]
     say(
         f"{args.input}: {cells} cells x {n_genes} genes; {X.shape[1]} most variable genes kept; "
         f"{args.replicates} replicates ({args.method}) per rank {ranks[0]}-{ranks[-1]}"
@@ -955,7 +963,7 @@ def _run_programs(args) -> int:
     fit_start = time.perf_counter()
     result = _call_jnmf(
         jnmf.programs,
-        X.astype(counts.dtype),
+        X.astype(np.float64 if args.float64 else np.float32),
         ranks,
         args.replicates,
         method=args.method,
@@ -966,8 +974,9 @@ def _run_programs(args) -> int:
         key=args.seed,
     )
     timings["programs"] = time.perf_counter() - fit_start
-    library = counts.sum(axis=1, keepdims=True)
-    tpm = np.divide(counts * 1e6, library, out=np.zeros(counts.shape), where=library > 0)
+    library = np.asarray(counts.sum(axis=1), np.float64).ravel()
+    per_million = np.divide(1e6, library, out=np.zeros_like(library), where=library > 0)
+    tpm = scipy.sparse.diags(per_million) @ counts if sparse else counts * per_million[:, None]
     say(f"{'rank':>4}  {'stability':>9}  {'error':>12}  {'kept':>6}")
     hvg_names = [gene_names[j] for j in selected]
     for entry in result:

@@ -59,6 +59,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse as sp
 
 from . import _validate as check
 from .batch import batching_strategy, run_restarts
@@ -434,7 +435,7 @@ def combine(
     X = np.asarray(counts, np.float64)
     if X.ndim != 2 or X.shape[1] != genes:
         raise ValueError(f"counts must be cells x {genes} genes, got shape {X.shape}")
-    Z = X if refit_to is None else np.asarray(refit_to, np.float64)
+    Z = X if refit_to is None else (refit_to if sp.issparse(refit_to) else np.asarray(refit_to, np.float64))
     S = _l2_rows(spectra.reshape(replicates * K, genes))
     D = _pairwise_distances(S)
     density = local_density(D, int(round(density_neighbors * replicates)))
@@ -500,8 +501,6 @@ def prepare(counts, genes: int = 2000) -> tuple[object, np.ndarray, np.ndarray]:
         ValueError: ``counts`` is not a non-negative 2-d matrix, ``genes < 1``, or no gene
             varies.
     """
-    import scipy.sparse as sp
-
     genes = check.positive_int("genes", genes)
     sparse = sp.issparse(counts)
     if sparse:
@@ -560,8 +559,9 @@ def programs(
 
     Args:
         counts: ``cells x genes`` non-negative matrix to factor (NumPy, JAX or
-            scipy.sparse; typically cNMF's prepared matrix: highly variable genes, each
-            scaled to unit variance without centring).
+            scipy.sparse, which is densified for the fits); typically cNMF's prepared
+            matrix (:func:`prepare`: highly variable genes, each scaled to unit variance
+            without centring).
         ranks: one rank K or a sequence of distinct ranks.
         replicates: random-start fits per rank (cNMF's default 100).
         method: any method of :func:`jnmf.fit` (default accelerated HALS; ``"kl"`` or
@@ -577,8 +577,8 @@ def programs(
             default 0.5; ``inf`` keeps all; the L2-normalised distances are at most 2).
         kmeans_restarts: k-means++ starts of the clustering.
         key: int seed, JAX key or NumPy Generator of the replicates' starts (default 0).
-        refit_to: optional ``cells x G`` matrix (e.g. TPM over all genes) to refit the
-            final spectra against; default ``counts``.
+        refit_to: optional ``cells x G`` matrix (e.g. TPM over all genes; scipy.sparse stays
+            sparse) to refit the final spectra against; default ``counts``.
         keep_replicates: keep the L2-normalised replicate spectra in the result (for
             :func:`jnmf.plot.clustergram`).
         strategy: batching strategy of the replicates (default:
@@ -606,6 +606,10 @@ def programs(
             f"density_threshold must be a positive number (inf: no filter), got {density_threshold!r}"
         )
     kmeans_restarts = check.positive_int("kmeans_restarts", kmeans_restarts)
+    if sp.issparse(counts):
+        # the replicates and the consensus run on the dense matrix: after a selection of
+        # variable genes it is typically 25-50% non-zero
+        counts = counts.toarray()
     stopping = Stopping(max_iterations=max_iterations, tol=tol, rel_tol=rel_tol).validate()
     s = _setup(counts, top, method, "random", replicates, as_key(key), stopping, {})
     cells, genes = s.Y.shape
@@ -613,7 +617,7 @@ def programs(
         raise ValueError("counts is all zero: there are no programs to find")
     Z = None
     if refit_to is not None:
-        Z = check.data("refit_to", refit_to)
+        Z = refit_to if sp.issparse(refit_to) else check.data("refit_to", refit_to)
         if Z.shape[0] != cells:
             raise ValueError(f"refit_to must have one row per cell ({cells}), got shape {Z.shape}")
     problem = build_problem(jnp.asarray(s.Y), top, **penalties)
@@ -630,7 +634,7 @@ def programs(
     factorized = time.perf_counter()
 
     X64 = np.asarray(s.Y, np.float64)
-    Z64 = X64 if Z is None else np.asarray(Z, np.float64)
+    Z64 = X64 if Z is None else (Z if sp.issparse(Z) else np.asarray(Z, np.float64))
     entries = []
     for i, K in enumerate(rank_list):
         rows = slice(i * replicates, (i + 1) * replicates)

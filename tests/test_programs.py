@@ -311,3 +311,25 @@ def test_prepare_keeps_variable_genes_scaled_and_sparse_sparse():
         prepare(counts, 0)
     with pytest.raises(ValueError, match="counts"):
         prepare(-counts, 5)
+
+
+def test_sparse_counts_and_matrix_market_input(survey, tmp_path):
+    import scipy.io
+    import scipy.sparse as sp
+
+    from jnmf.cli import main
+
+    X, *_ = survey[:1]
+    counts = np.round(X)
+    counts[counts < 20] = 0  # a sparse matrix
+    res = jnmf.programs(sp.csr_matrix(counts), [3], 4, refit_to=sp.csr_matrix(counts[:, :7]))
+    dense = jnmf.programs(counts, [3], 4, refit_to=counts[:, :7])
+    np.testing.assert_allclose(res[3].spectra, dense[3].spectra)
+    assert res[3].spectra.shape == (3, 7)
+    path = tmp_path / "counts.mtx"
+    scipy.io.mmwrite(str(path), sp.coo_matrix(counts))
+    out = tmp_path / "out"
+    argv = ["programs", str(path), "--ranks", "2-3", "--replicates", "4", "--genes", "25", "--out", str(out)]
+    assert main([*argv, "--no-cache", "--quiet"]) == 0
+    tpm = np.loadtxt(out / "spectra_tpm_k3.csv", delimiter=",", skiprows=1, usecols=(1, 2, 3))
+    assert tpm.shape == (GENES, 3) and np.all(tpm >= 0)

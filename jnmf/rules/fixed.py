@@ -30,7 +30,7 @@ def nnls_fixed(X, H) -> np.ndarray:
     """``argmin_{W >= 0} ||X - W H||_F`` for a fixed ``H`` (exact NNLS per row of X).
 
     Args:
-        X: ``p x n`` data.
+        X: ``p x n`` data (NumPy or scipy.sparse).
         H: ``k x n`` fixed factor.
 
     Returns:
@@ -39,15 +39,19 @@ def nnls_fixed(X, H) -> np.ndarray:
     Raises:
         ValueError: X and H have different numbers of columns.
     """
-    X = np.asarray(X, np.float64)
+    import scipy.sparse as sp
+
+    if not sp.issparse(X):
+        X = np.asarray(X, np.float64)
     H = np.asarray(H, np.float64)
-    if X.ndim != 2 or H.ndim != 2 or X.shape[1] != H.shape[1]:
+    if len(X.shape) != 2 or H.ndim != 2 or X.shape[1] != H.shape[1]:
         raise ValueError(f"X (p x n) and H (k x n) must share n; got shapes {X.shape} and {H.shape}")
     k = H.shape[0]
     Q = H @ H.T
     Q[np.diag_indices(k)] += _RIDGE * max(float(np.trace(Q)) / k, np.finfo(np.float64).tiny)
     A = cholesky(Q, lower=False)  # Q = A' A
-    B = solve_triangular(A, H @ X.T, trans="T")  # A' b = H x, one column per row of X
+    XH = np.asarray(X @ H.T, np.float64)  # p x k (a sparse X times a dense H is dense)
+    B = solve_triangular(A, XH.T, trans="T")  # A' b = H x, one column per row of X
     W = np.empty((X.shape[0], k))
     for i in range(X.shape[0]):
         W[i] = nnls(A, B[:, i])[0]
