@@ -565,7 +565,8 @@ def programs(
         ranks: one rank K or a sequence of distinct ranks.
         replicates: random-start fits per rank (cNMF's default 100).
         method: any method of :func:`jnmf.fit` (default accelerated HALS; ``"kl"`` or
-            ``"beta"`` for a divergence).
+            ``"beta"`` for a divergence).  The replicates use it; the usage and spectra
+            refits of the consensus are least squares whatever the method, as cNMF's.
         tol: relative objective change that stops a replicate (default 0, off; see the
             module docstring: not scikit-learn's ``tol``).
         rel_tol: relative change of the factors that stops a replicate (default 1e-4:
