@@ -57,7 +57,6 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 
@@ -65,8 +64,7 @@ from . import _validate as check
 from .batch import batching_strategy, run_restarts
 from .consensus import _cache_size
 from .driver import Stopping, status_names
-from .fitting import _setup, as_key, padded_starting_points
-from .problem import build_problem, scale_factors
+from .fitting import _setup, as_key, pipeline
 from .rules.fixed import nnls_fixed
 
 __all__ = [
@@ -621,17 +619,14 @@ def programs(
         Z = refit_to if sp.issparse(refit_to) else check.data("refit_to", refit_to)
         if Z.shape[0] != cells:
             raise ValueError(f"refit_to must have one row per cell ({cells}), got shape {Z.shape}")
-    problem = build_problem(jnp.asarray(s.Y), top, **penalties)
-    s.rule.check(problem)
-    problem = problem.scaled(s.scale, s.degree)
-    L0, R0 = padded_starting_points(problem.Y, rank_list, replicates, s.key, "random")
+    pipe = pipeline(s, **penalties)
+    L0, R0 = pipe.padded_starts(rank_list, "random")
     strategy = strategy or batching_strategy(s.rule, uneven_stops=True)
-    res = run_restarts(s.rule, problem, L0, R0, stopping=stopping, history_size=1, strategy=strategy)
-    L, R = scale_factors(res.L, res.R, s.scale)
+    res = run_restarts(s.rule, pipe.scaled, L0, R0, stopping=stopping, history_size=1, strategy=strategy)
+    L, R, objectives = pipe.unscaled(res.L, res.R, res.objective)
     R = np.asarray(R, np.float64)
     iterations = np.asarray(res.iterations)
     status = np.asarray(res.status)
-    objectives = np.asarray(res.objective, np.float64) * float(s.scale) ** s.degree
     factorized = time.perf_counter()
 
     X64 = np.asarray(s.Y, np.float64)
