@@ -50,12 +50,16 @@ STRATEGIES = ("vmap", "hybrid", "map")
 _CPU_STRATEGY: dict[str, str] = {"hals": "map", "anls": "map", "kl": "map"}
 
 
-def batching_strategy(rule, backend: str | None = None, *, uneven_stops: bool = False) -> str:
+def batching_strategy(rule, backend: str | None = None, *, uneven_stops: bool = False, problem=None) -> str:
     """The strategy for a batch of fits of ``rule`` on ``backend`` (default: JAX's).
 
     Args:
         rule: the rule of every fit.
         backend: ``"cpu"``, ``"gpu"``, ``"tpu"`` (default: JAX's default backend).
+        problem: the problem (optional): on CPU, data whose products are gather/scatter loops
+            (sparse data, :attr:`jnmf.data.DataOperator.needs_mn_memory` False) run fit by
+            fit, ``"map"``: vmapped, the chunked scatter products ran 8-13x slower than a
+            loop of fits (experiments/README.md, "Big data on one device").
         uneven_stops: the fits are expected to stop after very different numbers of
             iterations (a consensus survey's stable-cluster rule: 80 to 400 iterations
             on Golub).  One batched loop runs every fit until the slowest stops; on CPU
@@ -68,6 +72,9 @@ def batching_strategy(rule, backend: str | None = None, *, uneven_stops: bool = 
     backend = backend or jax.default_backend()
     if backend == "cpu":
         if uneven_stops:
+            return "map"
+        data = getattr(problem, "data", None)
+        if data is not None and not data.needs_mn_memory:
             return "map"
         return _CPU_STRATEGY.get(getattr(rule, "method_name", None), "vmap")
     return "vmap"
@@ -117,18 +124,18 @@ def _grid(rule, problem, grid, states, opts, history_size, normalize, strategy) 
     return jax.lax.map(one_setting, grid)
 
 
-def _options(rule, stopping, overrides, history_size, normalize, strategy, dtype):
+def _options(rule, stopping, overrides, history_size, normalize, strategy, dtype, problem=None):
     """The validated run options (traced) and the batching strategy."""
     check_static_options(history_size, normalize)
     stop = (stopping or DEFAULT_STOPPING).replace(**overrides).validate()
-    strategy = strategy or batching_strategy(rule)
+    strategy = strategy or batching_strategy(rule, problem=problem)
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}; got {strategy!r}")
     return stop.traced(dtype), strategy
 
 
 def _prepare(rule, problem, L0, R0, stopping, overrides, history_size, normalize, strategy):
-    opts, strategy = _options(rule, stopping, overrides, history_size, normalize, strategy, L0.dtype)
+    opts, strategy = _options(rule, stopping, overrides, history_size, normalize, strategy, L0.dtype, problem)
     if L0.ndim != 3 or R0.ndim != 3 or L0.shape[0] != R0.shape[0]:
         raise ValueError(
             f"L0 and R0 must be stacks of starting factors with one leading axis, got shapes "
@@ -211,7 +218,7 @@ def continue_restarts(
     rule.check(problem)
     overrides = dict(max_iterations=max_iterations, min_xstep=min_xstep, tol=tol, rel_tol=rel_tol)
     dtype = rule.factors(states)[0].dtype
-    opts, strategy = _options(rule, stopping, overrides, history_size, normalize, strategy, dtype)
+    opts, strategy = _options(rule, stopping, overrides, history_size, normalize, strategy, dtype, problem)
     return _restarts(rule, problem, states, opts, int(history_size), normalize, strategy, None)
 
 

@@ -270,7 +270,7 @@ def consensus(
     pipe = pipeline(s)
     L0, R0 = pipe.padded_starts(rank_list, init)
 
-    strategy = strategy or batching_strategy(s.rule, uneven_stops=stable_labels > 0)
+    strategy = strategy or batching_strategy(s.rule, uneven_stops=stable_labels > 0, problem=pipe.problem)
     res = run_restarts(
         s.rule, pipe.scaled, L0, R0, stopping=stopping, history_size=history_size, strategy=strategy
     )

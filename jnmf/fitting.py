@@ -382,7 +382,17 @@ def _plain(value):
 
 
 def fit_settings(
-    s: _Setup, method, init, key, normalize, history_size: int, strategy, W_0R, W_0C, penalties: dict
+    s: _Setup,
+    method,
+    init,
+    key,
+    normalize,
+    history_size: int,
+    strategy,
+    W_0R,
+    W_0C,
+    penalties: dict,
+    problem=None,
 ) -> Settings:
     """The arguments of a fit as JSON values (``FitResult.settings``).
 
@@ -403,7 +413,7 @@ def fit_settings(
         penalties={name: _plain(v) for name, v in {**penalties, **weights}.items() if v is not None},
         normalize=normalize,
         history_size=int(history_size),
-        strategy=strategy or batching_strategy(s.rule),
+        strategy=strategy or batching_strategy(s.rule, problem=problem),
         dtype=str(s.Y.dtype),
         shape=list(s.Y.shape),
     )
@@ -545,7 +555,9 @@ def fit(
     overrides = dict(max_iterations=max_iterations, tol=tol, min_xstep=min_xstep, rel_tol=rel_tol)
     s = _setup(Y, rank, method, init, restarts, key, stopping, overrides, M, missing)
     pipe = pipeline(s, W_0R=W_0R, W_0C=W_0C, **penalties)
-    settings = fit_settings(s, method, init, key, normalize, history_size, strategy, W_0R, W_0C, penalties)
+    settings = fit_settings(
+        s, method, init, key, normalize, history_size, strategy, W_0R, W_0C, penalties, pipe.problem
+    )
     settings["missing"] = missing
     if float(s.scale) == 1.0 and not _any_nonzero(s.Y):
         return _zero_fit(s, return_all, history_size, settings)
