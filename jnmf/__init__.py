@@ -21,6 +21,7 @@ from .implicit import differentiable_fit
 from .problem import Problem, build_problem
 from .result_files import load
 from .rnnmf import aurnmf, gaurnmf, giqpm, murnmf, objective
+from .streaming import fit_stream
 from .rules import ANLS, AURNMF, HALS, KLMU, METHODS, MURNMF, BetaMU, ProjectedGradient, make_rule
 
 
@@ -42,6 +43,7 @@ __all__ = [
     # surfaces
     "fit",
     "sweep",
+    "fit_stream",
     "differentiable_fit",
     "consensus",
     "cross_validate_rank",
