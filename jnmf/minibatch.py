@@ -255,8 +255,8 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         if isinstance(self.beta_loss, str):
             if self.beta_loss not in BETA_LOSSES:
                 raise ValueError(
-                    f"The 'beta_loss' parameter of MiniBatchNMF must be a float or one of {tuple(BETA_LOSSES)}; "
-                    f"got {self.beta_loss!r}"
+                    f"The 'beta_loss' parameter of MiniBatchNMF must be a float or one of "
+                    f"{tuple(BETA_LOSSES)}; got {self.beta_loss!r}"
                 )
         else:
             real("beta_loss", self.beta_loss, low=-np.inf)
@@ -307,7 +307,8 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             W = _check_init_factor(W, (n_samples, H.shape[0]), "MiniBatchNMF (input W)")
             if H.dtype != X.dtype or W.dtype != X.dtype:
                 raise TypeError(
-                    f"H and W should have the same dtype as X. Got H.dtype = {H.dtype} and W.dtype = {W.dtype}."
+                    f"H and W should have the same dtype as X. Got H.dtype = {H.dtype} and "
+                    f"W.dtype = {W.dtype}."
                 )
             return np.array(W), np.array(H), H.shape[0]
         if W is not None or H is not None:
