@@ -23,10 +23,12 @@ from .programs import Programs, ProgramsAtRank, programs
 from .result_files import load
 from .rnnmf import aurnmf, gaurnmf, giqpm, murnmf, objective
 from .rules import ANLS, AURNMF, HALS, KLMU, METHODS, MURNMF, BetaMU, ProjectedGradient, make_rule
+from .streaming import fit_stream
 
 
 def __getattr__(name: str):
-    """``jnmf.NMF``, imported on first use (it needs scikit-learn, an optional dependency)."""
+    """``jnmf.NMF`` and ``jnmf.MiniBatchNMF``, imported on first use (they need scikit-learn,
+    an optional dependency)."""
     if name == "NMF":
         try:
             from .estimator import NMF
@@ -36,6 +38,15 @@ def __getattr__(name: str):
                 f"(pip install scikit-learn): {e}"
             ) from e
         return NMF
+    if name == "MiniBatchNMF":
+        try:
+            from .minibatch import MiniBatchNMF
+        except ImportError as e:
+            raise ImportError(
+                f"jnmf.MiniBatchNMF (the scikit-learn drop-in estimator) needs scikit-learn "
+                f"(pip install scikit-learn): {e}"
+            ) from e
+        return MiniBatchNMF
     raise AttributeError(f"module 'jnmf' has no attribute {name!r}")
 
 
@@ -43,6 +54,7 @@ __all__ = [
     # surfaces
     "fit",
     "sweep",
+    "fit_stream",
     "differentiable_fit",
     "consensus",
     "programs",
