@@ -33,13 +33,21 @@ def _check_dtype(name: str, arr) -> None:
         )
 
 
+# Entries per block of the host-side value checks: their boolean temporaries stay small
+# (an m x n boolean array per check was a large share of a big fit's peak memory).
+_CHECK_BLOCK = 1 << 22
+
+
 def _check_values(name: str, arr, *, nonneg: bool = True) -> None:
     if is_traced(arr):
         return
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite; it contains NaN or infinite entries")
-    if nonneg and np.any(arr < 0):
-        raise ValueError(f"{name} must be non-negative; it has entries < 0 (min {arr.min()})")
+    flat = np.ravel(arr, order="K")  # a view of a C- or F-contiguous array
+    for start in range(0, max(flat.size, 1), _CHECK_BLOCK):
+        block = flat[start : start + _CHECK_BLOCK]
+        if not np.all(np.isfinite(block)):
+            raise ValueError(f"{name} must be finite; it contains NaN or infinite entries")
+        if nonneg and block.size and block.min() < 0:
+            raise ValueError(f"{name} must be non-negative; it has entries < 0 (min {arr.min()})")
 
 
 _warned_downcast = False

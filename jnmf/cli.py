@@ -192,10 +192,27 @@ def relative_error(Y: np.ndarray, L: np.ndarray, R: np.ndarray) -> float:
     Returns:
         The relative Frobenius error.
     """
+    if hasattr(Y, "tocoo") and not isinstance(Y, np.ndarray):
+        return _sparse_relative_error(Y, L, R)
     Y = np.asarray(Y, np.float64)
     present = ~np.isnan(Y)
     residual = (Y - np.asarray(L, np.float64) @ np.asarray(R, np.float64))[present]
     return float(np.linalg.norm(residual) / np.linalg.norm(Y[present]))
+
+
+def _sparse_relative_error(Y, L, R, chunk: int = 1 << 16) -> float:
+    """``||Y - L R||_F / ||Y||_F`` for a scipy.sparse Y without forming ``L R``:
+    ``||Y||^2 - 2 <Y, L R> + <L'L, R R'>``, the middle term over the stored entries in chunks."""
+    coo = Y.tocoo()
+    L, R = np.asarray(L, np.float64), np.asarray(R, np.float64)
+    data = coo.data.astype(np.float64)
+    cross = 0.0
+    for start in range(0, data.size, chunk):
+        rows, cols = coo.row[start : start + chunk], coo.col[start : start + chunk]
+        cross += float(data[start : start + chunk] @ np.einsum("ek,ke->e", L[rows], R[:, cols]))
+    norm2 = float(data @ data)
+    residual2 = norm2 - 2.0 * cross + float(np.sum((L.T @ L) * (R @ R.T)))
+    return float(np.sqrt(max(residual2, 0.0) / norm2)) if norm2 > 0 else 0.0
 
 
 def fit_status(result, max_iterations: int) -> str:
@@ -333,8 +350,13 @@ def _use_agg() -> bool:
 
 def _check_input_exists(args) -> None:
     """Fail on a missing input before anything else is checked or computed."""
-    if not Path(args.input).is_file():
-        what = "not a regular file" if Path(args.input).exists() else "no such file"
+    path = Path(args.input)
+    if path.is_dir():
+        if not any((path / name).exists() for name in ("matrix.mtx", "matrix.mtx.gz")):
+            raise DataError(f"{args.input}: a directory must be a 10x Genomics matrix (matrix.mtx.gz in it)")
+        return
+    if not path.is_file():
+        what = "not a regular file" if path.exists() else "no such file"
         raise DataError(f"{args.input}: {what}")
 
 
@@ -858,10 +880,11 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--float64", action="store_true", help="compute in double precision")
     parser.add_argument(
         "--missing",
-        choices=("error", "nan"),
+        choices=("error", "nan", "unstored"),
         default="error",
         help="NaN entries (and empty or NA cells of text files): an error, or missing values that "
-        "are neither fitted nor scored (weight 0 in the loss)",
+        "are neither fitted nor scored (weight 0 in the loss); 'unstored': the unstored entries "
+        "of a sparse file (.mtx, sparse .npz, 10x, .h5ad) are missing (recommender data)",
     )
 
 

@@ -44,7 +44,7 @@ from scipy.spatial.distance import squareform
 from . import _validate as check
 from .batch import batching_strategy, run_restarts
 from .driver import Stopping, status_names
-from .fitting import _setup, as_key, padded_starting_points
+from .fitting import _setup, as_key, device_data, fit_losses, padded_starting_points
 from .problem import build_problem, scale_factors
 
 
@@ -268,9 +268,9 @@ def consensus(
     for r in rank_list:
         if r < 1:
             raise ValueError(f"every rank must be >= 1, got {r}")
-    problem = build_problem(jnp.asarray(s.Y), top, M=s.M)
-    s.rule.check(problem)
-    problem = problem.scaled(s.scale, s.degree)
+    unscaled = build_problem(device_data(s), top, M=s.M)
+    s.rule.check(unscaled)
+    problem = unscaled.scaled(s.scale, s.degree)
     L0, R0 = padded_starting_points(problem.data, rank_list, s.restarts, s.key, init)
 
     strategy = strategy or batching_strategy(s.rule, uneven_stops=stable_labels > 0)
@@ -283,15 +283,17 @@ def consensus(
     unit = float(s.scale) ** s.degree
     objectives = np.asarray(res.objective, np.float64) * unit
     iterations = np.asarray(res.iterations)
-    Y64 = np.asarray(s.Y, np.float64)
-    W64 = 1.0 if s.M is None else np.asarray(s.M, np.float64)  # the loss's elementwise weight
+    # the (weighted) Frobenius loss of every fit, from the data operator (sparse stays sparse)
+    losses = np.asarray(
+        fit_losses(unscaled, jnp.asarray(L, s.Y.dtype), jnp.asarray(R, s.Y.dtype)), np.float64
+    )
 
     entries = []
     for i, r in enumerate(rank_list):
         rows = slice(i * s.restarts, (i + 1) * s.restarts)
         Lr, Rr = L[rows, :, :r], R[rows, :r, :]
         C = np.mean([connectivity(Rk) for Rk in Rr], axis=0)
-        loss = np.array([0.5 * np.sum(W64 * (Y64 - a.astype(np.float64) @ b) ** 2) for a, b in zip(Lr, Rr)])
+        loss = losses[rows]
         obj = objectives[rows]
         best = int(np.argmin(np.where(np.isfinite(obj), obj, np.inf)))
         labels = consensus_labels(C, r)

@@ -45,6 +45,7 @@ import numpy as np
 from . import _validate as check
 from .batch import run_grid
 from .consensus import _cache_size
+from .data import is_sparse_input
 from .driver import Stopping
 from .fitting import _setup, as_key, padded_starting_points
 from .nnls import nnls_bpp_columns
@@ -233,6 +234,11 @@ def cross_validate_rank(
     repeats = check.positive_int("repeats", repeats)
     top = max(rank_list)
     stopping = Stopping(max_iterations=max_iterations, tol=tol)
+    if is_sparse_input(Y):
+        raise ValueError(
+            "cross_validate_rank needs dense Y: its hold-out masks are dense m x n weights (for "
+            "sparse Y, hold out stored entries yourself and fit with missing='unstored')"
+        )
     s = _setup(Y, top, method, "random", restarts, as_key(key), stopping, {}, None, missing)
     if s.rule.loss_degree != 2:
         raise ValueError(

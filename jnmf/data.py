@@ -49,8 +49,9 @@ from .weights import Weight
 
 # Stored entries per chunk of a sparse product (see the module docstring).
 CHUNK = 4096
-# Rows per block of the dense Frobenius loss: a block's residual is ROW_BLOCK x n.
-ROW_BLOCK = 512
+# Entries per row block of the dense Frobenius loss (a block's residual is about this
+# many floats: 1 MiB in float32), whatever n is.
+BLOCK_ENTRIES = 1 << 18
 _DIAGONAL = ("identity", "scalar", "diag")
 
 
@@ -298,9 +299,10 @@ def _row_col_weights(W_0R: Weight, W_0C: Weight, m: int, n: int, dtype):
     return w, v
 
 
-def _blocked_sum(Y: Array, f, block: int = ROW_BLOCK) -> Array:
+def _blocked_sum(Y: Array, f) -> Array:
     """``sum_b f(start_b, Y[rows of b])`` over row blocks (no ``m x n`` temporary)."""
     m, n = Y.shape
+    block = max(8, BLOCK_ENTRIES // max(n, 1))
 
     def body(start, size, total):
         rows = lax.dynamic_slice_in_dim(Y, jnp.asarray(start, jnp.int32), size, 0)

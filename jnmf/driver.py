@@ -247,7 +247,10 @@ def iterate_impl(
     factors0 = rule.factors(state)
     dtype = factors0[0].dtype
     noise_floor = jnp.finfo(dtype).eps > 1e-10  # static: float32 and narrower
-    f0 = per_fit(lambda s: rule.objective(problem, s).astype(dtype))(state)
+    # The first and last objectives (a pass over the data each) run fit by fit even in a
+    # batched loop: vmapped, a data operator's row-blocked loss would hold a block per fit.
+    each_fit = (lambda f: lambda s: jax.lax.map(f, s)) if batched else (lambda f: f)
+    f0 = each_fit(lambda s: rule.objective(problem, s).astype(dtype))(state)
     lead = f0.shape  # () or (batch,)
     stride = jnp.maximum(1, -(-max_iterations // history_size)).astype(jnp.int32)
     # A rule whose objective costs a pass over the data (KL, beta, masked losses) gets it
@@ -368,7 +371,7 @@ def iterate_impl(
     # The per-iteration objective (history, tol test) is the cheap form of
     # quadratic.objective_after_R_step, exact only to ~eps ||Y||^2; the reported
     # final objective is recomputed once, from the residual.
-    f = per_fit(lambda s: rule.objective(problem, s).astype(dtype))(state)
+    f = each_fit(lambda s: rule.objective(problem, s).astype(dtype))(state)
     factors = per_fit(rule.result_factors)(state)
     # a final objective that overflows (the cheap one did not) is non-finite too
     status = jnp.where(jnp.isfinite(f), status, NONFINITE).astype(jnp.int32)

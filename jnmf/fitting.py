@@ -728,10 +728,27 @@ def scale_settings(settings: Mapping[str, np.ndarray], scale: float, degree: flo
 
 @eqx.filter_jit
 def _grid_losses(problem: Problem, settings, L, R):
-    """1/2 ||Y - LR||^2 (weighted) of every (setting, restart) fit."""
+    """1/2 ||Y - LR||^2 (weighted) of every (setting, restart) fit (fit by fit: the data
+    operator's loss holds one row block of residual at a time)."""
 
-    def per_setting(values, Ls, Rs):
+    def per_setting(args):
+        values, Ls, Rs = args
         p = problem.replace(**values)
-        return jax.vmap(p.loss)(Ls, Rs)
+        return jax.lax.map(lambda LR: p.loss(*LR), (Ls, Rs))
 
-    return jax.vmap(per_setting)(settings, L, R)
+    return jax.lax.map(per_setting, (settings, L, R))
+
+
+@eqx.filter_jit
+def fit_losses(problem: Problem, L: Array, R: Array) -> Array:
+    """The Frobenius loss of eq. 3 (``1/2 ||Y - LR||^2``, weighted) of a stack of fits.
+
+    Args:
+        problem: the problem (its data operator computes each loss without an ``m x n``
+            residual).
+        L, R: stacks of factors, ``(b, m, k)`` and ``(b, k, n)``.
+
+    Returns:
+        The ``b`` losses.
+    """
+    return jax.lax.map(lambda LR: problem.loss(*LR), (L, R))

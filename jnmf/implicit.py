@@ -87,6 +87,7 @@ from jax.scipy.sparse.linalg import cg
 from jaxtyping import Array, Float
 
 from . import _validate as check
+from .data import is_sparse_input, sparse_operator
 from .driver import Stopping, iterate_impl
 from .problem import Problem, build_problem
 from .rules import DEFAULT_METHOD, AlternatingRule, make_rule
@@ -269,7 +270,8 @@ def _solve(problem: Problem, L0: Array, R0: Array, rule: AlternatingRule, stop_a
         w = _adjoint(problem, L, R, cotangent, *solver)
         _, pullback = jax.vjp(lambda p: _objective_gradient(p, L, R), problem)
         (problem_bar,) = pullback(w)
-        problem_bar = jax.tree.map(jnp.negative, problem_bar)
+        # integer leaves (a sparse operator's indices) have float0 cotangents: left as they are
+        problem_bar = jax.tree.map(lambda x: x if x.dtype == jax.dtypes.float0 else -x, problem_bar)
         # no cotangent for the start, the rule's settings, the stopping and CG settings
         return problem_bar, None, None, None, None, None
 
@@ -342,18 +344,26 @@ def differentiable_fit(
     Raises:
         ValueError: a bad argument (concrete values are validated on the host).
     """
-    Y = jnp.asarray(Y)
     L0, R0 = jnp.asarray(L0), jnp.asarray(R0)
-    if Y.ndim != 2 or L0.ndim != 2 or R0.ndim != 2:
-        raise ValueError(f"Y, L0 and R0 must be matrices, got shapes {Y.shape}, {L0.shape}, {R0.shape}")
-    if L0.shape[0] != Y.shape[0] or R0.shape[1] != Y.shape[1] or L0.shape[1] != R0.shape[0]:
-        raise ValueError(f"L0 {L0.shape} and R0 {R0.shape} do not factor Y {Y.shape}")
-    dtype = jnp.result_type(Y, L0, R0)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        dtype = jnp.result_type(float)
-    problem = build_problem(Y.astype(dtype), L0.shape[1], W_0R=W_0R, W_0C=W_0C, M=M, **penalties)
-    if not check.is_traced(Y):
-        check.matrix("Y", Y)
+    if is_sparse_input(Y):
+        # sparse data stay sparse: the fit and the adjoint's products use the stored entries
+        data = sparse_operator("Y", Y)
+        if L0.ndim != 2 or R0.ndim != 2 or L0.shape[0] != data.shape[0] or R0.shape[1] != data.shape[1]:
+            raise ValueError(f"L0 {L0.shape} and R0 {R0.shape} do not factor Y {data.shape}")
+        dtype = data.dtype
+        problem = build_problem(data, L0.shape[1], W_0R=W_0R, W_0C=W_0C, M=M, **penalties)
+    else:
+        Y = jnp.asarray(Y)
+        if Y.ndim != 2 or L0.ndim != 2 or R0.ndim != 2:
+            raise ValueError(f"Y, L0 and R0 must be matrices, got shapes {Y.shape}, {L0.shape}, {R0.shape}")
+        if L0.shape[0] != Y.shape[0] or R0.shape[1] != Y.shape[1] or L0.shape[1] != R0.shape[0]:
+            raise ValueError(f"L0 {L0.shape} and R0 {R0.shape} do not factor Y {Y.shape}")
+        dtype = jnp.result_type(Y, L0, R0)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            dtype = jnp.result_type(float)
+        problem = build_problem(Y.astype(dtype), L0.shape[1], W_0R=W_0R, W_0C=W_0C, M=M, **penalties)
+        if not check.is_traced(Y):
+            check.matrix("Y", Y)
     return solve(
         problem,
         L0.astype(dtype),

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
-SUFFIXES = (".npy", ".npz", ".mtx", *TEXT_SUFFIXES)
+SUFFIXES = (".npy", ".npz", ".mtx", ".mtx.gz", ".h5ad", *TEXT_SUFFIXES)
 
 # Cells that spreadsheet and R exports use for a missing value: read as NaN so the
 # finiteness check names the real problem instead of calling the file non-numeric.
@@ -37,7 +37,9 @@ class LabeledMatrix(NamedTuple):
     """A data matrix and the names a file gave its rows and columns.
 
     Attributes:
-        values: the 2-d float array.
+        values: the 2-d float array, or a scipy.sparse CSR matrix for sparse files
+            (Matrix Market, a scipy-sparse ``.npz``, a 10x Genomics directory, a sparse
+            ``.h5ad``), never densified.
         row_names: one name per row, or None when the file has none.
         column_names: one name per column, or None when the file has none.
         corner: the label above the row-name column in a text file's header ("" if none).
@@ -76,9 +78,20 @@ def read_matrix(
             or (.npz) holds several arrays and ``key`` does not pick one.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
+    if path.is_dir():
+        try:
+            matrix = _load_10x(path)
+        except MatrixFileError:
+            raise
+        except (OSError, ValueError, EOFError, UnicodeDecodeError) as err:
+            raise MatrixFileError(f"{path}: cannot read it as a 10x directory ({_one_line(err)})") from err
+        return matrix._replace(values=_as_float_matrix(path, matrix.values, dtype))
+    suffix = _suffix(path)
     if suffix not in SUFFIXES:
-        raise MatrixFileError(f"{path}: unsupported file type {suffix or '(none)'!r}; use one of {SUFFIXES}")
+        raise MatrixFileError(
+            f"{path}: unsupported file type {suffix or '(none)'!r}; use one of {SUFFIXES} "
+            "or a 10x Genomics directory"
+        )
     if not path.exists():
         raise MatrixFileError(f"{path}: no such file")
     if not path.is_file():
@@ -90,8 +103,10 @@ def read_matrix(
             matrix = LabeledMatrix(_load_npy(path))
         elif suffix == ".npz":
             matrix = LabeledMatrix(_load_npz(path, key))
-        elif suffix == ".mtx":
+        elif suffix in (".mtx", ".mtx.gz"):
             matrix = LabeledMatrix(_load_mtx(path))
+        elif suffix == ".h5ad":
+            matrix = _load_h5ad(path)
         else:
             matrix = _load_text(path, header=header, row_names=row_names)
     except MatrixFileError:
@@ -103,6 +118,74 @@ def read_matrix(
     return matrix._replace(values=values)
 
 
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".mtx.gz" if name.endswith(".mtx.gz") else path.suffix.lower()
+
+
+def _read_names(path: Path, column: int = 0) -> list[str]:
+    """One name per line of a (possibly gzipped) TSV: the given column (or the last there is)."""
+    import gzip
+
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt") as fh:
+        rows = [line.rstrip("\n").split("\t") for line in fh if line.strip()]
+    return [row[min(column, len(row) - 1)] for row in rows]
+
+
+def _load_10x(path: Path) -> LabeledMatrix:
+    """A 10x Genomics matrix directory (Cell Ranger v2 or v3): ``matrix.mtx(.gz)`` (features x
+    barcodes, kept sparse), ``features.tsv(.gz)`` / ``genes.tsv`` (the feature names: the
+    second column, the gene symbol, when there is one) and ``barcodes.tsv(.gz)``.  The matrix
+    keeps the file's orientation: rows are features (genes), columns are barcodes (cells)."""
+
+    def find(*names):
+        for name in names:
+            for candidate in (path / name, path / f"{name}.gz"):
+                if candidate.exists():
+                    return candidate
+        return None
+
+    mtx = find("matrix.mtx")
+    if mtx is None:
+        raise MatrixFileError(f"{path}: a directory must be a 10x Genomics matrix (no matrix.mtx(.gz) in it)")
+    values = _load_mtx(mtx)
+    features = find("features.tsv", "genes.tsv")
+    barcodes = find("barcodes.tsv")
+    rows = _read_names(features, 1) if features is not None else None
+    cols = _read_names(barcodes, 0) if barcodes is not None else None
+    m, n = values.shape
+    if rows is not None and len(rows) != m:
+        raise MatrixFileError(f"{features}: {len(rows)} names for the matrix's {m} rows")
+    if cols is not None and len(cols) != n:
+        raise MatrixFileError(f"{barcodes}: {len(cols)} names for the matrix's {n} columns")
+    return LabeledMatrix(values, rows, cols)
+
+
+def _load_h5ad(path: Path) -> LabeledMatrix:
+    """An AnnData ``.h5ad`` file's X (cells x genes, as AnnData stores it; sparse stays
+    sparse) with ``obs_names`` and ``var_names``.  Needs the optional ``anndata`` package."""
+    try:
+        import anndata
+    except ImportError as err:
+        raise MatrixFileError(
+            f"{path}: reading .h5ad files needs the optional package anndata (pip install 'jnmf[h5ad]')"
+        ) from err
+    adata = anndata.read_h5ad(path)
+    X = adata.X
+    if X is None:
+        raise MatrixFileError(f"{path}: the AnnData object has no X matrix")
+    return LabeledMatrix(_csr_or_array(X), list(map(str, adata.obs_names)), list(map(str, adata.var_names)))
+
+
+def _csr_or_array(x):
+    import scipy.sparse
+
+    if scipy.sparse.issparse(x):
+        return scipy.sparse.csr_matrix(x)
+    return np.asarray(x)
+
+
 def check_nonnegative(path: str | Path, matrix: LabeledMatrix, *, allow_nan: bool = False) -> None:
     """Raise MatrixFileError unless every entry is finite and >= 0, naming the first bad one.
 
@@ -112,6 +195,9 @@ def check_nonnegative(path: str | Path, matrix: LabeledMatrix, *, allow_nan: boo
         allow_nan: NaN entries are missing values (``--missing nan``); infinities are not.
     """
     values = matrix.values
+    if _is_sparse(values):
+        _check_sparse_nonnegative(path, matrix)
+        return
     bad = np.isinf(values) if allow_nan else ~np.isfinite(values)
     if bad.any():
         i, j = np.argwhere(bad)[0]
@@ -130,6 +216,23 @@ def check_nonnegative(path: str | Path, matrix: LabeledMatrix, *, allow_nan: boo
             f"{path}: {_entries(negative.sum())} negative (first {values[i, j]:g} at "
             f"{_where(matrix, i, j)}); NMF needs non-negative data"
         )
+
+
+def _is_sparse(values) -> bool:
+    return hasattr(values, "tocoo") and not isinstance(values, np.ndarray)
+
+
+def _check_sparse_nonnegative(path, matrix: LabeledMatrix) -> None:
+    """The checks of :func:`check_nonnegative` on the stored entries of a sparse matrix."""
+    coo = matrix.values.tocoo()
+    for bad, what in ((~np.isfinite(coo.data), "NaN or infinite"), (coo.data < 0, "negative")):
+        if bad.any():
+            first = int(np.argmax(bad))
+            raise MatrixFileError(
+                f"{path}: {_entries(bad.sum())} {what} (first at "
+                f"{_where(matrix, int(coo.row[first]), int(coo.col[first]))}); NMF needs finite, "
+                "non-negative data"
+            )
 
 
 def _entries(count) -> str:
@@ -180,9 +283,14 @@ def _load_npy(path: Path) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
-def _load_npz(path: Path, key: str | None) -> np.ndarray:
+def _load_npz(path: Path, key: str | None):
     with np.load(path, allow_pickle=False) as archive:
         names = list(archive.files)
+        if key is None and {"format", "shape", "data"} <= set(names):
+            # written by scipy.sparse.save_npz: kept sparse
+            import scipy.sparse
+
+            return scipy.sparse.csr_matrix(scipy.sparse.load_npz(path))
         if not names:
             raise MatrixFileError(f"{path}: the archive holds no arrays")
         if key is None:
@@ -204,11 +312,17 @@ def _load_mtx(path: Path) -> np.ndarray:
         raise MatrixFileError(f"{path}: reading Matrix Market files needs scipy (pip install scipy)") from err
     matrix = scipy.io.mmread(path)
     if scipy.sparse.issparse(matrix):
-        matrix = matrix.toarray()
+        return scipy.sparse.csr_matrix(matrix)  # kept sparse
     return np.asarray(matrix)
 
 
-def _as_float_matrix(path: Path, values, dtype) -> np.ndarray:
+def _as_float_matrix(path: Path, values, dtype):
+    if _is_sparse(values):
+        if values.shape[0] == 0 or values.shape[1] == 0:
+            raise MatrixFileError(f"{path}: the matrix is empty (shape {values.shape})")
+        if values.dtype.kind not in "biuf":
+            raise MatrixFileError(f"{path}: expected numbers, got entries of dtype {values.dtype}")
+        return values.astype(dtype)
     values = np.asarray(values)
     if values.ndim != 2:
         raise MatrixFileError(f"{path}: expected a 2-d matrix, got shape {values.shape}")

@@ -539,3 +539,77 @@ def test_plot_functions_return_figures_for_notebooks():
     assert len(heatmap.axes) == 3  # class bar, matrix, colour bar
     survey_fig = plot.rank_survey([2, 3], [0.99, 0.9], [0.8, 0.7], picked=2)
     assert len(survey_fig.axes[0].get_lines()) == 3
+
+
+# ----------------------------------------------------------------------------- sparse files
+def _write_10x(directory: Path, X) -> tuple[list[str], list[str]]:
+    """A Cell Ranger v3 directory: matrix.mtx.gz (features x barcodes), features, barcodes."""
+    import gzip
+
+    import scipy.io
+    import scipy.sparse
+
+    directory.mkdir()
+    with gzip.open(directory / "matrix.mtx.gz", "wb") as fh:
+        scipy.io.mmwrite(fh, scipy.sparse.coo_matrix(X))
+    genes = [f"gene{i}" for i in range(X.shape[0])]
+    cells = [f"AAAC{j:04d}-1" for j in range(X.shape[1])]
+    with gzip.open(directory / "features.tsv.gz", "wt") as fh:
+        fh.writelines(f"ENSG{i:05d}\t{g}\tGene Expression\n" for i, g in enumerate(genes))
+    with gzip.open(directory / "barcodes.tsv.gz", "wt") as fh:
+        fh.writelines(f"{c}\n" for c in cells)
+    return genes, cells
+
+
+def test_sparse_files_are_read_sparse(tmp_path, data):
+    """.mtx.gz, a scipy-sparse .npz and a 10x directory come back as CSR (never densified),
+    with the 10x names."""
+    import gzip
+
+    import scipy.io
+    import scipy.sparse
+
+    X = scipy.sparse.random(30, 20, density=0.2, format="csr", random_state=0)
+    with gzip.open(tmp_path / "m.mtx.gz", "wb") as fh:
+        scipy.io.mmwrite(fh, X)
+    scipy.sparse.save_npz(tmp_path / "m.npz", X)
+    genes, cells = _write_10x(tmp_path / "tenx", X)
+    for path in (tmp_path / "m.mtx.gz", tmp_path / "m.npz", tmp_path / "tenx"):
+        got = read_matrix(path)
+        assert scipy.sparse.issparse(got.values), path
+        np.testing.assert_allclose(got.values.toarray(), X.toarray(), rtol=1e-6)
+    tenx = read_matrix(tmp_path / "tenx")
+    assert tenx.row_names == genes and tenx.column_names == cells
+    with pytest.raises(MatrixFileError, match="10x"):
+        read_matrix(tmp_path)  # a directory without matrix.mtx
+
+
+def test_cli_fits_a_10x_directory_and_mtx_gz(tmp_path, capsys, monkeypatch):
+    """The CLI fits a 10x directory (names carried to L.csv / R.csv) and a .mtx.gz, sparse end
+    to end (also with --missing unstored)."""
+    import gzip
+
+    import scipy.io
+    import scipy.sparse
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    X = scipy.sparse.csr_matrix((rng.random((40, 3)) @ rng.random((3, 25))) * (rng.random((40, 25)) < 0.4))
+    genes, cells = _write_10x(tmp_path / "tenx", X)
+    result = run_in_process(
+        capsys, "fit", tmp_path / "tenx", "--rank", "3", "--out", tmp_path / "o1", "--quiet"
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "o1" / "summary.json").read_text())
+    assert summary["relative_error"] < 0.9
+    L_rows = (tmp_path / "o1" / "L.csv").read_text().splitlines()
+    assert L_rows[1].split(",")[0] == genes[0]
+    assert (tmp_path / "o1" / "R.csv").read_text().splitlines()[0].split(",")[1] == cells[0]
+    with gzip.open(tmp_path / "m.mtx.gz", "wb") as fh:
+        scipy.io.mmwrite(fh, X)
+    out2 = tmp_path / "o2"
+    result = run_in_process(
+        capsys, "fit", tmp_path / "m.mtx.gz", "--rank", "3", "--out", out2, "--quiet", "--missing", "unstored"
+    )
+    assert result.returncode == 0, result.stderr
+    assert np.load(out2 / "factors.npz")["L"].shape == (40, 3)
