@@ -100,7 +100,7 @@ def make_data(kind: str, small: bool):
         m, n, d = SPARSE
         if small:
             m, n = m // 10, n // 10
-        Y = sp.random(m, n, density=d, format="csr", dtype=np.float32, random_state=0)
+        Y = sp.random(m, n, density=d, format="csr", dtype=np.float32, random_state=np.random.default_rng(0))
         nbytes = Y.data.nbytes + Y.indices.nbytes + Y.indptr.nbytes
         return Y, nbytes
     m, n = DENSE
