@@ -1,8 +1,8 @@
 """jnmf: regularized non-negative matrix factorization as composable JAX functions.
 
 Layers (each imports only those below it): problem -> quadratic -> rules ->
-driver -> implicit -> batch -> surfaces (``fit``, ``sweep``, ``consensus``, the rnnmf front doors,
-the CLI).  The top level holds what users call; building blocks stay in their
+driver -> implicit -> batch -> surfaces (``fit``, ``sweep``, ``consensus``, ``programs``,
+the rnnmf front doors, the CLI).  The top level holds what users call; building blocks stay in their
 modules (:mod:`jnmf.problem`, :mod:`jnmf.quadratic`, :mod:`jnmf.rules`,
 :mod:`jnmf.driver`, :mod:`jnmf.batch`, :mod:`jnmf.init`).
 
@@ -19,6 +19,7 @@ from .fitting import ConvergenceWarning, FitResult, SweepResult, fit, sweep
 from .giqpm import GIQPM
 from .implicit import differentiable_fit
 from .problem import Problem, build_problem
+from .programs import Programs, ProgramsAtRank, programs
 from .result_files import load
 from .rnnmf import aurnmf, gaurnmf, giqpm, murnmf, objective
 from .rules import ANLS, AURNMF, HALS, KLMU, METHODS, MURNMF, BetaMU, ProjectedGradient, make_rule
@@ -44,6 +45,7 @@ __all__ = [
     "sweep",
     "differentiable_fit",
     "consensus",
+    "programs",
     "cross_validate_rank",
     "RankCV",
     "load_golub",
@@ -78,6 +80,8 @@ __all__ = [
     "FitResult",
     "SweepResult",
     "Consensus",
+    "Programs",
+    "ProgramsAtRank",
     "ConvergenceWarning",
 ]
 __version__ = "0.2.0"

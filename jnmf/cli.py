@@ -931,6 +931,170 @@ def _add_survey_options(
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initializations")
 
 
+# ----------------------------------------------------------------------------- programs (cNMF)
+# ``jnmf programs``: consensus gene-expression programs (Kotliar et al. 2019) of a cells x
+# genes count matrix.  Self-contained: its parser is added by _add_programs_command.
+
+PROGRAMS_RANKS = tuple(range(7, 13))
+
+
+def _run_programs(args) -> int:
+    import scipy.sparse
+
+    import jnmf
+    import jnmf.plot
+    from jnmf.programs import prepare
+    from jnmf.rules.fixed import nnls_fixed
+
+    say = (lambda *a: None) if args.quiet else print
+    start = time.perf_counter()
+    timings: dict = {}
+    ranks = _requested_ranks(args, PROGRAMS_RANKS)
+    _check_input_exists(args)
+    plots = _use_agg()
+    names = ["programs.npz", "k_selection.tsv", "summary.json"]
+    for k in ranks:
+        names += [f"spectra_k{k}.csv", f"spectra_tpm_k{k}.csv", f"usages_k{k}.csv"]
+    if plots:
+        names += ["k_selection.png"] + [f"clustergram_k{k}.png" for k in ranks]
+    outputs = Outputs(Path(args.out), args.force, names)
+    outputs.check()
+    _enable_float64(args)
+    matrix = _load_input(args, timings)
+    counts = matrix.values
+    cell_names, gene_names = matrix.row_names, matrix.column_names
+    if Path(args.input).is_dir():  # a 10x Genomics directory holds genes x cells
+        counts, cell_names, gene_names = counts.T, gene_names, cell_names
+    sparse = scipy.sparse.issparse(counts)
+    if sparse:
+        counts = scipy.sparse.csr_matrix(counts)
+    cells, n_genes = counts.shape
+    try:
+        X, selected, _ = prepare(counts, args.genes)
+    except ValueError as err:
+        raise DataError(f"{args.input}: {err}") from None
+    if ranks[-1] > min(X.shape):
+        raise UsageError(
+            f"--ranks go up to {ranks[-1]}, above min(cells, selected genes) = {min(X.shape)} of this data"
+        )
+    gene_names = list(gene_names) if gene_names is not None else [f"gene{j}" for j in range(n_genes)]
+    cell_names = list(cell_names) if cell_names is not None else [f"cell{i}" for i in range(cells)]
+    say(
+        f"{args.input}: {cells} cells x {n_genes} genes; {X.shape[1]} most variable genes kept; "
+        f"{args.replicates} replicates ({args.method}) per rank {ranks[0]}-{ranks[-1]}"
+    )
+    fit_start = time.perf_counter()
+    result = _call_jnmf(
+        jnmf.programs,
+        X.astype(np.float64 if args.float64 else np.float32),
+        ranks,
+        args.replicates,
+        method=args.method,
+        tol=args.tol,
+        rel_tol=args.rel_tol,
+        max_iterations=args.max_iterations,
+        density_threshold=args.density_threshold,
+        key=args.seed,
+    )
+    timings["programs"] = time.perf_counter() - fit_start
+    library = np.asarray(counts.sum(axis=1), np.float64).ravel()
+    per_million = np.divide(1e6, library, out=np.zeros_like(library), where=library > 0)
+    tpm = scipy.sparse.diags(per_million) @ counts if sparse else counts * per_million[:, None]
+    say(f"{'rank':>4}  {'stability':>9}  {'error':>12}  {'kept':>6}")
+    hvg_names = [gene_names[j] for j in selected]
+    for entry in result:
+        k = entry.rank
+        say(f"{k:>4}  {entry.stability:>9.4f}  {entry.error:>12.6g}  {np.mean(entry.kept):>6.1%}")
+        programs_names = [f"program{j + 1}" for j in range(k)]
+        write_labeled_csv(
+            outputs.path(f"spectra_k{k}.csv"), entry.spectra.T, hvg_names, programs_names, "gene"
+        )
+        spectra_tpm = nnls_fixed(tpm.T, entry.usages.T).T
+        write_labeled_csv(
+            outputs.path(f"spectra_tpm_k{k}.csv"), spectra_tpm.T, gene_names, programs_names, "gene"
+        )
+        write_labeled_csv(outputs.path(f"usages_k{k}.csv"), entry.usages, cell_names, programs_names, "cell")
+        if plots:
+            _save_figure(jnmf.plot.clustergram(entry), outputs.path(f"clustergram_k{k}.png"))
+    outputs.path("k_selection.tsv").write_text(result.table())
+    if plots:
+        _save_figure(jnmf.plot.k_selection(result, picked=result.best_rank), outputs.path("k_selection.png"))
+    result.save(outputs.path("programs.npz"))
+    timings["total"] = time.perf_counter() - start
+    summary = {
+        "command": "programs",
+        "input": _input_summary(args, matrix),
+        "genes_selected": int(X.shape[1]),
+        "gene_rule": "top --genes by Fano factor of library-normalised counts; raw counts / std, not centred",
+        "ranks": ranks,
+        "stability": result.stability.tolist(),
+        "error": result.error.tolist(),
+        "most_stable_rank": result.best_rank,
+        "settings": result.settings,
+        "seconds": {**timings, **result.seconds},
+        "versions": versions(),
+    }
+    _write_json(outputs.path("summary.json"), summary)
+    say(f"most stable rank: {result.best_rank}; wrote {len(outputs.names)} files to {outputs.directory}")
+    if not plots and not args.quiet:
+        print(f"jnmf: note: matplotlib is not installed, so no PNG was written; {PLOT_HINT}", file=sys.stderr)
+    say(f"{timings['total']:.1f} s")
+    return 0
+
+
+def _add_programs_command(sub, methods: Sequence[str]) -> None:
+    from .programs import DEFAULT_MAX_ITERATIONS, DEFAULT_METHOD, DEFAULT_REL_TOL, DEFAULT_TOL
+
+    cmd = sub.add_parser(
+        "programs",
+        help="consensus gene-expression programs of a cells x genes count matrix (cNMF)",
+        description=_wrap(
+            "Consensus NMF (Kotliar et al. 2019) of a cells x genes count matrix: keeps the --genes most "
+            "variable genes (largest Fano factor of library-normalised counts), scales each to unit variance "
+            "without centring, fits --replicates NMFs per rank in one compiled program, filters outlier "
+            "spectra by local density, clusters them with k-means and writes per rank the consensus spectra "
+            "(variance-normalised and TPM units), the usages (summing to 1 per cell), the K-selection table "
+            "and plot, the clustergrams and a JSON summary to --out."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    _add_input_options(cmd)
+    cmd.add_argument(
+        "--ranks",
+        type=parse_ranks,
+        nargs="+",
+        metavar="RANKS",
+        help="ranks K to try: a range (7-12), a list (7,9) or several words (default: 7-12)",
+    )
+    cmd.add_argument("--replicates", type=_positive_int, default=100, help="NMF fits per rank")
+    cmd.add_argument("--genes", type=_positive_int, default=2000, help="most variable genes to keep")
+    cmd.add_argument("--method", default=DEFAULT_METHOD, choices=methods, metavar="METHOD", help="NMF method")
+    cmd.add_argument(
+        "--tol",
+        type=_nonneg_float,
+        default=DEFAULT_TOL,
+        help="relative objective change that stops a replicate (0: off; not scikit-learn's tol)",
+    )
+    cmd.add_argument(
+        "--rel-tol",
+        type=_nonneg_float,
+        default=DEFAULT_REL_TOL,
+        help="relative change of the factors that stops a replicate (1e-4: as converged as cNMF's fits)",
+    )
+    cmd.add_argument(
+        "--max-iterations", type=_positive_int, default=DEFAULT_MAX_ITERATIONS, help="cap per replicate"
+    )
+    cmd.add_argument(
+        "--density-threshold",
+        type=_nonneg_float,
+        default=0.5,
+        help="drop replicate spectra whose mean distance to their nearest 30%% of spectra exceeds this",
+    )
+    cmd.add_argument("--seed", type=int, default=0, help="seed of the random initializations")
+    _add_output_options(cmd, "jnmf-programs")
+    cmd.set_defaults(run=_run_programs)
+
+
 def _wrap(text: str) -> str:
     # the raw-description formatter keeps the epilog's table; paragraphs are wrapped here instead
     return textwrap.fill(text, 79)
@@ -1042,6 +1206,7 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--cv-repeats", type=_positive_int, default=3, help="independent hold-outs for --cv")
     _add_output_options(rank, "jnmf-rank")
     rank.set_defaults(run=_run_rank)
+    _add_programs_command(sub, methods)
     return parser
 
 

@@ -44,8 +44,7 @@ from scipy.spatial.distance import squareform
 from . import _validate as check
 from .batch import batching_strategy, run_restarts
 from .driver import Stopping, status_names
-from .fitting import _setup, as_key, device_data, fit_losses, padded_starting_points
-from .problem import build_problem, scale_factors
+from .fitting import _setup, as_key, fit_losses, pipeline
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,24 +267,21 @@ def consensus(
     for r in rank_list:
         if r < 1:
             raise ValueError(f"every rank must be >= 1, got {r}")
-    unscaled = build_problem(device_data(s), top, M=s.M)
-    s.rule.check(unscaled)
-    problem = unscaled.scaled(s.scale, s.degree)
-    L0, R0 = padded_starting_points(problem.data, rank_list, s.restarts, s.key, init)
+    pipe = pipeline(s)
+    L0, R0 = pipe.padded_starts(rank_list, init)
 
     strategy = strategy or batching_strategy(s.rule, uneven_stops=stable_labels > 0)
     res = run_restarts(
-        s.rule, problem, L0, R0, stopping=stopping, history_size=history_size, strategy=strategy
+        s.rule, pipe.scaled, L0, R0, stopping=stopping, history_size=history_size, strategy=strategy
     )
     compilations = _cache_size() - compiled_before
-    L, R = scale_factors(res.L, res.R, s.scale)
+    L, R, objectives = pipe.unscaled(res.L, res.R, res.objective)
     L, R = np.asarray(L), np.asarray(R)
-    unit = float(s.scale) ** s.degree
-    objectives = np.asarray(res.objective, np.float64) * unit
+    unit = pipe.unit
     iterations = np.asarray(res.iterations)
     # the (weighted) Frobenius loss of every fit, from the data operator (sparse stays sparse)
     losses = np.asarray(
-        fit_losses(unscaled, jnp.asarray(L, s.Y.dtype), jnp.asarray(R, s.Y.dtype)), np.float64
+        fit_losses(pipe.problem, jnp.asarray(L, s.Y.dtype), jnp.asarray(R, s.Y.dtype)), np.float64
     )
 
     entries = []

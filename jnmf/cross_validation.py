@@ -47,9 +47,9 @@ from .batch import run_grid
 from .consensus import _cache_size
 from .data import is_sparse_input
 from .driver import Stopping
-from .fitting import _setup, as_key, padded_starting_points
+from .fitting import _setup, as_key, padded_starting_points, pipeline
 from .nnls import nnls_bpp_columns
-from .problem import build_problem, scale_factors
+from .problem import scale_factors
 
 SCHEMES = ("speckled", "bicv")
 SELECTION_RULES = ("min", "1se")
@@ -276,9 +276,8 @@ def cross_validate_rank(
 
     dt = s.Y.dtype
     Y_train_only = np.where(train.all(axis=0), s.Y, 0).astype(dt)  # no held-out value reaches the starts
-    problem = build_problem(jnp.asarray(s.Y), top, M=np.ones((m, n), dt))
-    s.rule.check(problem)
-    problem = problem.scaled(s.scale, s.degree)
+    pipe = pipeline(s, M=np.ones((m, n), dt))  # the base weight the grid of masks replaces
+    problem = pipe.scaled
     L0, R0 = padded_starting_points(jnp.asarray(Y_train_only / s.scale), rank_list, s.restarts, key_starts)
     res = run_grid(
         s.rule,

@@ -232,6 +232,12 @@ class DataOperator(eqx.Module):
         """This operator with its derived terms computed (once per fit, by the driver)."""
         return self
 
+    @property
+    def entries(self) -> int:
+        """How many entries of Y a product visits (``m n``; sparse data: the stored ones)."""
+        m, n = self.shape
+        return m * n
+
     # -- products
     @abc.abstractmethod
     def product_R(self, Ft: Array) -> Array:
@@ -311,21 +317,11 @@ def _blocked_sum(Y: Array, f) -> Array:
     return _chunked(m, body, jnp.zeros((), Y.dtype), block)
 
 
-class DenseData(DataOperator):
-    """A dense ``m x n`` array Y.
-
-    The products are two GEMMs against Y itself: the L step's ``R Y'`` contracts Y's
-    second axis (XLA reads Y transposed; no transposed copy is kept).  The Frobenius
-    loss is summed over row blocks of the residual (exact to rounding, no ``m x n``
-    temporary), except with full (non-diagonal) W_0R / W_0C, which need the whole residual.
-    """
+class _DenseArray(DataOperator):
+    """What the dense operators share: the array Y and the traced scale; every entry is stored."""
 
     Y: Array
     inv_scale: Array
-
-    def __init__(self, Y, inv_scale=None):
-        self.Y = Y
-        self.inv_scale = _as_scale(1.0 if inv_scale is None else inv_scale, Y.dtype)
 
     @property
     def shape(self):
@@ -334,6 +330,35 @@ class DenseData(DataOperator):
     @property
     def dtype(self):
         return self.Y.dtype
+
+    def stored(self):
+        return self.Y * self.inv_scale
+
+    def sampled(self, Lt, R):
+        return Lt.T @ R
+
+    def with_stored(self, values):
+        return DenseData(values)
+
+    def mean(self):
+        return jnp.mean(self.Y) * self.inv_scale
+
+    def dense(self):
+        return self.Y * self.inv_scale
+
+
+class DenseData(_DenseArray):
+    """A dense ``m x n`` array Y.
+
+    The products are two GEMMs against Y itself: the L step's ``R Y'`` contracts Y's
+    second axis (XLA reads Y transposed; no transposed copy is kept).  The Frobenius
+    loss is summed over row blocks of the residual (exact to rounding, no ``m x n``
+    temporary), except with full (non-diagonal) W_0R / W_0C, which need the whole residual.
+    """
+
+    def __init__(self, Y, inv_scale=None):
+        self.Y = Y
+        self.inv_scale = _as_scale(1.0 if inv_scale is None else inv_scale, Y.dtype)
 
     def scaled(self, scale):
         return DenseData(self.Y, self.inv_scale / jnp.asarray(scale, self.Y.dtype))
@@ -376,32 +401,17 @@ class DenseData(DataOperator):
 
         return 0.5 * _blocked_sum(self.Y, block)
 
-    def stored(self):
-        return self.Y * self.inv_scale
-
-    def sampled(self, Lt, R):
-        return Lt.T @ R
-
     def entry_weights(self, w, v):
         return w[:, None] * v[None, :]
-
-    def with_stored(self, values):
-        return DenseData(values)
 
     def maximum(self):
         return jnp.max(self.Y) * self.inv_scale
 
-    def mean(self):
-        return jnp.mean(self.Y) * self.inv_scale
-
     def row_block(self, start, stop):
         return DenseData(self.Y[start:stop], self.inv_scale)
 
-    def dense(self):
-        return self.Y * self.inv_scale
 
-
-class MaskedData(DataOperator):
+class MaskedData(_DenseArray):
     """Dense Y with an elementwise loss weight M (``m x n``, 0 = missing): the loss is
     ``1/2 sum M (.) (Y - LR)^2``.  The products need ``M (.) Y``, formed once per fit
     (:meth:`prepared`): masked fits hold that extra ``m x n`` array, and each half step
@@ -409,9 +419,7 @@ class MaskedData(DataOperator):
 
     masked = True
 
-    Y: Array
     M: Array
-    inv_scale: Array
     MY: Array | None = None
 
     def __init__(self, Y, M, inv_scale=None, MY=None):
@@ -419,14 +427,6 @@ class MaskedData(DataOperator):
         self.M = M
         self.inv_scale = _as_scale(1.0 if inv_scale is None else inv_scale, Y.dtype)
         self.MY = MY
-
-    @property
-    def shape(self):
-        return tuple(self.Y.shape)
-
-    @property
-    def dtype(self):
-        return self.Y.dtype
 
     def scaled(self, scale):
         return MaskedData(self.Y, self.M, self.inv_scale / jnp.asarray(scale, self.Y.dtype))
@@ -461,26 +461,14 @@ class MaskedData(DataOperator):
 
         return 0.5 * _blocked_sum(self.Y, block)
 
-    def stored(self):
-        return self.Y * self.inv_scale
-
-    def sampled(self, Lt, R):
-        return Lt.T @ R
-
     def entry_weights(self, w, v):
         return self.M * (w[:, None] * v[None, :])
-
-    def with_stored(self, values):
-        return DenseData(values)
 
     def mask_operator(self, side):
         return DenseMask(self.M, side == "L")
 
     def maximum(self):
         return jnp.max(jnp.where(self.M > 0, self.Y, 0)) * self.inv_scale
-
-    def mean(self):
-        return jnp.mean(self.Y) * self.inv_scale
 
     def row_block(self, start, stop):
         return MaskedData(self.Y[start:stop], self.M[start:stop], self.inv_scale)
@@ -489,9 +477,6 @@ class MaskedData(DataOperator):
         if jnp.shape(M) != self.shape:
             raise ValueError(f"M must have shape {self.shape}, got {jnp.shape(M)}")
         return MaskedData(self.Y, jnp.asarray(M, self.dtype), self.inv_scale)
-
-    def dense(self):
-        return self.Y * self.inv_scale
 
 
 class SparseData(DataOperator):
@@ -551,6 +536,10 @@ class SparseData(DataOperator):
     @property
     def nnz(self) -> int:
         return int(self.rows.shape[0])
+
+    @property
+    def entries(self) -> int:
+        return self.nnz
 
     def _new(self, **changes) -> SparseData:
         args = dict(
@@ -686,6 +675,10 @@ class RowBlock(DataOperator):
 
     def _wrap(self, block):
         return RowBlock(block, self.start, self.total_rows)
+
+    @property
+    def entries(self) -> int:
+        return self.block.entries
 
     def scaled(self, scale):
         return self._wrap(self.block.scaled(scale))

@@ -360,13 +360,14 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             ``(W, H, n_iter)`` in X's dtype.
         """
         beta = beta_loss_value(self.beta_loss)
-        if sp.issparse(X) and beta not in (1.0, 2.0):
-            # a beta-divergence's update needs (WH)^(beta-1) at every entry, zeros included
+        rule = self._rule(beta)
+        if sp.issparse(X) and isinstance(rule, BetaMU):
+            # the beta-divergence update (solver="mu" with beta_loss != 1) needs (WH)^(beta-1)
+            # at every entry, zeros included: it runs on the dense X (KL and cd stay sparse)
             X = X.toarray()
         if not sp.issparse(X):
             X = np.asarray(X)
         check_non_negative(X, "NMF (input X)")
-        rule = self._rule(beta)
         n_samples, n_features = X.shape
         if _has_zero(X) and beta <= 0:
             raise ValueError(

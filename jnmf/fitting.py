@@ -300,6 +300,65 @@ def device_data(s: _Setup) -> DataOperator:
     return dense_operator(s.Y)
 
 
+class Pipeline(eqx.Module):
+    """The one fit pipeline of the surfaces (``fit``, ``sweep``, ``consensus``,
+    ``cross_validate_rank``): validated setup -> the problem on the device -> the scaled
+    problem the rules run on -> starting points -> (run) -> results in the user's units.
+
+    Attributes:
+        setup: the validated inputs (:func:`_setup`).
+        problem: eq. 3 for the user's data (its losses are in the user's units).
+        scaled: the same problem for ``Y / scale`` (:meth:`jnmf.problem.Problem.scaled`),
+            the one every rule runs on.
+        unit: ``scale ** degree``: objectives of ``scaled`` times this are in the user's units.
+    """
+
+    setup: _Setup
+    problem: Problem
+    scaled: Problem
+    unit: float = eqx.field(static=True)
+
+    def starts(self, init) -> tuple[Array, Array]:
+        """``restarts`` starting pairs for the scaled problem (an initializer name, or user
+        starts in the user's units)."""
+        return _scaled_starts(self.setup, self.scaled.data, init)
+
+    def padded_starts(self, ranks, init: str = "random", data=None) -> tuple[Array, Array]:
+        """``restarts`` random starts per rank, padded to the largest rank
+        (:func:`padded_starting_points`), drawn for ``data`` (default: the scaled data)."""
+        s = self.setup
+        return padded_starting_points(
+            self.scaled.data if data is None else data, ranks, s.restarts, s.key, init
+        )
+
+    def unscaled(self, L: Array, R: Array, objective) -> tuple[Array, Array, np.ndarray]:
+        """Factors and objectives of the scaled problem in the user's units."""
+        L, R = scale_factors(L, R, self.setup.scale)
+        return L, R, np.asarray(objective, np.float64) * self.unit
+
+
+def pipeline(s: _Setup, *, M=None, W_0R=None, W_0C=None, **penalties) -> Pipeline:
+    """The :class:`Pipeline` of a validated setup: builds eq. 3 on the device (sparse data as
+    a sparse operator), checks the rule can solve it and scales it.
+
+    Args:
+        s: the validated setup.
+        M: the elementwise loss weight (default: the setup's, from ``missing="nan"`` or ``M=``).
+        W_0R, W_0C, **penalties: as for :func:`jnmf.problem.build_problem`.
+
+    Returns:
+        The pipeline.
+
+    Raises:
+        ValueError: a weight or penalty the data or the rule cannot take (before compiling).
+    """
+    problem = build_problem(
+        device_data(s), s.rank, W_0R=W_0R, W_0C=W_0C, M=s.M if M is None else M, **penalties
+    )
+    s.rule.check(problem)
+    return Pipeline(s, problem, problem.scaled(s.scale, s.degree), float(s.scale) ** s.degree)
+
+
 class Settings(dict):
     """A dict of plain JSON values that hashes by its content, so a :class:`FitResult`
     holding one as static data can still pass through ``jax.jit``."""
@@ -485,15 +544,13 @@ def fit(
     """
     overrides = dict(max_iterations=max_iterations, tol=tol, min_xstep=min_xstep, rel_tol=rel_tol)
     s = _setup(Y, rank, method, init, restarts, key, stopping, overrides, M, missing)
-    problem = build_problem(device_data(s), s.rank, W_0R=W_0R, W_0C=W_0C, M=s.M, **penalties)
-    s.rule.check(problem)
+    pipe = pipeline(s, W_0R=W_0R, W_0C=W_0C, **penalties)
     settings = fit_settings(s, method, init, key, normalize, history_size, strategy, W_0R, W_0C, penalties)
     settings["missing"] = missing
     if float(s.scale) == 1.0 and not _any_nonzero(s.Y):
         return _zero_fit(s, return_all, history_size, settings)
-    problem = problem.scaled(s.scale, s.degree)
-    L0, R0 = _scaled_starts(s, problem.data, init)
-    unit = float(s.scale) ** s.degree  # objectives scale as Y^degree
+    L0, R0 = pipe.starts(init)
+    unit = pipe.unit  # objectives scale as Y^degree
     monitor = None
     if verbose or progress:
         monitor = FitMonitor(
@@ -508,7 +565,7 @@ def fit(
     with monitor or contextlib.nullcontext():
         res = run_restarts(
             s.rule,
-            problem,
+            pipe.scaled,
             L0,
             R0,
             stopping=s.stopping.replace(target=s.stopping.target / unit),
@@ -517,11 +574,10 @@ def fit(
             strategy=strategy,
             progress_every=progress_every if monitor else None,
         )
-    objectives = np.asarray(res.objective, np.float64) * unit
+    L, R, objectives = pipe.unscaled(res.L, res.R, res.objective)
     all_status = np.asarray(res.status)
     best = _pick_best(objectives, all_status)
     _warn_status(int(all_status[best]), "the best fit")
-    L, R = scale_factors(res.L, res.R, s.scale)
     result = FitResult(
         L=L[best],
         R=R[best],
@@ -670,11 +726,11 @@ def sweep(
             # the data's own missing entries stay missing in every swept weight
             settings["M"] = settings["M"] * (s.M > 0)
         base_M = np.ones(s.Y.shape, s.Y.dtype)  # the base leaf the grid replaces
-    base = build_problem(device_data(s), s.rank, W_0R=W_0R, W_0C=W_0C, M=base_M, **penalties)
-    problem = base.scaled(s.scale, s.degree)
+    pipe = pipeline(s, M=base_M, W_0R=W_0R, W_0C=W_0C, **penalties)
+    problem = pipe.scaled
     scaled_settings = scale_settings(settings, s.scale, s.degree)
-    L0, R0 = _scaled_starts(s, problem.data, init)
-    unit = float(s.scale) ** s.degree
+    L0, R0 = pipe.starts(init)
+    unit = pipe.unit
     res = run_grid(
         s.rule,
         problem,
@@ -685,13 +741,12 @@ def sweep(
         history_size=history_size,
         strategy=strategy,
     )
-    objectives = np.asarray(res.objective, np.float64) * unit
+    L, R, objectives = pipe.unscaled(res.L, res.R, res.objective)
     traced_settings = {k: jnp.asarray(v, s.Y.dtype) for k, v in scaled_settings.items()}
     loss = np.asarray(_grid_losses(problem, traced_settings, res.L, res.R), np.float64) * float(s.scale) ** 2
     ok = np.isfinite(objectives) & (np.asarray(res.status) != NONFINITE)
     best = np.argmin(np.where(ok, objectives, np.inf), axis=1)
     G = objectives.shape[0]
-    L, R = scale_factors(res.L, res.R, s.scale)
     if factors == "best":
         L, R = L[np.arange(G), best], R[np.arange(G), best]
     elif factors == "none":

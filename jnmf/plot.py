@@ -468,3 +468,80 @@ def sparsity_vs_penalty(sweep_result, name: str, title: str | None = None) -> Fi
         ax_loss.legend(fontsize="small")
     fig.suptitle(title or f"sparsity and loss vs {name}")
     return fig
+
+
+def k_selection(result, picked: int | None = None) -> Figure:
+    """Stability and error of consensus programs against K (cNMF's K-selection plot).
+
+    Kotliar et al. (2019) choose K where the stability (the silhouette of the clustering
+    of replicate spectra; Rousseeuw 1987) is high and the error stops falling fast.
+
+    Args:
+        result: a :class:`jnmf.Programs`.
+        picked: a K to mark with a vertical line (default none).
+
+    Returns:
+        The figure: stability on the left axis, the Frobenius error on the right.
+    """
+    ranks = np.asarray(result.ranks)
+    fig = _new_figure((5.6, 3.8))
+    ax = fig.subplots()
+    ax.plot(ranks, result.stability, "o-", color="C0", label="stability")
+    ax.set_xlabel("K (number of programs)")
+    ax.set_ylabel("stability (silhouette)", color="C0")
+    ax.set_xticks(list(ranks))
+    twin = ax.twinx()
+    twin.plot(ranks, result.error, "s--", color="C3", label="error")
+    twin.set_ylabel("error ||X - W H||_F", color="C3")
+    if picked is not None:
+        ax.axvline(picked, color="gray", linestyle=":")
+    ax.set_title("consensus programs: K selection")
+    return fig
+
+
+def clustergram(entry, *, kept_only: bool = True, max_spectra: int = 2000) -> Figure:
+    """Distances between replicate spectra, grouped by their k-means cluster (cNMF's diagnostic).
+
+    Args:
+        entry: one rank of a :class:`jnmf.Programs` (``result[K]``), fitted with
+            ``keep_replicates=True``.
+        kept_only: show only the spectra that passed the density filter (default), else
+            all, the filtered ones last.
+        max_spectra: show at most this many (an even subsample beyond it).
+
+    Returns:
+        The figure: the Euclidean distance matrix of the L2-normalised replicate
+        spectra, ordered by cluster (and by average linkage within a cluster), beside a
+        histogram of the local densities.
+
+    Raises:
+        ValueError: the entry kept no replicate spectra.
+    """
+    from .programs import _pairwise_distances
+
+    if entry.replicate_spectra is None:
+        raise ValueError("entry has no replicate spectra: run programs(..., keep_replicates=True)")
+    labels = np.asarray(entry.labels)
+    idx = np.flatnonzero(labels >= 0) if kept_only else np.arange(labels.size)
+    if idx.size > max_spectra:
+        idx = idx[np.linspace(0, idx.size - 1, max_spectra).astype(int)]
+    S = np.asarray(entry.replicate_spectra)[idx]
+    D = _pairwise_distances(S)
+    order = []
+    for c in sorted(set(labels[idx].tolist()), key=lambda c: (c < 0, c)):
+        members = np.flatnonzero(labels[idx] == c)
+        sub = D[np.ix_(members, members)]
+        order.extend(members[average_linkage_order(sub)].tolist())
+    order = np.asarray(order, dtype=int)
+    fig = _new_figure((9.0, 4.2))
+    ax, hist = fig.subplots(1, 2, width_ratios=[1.3, 1])
+    image = ax.imshow(D[np.ix_(order, order)], cmap="viridis_r", interpolation="nearest")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="distance")
+    ax.set_title(f"K = {entry.rank}: replicate spectra by cluster")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    hist.hist(np.asarray(entry.density), bins=40, color="C0")
+    hist.set_xlabel("local density (mean distance to nearest neighbours)")
+    hist.set_ylabel("spectra")
+    hist.set_title(f"{int(np.sum(entry.kept))} of {len(entry.kept)} kept")
+    return fig

@@ -145,6 +145,8 @@ class HalfProblem(eqx.Module):
         penalties: the L2 pairs as (k-side, p-side) weights.
         fixed_size: q, the length of the fixed factor (n in the L step, m in the R
             step); cost models such as accelerated HALS's need it.
+        data_entries: the entries of Y the product with the data visits (``m n`` for dense
+            data, the stored ones for sparse data; 0: unknown, taken as ``p q``).
         fixed: the fixed factor F (``k x q``), kept only with an elementwise weight.
         mask: the elementwise weight in ``q x p`` layout (``M'`` in the L step, ``M`` in the
             R step) as a :class:`~jnmf.data.MaskOperator` of the data operator, or None.
@@ -157,6 +159,7 @@ class HalfProblem(eqx.Module):
     linear: Float[Array, "k p"]
     penalties: tuple[tuple[Weight, Weight], ...]
     fixed_size: int = eqx.field(static=True, default=0)
+    data_entries: int = eqx.field(static=True, default=0)
     fixed: Float[Array, "k q"] | None = None
     mask: MaskOperator | None = None
 
@@ -252,7 +255,9 @@ def cross_gram(A: Array, B: Array) -> Array:
     return A @ B.T
 
 
-def _half_problem(F, product, fixed_weight: Weight, free_weight: Weight, W_1, pairs, mask) -> HalfProblem:
+def _half_problem(
+    F, product, fixed_weight: Weight, free_weight: Weight, W_1, pairs, mask, entries: int = 0
+) -> HalfProblem:
     """The subproblem of a factor-major unknown given the fixed factor F (``k x q``), the
     data product ``F (W Y W)`` in (k x p) layout and, optionally, the elementwise weight."""
     if mask is None:
@@ -265,6 +270,7 @@ def _half_problem(F, product, fixed_weight: Weight, free_weight: Weight, W_1, pa
         linear=W_1 - product,
         penalties=tuple(pairs),
         fixed_size=F.shape[-1],
+        data_entries=entries,
         fixed=None if mask is None else F,
         mask=mask,
     )
@@ -280,7 +286,8 @@ def half_problem_L(problem: Problem, Lt: Array, R: Array) -> HalfProblem:
     W_1 = W_1.T if W_1.ndim == 2 else W_1
     pairs = [(col, row) for row, col in problem.penalty_L.pairs()]  # L' W_2R L W_2C: k-side is W_2C
     product = problem.data_product_L(R)
-    return _half_problem(R, product, problem.W_0C, problem.W_0R, W_1, pairs, problem.data.mask_operator("L"))
+    mask = problem.data.mask_operator("L")
+    return _half_problem(R, product, problem.W_0C, problem.W_0R, W_1, pairs, mask, problem.data.entries)
 
 
 def half_problem_R(problem: Problem, Lt: Array, R: Array) -> HalfProblem:
@@ -289,7 +296,9 @@ def half_problem_R(problem: Problem, Lt: Array, R: Array) -> HalfProblem:
     pen = problem.penalty_R
     product = problem.data_product_R(Lt)
     mask = problem.data.mask_operator("R")
-    return _half_problem(Lt, product, problem.W_0R, problem.W_0C, pen.l1(), pen.pairs(), mask)
+    return _half_problem(
+        Lt, product, problem.W_0R, problem.W_0C, pen.l1(), pen.pairs(), mask, problem.data.entries
+    )
 
 
 def half_problem(problem: Problem, side: str, Lt: Array, R: Array) -> HalfProblem:

@@ -177,6 +177,10 @@ def load(path: str | os.PathLike):
     from .fitting import FitResult, Settings, SweepResult
 
     meta = read_meta(path)
+    if meta["kind"] == "Programs":
+        from .programs import Programs
+
+        return Programs.load(path)
     with np.load(path, allow_pickle=False) as data:
         arrays = {name: data[name] for name in data.files if name != META_KEY}
     # 0-d arrays were scalars; NumPy scalars keep their dtype

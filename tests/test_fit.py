@@ -3,6 +3,8 @@
 Exactness checks run in float64 (x64 is switched on in conftest.py).
 """
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -309,3 +311,20 @@ def test_golub_rank_survey_recovers_cell_types():
     all_aml = np.where(types == "AML", "AML", "ALL")
     assert misplaced(sv[2].labels, all_aml) <= 2
     assert misplaced(sv[3].labels, types) <= 3
+
+
+def test_a_stack_of_user_starts_gives_each_restart_its_own():
+    """init=(L0, R0) with stacks (restarts, m, k) and (restarts, k, n): restart i starts from
+    pair i (e.g. another tool's seeded replicates), equal to a single fit from that pair."""
+    rng = np.random.default_rng(5)
+    Y = rng.random((20, 3)) @ rng.random((3, 15))
+    L0, R0 = rng.random((3, 20, 3)) + 0.1, rng.random((3, 3, 15)) + 0.1
+    kw = dict(method="mu", max_iterations=20, tol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jnmf.ConvergenceWarning)
+        many = jnmf.fit(Y, 3, init=(L0, R0), restarts=3, return_all=True, **kw)
+        for i in range(3):
+            one = jnmf.fit(Y, 3, init=(L0[i], R0[i]), **kw)
+            np.testing.assert_allclose(many.all_L[i], one.L, rtol=1e-12)
+    with pytest.raises(ValueError, match="stack of starts must have shape"):
+        jnmf.fit(Y, 3, init=(L0, R0), restarts=2)

@@ -47,10 +47,14 @@ def hals_is_exact(hp: HalfProblem) -> bool:
     return all(w.kind in diagonal_kinds for w in p_sides)
 
 
-def accelerated_sweeps(p: int, q: int, k: int, alpha: float) -> int:
+def accelerated_sweeps(p: int, q: int, k: int, alpha: float, entries: int | None = None) -> int:
     """1 + floor(alpha * rho) with rho = (pqk + qk^2) / (pk + p k^2): the number of
-    sweeps that cost about as much as computing d (Gillis & Glineur, eq. 3.3)."""
-    rho = (p * q * k + q * k * k) / (p * k + p * k * k)
+    sweeps that cost about as much as computing d (Gillis & Glineur, eq. 3.3).
+
+    ``entries`` is the number of entries of Y the product visits (default ``pq``, dense
+    data; the stored entries of sparse data, whose product costs ``nnz k``, not ``pqk``)."""
+    entries = p * q if entries is None else entries
+    rho = (entries * k + q * k * k) / (p * k + p * k * k)
     return 1 + int(alpha * rho)
 
 
@@ -77,15 +81,16 @@ class HALS(AlternatingRule):
         self.alpha = float(alpha)
         self.delta = as_setting(delta)
 
-    def sweeps(self, p: int, q: int, k: int) -> int:
-        """How many sweeps a half step on a ``k x p`` unknown may take (fixed factor ``k x q``)."""
+    def sweeps(self, p: int, q: int, k: int, entries: int | None = None) -> int:
+        """How many sweeps a half step on a ``k x p`` unknown may take (fixed factor ``k x q``;
+        ``entries``: the entries of Y its product visits, default ``pq``)."""
         if self.inner_sweeps is not None:
             return int(self.inner_sweeps)
-        return accelerated_sweeps(p, q, k, self.alpha)
+        return accelerated_sweeps(p, q, k, self.alpha, entries)
 
     def half_step(self, hp: HalfProblem, Xt: Array, aux, side: str) -> HalfStep:
         k, p = Xt.shape
-        n_sweeps = self.sweeps(p, hp.fixed_size, k)
+        n_sweeps = self.sweeps(p, hp.fixed_size, k, hp.data_entries or None)
         if hp.masked and self.inner_sweeps is None:
             # with an elementwise weight a sweep costs as much as d itself (rho ~ 1/3),
             # so Gillis & Glineur's rule gives a single sweep
