@@ -87,6 +87,17 @@ def scatter_product(dst: Array, src: Array, values: Array, X: Array, size: int) 
     return _chunked(dst.shape[0], body, jnp.zeros((size, X.shape[1]), X.dtype))
 
 
+def chunked_entry_sum(rows: Array, cols: Array, f) -> Array:
+    """``sum_e f(r, c, e)`` over the stored entries, chunk by chunk: ``f`` maps a chunk's row and
+    column indices and its slice of entries (``start``, ``width``) to a chunk's sum, so no
+    array of one value per stored entry is formed."""
+
+    def body(start, width, total):
+        return total + f(_slice(rows, start, width), _slice(cols, start, width), start, width)
+
+    return _chunked(rows.shape[0], body, jnp.zeros((), jnp.result_type(float)))
+
+
 def sampled_product(rows: Array, cols: Array, A: Array, B: Array) -> Array:
     """``(A B')[rows[e], cols[e]]`` for every entry e, for row-major A (``m x k``), B (``n x k``)."""
 
@@ -569,31 +580,37 @@ class SparseData(DataOperator):
         m, n = self.shape
         return scatter_product(self.rows, self.cols, self._vals(), (R * self.inv_scale).T, m).T
 
-    def _diag_weights(self, W_0R, W_0C):
+    def _entry_sum(self, W_0R, W_0C, f) -> Array:
+        """``sum_e w_e f(Y_e, r, c)`` over the stored entries, chunk by chunk (``w_e`` the loss
+        weight of entry e: the missing-data weight times the diagonal loss weights)."""
         m, n = self.shape
         w, v = _row_col_weights(W_0R, W_0C, m, n, self.dtype)
-        out = jnp.ones_like(self.values) if self.weights is None else self.weights
-        if w is not None:
-            out = out * w[self.rows]
-        if v is not None:
-            out = out * v[self.cols]
-        return out
+
+        def chunk(r, c, start, width):
+            Y = _slice(self.values, start, width) * self.inv_scale
+            term = f(Y, r, c)
+            if self.weights is not None:
+                term = term * _slice(self.weights, start, width)
+            if w is not None:
+                term = term * w[r]
+            if v is not None:
+                term = term * v[c]
+            return jnp.sum(term)
+
+        return chunked_entry_sum(self.rows, self.cols, chunk).astype(self.dtype)
 
     def half_norm(self, W_0R, W_0C):
-        Y = self.values * self.inv_scale
-        return 0.5 * jnp.sum(self._diag_weights(W_0R, W_0C) * Y * Y)
+        return 0.5 * self._entry_sum(W_0R, W_0C, lambda Y, r, c: Y * Y)
 
     def loss(self, L, R, W_0R, W_0C):
-        Y = self.values * self.inv_scale
-        LR = sampled_product(self.rows, self.cols, L, R.T)
-        wts = self._diag_weights(W_0R, W_0C)
+        Rt = R.T
+        model = lambda r, c: jnp.sum(L[r] * Rt[c], axis=-1)  # (LR) at a chunk's entries
         if self.masked:
-            E = Y - LR
-            return 0.5 * jnp.sum(wts * E * E)
-        # unstored zeros: sum_all w (LR)^2 by the k x k Gram matrices, stored part by sampling
-        Lt = L.T
-        model = jnp.sum(W_0R.right(Lt) @ L * (W_0C.right(R) @ R.T))
-        return 0.5 * (jnp.sum(wts * Y * (Y - 2.0 * LR)) + model)
+            return 0.5 * self._entry_sum(W_0R, W_0C, lambda Y, r, c: (Y - model(r, c)) ** 2)
+        # unstored zeros: sum_all w (LR)^2 by the k x k Gram matrices, the stored part by chunks
+        stored = self._entry_sum(W_0R, W_0C, lambda Y, r, c: Y * (Y - 2.0 * model(r, c)))
+        gram = jnp.sum(W_0R.right(L.T) @ L * (W_0C.right(R) @ Rt))
+        return 0.5 * (stored + gram)
 
     def stored(self):
         return self.values * self.inv_scale

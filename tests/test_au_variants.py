@@ -61,7 +61,7 @@ def _kkt(problem, L, R):
     out = []
     for side, X in (("L", Lt), ("R", jnp.asarray(R))):
         grad = half_problem(prepared, side, Lt, jnp.asarray(R)).gradient(X)
-        scale = float(jnp.sqrt(jnp.sum(grad**2))) + float(jnp.sqrt(jnp.sum(prepared.Yw**2)))
+        scale = float(jnp.sqrt(jnp.sum(grad**2))) + float(jnp.sqrt(jnp.sum(prepared.Y**2)))
         out.append(float(kkt_residual(X, grad)) / scale)
     return out
 
