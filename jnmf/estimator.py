@@ -25,6 +25,7 @@ that is jnmf's eq. 3 / eq. 4 with ``lambda_1L = alpha_W l1_ratio n_features``,
 from __future__ import annotations
 
 import contextlib
+import functools
 import numbers
 import time
 import warnings
@@ -55,6 +56,42 @@ SOLVERS = ("cd", "mu")
 _jit_beta_divergence = jax.jit(beta_divergence)
 _jit_loss = jax.jit(lambda problem, W, H: problem.loss(W, H))
 _jit_kl = jax.jit(lambda problem, W, H, eps: kl_objective(problem, W, H, None, eps))
+
+
+def check_real_param(owner: str, name: str, value, low: float = 0.0, high: float | None = None) -> None:
+    """A real estimator parameter in ``[low, high]`` (scikit-learn's message), or ValueError.
+
+    Args:
+        owner: the estimator's class name, for the message.
+        name: the parameter's name.
+        value: its value (bools, non-reals and non-finite values are refused).
+        low, high: the bounds (``high`` None: no upper bound).
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not np.isfinite(value)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"The '{name}' parameter of {owner} must be a real number {bound}; got {value!r}")
+
+
+def check_int_param(owner: str, name: str, value, low: int, none: bool = False) -> None:
+    """An integer estimator parameter ``>= low`` (or None when ``none``), or ValueError.
+
+    Args:
+        owner: the estimator's class name, for the message.
+        name: the parameter's name.
+        value: its value (bools are refused).
+        low: the smallest value allowed.
+        none: whether None is allowed.
+    """
+    if none and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"The '{name}' parameter of {owner} must be an int >= {low}; got {value!r}")
 
 
 def _has_zero(X) -> bool:
@@ -250,22 +287,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     def _validate_params(self) -> None:
         """Check every parameter on the host; ValueError naming it (before compiling)."""
 
-        def real(name, value, low=0.0, high=None):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, numbers.Real)
-                or not np.isfinite(value)
-                or value < low
-                or (high is not None and value > high)
-            ):
-                bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-                raise ValueError(
-                    f"The '{name}' parameter of NMF must be a real number {bound}; got {value!r}"
-                )
-
-        def integer(name, value, low):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-                raise ValueError(f"The '{name}' parameter of NMF must be an int >= {low}; got {value!r}")
+        real = functools.partial(check_real_param, "NMF")
+        integer = functools.partial(check_int_param, "NMF")
 
         n = self.n_components
         if not (n is None or (isinstance(n, str) and n == "auto")):

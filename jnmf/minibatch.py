@@ -42,7 +42,15 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .data import dense_operator
-from .estimator import BETA_LOSSES, INITS, _check_init_factor, _compute_precision, beta_loss_value
+from .estimator import (
+    BETA_LOSSES,
+    INITS,
+    _check_init_factor,
+    _compute_precision,
+    beta_loss_value,
+    check_int_param,
+    check_real_param,
+)
 from .init import initialize
 
 __all__ = ["MiniBatchNMF"]
@@ -223,26 +231,8 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     def _validate_params(self) -> None:
         """Every parameter checked on the host; ValueError naming it (before compiling)."""
 
-        def real(name, value, low=0.0, high=None):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, numbers.Real)
-                or not np.isfinite(value)
-                or value < low
-                or (high is not None and value > high)
-            ):
-                bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-                raise ValueError(
-                    f"The '{name}' parameter of MiniBatchNMF must be a real number {bound}; got {value!r}"
-                )
-
-        def integer(name, value, low, none=False):
-            if none and value is None:
-                return
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-                raise ValueError(
-                    f"The '{name}' parameter of MiniBatchNMF must be an int >= {low}; got {value!r}"
-                )
+        real = functools.partial(check_real_param, "MiniBatchNMF")
+        integer = functools.partial(check_int_param, "MiniBatchNMF")
 
         n = self.n_components
         if not (n is None or (isinstance(n, str) and n == "auto")):
