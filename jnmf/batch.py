@@ -259,7 +259,7 @@ def run_grid(
         raise ValueError("grid must map names to arrays with one leading axis of equal length")
     for i in range(next(iter(sizes))):
         values = {key: v[i] for key, v in grid.items()}
-        check_replacements(values, m, n, k)
+        check_replacements(values, m, n, k, problem.data)
         rule.check(problem.replace(**values))
     overrides = dict(max_iterations=max_iterations, min_xstep=min_xstep, tol=tol, rel_tol=rel_tol)
     states, opts, strategy = _prepare(

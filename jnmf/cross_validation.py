@@ -45,7 +45,7 @@ import numpy as np
 from . import _validate as check
 from .batch import run_grid
 from .consensus import _cache_size
-from .data import is_sparse_input
+from .data import SparseData, is_sparse_input
 from .driver import Stopping
 from .fitting import _setup, as_key, padded_starting_points, pipeline
 from .nnls import nnls_bpp_columns
@@ -234,15 +234,20 @@ def cross_validate_rank(
     repeats = check.positive_int("repeats", repeats)
     top = max(rank_list)
     stopping = Stopping(max_iterations=max_iterations, tol=tol)
-    if is_sparse_input(Y):
+    if is_sparse_input(Y) and scheme == "bicv" and missing == "unstored":
         raise ValueError(
-            "cross_validate_rank needs dense Y: its hold-out masks are dense m x n weights (for "
-            "sparse Y, hold out stored entries yourself and fit with missing='unstored')"
+            "scheme='bicv' with missing='unstored' is not supported: the NNLS extension of "
+            "the held-out block would need every row's own weighted Gram matrix; use "
+            "scheme='speckled'"
         )
     s = _setup(Y, top, method, "random", restarts, as_key(key), stopping, {}, None, missing)
     if s.rule.loss_degree != 2:
         raise ValueError(
             f"method must minimize the Frobenius loss for cross-validation, got {s.rule.method_name!r}"
+        )
+    if s.sparse:
+        return _sparse_cross_validation(
+            s, rank_list, scheme, holdout, repeats, rule, stopping, strategy, start, compiled_before
         )
     m, n = s.Y.shape
     observed = None if s.M is None else np.asarray(s.M) > 0
@@ -271,8 +276,7 @@ def cross_validate_rank(
                 f"every rank must be at most the kept block's smaller side "
                 f"{min(m - I.shape[1], n - J.shape[1])} (lower holdout or the ranks), got {top}"
             )
-    if not train.reshape(repeats, -1).any(axis=1).all() or not test.reshape(repeats, -1).any(axis=1).all():
-        raise ValueError("holdout leaves a repeat with no training or no test entry; change holdout")
+    _check_holdout_split(train.reshape(repeats, -1).any(axis=1), test.reshape(repeats, -1).any(axis=1))
 
     dt = s.Y.dtype
     Y_train_only = np.where(train.all(axis=0), s.Y, 0).astype(dt)  # no held-out value reaches the starts
@@ -316,10 +320,25 @@ def cross_validate_rank(
                 block = Y64[np.ix_(I[t], J[t])]
                 seen = test[t][np.ix_(I[t], J[t])]
                 test_error[t, i] = np.mean((block - A_hat[t, fit_index])[seen] ** 2)
+    return _rank_cv(
+        rank_list, test_error, train_error, res, s.restarts, rule, scheme, holdout, start, compiled_before
+    )
+
+
+def _check_holdout_split(has_train, has_test) -> None:
+    if not np.all(has_train) or not np.all(has_test):
+        raise ValueError("holdout leaves a repeat with no training or no test entry; change holdout")
+
+
+def _rank_cv(
+    rank_list, test_error, train_error, res, restarts, rule, scheme, holdout, start, compiled_before
+) -> RankCV:
+    """The :class:`RankCV` of errors per (repeat, rank in the order given), sorted by rank."""
+    repeats = test_error.shape[0]
     ranks_arr = np.asarray(rank_list)
     order = np.argsort(ranks_arr)
     ranks_arr, test_error, train_error = ranks_arr[order], test_error[:, order], train_error[:, order]
-    shape = (repeats, len(rank_list), s.restarts)
+    shape = (repeats, len(rank_list), restarts)
     return RankCV(
         ranks=ranks_arr,
         test_error=test_error,
@@ -332,4 +351,221 @@ def cross_validate_rank(
         status=np.asarray(res.status).reshape(shape)[:, order],
         seconds=time.perf_counter() - start,
         compilations=_cache_size() - compiled_before,
+    )
+
+
+# ------------------------------------------------------------------------ sparse data
+# Sparse Y is never densified.  Speckled: each repeat holds out a ``holdout`` fraction of
+# the stored entries and, with unstored zeros, as many zeros drawn uniformly from the
+# unstored positions; those zeros are stored (value 0) so that every repeat's hold-out is
+# a weight 0 on stored entries of one shared operator, and the repeats are a grid over
+# those weights (one compiled program).  The test error estimates the mean squared error
+# of a uniformly drawn entry by strata: the stored entries' share ``nnz / mn`` times their
+# held-out error, plus the rest times the held-out zeros' error.  Bi-cross-validation
+# holds out rows and columns through the diagonal loss weights W_0R / W_0C (0 on the
+# held-out ones), and scores the held-out block by trace identities: no block is formed.
+
+
+def _sample_unstored(rng, keys_stored: np.ndarray, m: int, n: int, count: int) -> np.ndarray:
+    """``count`` distinct linear indices ``i n + j`` of unstored entries, uniformly."""
+    free = m * n - keys_stored.size
+    count = min(count, free)
+    if count == 0:
+        return np.zeros(0, np.int64)
+    if free <= 4 * count:  # a small or dense matrix: choose among all unstored positions
+        unstored = np.setdiff1d(np.arange(m * n, dtype=np.int64), keys_stored, assume_unique=True)
+        return np.sort(rng.choice(unstored, count, replace=False))
+    picked = np.zeros(0, np.int64)
+    while picked.size < count:
+        draw = rng.integers(0, m * n, 2 * count, dtype=np.int64)
+        pos = np.clip(np.searchsorted(keys_stored, draw), 0, max(keys_stored.size - 1, 0))
+        hit = keys_stored[pos] == draw if keys_stored.size else np.zeros(draw.size, bool)
+        picked = np.unique(np.concatenate([picked, draw[~hit]]))
+    return np.sort(rng.permutation(picked)[:count])
+
+
+def _speckled_sparse(data: SparseData, rng, holdout: float, repeats: int):
+    """The shared operator (the stored entries plus the held-out zeros, all weights 1), the
+    training weights ``repeats x entries``, and per repeat the positions (into the shared
+    operator) of the held-out stored entries and of the held-out zeros."""
+    m, n = data.shape
+    rows, cols = np.asarray(data.rows, np.int64), np.asarray(data.cols, np.int64)
+    keys_stored = rows * n + cols  # sorted: the operator is sorted by row, then column
+    nnz = keys_stored.size
+    count = max(1, round(holdout * nnz))
+    held_stored = [np.sort(rng.choice(nnz, count, replace=False)) for _ in range(repeats)]
+    zero_keys = []
+    if data.unstored_zero:
+        zero_keys = [_sample_unstored(rng, keys_stored, m, n, count) for _ in range(repeats)]
+    extra = np.unique(np.concatenate(zero_keys)) if zero_keys else np.zeros(0, np.int64)
+    keys = np.concatenate([keys_stored, extra])
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    where = np.empty_like(order)
+    where[order] = np.arange(order.size)  # position in the shared operator of each entry
+    values = np.concatenate([np.asarray(data.values), np.zeros(extra.size, data.dtype)])[order]
+    shared = SparseData(
+        jnp.asarray((keys // n).astype(np.int32)),
+        jnp.asarray((keys % n).astype(np.int32)),
+        jnp.asarray(values),
+        (m, n),
+        data.unstored,
+        data.inv_scale,
+        jnp.ones(keys.size, data.dtype),
+    )
+    test_stored = [where[h] for h in held_stored]
+    test_zero = [np.searchsorted(keys, z) for z in zero_keys] if zero_keys else [None] * repeats
+    train = np.ones((repeats, keys.size), data.dtype)
+    for t in range(repeats):
+        train[t, test_stored[t]] = 0
+        if test_zero[t] is not None:
+            train[t, test_zero[t]] = 0
+    return shared, train, test_stored, test_zero
+
+
+@eqx.filter_jit
+def _train_sse(problem, weights, L, R):
+    """Sum of squared errors on the training entries of every fit: ``2 * loss`` of the
+    problem with repeat t's weights (``weights`` repeats x entries; L, R repeats x fits)."""
+
+    def per_repeat(w, L, R):
+        p = problem.replace(M=w)
+        return jax.vmap(lambda L, R: 2.0 * p.loss(L, R))(L, R)
+
+    return jax.vmap(per_repeat)(weights, L, R)
+
+
+@eqx.filter_jit
+def _sampled_models(rows, cols, L, R):
+    """``(L R)`` at the entries ``(rows, cols)`` of every fit (L, R: fits x . x .)."""
+    return jax.vmap(lambda L, R: jnp.sum(L[rows] * R.T[cols], axis=-1))(L, R)
+
+
+@eqx.filter_jit
+def _bicv_block_errors(data, L, R, I, J, keep_rows, keep_cols):
+    """Owen & Perry's (2009) NMF extension on sparse data: the squared error summed over the
+    held-out block ``A = Y[I, J]`` of every fit, without forming a block.
+
+    ``L_C`` and ``R_B`` solve the NNLS problems of the dense scheme; their linear terms are
+    products of the data with the kept part of the other factor (one pass over Y), and
+    ``||A - L_C R_B||^2 = ||A||^2 - 2 <A, L_C R_B> + <L_C' L_C, R_B R_B'>`` with the middle
+    term sampled at A's stored entries.  ``keep_rows``/``keep_cols`` are 0/1 vectors.
+    Returns (repeats, fits).
+    """
+
+    def one(L, R, I, J, keep_rows, keep_cols, in_block):
+        R_D = R * keep_cols[None, :]
+        Lt_D = L.T * keep_rows[None, :]
+        L_Ct = nnls_bpp_columns(R_D @ R_D.T, -data.product_L(R_D)[:, I])[0]  # k x |I|
+        R_B = nnls_bpp_columns(Lt_D @ Lt_D.T, -data.product_R(Lt_D)[:, J])[0]  # k x |J|
+        L_C_full = jnp.zeros((data.shape[0], L.shape[1]), L.dtype).at[I].set(L_Ct.T)
+        R_B_full = jnp.zeros((R.shape[0], data.shape[1]), R.dtype).at[:, J].set(R_B)
+        model = jnp.sum(L_C_full[data.rows] * R_B_full.T[data.cols], axis=-1)
+        Y = data.stored()
+        cross = jnp.sum(jnp.where(in_block, Y * model, 0.0))
+        gram = jnp.sum((L_Ct @ L_Ct.T) * (R_B @ R_B.T))
+        return -2.0 * cross + gram
+
+    in_block = jax.vmap(lambda I_mask, J_mask: I_mask[data.rows] & J_mask[data.cols])(
+        keep_rows == 0, keep_cols == 0
+    )
+    per_fit = jax.vmap(one, in_axes=(0, 0, None, None, None, None, None))
+    return jax.vmap(per_fit, in_axes=(0, 0, 0, 0, 0, 0, 0))(L, R, I, J, keep_rows, keep_cols, in_block)
+
+
+def _sparse_cross_validation(
+    s, rank_list, scheme, holdout, repeats, rule, stopping, strategy, start, compiled_before
+) -> RankCV:
+    """:func:`cross_validate_rank` for sparse data (see the comment above)."""
+    data: SparseData = s.Y
+    m, n = data.shape
+    top = max(rank_list)
+    key_holdout, key_starts = jax.random.split(s.key)
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key_holdout)).ravel().tolist())
+    dt = data.dtype
+    if scheme == "speckled":
+        if top > min(m, n):
+            raise ValueError(f"every rank must be at most min(Y.shape) = {min(m, n)}, got {top}")
+        shared, train, test_stored, test_zero = _speckled_sparse(data, rng, holdout, repeats)
+        _check_holdout_split(train.any(axis=1), [t.size > 0 for t in test_stored])
+        s = dataclasses.replace(s, Y=shared)
+        grid = {"M": train}
+        # no held-out value reaches the starts
+        start_data = shared.with_stored(shared.values * jnp.asarray(train.min(axis=0)))
+    else:
+        I, J = _block_indices(key_holdout, m, n, holdout, repeats)
+        if top > min(m - I.shape[1], n - J.shape[1]):
+            raise ValueError(
+                f"every rank must be at most the kept block's smaller side "
+                f"{min(m - I.shape[1], n - J.shape[1])} (lower holdout or the ranks), got {top}"
+            )
+        keep_rows = np.ones((repeats, m), dt)
+        keep_cols = np.ones((repeats, n), dt)
+        for t in range(repeats):
+            keep_rows[t, I[t]] = 0
+            keep_cols[t, J[t]] = 0
+        grid = {"W_0R": keep_rows, "W_0C": keep_cols}
+        rows, cols = np.asarray(data.rows), np.asarray(data.cols)
+        kept_everywhere = keep_rows.min(axis=0)[rows] * keep_cols.min(axis=0)[cols]
+        start_data = data.with_stored(data.values * jnp.asarray(kept_everywhere, dt))
+    pipe = pipeline(s, **({} if scheme == "speckled" else {"W_0R": keep_rows[0], "W_0C": keep_cols[0]}))
+    L0, R0 = padded_starting_points(start_data.scaled(s.scale), rank_list, s.restarts, key_starts)
+    res = run_grid(s.rule, pipe.scaled, grid, L0, R0, stopping=stopping, history_size=1, strategy=strategy)
+    L, R = scale_factors(res.L, res.R, s.scale)  # (repeats, ranks * restarts, ., .)
+    objective = np.asarray(res.objective, np.float64).reshape(repeats, len(rank_list), s.restarts)
+    objective = np.where(np.isfinite(objective), objective, np.inf)
+    best = np.argmin(objective, axis=2)  # repeats x R
+    pick = (np.arange(len(rank_list)) * s.restarts)[None, :] + best  # the scored fit of each
+    L = jnp.take_along_axis(L, jnp.asarray(pick)[:, :, None, None], axis=1)
+    R = jnp.take_along_axis(R, jnp.asarray(pick)[:, :, None, None], axis=1)
+    Y_stored = np.asarray(pipe.problem.data.stored(), np.float64)
+    if scheme == "speckled":
+        sse = np.asarray(_train_sse(pipe.problem, jnp.asarray(train), L, R), np.float64)
+        n_train = (m * n if data.unstored_zero else pipe.problem.data.nnz) - (train == 0).sum(axis=1)
+        train_error = sse / n_train[:, None]
+        test_error = np.zeros_like(train_error)
+        share = data.nnz / (m * n) if data.unstored_zero else 1.0  # the stored stratum's share
+        for t in range(repeats):
+            rows_t = pipe.problem.data.rows[test_stored[t]]
+            cols_t = pipe.problem.data.cols[test_stored[t]]
+            model = np.asarray(_sampled_models(rows_t, cols_t, L[t], R[t]), np.float64)
+            test_error[t] = share * np.mean((Y_stored[test_stored[t]][None, :] - model) ** 2, axis=1)
+            if test_zero[t] is not None and test_zero[t].size:
+                rows_z = pipe.problem.data.rows[test_zero[t]]
+                cols_z = pipe.problem.data.cols[test_zero[t]]
+                model_z = np.asarray(_sampled_models(rows_z, cols_z, L[t], R[t]), np.float64)
+                test_error[t] += (1.0 - share) * np.mean(model_z**2, axis=1)
+    else:
+        problem = pipe.problem
+        sse = np.asarray(
+            jax.vmap(
+                lambda wr, wc, L, R: jax.vmap(
+                    lambda L, R: 2.0 * problem.replace(W_0R=wr, W_0C=wc).loss(L, R)
+                )(L, R)
+            )(jnp.asarray(keep_rows), jnp.asarray(keep_cols), L, R),
+            np.float64,
+        )
+        train_error = sse / ((m - I.shape[1]) * (n - J.shape[1]))
+        block = np.asarray(
+            _bicv_block_errors(
+                problem.data,
+                L,
+                R,
+                jnp.asarray(I),
+                jnp.asarray(J),
+                jnp.asarray(keep_rows),
+                jnp.asarray(keep_cols),
+            ),
+            np.float64,
+        )
+        rows, cols = np.asarray(data.rows), np.asarray(data.cols)
+        block_norm = np.array(
+            [
+                np.sum(Y_stored[(keep_rows[t][rows] == 0) & (keep_cols[t][cols] == 0)] ** 2)
+                for t in range(repeats)
+            ]
+        )
+        test_error = (block + block_norm[:, None]) / (I.shape[1] * J.shape[1])
+    return _rank_cv(
+        rank_list, test_error, train_error, res, s.restarts, rule, scheme, holdout, start, compiled_before
     )

@@ -115,6 +115,10 @@ class MaskOperator(eqx.Module):
     factor by free factor): the loss part of G is ``F (mask (.) (F' Xt))`` (no Kronecker
     product, see jnmf/quadratic.py).  HALS's sweep keeps ``P = F' Xt`` as a *sweep state*."""
 
+    # whether the weight is 1 plus this operator's part: the unit part then stays in the
+    # half problem's Kronecker terms (its Gram matrix), and the operator holds the rest
+    unit = False
+
     @abc.abstractmethod
     def apply(self, F: Array, Xt: Array) -> Array:
         """``F (mask (.) (F' Xt))``, ``k x p``."""
@@ -207,6 +211,14 @@ class SparseMask(MaskOperator):
 
     def update(self, P, Fj, delta):
         return P + Fj[self.fixed_index] * delta[self.free_index]
+
+
+class UnitPlusSparseMask(SparseMask):
+    """A weight of 1 everywhere plus ``weights`` at the listed entries (e.g. -1 where an
+    entry is held out).  The methods give the sparse part only; the unit part is the
+    unweighted loss's Gram term, which the half problem keeps (``unit``)."""
+
+    unit = True
 
 
 # ------------------------------------------------------------------------ the operators
@@ -497,8 +509,11 @@ class SparseData(DataOperator):
         rows, cols: int32 indices of the stored entries (``nnz``).
         values: their values.
         inv_scale: the traced scale factor.
-        weights: with ``unstored="missing"``, the loss weight of each stored entry (1
-            unless given); None otherwise.
+        weights: the loss weight of each stored entry, or None (every weight 1).  With
+            ``unstored="missing"`` it is always present (1 unless given) and unstored
+            entries weigh 0; with unstored zeros, unstored entries weigh 1 and these
+            weights only change the stored ones (how sparse cross-validation holds out
+            entries: a held-out zero is stored with value 0 and weight 0).
         shape: (m, n), static.
         unstored: ``"zero"`` (unstored entries are zeros, the default) or ``"missing"``
             (they carry no loss: RcppML's ``mask_zeros``), static.
@@ -530,7 +545,7 @@ class SparseData(DataOperator):
 
     @property
     def masked(self):  # type: ignore[override]
-        return self.unstored == "missing"
+        return self.weights is not None
 
     @property
     def unstored_zero(self):  # type: ignore[override]
@@ -581,16 +596,16 @@ class SparseData(DataOperator):
         return scatter_product(self.rows, self.cols, self._vals(), (R * self.inv_scale).T, m).T
 
     def _entry_sum(self, W_0R, W_0C, f) -> Array:
-        """``sum_e w_e f(Y_e, r, c)`` over the stored entries, chunk by chunk (``w_e`` the loss
-        weight of entry e: the missing-data weight times the diagonal loss weights)."""
+        """``sum_e f(Y_e, r, c[, weight_e]) w_r v_c`` over the stored entries, chunk by chunk
+        (``w``, ``v`` the diagonal loss weights; ``f`` gets the entries' own weights as a
+        fourth argument when the data has them)."""
         m, n = self.shape
         w, v = _row_col_weights(W_0R, W_0C, m, n, self.dtype)
 
         def chunk(r, c, start, width):
             Y = _slice(self.values, start, width) * self.inv_scale
-            term = f(Y, r, c)
-            if self.weights is not None:
-                term = term * _slice(self.weights, start, width)
+            weight = None if self.weights is None else _slice(self.weights, start, width)
+            term = f(Y, r, c) if weight is None else f(Y, r, c, weight)
             if w is not None:
                 term = term * w[r]
             if v is not None:
@@ -600,15 +615,22 @@ class SparseData(DataOperator):
         return chunked_entry_sum(self.rows, self.cols, chunk).astype(self.dtype)
 
     def half_norm(self, W_0R, W_0C):
-        return 0.5 * self._entry_sum(W_0R, W_0C, lambda Y, r, c: Y * Y)
+        return 0.5 * self._entry_sum(W_0R, W_0C, lambda Y, r, c, weight=1.0: weight * Y * Y)
 
     def loss(self, L, R, W_0R, W_0C):
         Rt = R.T
         model = lambda r, c: jnp.sum(L[r] * Rt[c], axis=-1)  # (LR) at a chunk's entries
-        if self.masked:
-            return 0.5 * self._entry_sum(W_0R, W_0C, lambda Y, r, c: (Y - model(r, c)) ** 2)
-        # unstored zeros: sum_all w (LR)^2 by the k x k Gram matrices, the stored part by chunks
-        stored = self._entry_sum(W_0R, W_0C, lambda Y, r, c: Y * (Y - 2.0 * model(r, c)))
+        if not self.unstored_zero:
+            return 0.5 * self._entry_sum(W_0R, W_0C, lambda Y, r, c, weight: weight * (Y - model(r, c)) ** 2)
+
+        # unstored zeros: sum_all (LR)^2 by the k x k Gram matrices; the stored entries add
+        # Y^2 - 2 Y LR, plus (weight - 1) (Y - LR)^2 where their weight is not 1
+        def stored_term(Y, r, c, weight=None):
+            LR = model(r, c)
+            term = Y * (Y - 2.0 * LR)
+            return term if weight is None else term + (weight - 1.0) * (Y - LR) ** 2
+
+        stored = self._entry_sum(W_0R, W_0C, stored_term)
         gram = jnp.sum(W_0R.right(L.T) @ L * (W_0C.right(R) @ Rt))
         return 0.5 * (stored + gram)
 
@@ -619,6 +641,10 @@ class SparseData(DataOperator):
         return sampled_product(self.rows, self.cols, Lt.T, R.T)
 
     def entry_weights(self, w, v):
+        if self.unstored_zero and self.weights is not None:
+            # KL and beta sum the unstored zeros' share with weight 1 through the factors'
+            # column sums; a weight on stored entries would leave that share wrong
+            raise ValueError("KL / beta losses cannot weight the stored entries of data with unstored zeros")
         out = w[self.rows] * v[self.cols]
         return out if self.weights is None else out * self.weights
 
@@ -629,16 +655,19 @@ class SparseData(DataOperator):
         if not self.masked:
             return None
         m, n = self.shape
+        # with unstored zeros every entry weighs 1 plus a correction at the stored entries
+        mask = UnitPlusSparseMask if self.unstored_zero else SparseMask
+        weights = self.weights - 1.0 if self.unstored_zero else self.weights
         if side == "L":  # q x p = n x m
-            return SparseMask(self.cols, self.rows, self.weights, m)
-        return SparseMask(self.rows, self.cols, self.weights, n)
+            return mask(self.cols, self.rows, weights, m)
+        return mask(self.rows, self.cols, weights, n)
 
     def maximum(self):
         return jnp.max(self.values, initial=0.0) * self.inv_scale
 
     def mean(self):
         m, n = self.shape
-        if self.masked:
+        if not self.unstored_zero:
             return jnp.mean(self.values) * self.inv_scale if self.nnz else jnp.zeros((), self.dtype)
         return jnp.sum(self.values) / (m * n) * self.inv_scale
 
@@ -656,9 +685,21 @@ class SparseData(DataOperator):
         )
 
     def replace_mask(self, M):
+        """New weights of the stored entries (``nnz``): how a grid of hold-outs varies."""
         if not self.masked:
             return super().replace_mask(M)
-        raise ValueError("M cannot be replaced on sparse data with unstored='missing'")
+        M = jnp.asarray(M, self.dtype)
+        if M.shape != self.values.shape:
+            raise ValueError(f"M of sparse data weighs its {self.nnz} stored entries, got shape {M.shape}")
+        return self._new(weights=M)
+
+    def check_mask(self, name: str, M) -> None:
+        """Host check of a replacement for :meth:`replace_mask`."""
+        arr = np.asarray(M)
+        if arr.shape != self.values.shape:
+            raise ValueError(f"{name} must weigh the {self.nnz} stored entries, got shape {arr.shape}")
+        if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+            raise ValueError(f"{name} must be finite and non-negative")
 
     def dense(self):
         m, n = self.shape

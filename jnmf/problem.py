@@ -34,7 +34,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from . import _validate as check
-from .data import DataOperator, DenseData, MaskedData
+from .data import DataOperator, DenseData, MaskedData, SparseData
 from .weights import Weight
 
 PenaltyPairs = tuple[tuple[Weight, Weight], ...]
@@ -332,8 +332,11 @@ class Problem(eqx.Module):
         """
         Lt = L.T
         if self.masked:
-            gLt = self.data.mask_operator("L").apply(R, Lt) - self.data.product_L(R)
-            gR = self.data.mask_operator("R").apply(Lt, R) - self.data.product_R(Lt)
+            mask_L, mask_R = self.data.mask_operator("L"), self.data.mask_operator("R")
+            gLt = mask_L.apply(R, Lt) - self.data.product_L(R)
+            gR = mask_R.apply(Lt, R) - self.data.product_R(Lt)
+            if mask_L.unit:  # the weight is 1 plus the operator's part
+                gLt, gR = gLt + (R @ R.T) @ Lt, gR + (Lt @ L) @ R
             return gLt.T + self.penalty_L.gradient(L), gR + self.penalty_R.gradient(R)
         WL = self.W_0R.left(L)
         RW = self.W_0C.right(R)
@@ -451,8 +454,9 @@ def build_problem(Y, rank: int, *, W_0R=None, W_0C=None, M=None, **penalties) ->
     return Problem.from_scalars(Y, w0r, w0c, **sc, W_1L=W_1L, W_1R=W_1R, W_2L=W_2L, W_2R=W_2R, M=M)
 
 
-def check_replacements(values: dict, m: int, n: int, rank: int) -> None:
-    """Host-side validation of values for :meth:`Problem.replace` (before compiling)."""
+def check_replacements(values: dict, m: int, n: int, rank: int, data: DataOperator | None = None) -> None:
+    """Host-side validation of values for :meth:`Problem.replace` (before compiling); ``M``
+    of sparse ``data`` weighs its stored entries."""
     for name, v in values.items():
         if name in SCALAR_PENALTIES:
             check.nonneg_scalar(name, v)
@@ -462,6 +466,8 @@ def check_replacements(values: dict, m: int, n: int, rank: int) -> None:
             check.l1_weight(name, v, (rank, n))
         elif name in ("W_0R", "W_0C"):
             check.square_weight(name, v, m if name == "W_0R" else n, psd=True)
+        elif name == "M" and isinstance(data, SparseData):
+            data.check_mask(name, v)
         elif name == "M":
             check.elementwise_weight(name, v, (m, n))
 

@@ -174,7 +174,9 @@ class HalfProblem(eqx.Module):
         k = self.gram.shape[0]
         dt = self.gram.dtype
         pens = [(p_side, k_side.dense(k, dt)) for k_side, p_side in self.penalties]
-        return pens if self.masked else [(self.weight, self.gram)] + pens
+        if self.masked and not self.mask.unit:
+            return pens
+        return [(self.weight, self.gram)] + pens
 
     def masked_loss_G(self, Xt: Array) -> Array:
         """The elementwise-weighted loss part of G Xt: ``F (mask (.) (F' Xt))``."""
@@ -260,7 +262,7 @@ def _half_problem(
 ) -> HalfProblem:
     """The subproblem of a factor-major unknown given the fixed factor F (``k x q``), the
     data product ``F (W Y W)`` in (k x p) layout and, optionally, the elementwise weight."""
-    if mask is None:
+    if mask is None or mask.unit:
         gram = cross_gram(fixed_weight.right(F), F)
     else:
         gram = jnp.zeros((F.shape[0], F.shape[0]), F.dtype)

@@ -235,5 +235,3 @@ def test_sparse_consensus_and_differentiable_fit(case):
     )
     np.testing.assert_allclose(f_sparse(0.3), f_dense(0.3), rtol=1e-9)
     np.testing.assert_allclose(jax.grad(f_sparse)(0.3), jax.grad(f_dense)(0.3), rtol=1e-6)
-    with pytest.raises(ValueError, match="cross_validate_rank needs dense Y"):
-        jnmf.cross_validate_rank(sp.csr_matrix(Y), [2, 3])
