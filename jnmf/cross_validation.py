@@ -194,7 +194,13 @@ def cross_validate_rank(
 
     Args:
         Y: ``m x n`` non-negative data (NaN entries are missing with ``missing="nan"``;
-            they are never fitted nor scored).
+            they are never fitted nor scored), dense or sparse (any scipy.sparse format,
+            BCOO / BCSR; never densified).  Sparse speckled hold-out hides a ``holdout``
+            fraction of the stored entries and as many unstored zeros, and scores the
+            mean squared error of a uniformly drawn entry by strata; with
+            ``missing="unstored"`` only stored entries are fitted, held out and scored.
+            Sparse bicv holds out rows and columns through diagonal loss weights (unstored
+            zeros only).
         ranks: the ranks to compare (distinct positive integers).
         scheme: ``"speckled"`` (random entries held out; RcppML's approach) or ``"bicv"``
             (bi-cross-validation, Owen & Perry 2009: a block of rows and columns).
@@ -209,7 +215,7 @@ def cross_validate_rank(
         rule: ``"1se"`` (default: the smallest rank whose mean test error is within one
             standard error of the lowest; past the true rank the curve is nearly flat,
             so its minimum wanders with the noise) or ``"min"`` (the lowest mean).
-        missing: ``"error"`` or ``"nan"``, as for :func:`jnmf.fit`.
+        missing: ``"error"``, ``"nan"`` or (sparse Y) ``"unstored"``, as for :func:`jnmf.fit`.
         strategy: batching strategy of the restarts (default per backend).
 
     Returns:
