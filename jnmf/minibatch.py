@@ -10,14 +10,22 @@ multiplicative updates for the beta-divergence of Lefèvre, Bach & Févotte (201
 scikit-learn documents them.  Per mini-batch ``X_b``:
 
 * W_b: one multiplicative step (Févotte & Idier 2011, with exponent gamma(beta)), or
-  with ``fresh_restarts`` a fresh solve from a constant start of up to
-  ``fresh_restarts_max_iter`` steps;
+  with ``fresh_restarts`` (and always in ``partial_fit``) a fresh solve from a constant
+  start of up to ``fresh_restarts_max_iter`` steps;
 * H: the numerator and denominator of its multiplicative step are accumulated with
   forgetting, ``A <- rho A + H^(1/gamma) (.) W_b' (X_b (.) (W_b H)^(beta-2))``,
   ``B <- rho B + W_b' (W_b H)^(beta-1) + penalties``, ``H = (A / B)^gamma``, with
   ``rho = forget_factor ** (batch_size / n_samples)``;
-* stopping: the relative change of H (``tol``) or no improvement of the exponentially
-  weighted average of the batch cost in ``max_no_improvement`` steps.
+* stopping, from the second step on: the relative change of H in one step (``tol``),
+  or no new minimum of the exponentially weighted average of the batch cost in
+  ``max_no_improvement`` steps.
+
+Small values are handled as scikit-learn handles them, so that the iterates agree with
+its to rounding: ``W H`` is floored at float32's eps where a negative power of it is
+taken, only denominators that are exactly 0 become eps, W (beta < 1) and H (beta <= 1)
+entries below float64's eps are set to 0 after each update, and for beta = 1 a
+component with a zero column of W_b counts 1 in H's denominator (so a batch of zero
+rows shrinks H, as scikit-learn's does, rather than leaving it unchanged).
 
 Regularization is scikit-learn's (see :mod:`jnmf.estimator`), with the H terms
 scaled to a batch (``alpha_H`` times the batch size).  Sparse X is taken batch by
@@ -55,7 +63,8 @@ from .init import initialize
 
 __all__ = ["MiniBatchNMF"]
 
-_EPS = float(np.finfo(np.float32).eps)  # the floor of W H and of the denominators (data units)
+_EPS = float(np.finfo(np.float32).eps)  # scikit-learn's floor of W H and of zero denominators
+_ZERO = float(np.finfo(np.float64).eps)  # W (beta < 1) and H (beta <= 1) below this are set to 0
 
 
 def _gamma(beta: float) -> float:
@@ -67,14 +76,32 @@ def _gamma(beta: float) -> float:
     return 1.0
 
 
-def _ratio_terms(X, W, H, beta: float, eps):
-    """``(X (.) WH^(beta-2), WH^(beta-1))`` with WH floored (the two halves of the gradient)."""
-    WH = jnp.maximum(W @ H, eps)
-    if beta == 2.0:
-        return X, WH
+def _floor(A, eps):
+    """Entries below ``eps`` raised to ``eps`` (the others untouched)."""
+    return jnp.where(A < eps, eps, A)
+
+
+def _x_term(X, WH, beta: float, eps):
+    """``X (.) WH^(beta-2)``, WH floored at eps when the power is negative (beta != 2)."""
+    if beta < 2:
+        WH = _floor(WH, eps)
     if beta == 1.0:
-        return X / WH, jnp.ones_like(WH)
-    return X * WH ** (beta - 2.0), WH ** (beta - 1.0)
+        return X / WH
+    if beta == 0.0:
+        return X * (1.0 / WH) ** 2
+    return X * WH ** (beta - 2.0)
+
+
+def _wh_term(WH, beta: float, eps):
+    """``WH^(beta-1)``, WH floored at eps when the power is negative (beta not 1, 2)."""
+    if beta < 1:
+        WH = _floor(WH, eps)
+    return WH ** (beta - 1.0)
+
+
+def _safe_den(den, eps):
+    """An exactly zero denominator becomes eps (scikit-learn's rule; small ones stay)."""
+    return jnp.where(den == 0, eps, den)
 
 
 def _w_update(X, W, H, l1, l2, eps, beta: float):
@@ -82,80 +109,109 @@ def _w_update(X, W, H, l1, l2, eps, beta: float):
     if beta == 2.0:
         num, den = X @ H.T, W @ (H @ H.T)
     else:
-        P, Q = _ratio_terms(X, W, H, beta, eps)
-        num, den = P @ H.T, Q @ H.T
-    den = jnp.maximum(den + l1 + l2 * W, eps)
+        WH = W @ H
+        num = _x_term(X, WH, beta, eps) @ H.T
+        if beta == 1.0:
+            den = jnp.broadcast_to(jnp.sum(H, axis=1), W.shape)
+        else:
+            den = _wh_term(WH, beta, eps) @ H.T
+    step = num / _safe_den(den + l1 + l2 * W, eps)
     g = _gamma(beta)
-    step = num / den
     return W * (step if g == 1.0 else step**g)
+
+
+def _h_update(X, W, H, A, B, rho, l1, l2, eps, beta: float):
+    """H from the forgetful accumulators: ``A <- rho A + num (.) H^(1/gamma)``,
+    ``B <- rho B + den``, ``H = (A / B)^gamma``.  Returns ``(H, A, B)``."""
+    if beta == 2.0:
+        num, den = W.T @ X, (W.T @ W) @ H
+    else:
+        WH = W @ H
+        num = W.T @ _x_term(X, WH, beta, eps)
+        if beta == 1.0:
+            # a component unused by the whole batch (column of W all 0) counts 1, not 0:
+            # with 0 such a batch would leave H as it was.
+            colsum = jnp.sum(W, axis=0)
+            den = jnp.broadcast_to(jnp.where(colsum == 0, 1.0, colsum)[:, None], H.shape)
+        else:
+            den = W.T @ _wh_term(WH, beta, eps)
+    den = _safe_den(den + l1 + l2 * H, eps)
+    g = _gamma(beta)
+    A = rho * A + num * (H if g == 1.0 else H ** (1.0 / g))
+    B = rho * B + den
+    Hn = A / B
+    if g != 1.0:
+        Hn = Hn**g
+    if beta <= 1:
+        Hn = jnp.where(Hn < _ZERO, 0.0, Hn)
+    return Hn, A, B
 
 
 @functools.partial(jax.jit, static_argnames=("beta",))
 def _solve_w(X, H, W0, l1, l2, tol, max_iter, eps, *, beta: float):
     """W for fixed H: multiplicative steps from W0 until the relative change of W is at
-    most ``tol`` or ``max_iter`` steps (both traced: no recompilation)."""
+    most ``tol`` (tol > 0) or ``max_iter`` steps (both traced: no recompilation)."""
 
     def cond(c):
         i, _, change = c
-        return (i < max_iter) & (change > tol)
+        return (i < max_iter) & ~((tol > 0) & (change <= tol))
 
     def body(c):
         i, W, _ = c
         Wn = _w_update(X, W, H, l1, l2, eps, beta)
-        change = jnp.linalg.norm(Wn - W) / jnp.maximum(jnp.linalg.norm(Wn), jnp.finfo(W.dtype).tiny)
-        return i + 1, Wn, change
+        return i + 1, Wn, jnp.linalg.norm(Wn - W) / jnp.linalg.norm(Wn)
 
     _, W, _ = jax.lax.while_loop(cond, body, (jnp.asarray(0), W0, jnp.asarray(jnp.inf, W0.dtype)))
     return W
 
 
-def _divergence(X, WH, beta: float, eps):
-    """The beta-divergence ``D_beta(X || WH)`` (half the squared distance for beta = 2)."""
+def _divergence(X, W, H, beta: float, eps):
+    """The beta-divergence ``D_beta(X || WH)`` (half the squared distance for beta = 2),
+    as scikit-learn counts it: entries with ``X <= eps`` left out of the X terms, WH
+    floored at eps in them."""
+    WH = W @ H
     if beta == 2.0:
         return 0.5 * jnp.sum((X - WH) ** 2)
-    WH = jnp.maximum(WH, eps)
+    keep = X > eps
+    Xk = jnp.where(keep, X, 1.0)
+    WHk = jnp.where(keep, _floor(WH, eps), 1.0)
+
+    def kept_sum(A):
+        return jnp.sum(jnp.where(keep, A, 0.0))
+
     if beta == 1.0:
-        xlog = jnp.where(X > 0, X * jnp.log(jnp.where(X > 0, X, 1.0) / WH), 0.0)
-        return jnp.sum(xlog - X + WH)
+        return kept_sum(X * jnp.log(Xk / WHk)) + jnp.sum(W, axis=0) @ jnp.sum(H, axis=1) - kept_sum(X)
     if beta == 0.0:
-        Xs = jnp.maximum(X, eps)
-        return jnp.sum(Xs / WH - jnp.log(Xs / WH) - 1.0)
-    return jnp.sum(X**beta + (beta - 1.0) * WH**beta - beta * X * WH ** (beta - 1.0)) / (beta * (beta - 1.0))
+        ratio = Xk / WHk
+        return kept_sum(ratio) - X.size - kept_sum(jnp.log(ratio))
+    res = kept_sum(Xk**beta) - beta * kept_sum(Xk * WHk ** (beta - 1.0)) + (beta - 1.0) * jnp.sum(WH**beta)
+    return res / (beta * (beta - 1.0))
 
 
-def _penalty(W, l1, l2):
-    return l1 * jnp.sum(W) + 0.5 * l2 * jnp.sum(W * W)
-
-
-@functools.partial(jax.jit, static_argnames=("beta", "fresh"))
-def _minibatch_step(X, W, H, A, B, rho, regs, fresh_tol, fresh_iter, eps, *, beta: float, fresh: bool):
-    """One mini-batch step: W_b (one step or a fresh solve), the batch cost, then H from
-    the forgetful accumulators (Lefèvre et al. 2011).  Returns ``(W, H, A, B, cost)``."""
+@functools.partial(jax.jit, static_argnames=("beta", "solve"))
+def _minibatch_step(X, W, H, A, B, rho, regs, solve_tol, solve_iter, eps, *, beta: float, solve: bool):
+    """One mini-batch step: W_b (one step from W, or with ``solve`` a fresh solve from a
+    constant start), the batch cost (per row), then H from the forgetful accumulators
+    (Lefèvre et al. 2011).  Returns ``(W, H, A, B, cost, change)``, ``change`` the
+    relative change of H (nan when the new H is 0)."""
     l1W, l2W, l1H, l2H = regs
-    if fresh:
-        W0 = jnp.full_like(W, jnp.sqrt(jnp.mean(X) / H.shape[0]))
-        W = _solve_w(X, H, W0, l1W, l2W, fresh_tol, fresh_iter, eps, beta=beta)
+    if solve:
+        W0 = jnp.full(W.shape, jnp.sqrt(jnp.mean(X) / H.shape[0]), X.dtype)
+        W = _solve_w(X, H, W0, l1W, l2W, solve_tol, solve_iter, eps, beta=beta)
     else:
         W = _w_update(X, W, H, l1W, l2W, eps, beta)
-    cost = _divergence(X, W @ H, beta, eps) + _penalty(W, l1W, l2W) + _penalty(H, l1H, l2H)
-    if beta == 2.0:
-        num, den = W.T @ X, (W.T @ W) @ H
-    else:
-        P, Q = _ratio_terms(X, W, H, beta, eps)
-        num, den = W.T @ P, W.T @ Q
-    den = jnp.maximum(den + l1H + l2H * H, eps)
-    g = _gamma(beta)
-    Hg = H if g == 1.0 else H ** (1.0 / g)
-    A = rho * A + num * Hg
-    B = rho * B + den
-    Hn = A / B
-    Hn = Hn if g == 1.0 else Hn**g
-    return W, Hn, A, B, cost
+    if beta < 1:
+        W = jnp.where(W < _ZERO, 0.0, W)
+    cost = _divergence(X, W, H, beta, eps)
+    cost = cost + l1W * jnp.sum(W) + l1H * jnp.sum(H) + l2W * jnp.sum(W * W) + l2H * jnp.sum(H * H)
+    Hn, A, B = _h_update(X, W, H, A, B, rho, l1H, l2H, eps, beta)
+    change = jnp.linalg.norm(Hn - H) / jnp.linalg.norm(Hn)
+    return W, Hn, A, B, cost / X.shape[0], change
 
 
 @functools.partial(jax.jit, static_argnames=("beta",))
 def _total_divergence(X, W, H, eps, *, beta: float):
-    return _divergence(X, W @ H, beta, eps)
+    return _divergence(X, W, H, beta, eps)
 
 
 class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -269,12 +325,12 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 f"The 'verbose' parameter of MiniBatchNMF must be an int or bool; got {self.verbose!r}"
             )
 
-    def _regs(self, n_samples: int, n_features: int, batch: int, dtype):
-        """(l1_W, l2_W, l1_H, l2_H): scikit-learn's penalties, H's scaled to one batch."""
+    def _regs(self, n_features: int, rows: int, dtype):
+        """(l1_W, l2_W, l1_H, l2_H): scikit-learn's penalties, H's scaled to a batch of ``rows``."""
         a_W = float(self.alpha_W)
         a_H = a_W if isinstance(self.alpha_H, str) else float(self.alpha_H)
         r = float(self.l1_ratio)
-        regs = (n_features * a_W * r, n_features * a_W * (1 - r), batch * a_H * r, batch * a_H * (1 - r))
+        regs = (n_features * a_W * r, n_features * a_W * (1 - r), rows * a_H * r, rows * a_H * (1 - r))
         with _compute_precision(dtype):
             return tuple(jnp.asarray(v, dtype) for v in regs)
 
@@ -336,59 +392,37 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         dtype = X.dtype
         batch = min(int(self.batch_size), n_samples)
         self._batch_size = batch
-        rho = float(self.forget_factor) ** (batch / n_samples)
+        self._rho = float(self.forget_factor) ** (batch / n_samples)
         per_iter = math.ceil(n_samples / batch)
-        regs = self._regs(n_samples, n_features, batch, dtype)
+        total = int(self.max_iter) * per_iter
         tmax = self.max_iter if self.transform_max_iter is None else self.transform_max_iter
         Xc = X.tocsr() if sp.issparse(X) else X
-        ewa = ewa_min = None
-        no_improve = n_steps = 0
-        alpha_ewa = min(batch / (n_samples + 1), 1.0)
+        self._ewa_cost = self._ewa_cost_min = None
+        self._no_improvement = 0
         t0 = time.perf_counter()
         with _compute_precision(dtype):
             eps = jnp.asarray(_EPS, dtype)
+            rho = jnp.asarray(self._rho, dtype)
             Hj = jnp.asarray(H, dtype)
             A, B = Hj, jnp.ones_like(Hj)
-            fresh = bool(self.fresh_restarts)
-            ftol, fiter = jnp.asarray(self.tol, dtype), jnp.asarray(self.fresh_restarts_max_iter)
-            stop = False
-            for _ in range(int(self.max_iter)):
-                for start in range(0, n_samples, batch):
-                    Xb = Xc[start : start + batch]
-                    Xb = jnp.asarray(Xb.toarray() if sp.issparse(Xb) else Xb, dtype)
-                    Wb, Hn, A, B, cost = _minibatch_step(
-                        Xb, jnp.asarray(W[start : start + batch]), Hj, A, B, jnp.asarray(rho, dtype),
-                        regs, ftol, fiter, eps, beta=beta, fresh=fresh,
-                    )  # fmt: skip
-                    W[start : start + batch] = np.asarray(Wb)
-                    n_steps += 1
-                    cost = float(cost) / Xb.shape[0]
-                    change = float(
-                        jnp.linalg.norm(Hn - Hj) / jnp.maximum(jnp.linalg.norm(Hn), jnp.finfo(dtype).tiny)
-                    )
-                    Hj = Hn
-                    ewa = cost if ewa is None else ewa * (1 - alpha_ewa) + cost * alpha_ewa
-                    if self.verbose:
-                        print(
-                            f"Minibatch step {n_steps}/{self.max_iter * per_iter}: mean batch cost: {ewa}",
-                            flush=True,
-                        )
-                    if self.tol > 0 and change <= self.tol:
-                        if self.verbose:
-                            print(f"Converged (small H change) at step {n_steps}/{self.max_iter * per_iter}")
-                        stop = True
-                        break
-                    if ewa_min is None or ewa < ewa_min:
-                        ewa_min, no_improve = ewa, 0
-                    else:
-                        no_improve += 1
-                    if self.max_no_improvement is not None and no_improve >= self.max_no_improvement:
-                        if self.verbose:
-                            print(f"Converged (lack of improvement in objective) at step {n_steps}")
-                        stop = True
-                        break
-                if stop:
+            solve_tol, solve_iter = jnp.asarray(self.tol, dtype), jnp.asarray(self.fresh_restarts_max_iter)
+            regs = {}  # by batch rows (the last batch may be shorter)
+            for step in range(total):
+                start = (step % per_iter) * batch
+                Xb = Xc[start : start + batch]
+                rows = Xb.shape[0]
+                if rows not in regs:
+                    regs[rows] = self._regs(n_features, rows, dtype)
+                Xb = jnp.asarray(Xb.toarray() if sp.issparse(Xb) else Xb, dtype)
+                Wb, Hj, A, B, cost, change = _minibatch_step(
+                    Xb, jnp.asarray(W[start : start + batch]), Hj, A, B, rho, regs[rows],
+                    solve_tol, solve_iter, eps, beta=beta, solve=bool(self.fresh_restarts),
+                )  # fmt: skip
+                W[start : start + batch] = np.asarray(Wb)
+                cost, change = (float(v) for v in jax.device_get((cost, change)))
+                if self._converged(step, total, rows, n_samples, cost, change):
                     break
+            n_steps = step + 1
             H = np.asarray(Hj, dtype)
             if self.fresh_restarts:
                 W = self._solve_W(X, H, tmax)
@@ -404,6 +438,43 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self._A, self._B = A, B
         return np.asarray(W, dtype), H, n_iter, n_steps
 
+    def _converged(
+        self, step: int, total: int, rows: int, n_samples: int, cost: float, change: float
+    ) -> bool:
+        """scikit-learn's stopping rule after a step (``step`` counted from 0).
+
+        The first step is not judged (its H change reflects the initialization).  Later
+        steps update an exponentially weighted average of the per-row batch cost (weight
+        ``rows / (n_samples + 1)``); the fit stops once H changed by at most ``tol``
+        (relative, tol > 0), or once that average has not reached a new minimum in
+        ``max_no_improvement`` consecutive steps.
+        """
+        step += 1
+        if step == 1:
+            if self.verbose:
+                print(f"Minibatch step {step}/{total}: mean batch cost: {cost}")
+            return False
+        if self._ewa_cost is None:
+            self._ewa_cost = cost
+        else:
+            alpha = min(rows / (n_samples + 1), 1.0)
+            self._ewa_cost = self._ewa_cost * (1 - alpha) + cost * alpha
+        if self.verbose:
+            print(f"Minibatch step {step}/{total}: mean batch cost: {cost}, ewa cost: {self._ewa_cost}")
+        if self.tol > 0 and change <= self.tol:
+            if self.verbose:
+                print(f"Converged (small H change) at step {step}/{total}")
+            return True
+        if self._ewa_cost_min is None or self._ewa_cost < self._ewa_cost_min:
+            self._no_improvement, self._ewa_cost_min = 0, self._ewa_cost
+        else:
+            self._no_improvement += 1
+        if self.max_no_improvement is not None and self._no_improvement >= self.max_no_improvement:
+            if self.verbose:
+                print(f"Converged (lack of improvement in objective function) at step {step}/{total}")
+            return True
+        return False
+
     def _solve_W(self, X, H, max_iter: int) -> np.ndarray:
         """W for fixed H (multiplicative steps from a constant start, ``tol`` relative)."""
         beta = beta_loss_value(self.beta_loss)
@@ -411,7 +482,7 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         Xd = X.toarray() if sp.issparse(X) else np.asarray(X)
         k = H.shape[0]
         n_samples, n_features = X.shape
-        l1W, l2W, _, _ = self._regs(n_samples, n_features, 1, dtype)
+        l1W, l2W, _, _ = self._regs(n_features, n_samples, dtype)
         with _compute_precision(dtype):
             avg = float(np.sqrt(max(Xd.mean(), 0.0) / k))
             W0 = jnp.full((n_samples, k), avg, dtype)
@@ -478,7 +549,8 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         Args:
             X: a mini-batch, ``batch x n_features``.
             y: ignored.
-            W, H: starting factors for ``init="custom"`` (first call only for H).
+            W, H: starting factors for ``init="custom"`` (first call only; W is checked
+                but, as in scikit-learn, each batch's W is solved afresh from a constant start).
 
         Returns:
             self.
@@ -493,24 +565,26 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         n, n_features = X.shape
         if first:
             k = n_features if self.n_components is None else self.n_components
-            W0, H0, k = self._start(X, W, H, k)
+            _, H0, k = self._start(X, W, H, k)
             self._n_components = k
             self.components_ = H0
             self.n_components_ = k
             self.n_steps_ = 0
+            # as scikit-learn: the batch size and forgetting are set by the first batch
+            self._batch_size = min(int(self.batch_size), n)
+            self._rho = float(self.forget_factor) ** (self._batch_size / n)
             with _compute_precision(dtype):
                 self._A, self._B = jnp.asarray(H0, dtype), jnp.ones(H0.shape, dtype)
         H = np.asarray(self.components_, dtype)
-        Wb = self._solve_W(X, H, self.fresh_restarts_max_iter)  # W is a start for the first H only
-        rho = float(self.forget_factor) ** (n / max(n, 1))
-        regs = self._regs(n, n_features, n, dtype)
+        regs = self._regs(n_features, n, dtype)
         with _compute_precision(dtype):
-            _, Hn, A, B, _ = _minibatch_step(
-                jnp.asarray(X.toarray() if sp.issparse(X) else X, dtype), jnp.asarray(Wb, dtype),
+            # W is solved afresh for each batch (a given W is checked, not used)
+            _, Hn, A, B, _, _ = _minibatch_step(
+                jnp.asarray(X.toarray() if sp.issparse(X) else X, dtype), jnp.zeros((n, H.shape[0]), dtype),
                 jnp.asarray(H, dtype), jnp.asarray(self._A, dtype), jnp.asarray(self._B, dtype),
-                jnp.asarray(rho, dtype), regs, jnp.asarray(self.tol, dtype),
+                jnp.asarray(self._rho, dtype), regs, jnp.asarray(self.tol, dtype),
                 jnp.asarray(self.fresh_restarts_max_iter), jnp.asarray(_EPS, dtype),
-                beta=beta, fresh=bool(self.fresh_restarts),
+                beta=beta, solve=True,
             )  # fmt: skip
         self._A, self._B = A, B
         self.components_ = np.asarray(Hn, dtype)
