@@ -30,8 +30,8 @@ Three parts:
      beta_loss = 1 in the continuity check (sparse = dense for every beta).
    * test_minibatch_nmf_transform, test_mbnmf_inverse_transform,
      test_minibatch_nmf_negative_beta_loss, test_nmf_minibatchnmf_equivalence,
-     test_minibatch_nmf_partial_fit, test_minibatch_nmf_verbose: MiniBatchNMF, which jnmf
-     does not provide.
+     test_minibatch_nmf_partial_fit, test_minibatch_nmf_verbose: MiniBatchNMF's tests;
+     they run against jnmf.MiniBatchNMF in tests/test_minibatch.py.
 
 2. ``sklearn.utils.estimator_checks`` on jnmf.NMF() (every check passes; the array-API
    check skips itself without SCIPY_ARRAY_API).
