@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Sequence
 
@@ -43,7 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _validate as check
-from .batch import run_grid
+from .batch import batching_strategy, run_grid
+from .checkpoint import checkpoint_directory, run_checkpointed
 from .consensus import _cache_size
 from .data import is_sparse_input
 from .driver import Stopping
@@ -189,6 +191,7 @@ def cross_validate_rank(
     rule: str = "1se",
     missing: str = "error",
     strategy: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> RankCV:
     """Pick the rank of ``Y ~ L R`` by cross-validation, all fits in one compiled program.
 
@@ -211,12 +214,23 @@ def cross_validate_rank(
             so its minimum wanders with the noise) or ``"min"`` (the lowest mean).
         missing: ``"error"`` or ``"nan"``, as for :func:`jnmf.fit`.
         strategy: batching strategy of the restarts (default per backend).
+        checkpoint: a directory (created when missing) to save each finished rank in, so
+            an interrupted call resumes where it stopped (:mod:`jnmf.checkpoint`).  The
+            ranks then run one after the other, one rank (all its repeats and restarts)
+            per chunk, all through one compiled program (every chunk is padded to the
+            largest rank), with the same hold-outs and the same starts as without a
+            checkpoint (rank i's key is ``split(key_starts, len(ranks))[i]`` either way).
+            A resumed call equals an uninterrupted checkpointed one bit for bit; it equals
+            the one-program call (``checkpoint=None``) bit for bit when the fits run one
+            by one (``strategy="map"``) and to rounding otherwise (batched products over
+            other batch sizes).
 
     Returns:
         A :class:`RankCV` with the test error per rank and repeat and the selected rank.
 
     Raises:
-        ValueError: bad input or settings, naming the argument (before compiling).
+        ValueError: bad input or settings, naming the argument (before compiling), or a
+            checkpoint of another run or damaged (naming what differs).
     """
     start = time.perf_counter()
     compiled_before = _cache_size()
@@ -232,6 +246,7 @@ def cross_validate_rank(
     holdout = DEFAULT_HOLDOUT[scheme] if holdout is None else holdout
     check.in_interval("holdout", holdout, 0.0, 1.0, lo_open=True, hi_open=True)
     repeats = check.positive_int("repeats", repeats)
+    directory = checkpoint_directory(checkpoint)
     top = max(rank_list)
     stopping = Stopping(max_iterations=max_iterations, tol=tol)
     if is_sparse_input(Y):
@@ -277,49 +292,47 @@ def cross_validate_rank(
     dt = s.Y.dtype
     Y_train_only = np.where(train.all(axis=0), s.Y, 0).astype(dt)  # no held-out value reaches the starts
     pipe = pipeline(s, M=np.ones((m, n), dt))  # the base weight the grid of masks replaces
-    problem = pipe.scaled
-    L0, R0 = padded_starting_points(jnp.asarray(Y_train_only / s.scale), rank_list, s.restarts, key_starts)
-    res = run_grid(
-        s.rule,
-        problem,
-        {"M": train.astype(dt)},
-        L0,
-        R0,
-        stopping=stopping,
-        history_size=1,
-        strategy=strategy,
-    )
-    L, R = scale_factors(res.L, res.R, s.scale)  # (repeats, ranks * restarts, ., .)
-    objective = np.asarray(res.objective, np.float64).reshape(repeats, len(rank_list), s.restarts)
-    objective = np.where(np.isfinite(objective), objective, np.inf)
-    best = np.argmin(objective, axis=2)  # repeats x R
+    blocks = (I, J) if scheme == "bicv" else None
 
-    Y64 = np.asarray(s.Y, np.float64)
-    if scheme == "bicv":
-        keep_rows = np.stack([np.setdiff1d(np.arange(m), I[t]) for t in range(repeats)])
-        keep_cols = np.stack([np.setdiff1d(np.arange(n), J[t]) for t in range(repeats)])
-        A_hat = np.asarray(
-            _bicv_predictions(jnp.asarray(s.Y), L, R, jnp.asarray(I), jnp.asarray(J), keep_rows, keep_cols),
-            np.float64,
+    def fit_ranks(only: slice | None) -> dict[str, np.ndarray]:
+        """Fit and score ``rank_list[only]`` (None: every rank, as one program)."""
+        starts = padded_starting_points(
+            jnp.asarray(Y_train_only / s.scale), rank_list, s.restarts, key_starts, only=only
         )
-    L, R = np.asarray(L, np.float64), np.asarray(R, np.float64)
-    test_error = np.zeros((repeats, len(rank_list)))
-    train_error = np.zeros((repeats, len(rank_list)))
-    for t in range(repeats):
-        for i in range(len(rank_list)):
-            fit_index = i * s.restarts + best[t, i]
-            model = L[t, fit_index] @ R[t, fit_index]
-            train_error[t, i] = np.mean((Y64 - model)[train[t]] ** 2)
-            if scheme == "speckled":
-                test_error[t, i] = np.mean((Y64 - model)[test[t]] ** 2)
-            else:
-                block = Y64[np.ix_(I[t], J[t])]
-                seen = test[t][np.ix_(I[t], J[t])]
-                test_error[t, i] = np.mean((block - A_hat[t, fit_index])[seen] ** 2)
+        res = run_grid(
+            s.rule,
+            pipe.scaled,
+            {"M": train.astype(dt)},
+            *starts,
+            stopping=stopping,
+            history_size=1,
+            strategy=strategy,
+        )
+        return _scores(s, res, len(rank_list) if only is None else 1, train, test, blocks)
+
+    if directory is None:
+        scores = fit_ranks(None)
+    else:
+        # one rank per chunk: every chunk has the same padded shapes, so one compiled program
+        chunks = run_checkpointed(
+            directory,
+            "cross_validate_rank",
+            s,
+            method,
+            [f"rank {r}" for r in rank_list],
+            lambda i: fit_ranks(slice(i, i + 1)),
+            ranks=rank_list,
+            scheme=scheme,
+            holdout=float(holdout),
+            repeats=repeats,
+            strategy=strategy or batching_strategy(s.rule, problem=pipe.scaled),
+            missing=missing,
+        )
+        scores = {name: np.concatenate([c[name] for c in chunks], axis=1) for name in chunks[0]}
     ranks_arr = np.asarray(rank_list)
     order = np.argsort(ranks_arr)
-    ranks_arr, test_error, train_error = ranks_arr[order], test_error[:, order], train_error[:, order]
-    shape = (repeats, len(rank_list), s.restarts)
+    ranks_arr = ranks_arr[order]
+    test_error, train_error = scores["test_error"][:, order], scores["train_error"][:, order]
     return RankCV(
         ranks=ranks_arr,
         test_error=test_error,
@@ -328,8 +341,51 @@ def cross_validate_rank(
         rule=rule,
         scheme=scheme,
         holdout=float(holdout),
-        iterations=np.asarray(res.iterations).reshape(shape)[:, order],
-        status=np.asarray(res.status).reshape(shape)[:, order],
+        iterations=scores["iterations"][:, order],
+        status=scores["status"][:, order],
         seconds=time.perf_counter() - start,
         compilations=_cache_size() - compiled_before,
     )
+
+
+def _scores(s, res, count: int, train: np.ndarray, test: np.ndarray, blocks) -> dict[str, np.ndarray]:
+    """Test and train errors (``repeats x count``) of the best restart of each repeat and
+    rank of one grid run over ``count`` ranks, and every fit's iterations and status
+    (``repeats x count x restarts``).  ``blocks`` are bicv's held-out rows and columns."""
+    repeats = train.shape[0]
+    m, n = s.Y.shape
+    L, R = scale_factors(res.L, res.R, s.scale)  # (repeats, count * restarts, ., .)
+    shape = (repeats, count, s.restarts)
+    objective = np.asarray(res.objective, np.float64).reshape(shape)
+    objective = np.where(np.isfinite(objective), objective, np.inf)
+    best = np.argmin(objective, axis=2)  # repeats x count
+
+    Y64 = np.asarray(s.Y, np.float64)
+    if blocks is not None:
+        I, J = blocks
+        keep_rows = np.stack([np.setdiff1d(np.arange(m), I[t]) for t in range(repeats)])
+        keep_cols = np.stack([np.setdiff1d(np.arange(n), J[t]) for t in range(repeats)])
+        A_hat = np.asarray(
+            _bicv_predictions(jnp.asarray(s.Y), L, R, jnp.asarray(I), jnp.asarray(J), keep_rows, keep_cols),
+            np.float64,
+        )
+    L, R = np.asarray(L, np.float64), np.asarray(R, np.float64)
+    test_error = np.zeros((repeats, count))
+    train_error = np.zeros((repeats, count))
+    for t in range(repeats):
+        for i in range(count):
+            fit_index = i * s.restarts + best[t, i]
+            model = L[t, fit_index] @ R[t, fit_index]
+            train_error[t, i] = np.mean((Y64 - model)[train[t]] ** 2)
+            if blocks is None:
+                test_error[t, i] = np.mean((Y64 - model)[test[t]] ** 2)
+            else:
+                block = Y64[np.ix_(I[t], J[t])]
+                seen = test[t][np.ix_(I[t], J[t])]
+                test_error[t, i] = np.mean((block - A_hat[t, fit_index])[seen] ** 2)
+    return {
+        "test_error": test_error,
+        "train_error": train_error,
+        "iterations": np.asarray(res.iterations).reshape(shape),
+        "status": np.asarray(res.status).reshape(shape),
+    }

@@ -180,7 +180,7 @@ def starting_points(Y, rank: int, init, restarts: int, key) -> tuple[Array, Arra
 
 
 def padded_starting_points(
-    Y, ranks: Sequence[int], restarts: int, key, init: str = "random"
+    Y, ranks: Sequence[int], restarts: int, key, init: str = "random", *, only: slice | None = None
 ) -> tuple[Array, Array]:
     """``restarts`` random starts per rank, padded to ``max(ranks)`` with zero components.
 
@@ -194,16 +194,22 @@ def padded_starting_points(
         Y: the (scaled) data the starts are drawn for.
         ranks: the ranks; the factors are padded to the largest.
         restarts: starts per rank.
-        key: a JAX key (split per rank).
+        key: a JAX key, split into one key per rank (``split(key, len(ranks))[i]`` for
+            ``ranks[i]``).
         init: ``"random"`` or ``"uniform"``.
+        only: draw only the starts of ``ranks[only]``, exactly as the full draw draws
+            them (same keys, padded to ``max(ranks)``): a run can fit its ranks in chunks.
 
     Returns:
-        ``(L0, R0)``: stacks of ``len(ranks) * restarts`` starts, rank by rank.
+        ``(L0, R0)``: stacks of ``len(ranks[only]) * restarts`` starts, rank by rank.
     """
-    ranks_arr = jnp.asarray(list(ranks), Y.dtype)
-    keys = jax.random.split(key, len(ranks_arr))
+    ranks = list(ranks)
+    keys = jax.random.split(key, len(ranks))
+    top = max(ranks)
+    if only is not None:
+        ranks, keys = ranks[only], keys[only]
     Y = Y if isinstance(Y, DataOperator) else jnp.asarray(Y)
-    return _padded_starts(Y, ranks_arr, keys, max(ranks), restarts, init)
+    return _padded_starts(Y, jnp.asarray(ranks, Y.dtype), keys, top, restarts, init)
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5))
@@ -323,12 +329,12 @@ class Pipeline(eqx.Module):
         starts in the user's units)."""
         return _scaled_starts(self.setup, self.scaled.data, init)
 
-    def padded_starts(self, ranks, init: str = "random", data=None) -> tuple[Array, Array]:
-        """``restarts`` random starts per rank, padded to the largest rank
+    def padded_starts(self, ranks, init: str = "random", data=None, only=None) -> tuple[Array, Array]:
+        """``restarts`` random starts per rank (of ``ranks[only]``), padded to the largest rank
         (:func:`padded_starting_points`), drawn for ``data`` (default: the scaled data)."""
         s = self.setup
         return padded_starting_points(
-            self.scaled.data if data is None else data, ranks, s.restarts, s.key, init
+            self.scaled.data if data is None else data, ranks, s.restarts, s.key, init, only=only
         )
 
     def unscaled(self, L: Array, R: Array, objective) -> tuple[Array, Array, np.ndarray]:
