@@ -114,7 +114,7 @@ def describe(value) -> Any:
     Raises:
         ValueError: a value that is none of these.
     """
-    from .fitting import _plain
+    from .fitting import _plain  # (fitting imports this module)
 
     if isinstance(value, Mapping):
         return {str(k): describe(v) for k, v in value.items()}
