@@ -209,7 +209,8 @@ def padded_starting_points(
     keys = jax.random.split(key, len(ranks))
     top = max(ranks)
     if only is not None:
-        ranks, keys = ranks[only], keys[only]
+        # a gather with the positions as an operand: one small program for every chunk
+        ranks, keys = ranks[only], keys[np.arange(len(ranks))[only]]
     Y = Y if isinstance(Y, DataOperator) else jnp.asarray(Y)
     return _padded_starts(Y, jnp.asarray(ranks, Y.dtype), keys, top, restarts, init)
 
