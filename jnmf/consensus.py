@@ -17,7 +17,9 @@ Per rank the survey reports, as R's NMF package does (``nmf(x, 2:5, nrun=50)`` a
 factors are padded to the largest rank with components that start at zero, and
 every rule keeps a zero component exactly zero (its curvature, numerator and
 gradient all vanish), so a padded fit is the fit at its own rank.  A survey over
-ranks 2-10 compiles once, not once per rank.
+ranks 2-10 compiles once, not once per rank.  With ``checkpoint=DIR`` the ranks run one
+per chunk, through that same padded program, each saved when done so an interrupted
+survey resumes (:mod:`jnmf.checkpoint`).
 
 **Stopping.**  As R's NMF package by default (``nmf.stop.connectivity``, Brunet et
 al.'s ``stopconv``): the clustering of the samples is checked every 10 iterations and a

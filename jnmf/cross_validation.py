@@ -18,9 +18,10 @@ Two schemes:
 **One program.**  The fits of all ranks are padded to the largest rank with components
 that start (and stay) at zero, as in :func:`jnmf.consensus`; the repeats are the
 settings of a grid over ``M`` (:func:`jnmf.batch.run_grid`); so ranks x repeats x
-restarts compile once.  Per (rank, repeat) the restart with the lowest training
-objective is scored.  The selected rank is the smallest rank whose mean test error over
-repeats is within one standard error of the lowest (``rule="1se"``, the usual guard
+restarts compile once (with ``checkpoint=DIR``, one rank per chunk through one padded
+program, each saved when done: :mod:`jnmf.checkpoint`).  Per (rank, repeat) the restart
+with the lowest training objective is scored.  The selected rank is the smallest rank
+whose mean test error over repeats is within one standard error of the lowest (``rule="1se"``, the usual guard
 against noise in the curve), or the rank of the lowest mean (``rule="min"``).
 
 Measured on synthetic data of known rank r = 3, 6, 9 (100 x 80, 5% noise; see
