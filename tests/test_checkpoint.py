@@ -369,3 +369,60 @@ def test_cli_rank_resumes_from_its_checkpoint(Y, tmp_path, monkeypatch, capsys):
     assert cli.main([*changed, "--out", str(tmp_path / "third")]) == 2
     error = capsys.readouterr().err
     assert error.startswith("jnmf: error: checkpoint ") and "restarts: 3 in the checkpoint, 4 now" in error
+
+
+# ----------------------------------------------------------------------------- fingerprints
+
+
+def test_data_is_hashed_block_by_block_whatever_its_layout(monkeypatch):
+    import hashlib
+
+    import jnmf.checkpoint as checkpoint
+
+    a = np.random.default_rng(1).random((37, 11))
+    whole = array_digest(a)
+    monkeypatch.setattr(checkpoint, "_HASH_BLOCK", 3 * 11 * 8)  # 3 rows a block: 13 blocks
+    assert array_digest(a) == whole == array_digest(np.asfortranarray(a))
+    expected = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode() + a.tobytes()).hexdigest()
+    assert whole == expected
+    assert array_digest(a.astype(np.float32)) != whole and array_digest(a.reshape(11, 37)) != whole
+
+
+def test_sparse_data_is_fingerprinted_by_its_stored_entries():
+    import scipy.sparse
+
+    from jnmf.checkpoint import data_fingerprint
+    from jnmf.fitting import validated_data
+
+    X = scipy.sparse.random(30, 20, density=0.2, format="csr", random_state=0)
+    prints = [data_fingerprint(*validated_data(form)) for form in (X, X.tocoo(), X.tocsc())]
+    assert prints[0] == prints[1] == prints[2]
+    assert prints[0]["layout"] == "sparse (zero unstored entries)" and prints[0]["shape"] == [30, 20]
+    changed = X.copy()
+    changed.data[5] += 0.5
+    assert data_fingerprint(*validated_data(changed))["sha256"] != prints[0]["sha256"]
+    missing = data_fingerprint(*validated_data(X, missing="unstored"))
+    assert missing["sha256"] != prints[0]["sha256"] and "missing" in missing["layout"]
+    dense = X.toarray()
+    assert (
+        data_fingerprint(*validated_data(dense))["sha256"]
+        != data_fingerprint(*validated_data(dense, M=np.full(dense.shape, 0.5)))["sha256"]
+    )
+
+
+def test_sparse_survey_resumes_to_the_same_result(tmp_path):
+    import scipy.sparse
+
+    X = scipy.sparse.random(30, 20, density=0.3, format="csr", random_state=2)
+    kw = dict(restarts=2, max_iterations=30, stable_labels=2, key=4, method="mu")
+    plain = jnmf.consensus(X, [3, 2], **kw)
+    checkpointed = jnmf.consensus(X, [3, 2], checkpoint=tmp_path, **kw)
+    (tmp_path / "chunk-00000.npz").unlink()
+    resumed = jnmf.consensus(X.tocoo(), [3, 2], checkpoint=tmp_path, **kw)  # same matrix, other format
+    for a in (checkpointed, resumed):
+        for x, y in zip(plain, a, strict=True):
+            assert np.array_equal(x.consensus, y.consensus) and np.array_equal(x.objectives, y.objectives)
+            assert np.array_equal(x.L, y.L) and np.array_equal(x.R, y.R)
+    X.data[0] += 1.0
+    with pytest.raises(ValueError, match="other data: sha256"):
+        jnmf.consensus(X, [3, 2], checkpoint=tmp_path, **kw)
