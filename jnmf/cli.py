@@ -540,6 +540,7 @@ def survey(
     say: Callable[..., None],
     progress: bool = False,
     missing: str = "error",
+    checkpoint: Path | None = None,
 ) -> tuple[list[RankRow], object]:
     """Consensus clustering at every rank, all in one compiled program, and its table.
 
@@ -554,6 +555,8 @@ def survey(
         say: print function for the table (a no-op when quiet).
         progress: show a bar on stderr while the survey runs.
         missing: ``"nan"`` treats NaN entries as missing values (``jnmf.fit``'s ``missing``).
+        checkpoint: a directory where each finished rank is saved, so a rerun of an
+            interrupted survey resumes (``jnmf.consensus``'s ``checkpoint``); None: none.
 
     Returns:
         One row per rank, and the :class:`jnmf.consensus.RankSurvey`.
@@ -573,6 +576,7 @@ def survey(
             max_iterations=max_iterations,
             tol=tol,
             missing=missing,
+            checkpoint=checkpoint,
         )
         bar.advance_to(1)
     say(f"{'rank':>4}  {'cophenetic':>10}  {'dispersion':>10}  {'silhouette':>10}  {'rel. error':>10}")
@@ -637,7 +641,8 @@ def _cross_validation(args, Y: np.ndarray, ranks: Sequence[int], outputs: Output
     """``jnmf rank --cv``: cross-validated test error per rank (Frobenius, accelerated HALS)."""
     import jnmf
 
-    cv = jnmf.cross_validate_rank(
+    cv = _call_jnmf(
+        jnmf.cross_validate_rank,
         Y,
         ranks,
         scheme=args.cv,
@@ -645,6 +650,7 @@ def _cross_validation(args, Y: np.ndarray, ranks: Sequence[int], outputs: Output
         key=args.seed,
         max_iterations=args.max_iterations,
         missing=args.missing,
+        checkpoint=_checkpoint(args, "cv"),
     )
     say(f"\ncross-validation ({args.cv}, {args.cv_repeats} repeats, ahals): test MSE per rank")
     say(cv.table())
@@ -693,6 +699,7 @@ def _run_survey(
         say=say,
         progress=_show_progress(args),
         missing=getattr(args, "missing", "error"),
+        checkpoint=_checkpoint(args, "consensus"),
     )
     timings["survey"] = time.perf_counter() - survey_start
     picked, reason = pick_rank([r.rank for r in rows], [r.cophenetic for r in rows])
@@ -780,6 +787,12 @@ def _run_survey(
     return 0
 
 
+def _checkpoint(args, part: str) -> Path | None:
+    """``--checkpoint DIR``'s directory for one part of the run (``consensus`` or ``cv``)."""
+    directory = getattr(args, "checkpoint", None)
+    return None if directory is None else Path(directory) / part
+
+
 def _requested_ranks(args, default: Sequence[int]) -> list[int]:
     """The ranks of --ranks (given as one or several specifications), or the default."""
     if args.ranks is None:
@@ -795,6 +808,8 @@ def _run_rank(args) -> int:
     plots = _use_agg()
     outputs = _survey_outputs(args, ranks, plots)
     outputs.check()
+    if args.checkpoint is not None and Path(args.checkpoint).exists() and not Path(args.checkpoint).is_dir():
+        raise UsageError(f"--checkpoint {args.checkpoint} exists and is not a directory")
     _enable_float64(args)
     matrix = _load_input(args, timings)
     m, n = matrix.values.shape
@@ -808,7 +823,10 @@ def _run_rank(args) -> int:
         if not ranks:
             raise UsageError(f"this {m} x {n} data has no rank >= 2 to survey")
     if not args.quiet:
-        print(f"{args.input}: {m} x {n}; consensus of {args.restarts} restarts ({args.method}) per rank\n")
+        print(f"{args.input}: {m} x {n}; consensus of {args.restarts} restarts ({args.method}) per rank")
+        if args.checkpoint is not None:
+            print(f"each finished rank is saved in {args.checkpoint}: rerun this command to resume it")
+        print()
     return _run_survey(
         args,
         matrix.values,
@@ -1204,6 +1222,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(Owen & Perry 2009); prints the test error per rank and writes cv_error.png",
     )
     rank.add_argument("--cv-repeats", type=_positive_int, default=3, help="independent hold-outs for --cv")
+    rank.add_argument(
+        "--checkpoint",
+        metavar="DIR",
+        help="save each finished rank in DIR (created when missing), and skip the ranks already "
+        "there: a rerun of an interrupted survey with the same arguments resumes it and gives the "
+        "same result (the ranks then run one after the other)",
+    )
     _add_output_options(rank, "jnmf-rank")
     rank.set_defaults(run=_run_rank)
     _add_programs_command(sub, methods)

@@ -17,7 +17,9 @@ Per rank the survey reports, as R's NMF package does (``nmf(x, 2:5, nrun=50)`` a
 factors are padded to the largest rank with components that start at zero, and
 every rule keeps a zero component exactly zero (its curvature, numerator and
 gradient all vanish), so a padded fit is the fit at its own rank.  A survey over
-ranks 2-10 compiles once, not once per rank.
+ranks 2-10 compiles once, not once per rank.  With ``checkpoint=DIR`` the ranks run one
+per chunk, through that same padded program, each saved when done so an interrupted
+survey resumes (:mod:`jnmf.checkpoint`).
 
 **Stopping.**  As R's NMF package by default (``nmf.stop.connectivity``, Brunet et
 al.'s ``stopconv``): the clustering of the samples is checked every 10 iterations and a
@@ -32,6 +34,7 @@ Clustering uses scipy's hierarchical clustering (``linkage``, ``cophenet``, ``fc
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Sequence
 
@@ -43,6 +46,7 @@ from scipy.spatial.distance import squareform
 
 from . import _validate as check
 from .batch import batching_strategy, run_restarts
+from .checkpoint import checkpoint_directory, dataclass_arrays, dataclass_from_arrays, run_checkpointed
 from .driver import Stopping, status_names
 from .fitting import _setup, as_key, fit_losses, pipeline
 
@@ -221,6 +225,7 @@ def consensus(
     strategy: str | None = None,
     M=None,
     missing: str = "error",
+    checkpoint: str | os.PathLike | None = None,
 ) -> Consensus | RankSurvey:
     """Consensus clustering of ``restarts`` fits per rank, every rank in one program.
 
@@ -247,9 +252,24 @@ def consensus(
             for fits that stop unevenly: on CPU a loop of fits).
         M, missing: an elementwise loss weight (0 = missing) and the NaN policy, as for
             :func:`jnmf.fit`.
+        checkpoint: a directory (created when missing) to save each finished rank in, so
+            an interrupted survey resumes where it stopped (:mod:`jnmf.checkpoint`).  The
+            ranks then run one after the other, one rank per chunk, all through one
+            compiled program (every chunk is padded to the largest rank); rank i's
+            restarts start from the same points as without a checkpoint (its key is
+            ``split(key, len(ranks))[i]`` either way).  A resumed survey equals an
+            uninterrupted checkpointed one bit for bit; it equals the one-program survey
+            (``checkpoint=None``) bit for bit when the restarts run fit by fit
+            (``strategy="map"``, the CPU default) and to rounding otherwise (a batched
+            product over other batch sizes).  A directory of another run (other data,
+            arguments or jnmf version) or with a damaged file raises ValueError.
 
     Returns:
         :class:`Consensus` or :class:`RankSurvey`.
+
+    Raises:
+        ValueError: bad input or settings, naming the argument, or a checkpoint of
+            another run or damaged (naming what differs).
     """
     start = time.perf_counter()
     compiled_before = _cache_size()
@@ -263,18 +283,51 @@ def consensus(
     stopping = Stopping(max_iterations=max_iterations, tol=tol, stable_labels=stable_labels)
     if init not in ("uniform", "random", "sparse"):
         raise ValueError(f"init must be 'uniform', 'random' or 'sparse' (random restarts), got {init!r}")
+    directory = checkpoint_directory(checkpoint)
     s = _setup(Y, top, method, init, restarts, as_key(key), stopping, {}, M, missing)
     for r in rank_list:
         if r < 1:
             raise ValueError(f"every rank must be >= 1, got {r}")
     pipe = pipeline(s)
-    L0, R0 = pipe.padded_starts(rank_list, init)
-
     strategy = strategy or batching_strategy(s.rule, uneven_stops=stable_labels > 0, problem=pipe.problem)
-    res = run_restarts(
-        s.rule, pipe.scaled, L0, R0, stopping=stopping, history_size=history_size, strategy=strategy
-    )
-    compilations = _cache_size() - compiled_before
+
+    def fit_ranks(only: slice | None):
+        """The restarts of ``rank_list[only]`` (None: every rank, as one program)."""
+        L0, R0 = pipe.padded_starts(rank_list, init, only=only)
+        return run_restarts(
+            s.rule, pipe.scaled, L0, R0, stopping=stopping, history_size=history_size, strategy=strategy
+        )
+
+    if directory is None:
+        res = fit_ranks(None)
+        compilations = _cache_size() - compiled_before
+        entries = _entries(s, pipe, res, rank_list)
+    else:
+        # one rank per chunk: every chunk has the same padded shapes, so one compiled program
+        chunks = run_checkpointed(
+            directory,
+            "consensus",
+            s,
+            method,
+            [f"rank {r}" for r in rank_list],
+            lambda i: dataclass_arrays(
+                _entries(s, pipe, fit_ranks(slice(i, i + 1)), rank_list[i : i + 1])[0]
+            ),
+            ranks=rank_list,
+            init=init,
+            history_size=int(history_size),
+            strategy=strategy,
+            missing=missing,
+        )
+        entries = [dataclass_from_arrays(Consensus, arrays) for arrays in chunks]
+        compilations = _cache_size() - compiled_before
+    if single:
+        return entries[0]
+    return RankSurvey(tuple(entries), time.perf_counter() - start, compilations)
+
+
+def _entries(s, pipe, res, rank_list: list[int]) -> list[Consensus]:
+    """The :class:`Consensus` of each rank of one batch of restarts (``restarts`` per rank)."""
     L, R, objectives = pipe.unscaled(res.L, res.R, res.objective)
     L, R = np.asarray(L), np.asarray(R)
     unit = pipe.unit
@@ -313,9 +366,7 @@ def consensus(
                 history_stride=int(res.history_stride[rows][best]),
             )
         )
-    if single:
-        return entries[0]
-    return RankSurvey(tuple(entries), time.perf_counter() - start, compilations)
+    return entries
 
 
 _COMPILES = [0]

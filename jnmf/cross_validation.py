@@ -18,9 +18,10 @@ Two schemes:
 **One program.**  The fits of all ranks are padded to the largest rank with components
 that start (and stay) at zero, as in :func:`jnmf.consensus`; the repeats are the
 settings of a grid over ``M`` (:func:`jnmf.batch.run_grid`); so ranks x repeats x
-restarts compile once.  Per (rank, repeat) the restart with the lowest training
-objective is scored.  The selected rank is the smallest rank whose mean test error over
-repeats is within one standard error of the lowest (``rule="1se"``, the usual guard
+restarts compile once (with ``checkpoint=DIR``, one rank per chunk through one padded
+program, each saved when done: :mod:`jnmf.checkpoint`).  Per (rank, repeat) the restart
+with the lowest training objective is scored.  The selected rank is the smallest rank
+whose mean test error over repeats is within one standard error of the lowest (``rule="1se"``, the usual guard
 against noise in the curve), or the rank of the lowest mean (``rule="min"``).
 
 Measured on synthetic data of known rank r = 3, 6, 9 (100 x 80, 5% noise; see
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Sequence
 
@@ -43,7 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _validate as check
-from .batch import run_grid
+from .batch import batching_strategy, run_grid
+from .checkpoint import checkpoint_directory, run_checkpointed
 from .consensus import _cache_size
 from .data import SparseData, is_sparse_input
 from .driver import Stopping
@@ -189,6 +192,7 @@ def cross_validate_rank(
     rule: str = "1se",
     missing: str = "error",
     strategy: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> RankCV:
     """Pick the rank of ``Y ~ L R`` by cross-validation, all fits in one compiled program.
 
@@ -217,12 +221,23 @@ def cross_validate_rank(
             so its minimum wanders with the noise) or ``"min"`` (the lowest mean).
         missing: ``"error"``, ``"nan"`` or (sparse Y) ``"unstored"``, as for :func:`jnmf.fit`.
         strategy: batching strategy of the restarts (default per backend).
+        checkpoint: a directory (created when missing) to save each finished rank in, so
+            an interrupted call resumes where it stopped (:mod:`jnmf.checkpoint`).  The
+            ranks then run one after the other, one rank (all its repeats and restarts)
+            per chunk, all through one compiled program (every chunk is padded to the
+            largest rank), with the same hold-outs and the same starts as without a
+            checkpoint (rank i's key is ``split(key_starts, len(ranks))[i]`` either way).
+            A resumed call equals an uninterrupted checkpointed one bit for bit; it equals
+            the one-program call (``checkpoint=None``) bit for bit when the fits run one
+            by one (``strategy="map"``) and to rounding otherwise (batched products over
+            other batch sizes).
 
     Returns:
         A :class:`RankCV` with the test error per rank and repeat and the selected rank.
 
     Raises:
-        ValueError: bad input or settings, naming the argument (before compiling).
+        ValueError: bad input or settings, naming the argument (before compiling), or a
+            checkpoint of another run or damaged (naming what differs).
     """
     start = time.perf_counter()
     compiled_before = _cache_size()
@@ -238,6 +253,7 @@ def cross_validate_rank(
     holdout = DEFAULT_HOLDOUT[scheme] if holdout is None else holdout
     check.in_interval("holdout", holdout, 0.0, 1.0, lo_open=True, hi_open=True)
     repeats = check.positive_int("repeats", repeats)
+    directory = checkpoint_directory(checkpoint)
     top = max(rank_list)
     stopping = Stopping(max_iterations=max_iterations, tol=tol)
     if is_sparse_input(Y) and scheme == "bicv" and missing == "unstored":
@@ -251,10 +267,51 @@ def cross_validate_rank(
         raise ValueError(
             f"method must minimize the Frobenius loss for cross-validation, got {s.rule.method_name!r}"
         )
-    if s.sparse:
-        return _sparse_cross_validation(
-            s, rank_list, scheme, holdout, repeats, rule, stopping, strategy, start, compiled_before
+    plan = _sparse_plan if s.sparse else _dense_plan
+    pipe, fit_ranks = plan(s, rank_list, scheme, holdout, repeats, stopping, strategy)
+
+    if directory is None:
+        scores = fit_ranks(None)
+    else:
+        # one rank per chunk: every chunk has the same padded shapes, so one compiled program
+        chunks = run_checkpointed(
+            directory,
+            "cross_validate_rank",
+            s,
+            method,
+            [f"rank {r}" for r in rank_list],
+            lambda i: fit_ranks(slice(i, i + 1)),
+            ranks=rank_list,
+            scheme=scheme,
+            holdout=float(holdout),
+            repeats=repeats,
+            strategy=strategy or batching_strategy(s.rule, problem=pipe.scaled),
+            missing=missing,
         )
+        scores = {name: np.concatenate([c[name] for c in chunks], axis=1) for name in chunks[0]}
+    ranks_arr = np.asarray(rank_list)
+    order = np.argsort(ranks_arr)
+    ranks_arr = ranks_arr[order]
+    test_error, train_error = scores["test_error"][:, order], scores["train_error"][:, order]
+    return RankCV(
+        ranks=ranks_arr,
+        test_error=test_error,
+        train_error=train_error,
+        selected_rank=select_rank(ranks_arr, test_error, rule),
+        rule=rule,
+        scheme=scheme,
+        holdout=float(holdout),
+        iterations=scores["iterations"][:, order],
+        status=scores["status"][:, order],
+        seconds=time.perf_counter() - start,
+        compilations=_cache_size() - compiled_before,
+    )
+
+
+def _dense_plan(s, rank_list, scheme, holdout, repeats, stopping, strategy):
+    """The pipeline and ``fit_ranks(only)`` (fit and score ``rank_list[only]``, None: every
+    rank as one program) of dense data: the hold-outs are a grid of dense masks."""
+    top = max(rank_list)
     m, n = s.Y.shape
     observed = None if s.M is None else np.asarray(s.M) > 0
     key_holdout, key_starts = jax.random.split(s.key)
@@ -287,25 +344,42 @@ def cross_validate_rank(
     dt = s.Y.dtype
     Y_train_only = np.where(train.all(axis=0), s.Y, 0).astype(dt)  # no held-out value reaches the starts
     pipe = pipeline(s, M=np.ones((m, n), dt))  # the base weight the grid of masks replaces
-    problem = pipe.scaled
-    L0, R0 = padded_starting_points(jnp.asarray(Y_train_only / s.scale), rank_list, s.restarts, key_starts)
-    res = run_grid(
-        s.rule,
-        problem,
-        {"M": train.astype(dt)},
-        L0,
-        R0,
-        stopping=stopping,
-        history_size=1,
-        strategy=strategy,
-    )
-    L, R = scale_factors(res.L, res.R, s.scale)  # (repeats, ranks * restarts, ., .)
-    objective = np.asarray(res.objective, np.float64).reshape(repeats, len(rank_list), s.restarts)
+    blocks = (I, J) if scheme == "bicv" else None
+
+    def fit_ranks(only: slice | None) -> dict[str, np.ndarray]:
+        """Fit and score ``rank_list[only]`` (None: every rank, as one program)."""
+        starts = padded_starting_points(
+            jnp.asarray(Y_train_only / s.scale), rank_list, s.restarts, key_starts, only=only
+        )
+        res = run_grid(
+            s.rule,
+            pipe.scaled,
+            {"M": train.astype(dt)},
+            *starts,
+            stopping=stopping,
+            history_size=1,
+            strategy=strategy,
+        )
+        return _scores(s, res, len(rank_list) if only is None else 1, train, test, blocks)
+
+    return pipe, fit_ranks
+
+
+def _scores(s, res, count: int, train: np.ndarray, test: np.ndarray, blocks) -> dict[str, np.ndarray]:
+    """Test and train errors (``repeats x count``) of the best restart of each repeat and
+    rank of one grid run over ``count`` ranks, and every fit's iterations and status
+    (``repeats x count x restarts``).  ``blocks`` are bicv's held-out rows and columns."""
+    repeats = train.shape[0]
+    m, n = s.Y.shape
+    L, R = scale_factors(res.L, res.R, s.scale)  # (repeats, count * restarts, ., .)
+    shape = (repeats, count, s.restarts)
+    objective = np.asarray(res.objective, np.float64).reshape(shape)
     objective = np.where(np.isfinite(objective), objective, np.inf)
-    best = np.argmin(objective, axis=2)  # repeats x R
+    best = np.argmin(objective, axis=2)  # repeats x count
 
     Y64 = np.asarray(s.Y, np.float64)
-    if scheme == "bicv":
+    if blocks is not None:
+        I, J = blocks
         keep_rows = np.stack([np.setdiff1d(np.arange(m), I[t]) for t in range(repeats)])
         keep_cols = np.stack([np.setdiff1d(np.arange(n), J[t]) for t in range(repeats)])
         A_hat = np.asarray(
@@ -313,51 +387,30 @@ def cross_validate_rank(
             np.float64,
         )
     L, R = np.asarray(L, np.float64), np.asarray(R, np.float64)
-    test_error = np.zeros((repeats, len(rank_list)))
-    train_error = np.zeros((repeats, len(rank_list)))
+    test_error = np.zeros((repeats, count))
+    train_error = np.zeros((repeats, count))
     for t in range(repeats):
-        for i in range(len(rank_list)):
+        for i in range(count):
             fit_index = i * s.restarts + best[t, i]
             model = L[t, fit_index] @ R[t, fit_index]
             train_error[t, i] = np.mean((Y64 - model)[train[t]] ** 2)
-            if scheme == "speckled":
+            if blocks is None:
                 test_error[t, i] = np.mean((Y64 - model)[test[t]] ** 2)
             else:
                 block = Y64[np.ix_(I[t], J[t])]
                 seen = test[t][np.ix_(I[t], J[t])]
                 test_error[t, i] = np.mean((block - A_hat[t, fit_index])[seen] ** 2)
-    return _rank_cv(
-        rank_list, test_error, train_error, res, s.restarts, rule, scheme, holdout, start, compiled_before
-    )
+    return {
+        "test_error": test_error,
+        "train_error": train_error,
+        "iterations": np.asarray(res.iterations).reshape(shape),
+        "status": np.asarray(res.status).reshape(shape),
+    }
 
 
 def _check_holdout_split(has_train, has_test) -> None:
     if not np.all(has_train) or not np.all(has_test):
         raise ValueError("holdout leaves a repeat with no training or no test entry; change holdout")
-
-
-def _rank_cv(
-    rank_list, test_error, train_error, res, restarts, rule, scheme, holdout, start, compiled_before
-) -> RankCV:
-    """The :class:`RankCV` of errors per (repeat, rank in the order given), sorted by rank."""
-    repeats = test_error.shape[0]
-    ranks_arr = np.asarray(rank_list)
-    order = np.argsort(ranks_arr)
-    ranks_arr, test_error, train_error = ranks_arr[order], test_error[:, order], train_error[:, order]
-    shape = (repeats, len(rank_list), restarts)
-    return RankCV(
-        ranks=ranks_arr,
-        test_error=test_error,
-        train_error=train_error,
-        selected_rank=select_rank(ranks_arr, test_error, rule),
-        rule=rule,
-        scheme=scheme,
-        holdout=float(holdout),
-        iterations=np.asarray(res.iterations).reshape(shape)[:, order],
-        status=np.asarray(res.status).reshape(shape)[:, order],
-        seconds=time.perf_counter() - start,
-        compilations=_cache_size() - compiled_before,
-    )
 
 
 # ------------------------------------------------------------------------ sparse data
@@ -430,15 +483,16 @@ def _speckled_sparse(data: SparseData, rng, holdout: float, repeats: int):
 
 
 @eqx.filter_jit
-def _train_sse(problem, weights, L, R):
+def _train_sse(problem, grid: dict, L, R):
     """Sum of squared errors on the training entries of every fit: ``2 * loss`` of the
-    problem with repeat t's weights (``weights`` repeats x entries; L, R repeats x fits)."""
+    problem with repeat t's values of the ``grid`` leaves (each ``repeats x ...``; L, R
+    repeats x fits)."""
 
-    def per_repeat(w, L, R):
-        p = problem.replace(M=w)
+    def per_repeat(values, L, R):
+        p = problem.replace(**values)
         return jax.vmap(lambda L, R: 2.0 * p.loss(L, R))(L, R)
 
-    return jax.vmap(per_repeat)(weights, L, R)
+    return jax.vmap(per_repeat)(grid, L, R)
 
 
 @eqx.filter_jit
@@ -479,10 +533,8 @@ def _bicv_block_errors(data, L, R, I, J, keep_rows, keep_cols):
     return jax.vmap(per_fit, in_axes=(0, 0, 0, 0, 0, 0, 0))(L, R, I, J, keep_rows, keep_cols, in_block)
 
 
-def _sparse_cross_validation(
-    s, rank_list, scheme, holdout, repeats, rule, stopping, strategy, start, compiled_before
-) -> RankCV:
-    """:func:`cross_validate_rank` for sparse data (see the comment above)."""
+def _sparse_plan(s, rank_list, scheme, holdout, repeats, stopping, strategy):
+    """:func:`_dense_plan` for sparse data (see the comment above)."""
     data: SparseData = s.Y
     m, n = data.shape
     top = max(rank_list)
@@ -515,63 +567,89 @@ def _sparse_cross_validation(
         kept_everywhere = keep_rows.min(axis=0)[rows] * keep_cols.min(axis=0)[cols]
         start_data = data.with_stored(data.values * jnp.asarray(kept_everywhere, dt))
     pipe = pipeline(s, **({} if scheme == "speckled" else {"W_0R": keep_rows[0], "W_0C": keep_cols[0]}))
-    L0, R0 = padded_starting_points(start_data.scaled(s.scale), rank_list, s.restarts, key_starts)
-    res = run_grid(s.rule, pipe.scaled, grid, L0, R0, stopping=stopping, history_size=1, strategy=strategy)
-    L, R = scale_factors(res.L, res.R, s.scale)  # (repeats, ranks * restarts, ., .)
-    objective = np.asarray(res.objective, np.float64).reshape(repeats, len(rank_list), s.restarts)
-    objective = np.where(np.isfinite(objective), objective, np.inf)
-    best = np.argmin(objective, axis=2)  # repeats x R
-    pick = (np.arange(len(rank_list)) * s.restarts)[None, :] + best  # the scored fit of each
-    L = jnp.take_along_axis(L, jnp.asarray(pick)[:, :, None, None], axis=1)
-    R = jnp.take_along_axis(R, jnp.asarray(pick)[:, :, None, None], axis=1)
-    Y_stored = np.asarray(pipe.problem.data.stored(), np.float64)
-    if scheme == "speckled":
-        sse = np.asarray(_train_sse(pipe.problem, jnp.asarray(train), L, R), np.float64)
-        n_train = (m * n if data.unstored_zero else pipe.problem.data.nnz) - (train == 0).sum(axis=1)
-        train_error = sse / n_train[:, None]
-        test_error = np.zeros_like(train_error)
-        share = data.nnz / (m * n) if data.unstored_zero else 1.0  # the stored stratum's share
-        for t in range(repeats):
-            rows_t = pipe.problem.data.rows[test_stored[t]]
-            cols_t = pipe.problem.data.cols[test_stored[t]]
-            model = np.asarray(_sampled_models(rows_t, cols_t, L[t], R[t]), np.float64)
-            test_error[t] = share * np.mean((Y_stored[test_stored[t]][None, :] - model) ** 2, axis=1)
-            if test_zero[t] is not None and test_zero[t].size:
-                rows_z = pipe.problem.data.rows[test_zero[t]]
-                cols_z = pipe.problem.data.cols[test_zero[t]]
-                model_z = np.asarray(_sampled_models(rows_z, cols_z, L[t], R[t]), np.float64)
-                test_error[t] += (1.0 - share) * np.mean(model_z**2, axis=1)
-    else:
-        problem = pipe.problem
-        sse = np.asarray(
-            jax.vmap(
-                lambda wr, wc, L, R: jax.vmap(
-                    lambda L, R: 2.0 * problem.replace(W_0R=wr, W_0C=wc).loss(L, R)
-                )(L, R)
-            )(jnp.asarray(keep_rows), jnp.asarray(keep_cols), L, R),
-            np.float64,
+    problem = pipe.problem
+    Y_stored = np.asarray(problem.data.stored(), np.float64)
+
+    def fit_ranks(only: slice | None) -> dict[str, np.ndarray]:
+        count = len(rank_list) if only is None else len(rank_list[only])
+        starts = padded_starting_points(
+            start_data.scaled(s.scale), rank_list, s.restarts, key_starts, only=only
         )
-        train_error = sse / ((m - I.shape[1]) * (n - J.shape[1]))
-        block = np.asarray(
-            _bicv_block_errors(
-                problem.data,
-                L,
-                R,
-                jnp.asarray(I),
-                jnp.asarray(J),
-                jnp.asarray(keep_rows),
-                jnp.asarray(keep_cols),
-            ),
-            np.float64,
+        res = run_grid(
+            s.rule, pipe.scaled, grid, *starts, stopping=stopping, history_size=1, strategy=strategy
         )
-        rows, cols = np.asarray(data.rows), np.asarray(data.cols)
-        block_norm = np.array(
-            [
-                np.sum(Y_stored[(keep_rows[t][rows] == 0) & (keep_cols[t][cols] == 0)] ** 2)
-                for t in range(repeats)
-            ]
-        )
-        test_error = (block + block_norm[:, None]) / (I.shape[1] * J.shape[1])
-    return _rank_cv(
-        rank_list, test_error, train_error, res, s.restarts, rule, scheme, holdout, start, compiled_before
+        L, R = _best_fits(s, res, count)
+        if scheme == "speckled":
+            train_error, test_error = _speckled_scores(
+                problem, L, R, train, test_stored, test_zero, Y_stored, data
+            )
+        else:
+            train_error, test_error = _bicv_scores(problem, L, R, I, J, keep_rows, keep_cols, Y_stored, data)
+        shape = (repeats, count, s.restarts)
+        return {
+            "test_error": test_error,
+            "train_error": train_error,
+            "iterations": np.asarray(res.iterations).reshape(shape),
+            "status": np.asarray(res.status).reshape(shape),
+        }
+
+    return pipe, fit_ranks
+
+
+def _best_fits(s, res, count: int) -> tuple[jax.Array, jax.Array]:
+    """The factors (user units) of the restart with the lowest objective of each repeat and
+    rank of a grid run over ``count`` ranks: ``repeats x count x . x .``."""
+    L, R = scale_factors(res.L, res.R, s.scale)  # (repeats, count * restarts, ., .)
+    objective = np.asarray(res.objective, np.float64).reshape(L.shape[0], count, s.restarts)
+    best = np.argmin(np.where(np.isfinite(objective), objective, np.inf), axis=2)
+    pick = jnp.asarray((np.arange(count) * s.restarts)[None, :] + best)[:, :, None, None]
+    return jnp.take_along_axis(L, pick, axis=1), jnp.take_along_axis(R, pick, axis=1)
+
+
+def _speckled_scores(problem, L, R, train, test_stored, test_zero, Y_stored, data):
+    """Train and test mean squared errors (``repeats x count``) of sparse speckled hold-out."""
+    m, n = problem.shape
+    repeats = train.shape[0]
+    sse = np.asarray(_train_sse(problem, {"M": jnp.asarray(train)}, L, R), np.float64)
+    n_train = (m * n if data.unstored_zero else problem.data.nnz) - (train == 0).sum(axis=1)
+    train_error = sse / n_train[:, None]
+    test_error = np.zeros_like(train_error)
+    share = data.nnz / (m * n) if data.unstored_zero else 1.0  # the stored stratum's share
+    for t in range(repeats):
+        rows_t = problem.data.rows[test_stored[t]]
+        cols_t = problem.data.cols[test_stored[t]]
+        model = np.asarray(_sampled_models(rows_t, cols_t, L[t], R[t]), np.float64)
+        test_error[t] = share * np.mean((Y_stored[test_stored[t]][None, :] - model) ** 2, axis=1)
+        if test_zero[t] is not None and test_zero[t].size:
+            rows_z = problem.data.rows[test_zero[t]]
+            cols_z = problem.data.cols[test_zero[t]]
+            model_z = np.asarray(_sampled_models(rows_z, cols_z, L[t], R[t]), np.float64)
+            test_error[t] += (1.0 - share) * np.mean(model_z**2, axis=1)
+    return train_error, test_error
+
+
+def _bicv_scores(problem, L, R, I, J, keep_rows, keep_cols, Y_stored, data):
+    """Train and test mean squared errors (``repeats x count``) of sparse bi-cross-validation."""
+    m, n = problem.shape
+    repeats = keep_rows.shape[0]
+    grid = {"W_0R": jnp.asarray(keep_rows), "W_0C": jnp.asarray(keep_cols)}
+    sse = np.asarray(_train_sse(problem, grid, L, R), np.float64)
+    train_error = sse / ((m - I.shape[1]) * (n - J.shape[1]))
+    block = np.asarray(
+        _bicv_block_errors(
+            problem.data,
+            L,
+            R,
+            jnp.asarray(I),
+            jnp.asarray(J),
+            jnp.asarray(keep_rows),
+            jnp.asarray(keep_cols),
+        ),
+        np.float64,
     )
+    rows, cols = np.asarray(data.rows), np.asarray(data.cols)
+    block_norm = np.array(
+        [np.sum(Y_stored[(keep_rows[t][rows] == 0) & (keep_cols[t][cols] == 0)] ** 2) for t in range(repeats)]
+    )
+    test_error = (block + block_norm[:, None]) / (I.shape[1] * J.shape[1])
+    return train_error, test_error

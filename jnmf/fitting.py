@@ -22,6 +22,7 @@ import functools
 import itertools
 import json
 import math
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -34,6 +35,7 @@ from jaxtyping import Array
 
 from . import _validate as check
 from .batch import batching_strategy, run_grid, run_restarts
+from .checkpoint import checkpoint_directory, describe, run_checkpointed
 from .data import DataOperator, dense_operator, is_sparse_input, sparse_operator
 from .driver import CONVERGED, NONFINITE, STATUS, Stopping, status_names
 from .init import INITIALIZERS, initialize
@@ -180,7 +182,7 @@ def starting_points(Y, rank: int, init, restarts: int, key) -> tuple[Array, Arra
 
 
 def padded_starting_points(
-    Y, ranks: Sequence[int], restarts: int, key, init: str = "random"
+    Y, ranks: Sequence[int], restarts: int, key, init: str = "random", *, only: slice | None = None
 ) -> tuple[Array, Array]:
     """``restarts`` random starts per rank, padded to ``max(ranks)`` with zero components.
 
@@ -194,16 +196,23 @@ def padded_starting_points(
         Y: the (scaled) data the starts are drawn for.
         ranks: the ranks; the factors are padded to the largest.
         restarts: starts per rank.
-        key: a JAX key (split per rank).
+        key: a JAX key, split into one key per rank (``split(key, len(ranks))[i]`` for
+            ``ranks[i]``).
         init: ``"random"`` or ``"uniform"``.
+        only: draw only the starts of ``ranks[only]``, exactly as the full draw draws
+            them (same keys, padded to ``max(ranks)``): a run can fit its ranks in chunks.
 
     Returns:
-        ``(L0, R0)``: stacks of ``len(ranks) * restarts`` starts, rank by rank.
+        ``(L0, R0)``: stacks of ``len(ranks[only]) * restarts`` starts, rank by rank.
     """
-    ranks_arr = jnp.asarray(list(ranks), Y.dtype)
-    keys = jax.random.split(key, len(ranks_arr))
+    ranks = list(ranks)
+    keys = jax.random.split(key, len(ranks))
+    top = max(ranks)
+    if only is not None:
+        # a gather with the positions as an operand: one small program for every chunk
+        ranks, keys = ranks[only], keys[np.arange(len(ranks))[only]]
     Y = Y if isinstance(Y, DataOperator) else jnp.asarray(Y)
-    return _padded_starts(Y, ranks_arr, keys, max(ranks), restarts, init)
+    return _padded_starts(Y, jnp.asarray(ranks, Y.dtype), keys, top, restarts, init)
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5))
@@ -323,12 +332,12 @@ class Pipeline(eqx.Module):
         starts in the user's units)."""
         return _scaled_starts(self.setup, self.scaled.data, init)
 
-    def padded_starts(self, ranks, init: str = "random", data=None) -> tuple[Array, Array]:
-        """``restarts`` random starts per rank, padded to the largest rank
+    def padded_starts(self, ranks, init: str = "random", data=None, only=None) -> tuple[Array, Array]:
+        """``restarts`` random starts per rank (of ``ranks[only]``), padded to the largest rank
         (:func:`padded_starting_points`), drawn for ``data`` (default: the scaled data)."""
         s = self.setup
         return padded_starting_points(
-            self.scaled.data if data is None else data, ranks, s.restarts, s.key, init
+            self.scaled.data if data is None else data, ranks, s.restarts, s.key, init, only=only
         )
 
     def unscaled(self, L: Array, R: Array, objective) -> tuple[Array, Array, np.ndarray]:
@@ -696,6 +705,8 @@ def sweep(
     missing: str = "error",
     W_0R=None,
     W_0C=None,
+    checkpoint: str | os.PathLike | None = None,
+    chunk_size: int | None = None,
     **penalties,
 ) -> SweepResult:
     """Fit a grid of problem settings x restarts as one compiled program.
@@ -711,11 +722,33 @@ def sweep(
         M, missing: an elementwise loss weight and the NaN policy, as for :func:`fit`.
         product: the Cartesian product of the lists (True) or zip them (equal lengths).
         factors: ``"all"``, ``"best"`` or ``"none"`` (summaries only).
+        checkpoint: a directory (created when missing) to save each finished chunk of
+            grid settings in, so an interrupted sweep resumes where it stopped
+            (:mod:`jnmf.checkpoint`).  The chunks run one after the other through one
+            compiled program (the last one padded to the same size), from the same
+            ``restarts`` starting points as without a checkpoint.  A resumed sweep equals
+            an uninterrupted checkpointed one bit for bit; it equals the one-program sweep
+            (``checkpoint=None``) bit for bit when the settings run one by one (every
+            strategy but ``"vmap"``) and to rounding otherwise (batched products over
+            other batch sizes).  A directory of another run (other data, arguments or
+            jnmf version) or with a damaged file raises ValueError.  ``method`` must then
+            be a name or a jnmf rule (an optax optimizer cannot be fingerprinted).
+        chunk_size: grid settings per chunk with ``checkpoint`` (default: a tenth of the
+            grid, rounded up, so at most 10 chunks).
 
     Returns:
         A :class:`SweepResult`; every setting starts from the same ``restarts`` points.
+
+    Raises:
+        ValueError: bad input or settings, naming the argument (before compiling), or a
+            checkpoint of another run or damaged (naming what differs).
     """
     overrides = dict(max_iterations=max_iterations, tol=tol, min_xstep=min_xstep, rel_tol=rel_tol)
+    directory = checkpoint_directory(checkpoint)
+    if chunk_size is not None:
+        if directory is None:
+            raise ValueError("chunk_size applies only with checkpoint=DIR")
+        chunk_size = check.positive_int("chunk_size", chunk_size)
     s = _setup(Y, rank, method, init, restarts, key, stopping, overrides, M, missing)
     settings = _grid_points(grid, product)
     clash = set(settings) & (
@@ -743,39 +776,87 @@ def sweep(
     scaled_settings = scale_settings(settings, s.scale, s.degree)
     L0, R0 = pipe.starts(init)
     unit = pipe.unit
-    res = run_grid(
-        s.rule,
-        problem,
-        scaled_settings,
-        L0,
-        R0,
-        stopping=s.stopping.replace(target=s.stopping.target / unit),
-        history_size=history_size,
-        strategy=strategy,
-    )
-    L, R, objectives = pipe.unscaled(res.L, res.R, res.objective)
-    traced_settings = {k: jnp.asarray(v, s.Y.dtype) for k, v in scaled_settings.items()}
-    loss = np.asarray(_grid_losses(problem, traced_settings, res.L, res.R), np.float64) * float(s.scale) ** 2
-    ok = np.isfinite(objectives) & (np.asarray(res.status) != NONFINITE)
-    best = np.argmin(np.where(ok, objectives, np.inf), axis=1)
-    G = objectives.shape[0]
-    if factors == "best":
-        L, R = L[np.arange(G), best], R[np.arange(G), best]
-    elif factors == "none":
-        L = R = None
-    return SweepResult(
-        settings={k: np.asarray(v) for k, v in settings.items()},
-        objectives=objectives,
-        loss=loss,
-        iterations=res.iterations,
-        converged=res.converged,
-        status=res.status,
-        sparsity_L=jnp.mean(res.L == 0, axis=(-2, -1)),
-        sparsity_R=jnp.mean(res.R == 0, axis=(-2, -1)),
-        best=best,
-        L=L,
-        R=R,
-    )
+
+    def fit_grid_chunk(values: dict) -> dict:
+        """Every (setting, restart) fit of the (scaled) settings ``values``, summarized."""
+        res = run_grid(
+            s.rule,
+            problem,
+            values,
+            L0,
+            R0,
+            stopping=s.stopping.replace(target=s.stopping.target / unit),
+            history_size=history_size,
+            strategy=strategy,
+        )
+        L, R, objectives = pipe.unscaled(res.L, res.R, res.objective)
+        traced = {k: jnp.asarray(v, s.Y.dtype) for k, v in values.items()}
+        loss = np.asarray(_grid_losses(problem, traced, res.L, res.R), np.float64) * float(s.scale) ** 2
+        ok = np.isfinite(objectives) & (np.asarray(res.status) != NONFINITE)
+        best = np.argmin(np.where(ok, objectives, np.inf), axis=1)
+        G = objectives.shape[0]
+        if factors == "best":
+            L, R = L[np.arange(G), best], R[np.arange(G), best]
+        elif factors == "none":
+            L = R = None
+        return dict(
+            objectives=objectives,
+            loss=loss,
+            iterations=res.iterations,
+            converged=res.converged,
+            status=res.status,
+            sparsity_L=jnp.mean(res.L == 0, axis=(-2, -1)),
+            sparsity_R=jnp.mean(res.R == 0, axis=(-2, -1)),
+            best=best,
+            L=L,
+            R=R,
+        )
+
+    if directory is None:
+        out = fit_grid_chunk(scaled_settings)
+    else:
+        out = _checkpointed_sweep(
+            directory,
+            s,
+            fit_grid_chunk,
+            scaled_settings,
+            chunk_size,
+            grid=settings,
+            rank=s.rank,
+            method=method,
+            init=init if isinstance(init, str) else list(init),
+            factors=factors,
+            history_size=int(history_size),
+            strategy=strategy or batching_strategy(s.rule, problem=problem),
+            missing=missing,
+            penalties=penalties,
+            W_0R=W_0R,
+            W_0C=W_0C,
+        )
+    return SweepResult(settings={k: np.asarray(v) for k, v in settings.items()}, **out)
+
+
+def _checkpointed_sweep(
+    directory, s: _Setup, fit_chunk, scaled_settings: dict, chunk_size, method, **arguments
+):
+    """:func:`sweep` in chunks of ``chunk_size`` grid settings, each saved to the checkpoint
+    ``directory`` when done.  The last chunk is padded (its last setting repeated) to the
+    same size, so every chunk runs the same compiled program."""
+    G = len(next(iter(scaled_settings.values())))
+    size = min(G, chunk_size or -(-G // 10))
+    count = -(-G // size)
+
+    def compute(c: int) -> dict:
+        chosen = np.minimum(np.arange(c * size, (c + 1) * size), G - 1)
+        part = fit_chunk({k: v[chosen] for k, v in scaled_settings.items()})
+        kept = min(size, G - c * size)
+        return {k: np.asarray(v)[:kept] for k, v in part.items() if v is not None}
+
+    labels = [f"settings {c * size}-{min(G, (c + 1) * size) - 1}" for c in range(count)]
+    described = {name: describe(value) for name, value in arguments.items()}
+    chunks = run_checkpointed(directory, "sweep", s, method, labels, compute, chunk_size=size, **described)
+    out = {name: np.concatenate([chunk[name] for chunk in chunks]) for name in chunks[0]}
+    return {**out, "L": out.get("L"), "R": out.get("R")}
 
 
 def scale_settings(settings: Mapping[str, np.ndarray], scale: float, degree: float) -> dict:

@@ -14,9 +14,11 @@ than misread.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import tempfile
 from pathlib import Path
 
 import jax
@@ -119,13 +121,59 @@ def save(result, path: str | os.PathLike) -> Path:
         **meta_fields,
         "versions": _versions(),
     }
-    # allow_nan: a diverged fit's objective is NaN, which Python's json reads back
-    text = json.dumps(meta, allow_nan=True)
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
-    np.savez(path, **arrays, **{META_KEY: np.array(text)})
+    write_npz(path, arrays, meta)
     return path
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray], meta: dict, *, atomic: bool = False) -> None:
+    """Write ``arrays`` and the JSON document ``meta`` (as ``__meta__``) to one ``.npz`` file.
+
+    Args:
+        path: the file (written under this exact name).
+        arrays: the arrays, by name.
+        meta: a JSON document (NaN allowed: a diverged fit's objective is NaN, which
+            Python's json reads back).
+        atomic: write to a temporary file next to ``path`` (``.NAME.*.tmp``), flush it to
+            disk, then ``os.replace`` it to ``path``: a reader sees the old file or the whole
+            new one, never a part, even if the writer is killed.
+    """
+    payload = {**arrays, META_KEY: np.array(json.dumps(meta, allow_nan=True))}
+    if not atomic:
+        np.savez(path, **payload)
+        return
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            np.savez(file, **payload)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def read_npz(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
+    """The ``__meta__`` document (checked as by :func:`read_meta`) and the arrays of a file
+    written by :func:`write_npz`, read without pickle.
+
+    Args:
+        path: the file.
+
+    Returns:
+        ``(meta, arrays)``.
+
+    Raises:
+        ValueError: not a jnmf file, or one written in a newer format.
+    """
+    meta = read_meta(path)
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files if name != META_KEY}
+    return meta, arrays
 
 
 def read_meta(path: str | os.PathLike) -> dict:
@@ -181,8 +229,7 @@ def load(path: str | os.PathLike):
         from .programs import Programs
 
         return Programs.load(path)
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {name: data[name] for name in data.files if name != META_KEY}
+    meta, arrays = read_npz(path)
     # 0-d arrays were scalars; NumPy scalars keep their dtype
     arrays = {name: (a[()] if a.ndim == 0 else a) for name, a in arrays.items()}
     if meta["kind"] == "FitResult":

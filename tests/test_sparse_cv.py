@@ -119,3 +119,16 @@ def test_sparse_cv_refusals_name_the_setting():
         jnmf.cross_validate_rank(Y, [2, 3], scheme="bicv", missing="unstored")
     with pytest.raises(ValueError, match="Frobenius"):
         jnmf.cross_validate_rank(Y, [2, 3], method="kl")
+
+
+def test_sparse_cv_checkpointed_equals_one_program(tmp_path):
+    """checkpoint=DIR runs one rank per chunk; on sparse data the errors equal the
+    one-program run's, and a rerun resumes from the saved chunks."""
+    Y = sp.csr_matrix(_sparse_known_rank(3, seed=5))
+    kw = dict(key=1, repeats=2, method="hals", max_iterations=30, tol=0.0)
+    whole = jnmf.cross_validate_rank(Y, [2, 3, 4], **kw)
+    chunked = jnmf.cross_validate_rank(Y, [2, 3, 4], checkpoint=tmp_path, **kw)
+    resumed = jnmf.cross_validate_rank(Y, [2, 3, 4], checkpoint=tmp_path, **kw)
+    for other in (chunked, resumed):
+        np.testing.assert_allclose(other.test_error, whole.test_error, rtol=1e-10)
+        np.testing.assert_array_equal(other.iterations, whole.iterations)
