@@ -37,7 +37,14 @@ from .batch import batching_strategy, run_grid, run_restarts
 from .data import DataOperator, dense_operator, is_sparse_input, sparse_operator
 from .driver import CONVERGED, NONFINITE, STATUS, Stopping, status_names
 from .init import INITIALIZERS, initialize
-from .problem import REPLACEABLE, Problem, build_problem, check_replacements, scale_factors
+from .problem import (
+    REPLACEABLE,
+    Problem,
+    build_problem,
+    check_penalty_keywords,
+    check_replacements,
+    scale_factors,
+)
 from .progress import FitMonitor
 from .rules import DEFAULT_METHOD, METHODS, AlternatingRule, make_rule
 
@@ -552,6 +559,7 @@ def fit(
         ValueError: bad input or settings, naming the argument (before compiling).
         FloatingPointError: every restart became non-finite (a bug for valid input).
     """
+    check_penalty_keywords("fit", penalties, fit)
     overrides = dict(max_iterations=max_iterations, tol=tol, min_xstep=min_xstep, rel_tol=rel_tol)
     s = _setup(Y, rank, method, init, restarts, key, stopping, overrides, M, missing)
     pipe = pipeline(s, W_0R=W_0R, W_0C=W_0C, **penalties)
@@ -715,6 +723,7 @@ def sweep(
     Returns:
         A :class:`SweepResult`; every setting starts from the same ``restarts`` points.
     """
+    check_penalty_keywords("sweep", penalties, sweep)
     overrides = dict(max_iterations=max_iterations, tol=tol, min_xstep=min_xstep, rel_tol=rel_tol)
     s = _setup(Y, rank, method, init, restarts, key, stopping, overrides, M, missing)
     settings = _grid_points(grid, product)

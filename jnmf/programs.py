@@ -65,6 +65,7 @@ from .batch import batching_strategy, run_restarts
 from .consensus import _cache_size
 from .driver import Stopping, status_names
 from .fitting import _setup, as_key, pipeline
+from .problem import check_penalty_keywords
 from .rules.fixed import nnls_fixed
 
 __all__ = [
@@ -592,6 +593,7 @@ def programs(
     Raises:
         ValueError: bad input or settings, naming the argument (before compiling).
     """
+    check_penalty_keywords("programs", penalties, programs)
     start = time.perf_counter()
     compiled_before = _cache_size()
     rank_list = _rank_list(ranks)
