@@ -22,8 +22,10 @@ import functools
 import itertools
 import json
 import math
+import os
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -106,15 +108,19 @@ class FitResult(eqx.Module):
         """The best restart's status: converged / max_iterations / stuck / nonfinite."""
         return status_names(self.status)
 
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike) -> Path:
         """Write this result to one ``.npz`` file (no pickle); read it back with :func:`jnmf.load`.
 
         Args:
-            path: the file to write (``.npz`` is appended by NumPy when missing).
+            path: the file to write (``.npz`` is appended when it has another suffix;
+                :func:`jnmf.load` accepts the same name).
+
+        Returns:
+            The path written.
         """
         from .result_files import save
 
-        save(self, path)
+        return save(self, path)
 
 
 def as_key(key) -> Array:
@@ -645,15 +651,19 @@ class SweepResult(eqx.Module):
     L: Array | None
     R: Array | None
 
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike) -> Path:
         """Write this result to one ``.npz`` file (no pickle); read it back with :func:`jnmf.load`.
 
         Args:
-            path: the file to write (``.npz`` is appended by NumPy when missing).
+            path: the file to write (``.npz`` is appended when it has another suffix;
+                :func:`jnmf.load` accepts the same name).
+
+        Returns:
+            The path written.
         """
         from .result_files import save
 
-        save(self, path)
+        return save(self, path)
 
 
 def _grid_points(grid: Mapping[str, Sequence], product: bool) -> dict[str, np.ndarray]:
