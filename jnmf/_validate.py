@@ -12,7 +12,7 @@ import inspect
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +64,31 @@ def known_keywords(caller: str, given: Iterable[str], accepted: Iterable[str], n
     if note and not any(close.values()):
         message += f" ({note})"
     raise ValueError(message)
+
+
+def concrete_arguments(caller: str, arguments: Mapping[str, object]) -> None:
+    """Refuse traced values (the caller is being transformed by ``jax.grad``, ``jit`` or
+    ``vmap``): the host-side surfaces validate, rescale and pick restarts in NumPy.
+
+    Args:
+        caller: the surface's public name (``"fit"``, ``"sweep"`` ...).
+        arguments: its arguments by name (a value is searched leaf by leaf: a grid, a
+            pair of starts).
+
+    Raises:
+        ValueError: naming the traced argument and :func:`jnmf.differentiable_fit`, the
+            fit that ``jax.grad`` / ``jit`` / ``vmap`` can go through.
+    """
+    for name, value in arguments.items():
+        if any(is_traced(leaf) for leaf in jax.tree.leaves(value)):
+            raise ValueError(
+                f"{caller}() cannot run under a JAX transformation (jax.grad, jit, vmap): {name} is "
+                f"a traced value. {caller} validates and rescales its input and picks the best "
+                "restart on the host. To differentiate a fit with respect to Y, weights or "
+                "penalties, use jnmf.differentiable_fit(Y, L0, R0, ...) (implicit differentiation, "
+                "jittable and vmappable), started e.g. from res = jnmf.fit(Y, rank): L0, R0 = "
+                "res.L, res.R; to fit many penalty values at once, use jnmf.sweep"
+            )
 
 
 def _host(x):

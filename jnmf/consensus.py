@@ -251,6 +251,7 @@ def consensus(
     Returns:
         :class:`Consensus` or :class:`RankSurvey`.
     """
+    check.concrete_arguments("consensus", dict(Y=Y, ranks=ranks, key=key, M=M))
     start = time.perf_counter()
     compiled_before = _cache_size()
     single = isinstance(ranks, int | np.integer)

@@ -218,6 +218,7 @@ def cross_validate_rank(
     Raises:
         ValueError: bad input or settings, naming the argument (before compiling).
     """
+    check.concrete_arguments("cross_validate_rank", dict(Y=Y, ranks=ranks, key=key))
     start = time.perf_counter()
     compiled_before = _cache_size()
     if scheme not in SCHEMES:

@@ -566,6 +566,8 @@ def fit(
         FloatingPointError: every restart became non-finite (a bug for valid input).
     """
     check_penalty_keywords("fit", penalties, fit)
+    arguments = dict(Y=Y, rank=rank, init=init, key=key, M=M, W_0R=W_0R, W_0C=W_0C, **penalties)
+    check.concrete_arguments("fit", arguments)
     overrides = dict(max_iterations=max_iterations, tol=tol, min_xstep=min_xstep, rel_tol=rel_tol)
     s = _setup(Y, rank, method, init, restarts, key, stopping, overrides, M, missing)
     pipe = pipeline(s, W_0R=W_0R, W_0C=W_0C, **penalties)
@@ -734,6 +736,8 @@ def sweep(
         A :class:`SweepResult`; every setting starts from the same ``restarts`` points.
     """
     check_penalty_keywords("sweep", penalties, sweep)
+    arguments = dict(Y=Y, rank=rank, grid=grid, init=init, key=key, M=M, W_0R=W_0R, W_0C=W_0C)
+    check.concrete_arguments("sweep", {**arguments, **penalties})
     overrides = dict(max_iterations=max_iterations, tol=tol, min_xstep=min_xstep, rel_tol=rel_tol)
     s = _setup(Y, rank, method, init, restarts, key, stopping, overrides, M, missing)
     settings = _grid_points(grid, product)

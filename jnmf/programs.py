@@ -593,6 +593,7 @@ def programs(
         ValueError: bad input or settings, naming the argument (before compiling).
     """
     check_penalty_keywords("programs", penalties, programs)
+    check.concrete_arguments("programs", dict(counts=counts, ranks=ranks, key=key, **penalties))
     start = time.perf_counter()
     compiled_before = _cache_size()
     rank_list = _rank_list(ranks)
