@@ -30,7 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from .driver import DEFAULT_STOPPING
-from .io import LabeledMatrix, MatrixFileError, check_nonnegative, read_matrix, write_labeled_csv
+from .io import (
+    SUFFIXES,
+    LabeledMatrix,
+    MatrixFileError,
+    check_matrix_path,
+    check_nonnegative,
+    read_matrix,
+    write_labeled_csv,
+)
 from .progress import progress_bar, stderr_is_terminal
 from .rules import DEFAULT_METHOD
 
@@ -280,28 +288,37 @@ class Outputs:
     names: list[str] = field(default_factory=list)
 
     def check(self) -> None:
-        """Raise DataError if the directory cannot hold the files or one exists without --force."""
+        """Raise DataError if the directory cannot hold the files or one exists without --force.
+
+        Writability is tried, not just looked up: a file is created and removed in the
+        directory (or in its nearest existing ancestor), which also catches read-only
+        file systems and privileges that ``os.access`` does not see."""
         directory = self.directory
         if directory.exists():
             if not directory.is_dir():
                 raise DataError(f"output directory {directory} exists and is not a directory")
-            if not os.access(directory, os.W_OK | os.X_OK):
-                raise DataError(f"output directory {directory} is not writable")
-            if not self.force:
-                for name in self.names:
-                    if (directory / name).exists():
-                        raise DataError(
-                            f"{directory / name} already exists; use --force to overwrite it "
-                            "or choose another --out"
-                        )
+            problem = _write_problem(directory)
+            if problem:
+                raise DataError(f"output directory {directory} is not writable ({problem})")
+            for name in self.names:
+                target = directory / name
+                if target.exists() and not target.is_file():
+                    raise DataError(f"{target} exists and is not a file; remove it or choose another --out")
+                if target.exists() and not self.force:
+                    raise DataError(
+                        f"{target} already exists; use --force to overwrite it or choose another --out"
+                    )
             return
         ancestor = directory.parent
         while not ancestor.exists() and ancestor != ancestor.parent:
             ancestor = ancestor.parent
         if not ancestor.is_dir():
             raise DataError(f"cannot create output directory {directory}: {ancestor} is not a directory")
-        if not os.access(ancestor, os.W_OK | os.X_OK):
-            raise DataError(f"cannot create output directory {directory}: {ancestor} is not writable")
+        problem = _write_problem(ancestor)
+        if problem:
+            raise DataError(
+                f"cannot create output directory {directory}: {ancestor} is not writable ({problem})"
+            )
 
     def path(self, name: str) -> Path:
         """The path of one planned file, creating the directory on first use."""
@@ -312,6 +329,20 @@ class Outputs:
         except OSError as err:
             raise DataError(f"cannot create output directory {self.directory}: {err.strerror}") from None
         return self.directory / name
+
+
+def _write_problem(directory: Path) -> str | None:
+    """Why no file can be created in ``directory`` (an OS message), or None when one can."""
+    import tempfile
+
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return "permission denied"
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
 
 
 def _jsonable(value):
@@ -349,15 +380,9 @@ def _use_agg() -> bool:
 
 
 def _check_input_exists(args) -> None:
-    """Fail on a missing input before anything else is checked or computed."""
-    path = Path(args.input)
-    if path.is_dir():
-        if not any((path / name).exists() for name in ("matrix.mtx", "matrix.mtx.gz")):
-            raise DataError(f"{args.input}: a directory must be a 10x Genomics matrix (matrix.mtx.gz in it)")
-        return
-    if not path.is_file():
-        what = "not a regular file" if path.exists() else "no such file"
-        raise DataError(f"{args.input}: {what}")
+    """Fail on a missing input, or one of a type jnmf cannot read, before anything else is
+    checked (the output directory comes next) or computed."""
+    check_matrix_path(args.input, key=args.key)
 
 
 def _load_input(args, timings: dict) -> LabeledMatrix:
@@ -865,7 +890,11 @@ def _run_demo(args) -> int:
 
 
 def _add_input_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", metavar="FILE", help="data matrix: .npy, .npz, .csv, .tsv, .txt or .mtx")
+    parser.add_argument(
+        "input",
+        metavar="FILE",
+        help=f"data matrix: {', '.join(SUFFIXES)} or a 10x Genomics directory",
+    )
     parser.add_argument("--key", help=".npz only: the array to read (required when it holds several)")
     parser.add_argument(
         "--header",

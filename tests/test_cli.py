@@ -370,6 +370,70 @@ def test_unsupported_and_corrupt_files(tmp_path, capsys, monkeypatch):
     )
 
 
+def test_input_is_checked_before_out(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "L.csv").write_text("keep me\n")  # would need --force
+    (tmp_path / "data.xlsx").write_bytes(b"PK")
+    assert_error(run_in_process(capsys, "fit", "data.xlsx", *FAST, "--out", out), 1, "unsupported file type")
+    assert_error(run_in_process(capsys, "fit", "gone.csv", *FAST, "--out", out), 1, "gone.csv: no such file")
+    assert_error(run_in_process(capsys, "rank", "data.xlsx", "--out", out), 1, "unsupported file type")
+    assert_error(run_in_process(capsys, "programs", "data.xlsx", "--out", out), 1, "unsupported file type")
+    (tmp_path / "data.npy").write_bytes(b"not a numpy file")
+    # a supported input with a bad --key is refused before the output directory, too
+    assert_error(run_in_process(capsys, "fit", "data.npy", *FAST, "--key", "Y", "--out", out), 1, "--key")
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self").is_dir(), reason="needs Linux's /proc (a file system nobody writes)"
+)
+def test_unwritable_out_is_reported_before_reading_the_input(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # a corrupt input: were --out checked after reading, the error would be "cannot read"
+    (tmp_path / "data.npy").write_bytes(b"not a numpy file")
+    # /proc refuses new files even to root, whom os.access calls "writable"
+    result = run_in_process(capsys, "fit", "data.npy", *FAST, "--out", "/proc/jnmf-out")
+    assert_error(result, 1, "cannot create output directory /proc/jnmf-out", "not writable")
+    result = run_in_process(capsys, "fit", "data.npy", *FAST, "--out", "/proc", "--force")
+    assert_error(result, 1, "output directory /proc is not writable")
+
+
+def test_planned_output_that_is_a_directory_is_refused_before_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.npy").write_bytes(b"not a numpy file")
+    (tmp_path / "out" / "summary.json").mkdir(parents=True)
+    result = run_in_process(capsys, "fit", "data.npy", *FAST, "--out", "out", "--force")
+    assert_error(result, 1, str(Path("out") / "summary.json"), "exists and is not a file")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".txt"])
+def test_gzipped_text_reads_as_the_plain_text(tmp_path, data, suffix):
+    import gzip
+
+    plain = tmp_path / f"data{suffix}"
+    if suffix == ".txt":
+        np.savetxt(plain, data)
+    else:
+        write_csv(plain, labeled_rows(data), delimiter="\t" if suffix == ".tsv" else ",")
+    packed = tmp_path / f"data{suffix}.GZ"  # the suffix is matched case-insensitively
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    want, got = read_matrix(plain), read_matrix(packed)
+    assert np.array_equal(got.values, want.values) and got.values.shape == (ROWS, COLUMNS)
+    assert got.row_names == want.row_names and got.column_names == want.column_names
+    assert (got.row_names is None) == (suffix == ".txt")
+
+
+def test_cli_fits_a_csv_gz(tmp_path, data, capsys, monkeypatch):
+    import gzip
+
+    monkeypatch.chdir(tmp_path)
+    text = "\n".join(",".join(map(str, row)) for row in labeled_rows(data)) + "\n"
+    (tmp_path / "data.csv.gz").write_bytes(gzip.compress(text.encode()))
+    assert run_in_process(capsys, "fit", "data.csv.gz", *FAST, "--out", "out", "--quiet").returncode == 0
+    assert [row[0] for row in read_csv_cells(tmp_path / "out" / "L.csv")[1:]] == ROW_NAMES
+
+
 def test_bad_rank_and_unknown_method(env, good_npy):
     assert_error(run_cli(env, good_npy.parent, "fit", "data.npy", "--rank", "0"), 2, "--rank", "positive")
     result = run_cli(env, good_npy.parent, "fit", "data.npy", "--rank", "2", "--method", "svd")
