@@ -188,6 +188,32 @@ def pick_rank(ranks: Sequence[int], cophenetic: Sequence[float]) -> tuple[int, s
     )
 
 
+ANSWER_RULE = (
+    "the answer is the consensus pick (Brunet et al.'s cophenetic rule), whose factors are written; "
+    "--cv adds cross-validation's pick as a second opinion, reported beside it"
+)
+
+
+def answer_line(consensus_rank: int, cv_rank: int | None) -> str:
+    """The last word of ``jnmf rank`` / ``jnmf demo``: which criterion picked which rank, and
+    which rank is the answer (:data:`ANSWER_RULE`).
+
+    Args:
+        consensus_rank: the rank the cophenetic correlation picks (:func:`pick_rank`).
+        cv_rank: the rank cross-validation picks, or None without ``--cv``.
+
+    Returns:
+        One line, e.g. ``Consensus (cophenetic) picks 2; cross-validation picks 4; answer: 2 ...``.
+    """
+    if cv_rank is None:
+        return f"Consensus (cophenetic) picks {consensus_rank}; answer: {consensus_rank}"
+    agree = "they agree" if cv_rank == consensus_rank else "they disagree: compare the table and cv_error.png"
+    return (
+        f"Consensus (cophenetic) picks {consensus_rank}; cross-validation picks {cv_rank}; "
+        f"answer: {consensus_rank}, the consensus pick ({agree})"
+    )
+
+
 def relative_error(Y: np.ndarray, L: np.ndarray, R: np.ndarray) -> float:
     """``||Y - L R||_F / ||Y||_F`` computed in float64, over the entries present (NaN
     entries of Y, missing values, are left out of both norms).
@@ -673,7 +699,10 @@ def _cross_validation(args, Y: np.ndarray, ranks: Sequence[int], outputs: Output
     )
     say(f"\ncross-validation ({args.cv}, {args.cv_repeats} repeats, ahals): test MSE per rank")
     say(cv.table())
-    say(f"cross-validation picks rank {cv.selected_rank} (smallest within one standard error of the lowest)")
+    say(
+        f"Cross-validation picks rank {cv.selected_rank} (the smallest rank whose test error is within one "
+        "standard error of the lowest)"
+    )
     if plots:
         from . import plot
 
@@ -721,7 +750,7 @@ def _run_survey(
     )
     timings["survey"] = time.perf_counter() - survey_start
     picked, reason = pick_rank([r.rank for r in rows], [r.cophenetic for r in rows])
-    say(f"\nPicked rank {picked}: {reason}")
+    say(f"\nConsensus (cophenetic correlation) picks rank {picked}: {reason}")
 
     cross_tables = {}
     if classes is not None:
@@ -792,9 +821,14 @@ def _run_survey(
     }
     if cross_tables:
         summary["clusters_vs_class"] = cross_tables
+    cv_rank = None
     if getattr(args, "cv", "none") != "none":
         summary["cross_validation"] = _cross_validation(args, Y, ranks, outputs, plots, say)
+        cv_rank = summary["cross_validation"]["selected_rank"]
+    summary["picks"] = {"consensus": picked, "cross_validation": cv_rank}
+    summary["answer_rule"] = ANSWER_RULE
     _write_json(outputs.path("summary.json"), summary)
+    say("\n" + answer_line(picked, cv_rank))
 
     say(f"\nwrote {', '.join(outputs.names)} to {outputs.directory}")
     if not plots and not args.quiet:
@@ -1217,7 +1251,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=_wrap(
             "Consensus clustering of the columns of a data matrix at several ranks (Brunet et al. "
             "2004): prints the cophenetic correlation and dispersion per rank, picks a rank, and writes the "
-            "picked rank's factors, the consensus matrices, a JSON summary and figures to --out."
+            "picked rank's factors, the consensus matrices, a JSON summary and figures to --out.  Which "
+            f"rank is the answer: {ANSWER_RULE}."
         ),
         formatter_class=_HelpFormatter,
     )
@@ -1230,7 +1265,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("none", "speckled", "bicv"),
         default="none",
         help="also cross-validate the rank: speckled hold-out of 5%% of the entries, or bi-cross-validation "
-        "(Owen & Perry 2009); prints the test error per rank and writes cv_error.png",
+        "(Owen & Perry 2009); prints the test error per rank and its pick beside the consensus pick (which "
+        "stays the answer) and writes cv_error.png",
     )
     rank.add_argument("--cv-repeats", type=_positive_int, default=3, help="independent hold-outs for --cv")
     _add_output_options(rank, "jnmf-rank")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jnmf.cli import _jsonable, dispersion, main, parse_ranks, pick_rank
+from jnmf.cli import _jsonable, answer_line, dispersion, main, parse_ranks, pick_rank
 from jnmf.io import MatrixFileError, read_matrix
 from jnmf.plot import average_linkage_order
 
@@ -256,13 +256,18 @@ def test_rank_survey(tmp_path, env, data):
     )  # fmt: skip
     assert_ok(result)
     out = tmp_path / "jnmf-rank"  # the default --out
-    assert "cross-validation picks rank" in result.stdout
+    assert "Cross-validation picks rank" in result.stdout
     cv = json.loads((out / "summary.json").read_text())["cross_validation"]
     assert cv["ranks"] == [2, 3] and cv["repeats"] == 2 and cv["selected_rank"] in (2, 3)
     assert all(np.isfinite(cv["mean_test_error"]))
     assert_png(out / "cv_error.png")
-    assert "cophenetic" in result.stdout and "Picked rank" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
+    # each criterion's pick, and the answer, on the last line before the file list
+    picks = summary["picks"]
+    assert picks == {"consensus": summary["picked_rank"], "cross_validation": cv["selected_rank"]}
+    assert answer_line(picks["consensus"], picks["cross_validation"]) in result.stdout
+    assert f"Consensus (cophenetic correlation) picks rank {summary['picked_rank']}:" in result.stdout
+    assert "consensus pick" in summary["answer_rule"]
     assert [r["rank"] for r in summary["ranks"]] == [2, 3]
     for row in summary["ranks"]:
         assert {"cophenetic", "dispersion", "silhouette", "relative_error"} <= set(row)
@@ -287,7 +292,11 @@ def test_demo_reduced(tmp_path, env):
     assert_ok(result)
     out = tmp_path / "d"
     assert "Golub" in result.stdout
-    assert "Picked rank" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert f"Consensus (cophenetic) picks {summary['picked_rank']}; answer: {summary['picked_rank']}\n" in (
+        result.stdout
+    )
+    assert summary["picks"] == {"consensus": summary["picked_rank"], "cross_validation": None}
     assert "ALL-B" in result.stdout and "AML" in result.stdout  # clusters vs. cell types
     assert "total wall time" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
@@ -542,6 +551,22 @@ def test_pick_rank_is_the_last_before_the_first_drop():
     assert rank == 4 and "larger ranks" in reason
     # a difference the 4-decimal table does not show is not a drop
     assert pick_rank([2, 3, 4], [0.99991, 0.99989, 0.9])[0] == 3
+
+
+def test_answer_line_names_each_criterion_and_the_answer():
+    assert answer_line(2, 4) == (
+        "Consensus (cophenetic) picks 2; cross-validation picks 4; answer: 2, the consensus pick "
+        "(they disagree: compare the table and cv_error.png)"
+    )
+    assert answer_line(3, 3).endswith("answer: 3, the consensus pick (they agree)")
+    assert answer_line(5, None) == "Consensus (cophenetic) picks 5; answer: 5"
+
+
+def test_rank_help_documents_which_pick_is_the_answer(capsys):
+    with pytest.raises(SystemExit):
+        main(["rank", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "the answer is the consensus pick" in text and "second opinion" in text
 
 
 def test_dispersion_extremes():
