@@ -21,6 +21,7 @@ import os
 import platform
 import re
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Sequence
@@ -359,8 +360,6 @@ class Outputs:
 
 def _write_problem(directory: Path) -> str | None:
     """Why no file can be created in ``directory`` (an OS message), or None when one can."""
-    import tempfile
-
     if not os.access(directory, os.W_OK | os.X_OK):
         return "permission denied"
     try:
@@ -891,6 +890,10 @@ def _run_demo(args) -> int:
     timings: dict = {}
     ranks = _requested_ranks(args, DEMO_RANKS)
     plots = _use_agg()
+    if args.out is None:
+        args.out = tempfile.mkdtemp(prefix="jnmf-demo-")
+        if not args.quiet:
+            print(f"writing the results to {args.out} (a new temporary directory; --out DIR to choose)")
     outputs = _survey_outputs(args, ranks, plots)
     outputs.check()
     data = jnmf.load_golub()
@@ -951,8 +954,11 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_output_options(parser: argparse.ArgumentParser, default_out: str) -> None:
-    parser.add_argument("--out", default=default_out, metavar="DIR", help="directory for the result files")
+def _add_output_options(parser: argparse.ArgumentParser, default_out: str | None) -> None:
+    help_text = "directory for the result files"
+    if default_out is None:
+        help_text += " (default: a new temporary directory, printed)"
+    parser.add_argument("--out", default=default_out, metavar="DIR", help=help_text)
     parser.add_argument("--force", action="store_true", help="overwrite existing result files")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors (and no progress bar)")
     parser.add_argument(
@@ -1189,7 +1195,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     _add_survey_options(demo, methods, "2-5", DEMO_RESTARTS, DEMO_MAX_ITERATIONS)
-    _add_output_options(demo, "jnmf-demo")
+    _add_output_options(demo, None)  # a demo leaves the working directory alone
     demo.set_defaults(run=_run_demo)
 
     fit = sub.add_parser(

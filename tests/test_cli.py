@@ -286,11 +286,18 @@ def test_rank_survey(tmp_path, env, data):
 
 
 def test_demo_reduced(tmp_path, env):
+    # without --out the demo writes into a new temporary directory and says where
+    work, temporary = tmp_path / "work", tmp_path / "tmp"
+    work.mkdir()
+    temporary.mkdir()
     result = run_cli(
-        env, tmp_path, "demo", "--ranks", "2", "3", "--restarts", "4", "--max-iterations", "100", "--out", "d"
-    )
+        {**env, "TMPDIR": str(temporary)}, work, "demo", "--ranks", "2", "3", "--restarts", "4",
+        "--max-iterations", "100",
+    )  # fmt: skip
     assert_ok(result)
-    out = tmp_path / "d"
+    assert list(work.iterdir()) == []  # nothing in the working directory
+    (out,) = temporary.glob("jnmf-demo-*")
+    assert f"writing the results to {out} " in result.stdout
     assert "Golub" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert f"Consensus (cophenetic) picks {summary['picked_rank']}; answer: {summary['picked_rank']}\n" in (
@@ -532,7 +539,8 @@ def test_help_lists_every_option_with_its_default(env, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     text = capsys.readouterr().out
-    assert "(default: 2-5)" in text and "(default: kl)" in text and "(default: jnmf-demo)" in text
+    assert "(default: 2-5)" in text and "(default: kl)" in text
+    assert "(default: a new temporary directory, printed)" in " ".join(text.split())
 
 
 # ----------------------------------------------------------------------------- helpers, in process
