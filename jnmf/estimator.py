@@ -42,7 +42,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, check_non_neg
 from .batch import continue_restarts
 from .data import DataOperator, dense_operator, sparse_operator
 from .driver import CONVERGED, MAX_ITERATIONS, NONFINITE, STUCK, iterate
-from .fitting import data_scale, starting_points
+from .fitting import data_scale, starting_points, validated_data
 from .problem import build_problem
 from .rules import KLMU, METHODS, AlternatingRule, BetaMU, make_rule
 from .rules.base import HalfStep
@@ -52,6 +52,8 @@ from .rules.kl import kl_objective
 BETA_LOSSES = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
 INITS = ("random", "nndsvd", "nndsvda", "nndsvdar", "custom")
 SOLVERS = ("cd", "mu")
+# "nan": NaN entries of X are missing (weight 0 in the loss), as jnmf.fit's missing="nan"
+ESTIMATOR_MISSING = ("error", "nan")
 # one compiled program each (eager, their many small operations compile one by one per shape)
 _jit_beta_divergence = jax.jit(beta_divergence)
 _jit_loss = jax.jit(lambda problem, W, H: problem.loss(W, H))
@@ -230,6 +232,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             ``"anls"``, ``"au"``, ``"pg"``, ``"kl"``, ``"beta"``) or a jnmf rule, overriding
             ``solver``.  ``"kl"`` needs ``beta_loss=1``; ``"beta"`` uses ``beta_loss``; the
             others minimize the Frobenius loss.
+        missing: jnmf extra: ``"error"`` (default: NaN in X is an error, as scikit-learn) or
+            ``"nan"``: NaN entries of X (dense) are missing values, left out of the loss
+            (weight 0, as :func:`jnmf.fit`'s ``missing="nan"``) in ``fit`` and ``transform``
+            and out of ``reconstruction_err_``.
 
     Attributes:
         components_: ``H``, ``n_components x n_features``.
@@ -267,6 +273,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         shuffle=False,
         restarts=1,
         method=None,
+        missing="error",
     ):
         self.n_components = n_components
         self.init = init
@@ -282,6 +289,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.shuffle = shuffle
         self.restarts = restarts
         self.method = method
+        self.missing = missing
 
     # ------------------------------------------------------------ validation
     def _validate_params(self) -> None:
@@ -316,6 +324,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if not isinstance(self.shuffle, bool | np.bool_):
             raise ValueError(f"The 'shuffle' parameter of NMF must be a bool; got {self.shuffle!r}")
         integer("restarts", self.restarts, 1)
+        if not (isinstance(self.missing, str) and self.missing in ESTIMATOR_MISSING):
+            raise ValueError(
+                f"The 'missing' parameter of NMF must be one of {ESTIMATOR_MISSING}; got {self.missing!r}"
+            )
         if self.method is not None and not isinstance(self.method, AlternatingRule):
             if not isinstance(self.method, str) or self.method not in METHODS:
                 raise ValueError(
@@ -463,7 +475,13 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         dtype = X.dtype
         restarts = int(self.restarts) if update_H else 1
         m, n = X.shape
-        X = sparse_operator("X", X, dtype=dtype) if sp.issparse(X) else X
+        M = None
+        if sp.issparse(X):
+            X = sparse_operator("X", X, dtype=dtype)
+        elif self.missing == "nan":
+            # NaN entries zeroed and given weight 0 (M), as jnmf.fit's missing="nan"
+            with _compute_precision(dtype):
+                X, M = validated_data(X, None, "nan")
         if not _any_nonzero(X):  # the zero factors are the exact solution
             H = np.zeros((k, n), dtype) if update_H else np.asarray(H_fixed, dtype)
             return np.zeros((m, k), dtype), H, 0, CONVERGED
@@ -471,7 +489,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         scale = data_scale(X)
         root = float(np.sqrt(scale))
         with _compute_precision(dtype):
-            problem = build_problem(dense_operator(X), k, **penalties).scaled(scale, rule.loss_degree)
+            problem = build_problem(dense_operator(X), k, M=M, **penalties).scaled(scale, rule.loss_degree)
             if not update_H:
                 avg = np.sqrt(float(X.mean()) / k) / root
                 L0 = jnp.full((1, m, k), avg, dtype)
@@ -570,6 +588,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             return float(np.sqrt(2.0 * max(value, 0.0)))
         if sp.issparse(X):
             X = X.toarray()
+        if self.missing == "nan":
+            X = np.where(np.isnan(X), W @ H, X)  # a missing entry adds nothing to the error
         if beta == 2.0:
             return float(np.linalg.norm(X - W @ H))
         scale = data_scale(X)
@@ -593,7 +613,12 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         """
         self._validate_params()
         X = validate_data(
-            self, X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32], ensure_non_negative=True
+            self,
+            X,
+            accept_sparse=("csr", "csc"),
+            dtype=[np.float64, np.float32],
+            ensure_non_negative=True,
+            ensure_all_finite=self._finite,
         )
         W, H, n_iter = self._fit_transform(X, W=W, H=H)
         self.reconstruction_err_ = self._reconstruction_error(X, W, H)
@@ -624,10 +649,16 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             dtype=[np.float64, np.float32],
             reset=False,
             ensure_non_negative=True,
+            ensure_all_finite=self._finite,
         )
         H = self.components_.astype(X.dtype, copy=False)
         W, _, _ = self._fit_transform(X, H=H, update_H=False)
         return W
+
+    @property
+    def _finite(self):
+        """scikit-learn's ``ensure_all_finite`` for X: NaN passes with ``missing="nan"``."""
+        return "allow-nan" if self.missing == "nan" else True
 
     def inverse_transform(self, X):
         """The data back from W: ``X @ components_`` (``n_samples x n_features``)."""
@@ -643,5 +674,6 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.positive_only = True
         tags.input_tags.sparse = True
+        tags.input_tags.allow_nan = self.missing == "nan"
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags

@@ -416,3 +416,36 @@ def test_pipeline_clone_and_verbose(capsys):
     assert "epoch" in capsys.readouterr().out.lower()
     est = clone(pipe.steps[0][1])
     assert est.get_params()["n_components"] == 3 and not hasattr(est, "components_")
+
+
+# ----------------------------------------------------------------------- missing values
+
+
+def _with_nans(seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.random((24, 3)) @ rng.random((3, 16)) + 0.05
+    hidden = rng.random(X.shape) < 0.15
+    return X, np.where(hidden, np.nan, X), hidden
+
+
+def test_missing_nan_fits_and_transforms_around_the_gaps():
+    X, Xn, hidden = _with_nans()
+    with pytest.raises(ValueError, match="Input X contains NaN"):  # the default, as scikit-learn
+        jnmf.NMF(3).fit(Xn)
+    with pytest.raises(ValueError, match="'missing' parameter of NMF must be one of"):
+        jnmf.NMF(3, missing="zero").fit(X)
+    model = jnmf.NMF(3, missing="nan", max_iter=400, tol=1e-6, random_state=0)
+    W = model.fit_transform(Xn)
+    assert np.all(np.isfinite(W)) and np.all(np.isfinite(model.components_))
+    fitted = W @ model.components_
+    # the hidden entries are predicted from the rank-3 structure of the rest
+    assert np.sqrt(np.mean((fitted - X)[hidden] ** 2)) < 0.02 * np.sqrt(np.mean(X**2))
+    # reconstruction_err_ counts the observed entries only
+    assert model.reconstruction_err_ == pytest.approx(np.linalg.norm((X - fitted)[~hidden]), rel=1e-6)
+    # transform of the same rows with other gaps: W from their observed entries
+    other = np.random.default_rng(1).random(X.shape) < 0.15
+    W_other = model.transform(np.where(other, np.nan, X))
+    assert np.all(np.isfinite(W_other))
+    assert np.sqrt(np.mean((W_other @ model.components_ - X) ** 2)) < 0.02 * np.sqrt(np.mean(X**2))
+    assert model.__sklearn_tags__().input_tags.allow_nan
+    assert not jnmf.NMF().__sklearn_tags__().input_tags.allow_nan
