@@ -7,9 +7,12 @@ shape and dtype; their values are the caller's responsibility.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
 import sys
 import warnings
+from collections.abc import Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +21,74 @@ import numpy as np
 
 def is_traced(x) -> bool:
     return isinstance(x, jax.core.Tracer)
+
+
+def argument_names(func: Callable) -> tuple[str, ...]:
+    """The names ``func`` takes as arguments (its ``**kwargs`` parameter left out)."""
+    params = inspect.signature(func).parameters.values()
+    return tuple(p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD)
+
+
+def known_keywords(caller: str, given: Iterable[str], accepted: Iterable[str], note: str = "") -> None:
+    """Reject keyword arguments ``caller`` does not take, suggesting close matches.
+
+    Args:
+        caller: the function the user called (named in the message, e.g. ``"fit"``).
+        given: the keywords it received through ``**kwargs``.
+        accepted: every name it takes (its own arguments and the names its ``**kwargs``
+            accept).
+        note: appended in parentheses when no unknown name is close to an accepted one
+            (e.g. the list of penalty keywords).
+
+    Raises:
+        ValueError: ``fit() got an unknown argument 'lamda_1L'; did you mean 'lambda_1L'?``
+            (every unknown name, each with its close matches).
+    """
+    accepted = sorted(set(accepted))
+    unknown = sorted(set(given) - set(accepted))
+    if not unknown:
+        return
+    folded = {a.lower(): a for a in accepted}  # case-insensitive: 'lambda_1l' finds 'lambda_1L'
+    close = {
+        name: [folded[c] for c in difflib.get_close_matches(name.lower(), list(folded), n=3, cutoff=0.7)]
+        for name in unknown
+    }
+    hints = {name: " or ".join(repr(c) for c in near) for name, near in close.items()}
+    if len(unknown) == 1:
+        (name,) = unknown
+        message = f"{caller}() got an unknown argument {name!r}"
+        message += f"; did you mean {hints[name]}?" if hints[name] else ""
+    else:
+        listed = [f"{n!r} (did you mean {hints[n]}?)" if hints[n] else repr(n) for n in unknown]
+        message = f"{caller}() got unknown arguments {', '.join(listed)}"
+    if note and not any(close.values()):
+        message += f" ({note})"
+    raise ValueError(message)
+
+
+def concrete_arguments(caller: str, arguments: Mapping[str, object]) -> None:
+    """Refuse traced values (the caller is being transformed by ``jax.grad``, ``jit`` or
+    ``vmap``): the host-side surfaces validate, rescale and pick restarts in NumPy.
+
+    Args:
+        caller: the surface's public name (``"fit"``, ``"sweep"`` ...).
+        arguments: its arguments by name (a value is searched leaf by leaf: a grid, a
+            pair of starts).
+
+    Raises:
+        ValueError: naming the traced argument and :func:`jnmf.differentiable_fit`, the
+            fit that ``jax.grad`` / ``jit`` / ``vmap`` can go through.
+    """
+    for name, value in arguments.items():
+        if any(is_traced(leaf) for leaf in jax.tree.leaves(value)):
+            raise ValueError(
+                f"{caller}() cannot run under a JAX transformation (jax.grad, jit, vmap): {name} is "
+                f"a traced value. {caller} validates and rescales its input and picks the best "
+                "restart on the host. To differentiate a fit with respect to Y, weights or "
+                "penalties, use jnmf.differentiable_fit(Y, L0, R0, ...) (implicit differentiation, "
+                "jittable and vmappable), started e.g. from res = jnmf.fit(Y, rank): L0, R0 = "
+                "res.L, res.R; to fit many penalty values at once, use jnmf.sweep"
+            )
 
 
 def _host(x):

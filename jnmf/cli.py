@@ -21,6 +21,7 @@ import os
 import platform
 import re
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +31,15 @@ from pathlib import Path
 import numpy as np
 
 from .driver import DEFAULT_STOPPING
-from .io import LabeledMatrix, MatrixFileError, check_nonnegative, read_matrix, write_labeled_csv
+from .io import (
+    SUFFIXES,
+    LabeledMatrix,
+    MatrixFileError,
+    check_matrix_path,
+    check_nonnegative,
+    read_matrix,
+    write_labeled_csv,
+)
 from .progress import progress_bar, stderr_is_terminal
 from .rules import DEFAULT_METHOD
 
@@ -180,6 +189,32 @@ def pick_rank(ranks: Sequence[int], cophenetic: Sequence[float]) -> tuple[int, s
     )
 
 
+ANSWER_RULE = (
+    "the answer is the consensus pick (Brunet et al.'s cophenetic rule), whose factors are written; "
+    "--cv adds cross-validation's pick as a second opinion, reported beside it"
+)
+
+
+def answer_line(consensus_rank: int, cv_rank: int | None) -> str:
+    """The last word of ``jnmf rank`` / ``jnmf demo``: which criterion picked which rank, and
+    which rank is the answer (:data:`ANSWER_RULE`).
+
+    Args:
+        consensus_rank: the rank the cophenetic correlation picks (:func:`pick_rank`).
+        cv_rank: the rank cross-validation picks, or None without ``--cv``.
+
+    Returns:
+        One line, e.g. ``Consensus (cophenetic) picks 2; cross-validation picks 4; answer: 2 ...``.
+    """
+    if cv_rank is None:
+        return f"Consensus (cophenetic) picks {consensus_rank}; answer: {consensus_rank}"
+    agree = "they agree" if cv_rank == consensus_rank else "they disagree: compare the table and cv_error.png"
+    return (
+        f"Consensus (cophenetic) picks {consensus_rank}; cross-validation picks {cv_rank}; "
+        f"answer: {consensus_rank}, the consensus pick ({agree})"
+    )
+
+
 def relative_error(Y: np.ndarray, L: np.ndarray, R: np.ndarray) -> float:
     """``||Y - L R||_F / ||Y||_F`` computed in float64, over the entries present (NaN
     entries of Y, missing values, are left out of both norms).
@@ -280,28 +315,37 @@ class Outputs:
     names: list[str] = field(default_factory=list)
 
     def check(self) -> None:
-        """Raise DataError if the directory cannot hold the files or one exists without --force."""
+        """Raise DataError if the directory cannot hold the files or one exists without --force.
+
+        Writability is tried, not just looked up: a file is created and removed in the
+        directory (or in its nearest existing ancestor), which also catches read-only
+        file systems and privileges that ``os.access`` does not see."""
         directory = self.directory
         if directory.exists():
             if not directory.is_dir():
                 raise DataError(f"output directory {directory} exists and is not a directory")
-            if not os.access(directory, os.W_OK | os.X_OK):
-                raise DataError(f"output directory {directory} is not writable")
-            if not self.force:
-                for name in self.names:
-                    if (directory / name).exists():
-                        raise DataError(
-                            f"{directory / name} already exists; use --force to overwrite it "
-                            "or choose another --out"
-                        )
+            problem = _write_problem(directory)
+            if problem:
+                raise DataError(f"output directory {directory} is not writable ({problem})")
+            for name in self.names:
+                target = directory / name
+                if target.exists() and not target.is_file():
+                    raise DataError(f"{target} exists and is not a file; remove it or choose another --out")
+                if target.exists() and not self.force:
+                    raise DataError(
+                        f"{target} already exists; use --force to overwrite it or choose another --out"
+                    )
             return
         ancestor = directory.parent
         while not ancestor.exists() and ancestor != ancestor.parent:
             ancestor = ancestor.parent
         if not ancestor.is_dir():
             raise DataError(f"cannot create output directory {directory}: {ancestor} is not a directory")
-        if not os.access(ancestor, os.W_OK | os.X_OK):
-            raise DataError(f"cannot create output directory {directory}: {ancestor} is not writable")
+        problem = _write_problem(ancestor)
+        if problem:
+            raise DataError(
+                f"cannot create output directory {directory}: {ancestor} is not writable ({problem})"
+            )
 
     def path(self, name: str) -> Path:
         """The path of one planned file, creating the directory on first use."""
@@ -312,6 +356,18 @@ class Outputs:
         except OSError as err:
             raise DataError(f"cannot create output directory {self.directory}: {err.strerror}") from None
         return self.directory / name
+
+
+def _write_problem(directory: Path) -> str | None:
+    """Why no file can be created in ``directory`` (an OS message), or None when one can."""
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return "permission denied"
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
 
 
 def _jsonable(value):
@@ -349,15 +405,9 @@ def _use_agg() -> bool:
 
 
 def _check_input_exists(args) -> None:
-    """Fail on a missing input before anything else is checked or computed."""
-    path = Path(args.input)
-    if path.is_dir():
-        if not any((path / name).exists() for name in ("matrix.mtx", "matrix.mtx.gz")):
-            raise DataError(f"{args.input}: a directory must be a 10x Genomics matrix (matrix.mtx.gz in it)")
-        return
-    if not path.is_file():
-        what = "not a regular file" if path.exists() else "no such file"
-        raise DataError(f"{args.input}: {what}")
+    """Fail on a missing input, or one of a type jnmf cannot read, before anything else is
+    checked (the output directory comes next) or computed."""
+    check_matrix_path(args.input, key=args.key)
 
 
 def _load_input(args, timings: dict) -> LabeledMatrix:
@@ -654,7 +704,10 @@ def _cross_validation(args, Y: np.ndarray, ranks: Sequence[int], outputs: Output
     )
     say(f"\ncross-validation ({args.cv}, {args.cv_repeats} repeats, ahals): test MSE per rank")
     say(cv.table())
-    say(f"cross-validation picks rank {cv.selected_rank} (smallest within one standard error of the lowest)")
+    say(
+        f"Cross-validation picks rank {cv.selected_rank} (the smallest rank whose test error is within one "
+        "standard error of the lowest)"
+    )
     if plots:
         from . import plot
 
@@ -703,7 +756,7 @@ def _run_survey(
     )
     timings["survey"] = time.perf_counter() - survey_start
     picked, reason = pick_rank([r.rank for r in rows], [r.cophenetic for r in rows])
-    say(f"\nPicked rank {picked}: {reason}")
+    say(f"\nConsensus (cophenetic correlation) picks rank {picked}: {reason}")
 
     cross_tables = {}
     if classes is not None:
@@ -774,9 +827,14 @@ def _run_survey(
     }
     if cross_tables:
         summary["clusters_vs_class"] = cross_tables
+    cv_rank = None
     if getattr(args, "cv", "none") != "none":
         summary["cross_validation"] = _cross_validation(args, Y, ranks, outputs, plots, say)
+        cv_rank = summary["cross_validation"]["selected_rank"]
+    summary["picks"] = {"consensus": picked, "cross_validation": cv_rank}
+    summary["answer_rule"] = ANSWER_RULE
     _write_json(outputs.path("summary.json"), summary)
+    say("\n" + answer_line(picked, cv_rank))
 
     say(f"\nwrote {', '.join(outputs.names)} to {outputs.directory}")
     if not plots and not args.quiet:
@@ -850,6 +908,10 @@ def _run_demo(args) -> int:
     timings: dict = {}
     ranks = _requested_ranks(args, DEMO_RANKS)
     plots = _use_agg()
+    if args.out is None:
+        args.out = tempfile.mkdtemp(prefix="jnmf-demo-")
+        if not args.quiet:
+            print(f"writing the results to {args.out} (a new temporary directory; --out DIR to choose)")
     outputs = _survey_outputs(args, ranks, plots)
     outputs.check()
     data = jnmf.load_golub()
@@ -883,7 +945,11 @@ def _run_demo(args) -> int:
 
 
 def _add_input_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", metavar="FILE", help="data matrix: .npy, .npz, .csv, .tsv, .txt or .mtx")
+    parser.add_argument(
+        "input",
+        metavar="FILE",
+        help=f"data matrix: {', '.join(SUFFIXES)} or a 10x Genomics directory",
+    )
     parser.add_argument("--key", help=".npz only: the array to read (required when it holds several)")
     parser.add_argument(
         "--header",
@@ -906,8 +972,11 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_output_options(parser: argparse.ArgumentParser, default_out: str) -> None:
-    parser.add_argument("--out", default=default_out, metavar="DIR", help="directory for the result files")
+def _add_output_options(parser: argparse.ArgumentParser, default_out: str | None) -> None:
+    help_text = "directory for the result files"
+    if default_out is None:
+        help_text += " (default: a new temporary directory, printed)"
+    parser.add_argument("--out", default=default_out, metavar="DIR", help=help_text)
     parser.add_argument("--force", action="store_true", help="overwrite existing result files")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors (and no progress bar)")
     parser.add_argument(
@@ -1144,7 +1213,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     _add_survey_options(demo, methods, "2-5", DEMO_RESTARTS, DEMO_MAX_ITERATIONS)
-    _add_output_options(demo, "jnmf-demo")
+    _add_output_options(demo, None)  # a demo leaves the working directory alone
     demo.set_defaults(run=_run_demo)
 
     fit = sub.add_parser(
@@ -1206,7 +1275,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=_wrap(
             "Consensus clustering of the columns of a data matrix at several ranks (Brunet et al. "
             "2004): prints the cophenetic correlation and dispersion per rank, picks a rank, and writes the "
-            "picked rank's factors, the consensus matrices, a JSON summary and figures to --out."
+            "picked rank's factors, the consensus matrices, a JSON summary and figures to --out.  Which "
+            f"rank is the answer: {ANSWER_RULE}."
         ),
         formatter_class=_HelpFormatter,
     )
@@ -1219,7 +1289,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("none", "speckled", "bicv"),
         default="none",
         help="also cross-validate the rank: speckled hold-out of 5%% of the entries, or bi-cross-validation "
-        "(Owen & Perry 2009); prints the test error per rank and writes cv_error.png",
+        "(Owen & Perry 2009); prints the test error per rank and its pick beside the consensus pick (which "
+        "stays the answer) and writes cv_error.png",
     )
     rank.add_argument("--cv-repeats", type=_positive_int, default=3, help="independent hold-outs for --cv")
     rank.add_argument(

@@ -271,6 +271,7 @@ def consensus(
         ValueError: bad input or settings, naming the argument, or a checkpoint of
             another run or damaged (naming what differs).
     """
+    check.concrete_arguments("consensus", dict(Y=Y, ranks=ranks, key=key, M=M))
     start = time.perf_counter()
     compiled_before = _cache_size()
     single = isinstance(ranks, int | np.integer)

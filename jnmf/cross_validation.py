@@ -239,6 +239,7 @@ def cross_validate_rank(
         ValueError: bad input or settings, naming the argument (before compiling), or a
             checkpoint of another run or damaged (naming what differs).
     """
+    check.concrete_arguments("cross_validate_rank", dict(Y=Y, ranks=ranks, key=key))
     start = time.perf_counter()
     compiled_before = _cache_size()
     if scheme not in SCHEMES:

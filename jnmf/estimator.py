@@ -42,16 +42,18 @@ from sklearn.utils.validation import check_array, check_is_fitted, check_non_neg
 from .batch import continue_restarts
 from .data import DataOperator, dense_operator, sparse_operator
 from .driver import CONVERGED, MAX_ITERATIONS, NONFINITE, STUCK, iterate
-from .fitting import data_scale, starting_points
+from .fitting import data_scale, starting_points, validated_data
 from .problem import build_problem
 from .rules import KLMU, METHODS, AlternatingRule, BetaMU, make_rule
-from .rules.base import HalfStep
+from .rules.base import HalfStep, NMFState
 from .rules.beta import beta_divergence, effective_data
 from .rules.kl import kl_objective
 
 BETA_LOSSES = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
 INITS = ("random", "nndsvd", "nndsvda", "nndsvdar", "custom")
 SOLVERS = ("cd", "mu")
+# "nan": NaN entries of X are missing (weight 0 in the loss), as jnmf.fit's missing="nan"
+ESTIMATOR_MISSING = ("error", "nan")
 # one compiled program each (eager, their many small operations compile one by one per shape)
 _jit_beta_divergence = jax.jit(beta_divergence)
 _jit_loss = jax.jit(lambda problem, W, H: problem.loss(W, H))
@@ -155,6 +157,73 @@ class FixedRRule(AlternatingRule):
         return self.rule.objective(problem, state)
 
 
+def sweep_violation(hp, old: jax.Array, new: jax.Array) -> jax.Array:
+    """scikit-learn's coordinate-descent violation of one HALS sweep from ``old`` to ``new``
+    (factor-major, ``k x p``): the sum over the entries of ``|projected gradient|``, each
+    taken just before its update (sklearn/decomposition/_cdnmf_fast.pyx).
+
+    Row j is updated after rows ``< j``, so its gradient is that of the rows ``< j`` of
+    ``new`` and the rows ``>= j`` of ``old``: the k-side weight of each term of G splits
+    into its strictly lower and its upper triangle.  The projected gradient of an entry at
+    zero is ``min(g, 0)``.  For half problems without an elementwise weight.
+
+    Args:
+        hp: the half problem the sweep solved.
+        old, new: the unknown before and after the sweep.
+
+    Returns:
+        The violation (a scalar).
+    """
+
+    def before(B):
+        return jnp.tril(B, -1) @ new + jnp.triu(B) @ old
+
+    mixing, others = hp.split_terms()
+    g = before(mixing) + hp.linear
+    for p_side, B in others:
+        g = g + p_side.right(before(B))
+    return jnp.sum(jnp.abs(jnp.where(old == 0, jnp.minimum(g, 0.0), g)))
+
+
+class ViolationRule(AlternatingRule):
+    """A one-sweep HALS rule that also sums scikit-learn's cd violation over each iteration
+    (its aux: the violation of the iteration's L and R sweeps), for ``solver="cd"``'s stopping
+    test ``violation / violation_init <= tol``.
+
+    Attributes:
+        rule: the wrapped HALS rule (one sweep per half step, as scikit-learn's cd).
+    """
+
+    rule: AlternatingRule
+
+    @property
+    def loss_degree(self) -> float:
+        return self.rule.loss_degree
+
+    def half_step(self, hp, Xt, aux, side: str) -> HalfStep:
+        out = self.rule.half_step(hp, Xt, None, side)
+        return HalfStep(out.X, aux + sweep_violation(hp, Xt, out.X), out.step, out.stuck)
+
+    def init_aux(self, problem, Lt, R):
+        return jnp.zeros((), Lt.dtype)
+
+    def begin_iteration(self, aux):
+        return jnp.zeros_like(aux)
+
+    def half_problem(self, problem, side, Lt, R, aux):
+        return self.rule.half_problem(problem, side, Lt, R, None)
+
+    def finish_iteration(self, problem, hp_R, Lt, R, aux):
+        Lt, R, _, objective = self.rule.finish_iteration(problem, hp_R, Lt, R, None)
+        return Lt, R, aux, objective
+
+    def check(self, problem) -> None:
+        self.rule.check(problem)
+
+    def objective(self, problem, state):
+        return self.rule.objective(problem, NMFState(state.Lt, state.R, None))
+
+
 def beta_loss_value(beta_loss) -> float:
     """``beta_loss`` as a float (the names map to 2, 1, 0)."""
     if isinstance(beta_loss, str):
@@ -213,10 +282,13 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         beta_loss: ``"frobenius"`` (2), ``"kullback-leibler"`` (1), ``"itakura-saito"`` (0) or
             a float; anything but 2 needs ``solver="mu"`` (or a matching ``method``); for
             ``beta_loss <= 0`` X must have no zeros.
-        tol: scikit-learn's stopping test of its mu solver, for every solver: every 10
-            iterations, stop when the error ``e = sqrt(2 f)`` (f the objective, penalties
-            included) improved by less than ``tol * e_0`` (``e_0`` at the start) since the
-            last test; 0 disables it (scikit-learn's cd tests its violation instead).
+        tol: scikit-learn's stopping tests.  ``solver="cd"``: after every iteration, stop
+            when its violation (the sum of ``|projected gradient|`` over the entries, each
+            taken just before its coordinate update) is at most ``tol`` times the first
+            iteration's, as scikit-learn's cd (with ``missing="nan"``, the mu test below).
+            ``solver="mu"`` and ``method``: every 10 iterations, stop when the error
+            ``e = sqrt(2 f)`` (f the objective, penalties included) improved by less than
+            ``tol * e_0`` (``e_0`` at the start) since the last test; 0 disables it.
         max_iter: the iteration cap (default 200).
         random_state: seeds the random initializations (int, RandomState or None).
         alpha_W, alpha_H, l1_ratio: the regularization, as in scikit-learn.
@@ -230,6 +302,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             ``"anls"``, ``"au"``, ``"pg"``, ``"kl"``, ``"beta"``) or a jnmf rule, overriding
             ``solver``.  ``"kl"`` needs ``beta_loss=1``; ``"beta"`` uses ``beta_loss``; the
             others minimize the Frobenius loss.
+        missing: jnmf extra: ``"error"`` (default: NaN in X is an error, as scikit-learn) or
+            ``"nan"``: NaN entries of X (dense) are missing values, left out of the loss
+            (weight 0, as :func:`jnmf.fit`'s ``missing="nan"``) in ``fit`` and ``transform``
+            and out of ``reconstruction_err_``.
 
     Attributes:
         components_: ``H``, ``n_components x n_features``.
@@ -267,6 +343,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         shuffle=False,
         restarts=1,
         method=None,
+        missing="error",
     ):
         self.n_components = n_components
         self.init = init
@@ -282,6 +359,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.shuffle = shuffle
         self.restarts = restarts
         self.method = method
+        self.missing = missing
 
     # ------------------------------------------------------------ validation
     def _validate_params(self) -> None:
@@ -316,6 +394,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if not isinstance(self.shuffle, bool | np.bool_):
             raise ValueError(f"The 'shuffle' parameter of NMF must be a bool; got {self.shuffle!r}")
         integer("restarts", self.restarts, 1)
+        if not (isinstance(self.missing, str) and self.missing in ESTIMATOR_MISSING):
+            raise ValueError(
+                f"The 'missing' parameter of NMF must be one of {ESTIMATOR_MISSING}; got {self.missing!r}"
+            )
         if self.method is not None and not isinstance(self.method, AlternatingRule):
             if not isinstance(self.method, str) or self.method not in METHODS:
                 raise ValueError(
@@ -463,15 +545,25 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         dtype = X.dtype
         restarts = int(self.restarts) if update_H else 1
         m, n = X.shape
-        X = sparse_operator("X", X, dtype=dtype) if sp.issparse(X) else X
+        M = None
+        if sp.issparse(X):
+            X = sparse_operator("X", X, dtype=dtype)
+        elif self.missing == "nan":
+            # NaN entries zeroed and given weight 0 (M), as jnmf.fit's missing="nan"
+            with _compute_precision(dtype):
+                X, M = validated_data(X, None, "nan")
         if not _any_nonzero(X):  # the zero factors are the exact solution
             H = np.zeros((k, n), dtype) if update_H else np.asarray(H_fixed, dtype)
             return np.zeros((m, k), dtype), H, 0, CONVERGED
         seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         scale = data_scale(X)
         root = float(np.sqrt(scale))
+        # scikit-learn's cd stops on its violation; every other solver on the mu test
+        violation_test = self.method is None and self.solver == "cd" and M is None
+        if violation_test:
+            rule = ViolationRule(rule)
         with _compute_precision(dtype):
-            problem = build_problem(dense_operator(X), k, **penalties).scaled(scale, rule.loss_degree)
+            problem = build_problem(dense_operator(X), k, M=M, **penalties).scaled(scale, rule.loss_degree)
             if not update_H:
                 avg = np.sqrt(float(X.mean()) / k) / root
                 L0 = jnp.full((1, m, k), avg, dtype)
@@ -482,7 +574,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 R0 = jnp.broadcast_to(jnp.asarray(init[1], dtype) / root, (restarts, k, n))
             else:
                 L0, R0 = _jit_starting_points(problem.data, k, init, restarts, jax.random.key(seed))
-            L, R, n_iter, status = self._iterate_in_chunks(rule, problem, L0, R0)
+            L, R, n_iter, status = self._iterate_in_chunks(rule, problem, L0, R0, violation_test)
         ok = np.isfinite(L).all(axis=(1, 2)) & np.isfinite(R).all(axis=(1, 2)) & (status != NONFINITE)
         if not ok.any():
             raise FloatingPointError(
@@ -493,12 +585,15 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         H = np.asarray(R[best] * root, dtype) if update_H else np.asarray(H_fixed, dtype)
         return W, H, int(n_iter[best]), int(status[best])
 
-    def _iterate_in_chunks(self, rule, problem, L0, R0):
+    def _iterate_in_chunks(self, rule, problem, L0, R0, violation_test: bool = False):
         """Iterate all restarts in chunks of ``_CHECK_EVERY`` iterations, with scikit-learn's
         convergence test between chunks: a fit is done when its error ``e = sqrt(2 f)`` (f
         the objective, penalties included) improved by less than ``tol * e_0`` over the
-        chunk.  Chunks continue the rule's state exactly (:func:`jnmf.batch.continue_restarts`),
-        so the iterates are those of one uninterrupted run.  Returns the factors (at the
+        chunk.  With ``violation_test`` (``solver="cd"``, ``rule`` a :class:`ViolationRule`),
+        scikit-learn's cd test instead, after every iteration: done when the iteration's
+        violation is at most ``tol`` times the first iteration's.  Chunks continue the rule's
+        state exactly (:func:`jnmf.batch.continue_restarts`), so the iterates are those of one
+        uninterrupted run.  Returns the factors (at the
         iteration each fit was done), iteration counts and statuses, per restart, and sets
         ``self._best``.
         """
@@ -525,8 +620,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         L = np.array(first.L, np.float64)
         R = np.array(first.R, np.float64)
         objective = np.asarray(first.objective, np.float64).copy()
+        violation0 = None
         while not done.all() and n_iter.max() < self.max_iter:
-            chunk = int(min(_CHECK_EVERY, self.max_iter - n_iter.max()))
+            chunk = 1 if violation_test else int(min(_CHECK_EVERY, self.max_iter - n_iter.max()))
             res = advance(states, chunk)
             states = res.state
             f = np.asarray(res.objective, np.float64)
@@ -536,7 +632,13 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             L[live], R[live], objective[live] = np.asarray(res.L)[live], np.asarray(res.R)[live], f[live]
             ended = np.isin(np.asarray(res.status), (STUCK, NONFINITE)) & live
             status[ended] = np.asarray(res.status)[ended]
-            converged = live & ~ended & (self.tol > 0) & ((previous - error) < self.tol * error0)
+            if violation_test:
+                violation = np.asarray(res.state.aux, np.float64)
+                violation0 = violation if violation0 is None else violation0
+                small = (violation0 == 0) | (violation <= self.tol * violation0)
+                converged = live & ~ended & small
+            else:
+                converged = live & ~ended & (self.tol > 0) & ((previous - error) < self.tol * error0)
             status[converged] = CONVERGED
             done |= ended | converged
             previous = error
@@ -570,6 +672,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             return float(np.sqrt(2.0 * max(value, 0.0)))
         if sp.issparse(X):
             X = X.toarray()
+        if self.missing == "nan":
+            X = np.where(np.isnan(X), W @ H, X)  # a missing entry adds nothing to the error
         if beta == 2.0:
             return float(np.linalg.norm(X - W @ H))
         scale = data_scale(X)
@@ -593,7 +697,12 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         """
         self._validate_params()
         X = validate_data(
-            self, X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32], ensure_non_negative=True
+            self,
+            X,
+            accept_sparse=("csr", "csc"),
+            dtype=[np.float64, np.float32],
+            ensure_non_negative=True,
+            ensure_all_finite=self._finite,
         )
         W, H, n_iter = self._fit_transform(X, W=W, H=H)
         self.reconstruction_err_ = self._reconstruction_error(X, W, H)
@@ -624,10 +733,16 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             dtype=[np.float64, np.float32],
             reset=False,
             ensure_non_negative=True,
+            ensure_all_finite=self._finite,
         )
         H = self.components_.astype(X.dtype, copy=False)
         W, _, _ = self._fit_transform(X, H=H, update_H=False)
         return W
+
+    @property
+    def _finite(self):
+        """scikit-learn's ``ensure_all_finite`` for X: NaN passes with ``missing="nan"``."""
+        return "allow-nan" if self.missing == "nan" else True
 
     def inverse_transform(self, X):
         """The data back from W: ``X @ components_`` (``n_samples x n_features``)."""
@@ -643,5 +758,6 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.positive_only = True
         tags.input_tags.sparse = True
+        tags.input_tags.allow_nan = self.missing == "nan"
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags

@@ -25,6 +25,7 @@ import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -39,7 +40,14 @@ from .checkpoint import checkpoint_directory, describe, run_checkpointed
 from .data import DataOperator, dense_operator, is_sparse_input, sparse_operator
 from .driver import CONVERGED, NONFINITE, STATUS, Stopping, status_names
 from .init import INITIALIZERS, initialize
-from .problem import REPLACEABLE, Problem, build_problem, check_replacements, scale_factors
+from .problem import (
+    REPLACEABLE,
+    Problem,
+    build_problem,
+    check_penalty_keywords,
+    check_replacements,
+    scale_factors,
+)
 from .progress import FitMonitor
 from .rules import DEFAULT_METHOD, METHODS, AlternatingRule, make_rule
 
@@ -101,15 +109,19 @@ class FitResult(eqx.Module):
         """The best restart's status: converged / max_iterations / stuck / nonfinite."""
         return status_names(self.status)
 
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike) -> Path:
         """Write this result to one ``.npz`` file (no pickle); read it back with :func:`jnmf.load`.
 
         Args:
-            path: the file to write (``.npz`` is appended by NumPy when missing).
+            path: the file to write (``.npz`` is appended when it has another suffix;
+                :func:`jnmf.load` accepts the same name).
+
+        Returns:
+            The path written.
         """
         from .result_files import save
 
-        save(self, path)
+        return save(self, path)
 
 
 def as_key(key) -> Array:
@@ -561,6 +573,9 @@ def fit(
         ValueError: bad input or settings, naming the argument (before compiling).
         FloatingPointError: every restart became non-finite (a bug for valid input).
     """
+    check_penalty_keywords("fit", penalties, fit)
+    arguments = dict(Y=Y, rank=rank, init=init, key=key, M=M, W_0R=W_0R, W_0C=W_0C, **penalties)
+    check.concrete_arguments("fit", arguments)
     overrides = dict(max_iterations=max_iterations, tol=tol, min_xstep=min_xstep, rel_tol=rel_tol)
     s = _setup(Y, rank, method, init, restarts, key, stopping, overrides, M, missing)
     pipe = pipeline(s, W_0R=W_0R, W_0C=W_0C, **penalties)
@@ -646,15 +661,19 @@ class SweepResult(eqx.Module):
     L: Array | None
     R: Array | None
 
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike) -> Path:
         """Write this result to one ``.npz`` file (no pickle); read it back with :func:`jnmf.load`.
 
         Args:
-            path: the file to write (``.npz`` is appended by NumPy when missing).
+            path: the file to write (``.npz`` is appended when it has another suffix;
+                :func:`jnmf.load` accepts the same name).
+
+        Returns:
+            The path written.
         """
         from .result_files import save
 
-        save(self, path)
+        return save(self, path)
 
 
 def _grid_points(grid: Mapping[str, Sequence], product: bool) -> dict[str, np.ndarray]:
@@ -743,6 +762,9 @@ def sweep(
         ValueError: bad input or settings, naming the argument (before compiling), or a
             checkpoint of another run or damaged (naming what differs).
     """
+    check_penalty_keywords("sweep", penalties, sweep)
+    arguments = dict(Y=Y, rank=rank, grid=grid, init=init, key=key, M=M, W_0R=W_0R, W_0C=W_0C)
+    check.concrete_arguments("sweep", {**arguments, **penalties})
     overrides = dict(max_iterations=max_iterations, tol=tol, min_xstep=min_xstep, rel_tol=rel_tol)
     directory = checkpoint_directory(checkpoint)
     if chunk_size is not None:

@@ -89,7 +89,7 @@ from jaxtyping import Array, Float
 from . import _validate as check
 from .data import is_sparse_input, sparse_operator
 from .driver import Stopping, iterate_impl
-from .problem import Problem, build_problem
+from .problem import Problem, build_problem, check_penalty_keywords
 from .rules import DEFAULT_METHOD, AlternatingRule, make_rule
 
 __all__ = ["KKT", "differentiable_fit", "implicit_stopping", "kkt_conditions", "solve"]
@@ -344,6 +344,7 @@ def differentiable_fit(
     Raises:
         ValueError: a bad argument (concrete values are validated on the host).
     """
+    check_penalty_keywords("differentiable_fit", penalties, differentiable_fit)
     L0, R0 = jnp.asarray(L0), jnp.asarray(R0)
     if is_sparse_input(Y):
         # sparse data stay sparse: the fit and the adjoint's products use the stored entries

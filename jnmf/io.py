@@ -19,7 +19,9 @@ from typing import NamedTuple
 import numpy as np
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
-SUFFIXES = (".npy", ".npz", ".mtx", ".mtx.gz", ".h5ad", *TEXT_SUFFIXES)
+# gzip-compressed text and Matrix Market files are read through gzip
+GZIP_SUFFIXES = tuple(f"{s}.gz" for s in (".mtx", *TEXT_SUFFIXES))
+SUFFIXES = (".npy", ".npz", ".mtx", ".h5ad", *TEXT_SUFFIXES, *GZIP_SUFFIXES)
 
 # Cells that spreadsheet and R exports use for a missing value: read as NaN so the
 # finiteness check names the real problem instead of calling the file non-numeric.
@@ -59,10 +61,11 @@ def read_matrix(
     row_names: bool | None = None,
     dtype: type = np.float32,
 ) -> LabeledMatrix:
-    """Read a matrix from .npy, .npz, .mtx or delimited text (.csv, .tsv, .txt).
+    """Read a matrix from .npy, .npz, .mtx, .h5ad, delimited text (.csv, .tsv, .txt), gzipped
+    text or Matrix Market (``.csv.gz`` ...) or a 10x Genomics directory.
 
     Args:
-        path: the file; its suffix picks the format.
+        path: the file; its suffix picks the format (:data:`SUFFIXES`).
         key: for .npz, the name of the array to read (needed when there are several).
         header: text files: whether the first row holds column names; None detects it
             (a header is a first row with a non-numeric cell after the first).
@@ -78,6 +81,7 @@ def read_matrix(
             or (.npz) holds several arrays and ``key`` does not pick one.
     """
     path = Path(path)
+    check_matrix_path(path, key=key)
     if path.is_dir():
         try:
             matrix = _load_10x(path)
@@ -87,17 +91,6 @@ def read_matrix(
             raise MatrixFileError(f"{path}: cannot read it as a 10x directory ({_one_line(err)})") from err
         return matrix._replace(values=_as_float_matrix(path, matrix.values, dtype))
     suffix = _suffix(path)
-    if suffix not in SUFFIXES:
-        raise MatrixFileError(
-            f"{path}: unsupported file type {suffix or '(none)'!r}; use one of {SUFFIXES} "
-            "or a 10x Genomics directory"
-        )
-    if not path.exists():
-        raise MatrixFileError(f"{path}: no such file")
-    if not path.is_file():
-        raise MatrixFileError(f"{path}: not a regular file")
-    if key is not None and suffix != ".npz":
-        raise MatrixFileError(f"{path}: --key only applies to .npz files")
     try:
         if suffix == ".npy":
             matrix = LabeledMatrix(_load_npy(path))
@@ -118,17 +111,58 @@ def read_matrix(
     return matrix._replace(values=values)
 
 
+def check_matrix_path(path: str | Path, *, key: str | None = None) -> None:
+    """The checks of :func:`read_matrix` that need no reading: the file exists, is a regular
+    file (or a 10x Genomics directory) and has a supported type.
+
+    Args:
+        path: the data file or directory.
+        key: the ``--key`` given (only .npz files take one).
+
+    Raises:
+        MatrixFileError: naming the file and what is wrong with it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not any((path / name).exists() for name in ("matrix.mtx", "matrix.mtx.gz")):
+            raise MatrixFileError(
+                f"{path}: a directory must be a 10x Genomics matrix (no matrix.mtx(.gz) in it)"
+            )
+        return
+    suffix = _suffix(path)
+    if suffix not in SUFFIXES:
+        raise MatrixFileError(
+            f"{path}: unsupported file type {suffix or '(none)'!r}; use one of {SUFFIXES} "
+            "or a 10x Genomics directory"
+        )
+    if not path.exists():
+        raise MatrixFileError(f"{path}: no such file")
+    if not path.is_file():
+        raise MatrixFileError(f"{path}: not a regular file")
+    if key is not None and suffix != ".npz":
+        raise MatrixFileError(f"{path}: --key only applies to .npz files")
+
+
 def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".mtx.gz" if name.endswith(".mtx.gz") else path.suffix.lower()
+    """The file type: the last suffix, or the last two for a gzipped file (``.csv.gz``)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if len(suffixes) >= 2 and suffixes[-1] == ".gz":
+        return "".join(suffixes[-2:])
+    return path.suffix.lower()
+
+
+def _open_text(path: Path):
+    """``path`` opened for reading text (UTF-8; a leading BOM, which spreadsheet exports
+    often write, dropped), through gzip when its name ends in ``.gz``."""
+    import gzip
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    return opener(path, "rt", encoding="utf-8-sig")
 
 
 def _read_names(path: Path, column: int = 0) -> list[str]:
     """One name per line of a (possibly gzipped) TSV: the given column (or the last there is)."""
-    import gzip
-
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt") as fh:
+    with _open_text(path) as fh:
         rows = [line.rstrip("\n").split("\t") for line in fh if line.strip()]
     return [row[min(column, len(row) - 1)] for row in rows]
 
@@ -368,14 +402,16 @@ def _to_float(cell: str) -> float:
 
 
 def _load_text(path: Path, *, header: bool | None, row_names: bool | None) -> LabeledMatrix:
-    text = path.read_text(encoding="utf-8-sig")  # -sig: spreadsheet exports often start with a BOM
+    suffix = _suffix(path).removesuffix(".gz")
+    with _open_text(path) as fh:
+        text = fh.read()
     # keep each line's number in the file, for messages; skip blank and comment lines
     numbered = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip() and line[0] != "#"]
     if not numbered:
         raise MatrixFileError(f"{path}: the file holds no data")
     line_numbers = [n for n, _ in numbered]
     lines = [line for _, line in numbered]
-    delimiter = _detect_delimiter(lines[:SNIFF_LINES], path.suffix.lower())
+    delimiter = _detect_delimiter(lines[:SNIFF_LINES], suffix)
     rows = _split(lines, delimiter)
 
     if header is None:

@@ -298,7 +298,8 @@ def cv_error(
     selected: int | None = None,
     title: str | None = None,
 ) -> Figure:
-    """Cross-validated test error against rank, with error bars.
+    """Cross-validated test error (MSE) against rank, with error bars, on a log axis
+    (linear when an error is zero).
 
     Takes plain arrays or a rank cross-validation result (duck-typed): any object
     with ``ranks`` and ``test_error`` (per rank, or repeats x ranks) and optionally
@@ -346,7 +347,15 @@ def cv_error(
         ax.axvline(int(selected), color="gray", linestyle=":", label=f"selected rank {int(selected)}")
     ax.set_xticks([int(r) for r in ranks])
     ax.set_xlabel("rank")
-    ax.set_ylabel("error")
+    what = "MSE" if train is not None else "test MSE"
+    # past the true rank the error flattens by orders of magnitude less than before it:
+    # a log axis keeps both parts readable (a zero error leaves the axis linear)
+    values = np.concatenate([mean, train if train is not None else []])
+    if np.all(values[np.isfinite(values)] > 0):
+        ax.set_yscale("log")
+        ax.set_ylabel(f"{what} (log scale)")
+    else:
+        ax.set_ylabel(what)
     ax.legend(fontsize="small")
     ax.set_title(title or "cross-validated error by rank")
     return fig

@@ -27,6 +27,8 @@ stale when a leaf is replaced.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -351,6 +353,23 @@ def scale_factors(L: Array, R: Array, scale: float) -> tuple[Array, Array]:
     return L * root, R * root
 
 
+def check_penalty_keywords(caller: str, penalties: Mapping, func: Callable | None = None) -> None:
+    """Reject keywords that are neither an argument of ``func`` nor a penalty of eq. 3 / eq. 4.
+
+    Args:
+        caller: the function's public name, used in the message (``"fit"``, ``"sweep"`` ...).
+        penalties: the keywords the function received through ``**penalties``.
+        func: the function (its named arguments are suggested too); None: penalties only.
+
+    Raises:
+        ValueError: ``fit() got an unknown argument 'lamda_1L'; did you mean 'lambda_1L'?``
+    """
+    named = check.argument_names(func) if func is not None else ()
+    names = SCALAR_PENALTIES + GENERAL_PENALTIES
+    note = f"penalty keywords: {', '.join(names)}; other arguments: help(jnmf.{caller})"
+    check.known_keywords(caller, penalties, named + names, note)
+
+
 def _as_list(x) -> list:
     return list(x) if isinstance(x, list | tuple) else [x]
 
@@ -396,9 +415,7 @@ def build_problem(Y, rank: int, *, W_0R=None, W_0C=None, M=None, **penalties) ->
     Raises:
         ValueError naming the offending argument.
     """
-    unknown = set(penalties) - set(SCALAR_PENALTIES) - set(GENERAL_PENALTIES)
-    if unknown:
-        raise ValueError(f"unknown penalty keyword(s): {sorted(unknown)}")
+    check_penalty_keywords("build_problem", penalties, build_problem)
     operator = isinstance(Y, DataOperator)
     m, n = Y.shape
     dt = Y.dtype

@@ -65,6 +65,7 @@ from .batch import batching_strategy, run_restarts
 from .consensus import _cache_size
 from .driver import Stopping, status_names
 from .fitting import _setup, as_key, pipeline
+from .problem import check_penalty_keywords
 from .rules.fixed import nnls_fixed
 
 __all__ = [
@@ -334,7 +335,7 @@ class Programs:
         Returns:
             The path written.
         """
-        from .result_files import FORMAT_VERSION, META_KEY, _versions
+        from .result_files import FORMAT_VERSION, META_KEY, _versions, npz_path
 
         arrays = {}
         for e in self.entries:
@@ -353,9 +354,7 @@ class Programs:
             "settings": self.settings,
             "versions": _versions(),
         }
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_name(path.name + ".npz")
+        path = npz_path(path)
         np.savez(path, **arrays, **{META_KEY: np.array(json.dumps(meta, allow_nan=True))})
         return path
 
@@ -364,7 +363,7 @@ class Programs:
         """Read a file written by :meth:`save`.
 
         Args:
-            path: the ``.npz`` file.
+            path: the ``.npz`` file (or the name given to :meth:`save`, without ``.npz``).
 
         Returns:
             The :class:`Programs`.
@@ -372,8 +371,9 @@ class Programs:
         Raises:
             ValueError: not a saved :class:`Programs` (or written by a newer jnmf).
         """
-        from .result_files import META_KEY, read_meta
+        from .result_files import META_KEY, read_meta, saved_path
 
+        path = saved_path(path)
         meta = read_meta(path)
         if meta.get("kind") != "Programs":
             raise ValueError(f"{path} holds a {meta.get('kind')}, not jnmf Programs")
@@ -592,6 +592,8 @@ def programs(
     Raises:
         ValueError: bad input or settings, naming the argument (before compiling).
     """
+    check_penalty_keywords("programs", penalties, programs)
+    check.concrete_arguments("programs", dict(counts=counts, ranks=ranks, key=key, **penalties))
     start = time.perf_counter()
     compiled_before = _cache_size()
     rank_list = _rank_list(ranks)

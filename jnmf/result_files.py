@@ -74,6 +74,30 @@ def _versions() -> dict:
     }
 
 
+def npz_path(path: str | os.PathLike) -> Path:
+    """The file :func:`save` writes for ``path``: ``.npz`` appended when it has another
+    suffix (as ``np.savez`` does)."""
+    path = Path(path)
+    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+
+def saved_path(path: str | os.PathLike) -> Path:
+    """The file a result saved under ``path`` lies in: ``path`` itself when it exists,
+    else ``path + ".npz"`` when that exists (``save("fit")`` wrote ``fit.npz``).
+
+    Raises:
+        FileNotFoundError: neither exists (naming both).
+    """
+    path = Path(path)
+    if path.exists():
+        return path
+    written = npz_path(path)
+    if written.exists():
+        return written
+    tried = f"{path}" if written == path else f"{path} or {written}"
+    raise FileNotFoundError(f"no saved jnmf result at {tried}")
+
+
 def save(result, path: str | os.PathLike) -> Path:
     """Write a ``FitResult`` or ``SweepResult`` to one ``.npz`` file.
 
@@ -121,9 +145,7 @@ def save(result, path: str | os.PathLike) -> Path:
         **meta_fields,
         "versions": _versions(),
     }
-    path = Path(path)
-    if path.suffix != ".npz":
-        path = path.with_name(path.name + ".npz")
+    path = npz_path(path)
     write_npz(path, arrays, meta)
     return path
 
@@ -180,14 +202,16 @@ def read_meta(path: str | os.PathLike) -> dict:
     """The ``__meta__`` JSON document of a saved result, checked for a readable format.
 
     Args:
-        path: a file written by :func:`save`.
+        path: a file written by :func:`save` (the name given to it: ``.npz`` may be left off).
 
     Returns:
         The document as a dict.
 
     Raises:
+        FileNotFoundError: no such file (with or without ``.npz``).
         ValueError: not a jnmf result file, or one written in a newer format.
     """
+    path = saved_path(path)
     with np.load(path, allow_pickle=False) as data:
         if META_KEY not in data.files:
             raise ValueError(f"{path} is not a jnmf result file (it has no {META_KEY} entry)")
@@ -213,17 +237,21 @@ def load(path: str | os.PathLike):
     float64 whether or not JAX's x64 mode is on); every JAX function accepts them.
 
     Args:
-        path: the ``.npz`` file.
+        path: the ``.npz`` file, or the name given to ``save`` (``load("fit")`` reads the
+            ``fit.npz`` that ``save("fit")`` wrote).
 
     Returns:
-        A :class:`~jnmf.fitting.FitResult` or :class:`~jnmf.fitting.SweepResult`.
+        A :class:`~jnmf.fitting.FitResult`, :class:`~jnmf.fitting.SweepResult` or
+        :class:`~jnmf.programs.Programs`.
 
     Raises:
+        FileNotFoundError: no such file (with or without ``.npz``).
         ValueError: not a jnmf result file, or one written by a newer jnmf (naming
             both format versions).
     """
     from .fitting import FitResult, Settings, SweepResult
 
+    path = saved_path(path)
     meta = read_meta(path)
     if meta["kind"] == "Programs":
         from .programs import Programs

@@ -29,7 +29,7 @@ import numpy as np
 from . import _validate as check
 from .driver import RNNMF_STOPPING, Result, iterate
 from .giqpm import GIQPM
-from .problem import build_problem
+from .problem import build_problem, check_penalty_keywords
 from .quadratic import VectorQP
 from .rules import AURNMF, MURNMF
 
@@ -222,6 +222,7 @@ def objective(Y, L, R, *, W_0R=None, W_0C=None, **penalties):
     Returns:
         The scalar objective.
     """
+    check_penalty_keywords("objective", penalties, objective)
     Y, L, R = check.factors(Y, L, R)
     problem = build_problem(Y, L.shape[1], W_0R=W_0R, W_0C=W_0C, **penalties)
     return problem.objective(L, R)

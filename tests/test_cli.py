@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jnmf.cli import _jsonable, dispersion, main, parse_ranks, pick_rank
+from jnmf.cli import _jsonable, answer_line, dispersion, main, parse_ranks, pick_rank
 from jnmf.io import MatrixFileError, read_matrix
 from jnmf.plot import average_linkage_order
 
@@ -256,13 +256,18 @@ def test_rank_survey(tmp_path, env, data):
     )  # fmt: skip
     assert_ok(result)
     out = tmp_path / "jnmf-rank"  # the default --out
-    assert "cross-validation picks rank" in result.stdout
+    assert "Cross-validation picks rank" in result.stdout
     cv = json.loads((out / "summary.json").read_text())["cross_validation"]
     assert cv["ranks"] == [2, 3] and cv["repeats"] == 2 and cv["selected_rank"] in (2, 3)
     assert all(np.isfinite(cv["mean_test_error"]))
     assert_png(out / "cv_error.png")
-    assert "cophenetic" in result.stdout and "Picked rank" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
+    # each criterion's pick, and the answer, on the last line before the file list
+    picks = summary["picks"]
+    assert picks == {"consensus": summary["picked_rank"], "cross_validation": cv["selected_rank"]}
+    assert answer_line(picks["consensus"], picks["cross_validation"]) in result.stdout
+    assert f"Consensus (cophenetic correlation) picks rank {summary['picked_rank']}:" in result.stdout
+    assert "consensus pick" in summary["answer_rule"]
     assert [r["rank"] for r in summary["ranks"]] == [2, 3]
     for row in summary["ranks"]:
         assert {"cophenetic", "dispersion", "silhouette", "relative_error"} <= set(row)
@@ -281,13 +286,24 @@ def test_rank_survey(tmp_path, env, data):
 
 
 def test_demo_reduced(tmp_path, env):
+    # without --out the demo writes into a new temporary directory and says where
+    work, temporary = tmp_path / "work", tmp_path / "tmp"
+    work.mkdir()
+    temporary.mkdir()
     result = run_cli(
-        env, tmp_path, "demo", "--ranks", "2", "3", "--restarts", "4", "--max-iterations", "100", "--out", "d"
-    )
+        {**env, "TMPDIR": str(temporary)}, work, "demo", "--ranks", "2", "3", "--restarts", "4",
+        "--max-iterations", "100",
+    )  # fmt: skip
     assert_ok(result)
-    out = tmp_path / "d"
+    assert list(work.iterdir()) == []  # nothing in the working directory
+    (out,) = temporary.glob("jnmf-demo-*")
+    assert f"writing the results to {out} " in result.stdout
     assert "Golub" in result.stdout
-    assert "Picked rank" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert f"Consensus (cophenetic) picks {summary['picked_rank']}; answer: {summary['picked_rank']}\n" in (
+        result.stdout
+    )
+    assert summary["picks"] == {"consensus": summary["picked_rank"], "cross_validation": None}
     assert "ALL-B" in result.stdout and "AML" in result.stdout  # clusters vs. cell types
     assert "total wall time" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
@@ -368,6 +384,70 @@ def test_unsupported_and_corrupt_files(tmp_path, capsys, monkeypatch):
     assert_error(
         run_in_process(capsys, "fit", tmp_path / "ragged.csv", "--rank", "1"), 1, "line 2 has 2 fields"
     )
+
+
+def test_input_is_checked_before_out(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "L.csv").write_text("keep me\n")  # would need --force
+    (tmp_path / "data.xlsx").write_bytes(b"PK")
+    assert_error(run_in_process(capsys, "fit", "data.xlsx", *FAST, "--out", out), 1, "unsupported file type")
+    assert_error(run_in_process(capsys, "fit", "gone.csv", *FAST, "--out", out), 1, "gone.csv: no such file")
+    assert_error(run_in_process(capsys, "rank", "data.xlsx", "--out", out), 1, "unsupported file type")
+    assert_error(run_in_process(capsys, "programs", "data.xlsx", "--out", out), 1, "unsupported file type")
+    (tmp_path / "data.npy").write_bytes(b"not a numpy file")
+    # a supported input with a bad --key is refused before the output directory, too
+    assert_error(run_in_process(capsys, "fit", "data.npy", *FAST, "--key", "Y", "--out", out), 1, "--key")
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self").is_dir(), reason="needs Linux's /proc (a file system nobody writes)"
+)
+def test_unwritable_out_is_reported_before_reading_the_input(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # a corrupt input: were --out checked after reading, the error would be "cannot read"
+    (tmp_path / "data.npy").write_bytes(b"not a numpy file")
+    # /proc refuses new files even to root, whom os.access calls "writable"
+    result = run_in_process(capsys, "fit", "data.npy", *FAST, "--out", "/proc/jnmf-out")
+    assert_error(result, 1, "cannot create output directory /proc/jnmf-out", "not writable")
+    result = run_in_process(capsys, "fit", "data.npy", *FAST, "--out", "/proc", "--force")
+    assert_error(result, 1, "output directory /proc is not writable")
+
+
+def test_planned_output_that_is_a_directory_is_refused_before_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.npy").write_bytes(b"not a numpy file")
+    (tmp_path / "out" / "summary.json").mkdir(parents=True)
+    result = run_in_process(capsys, "fit", "data.npy", *FAST, "--out", "out", "--force")
+    assert_error(result, 1, str(Path("out") / "summary.json"), "exists and is not a file")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".txt"])
+def test_gzipped_text_reads_as_the_plain_text(tmp_path, data, suffix):
+    import gzip
+
+    plain = tmp_path / f"data{suffix}"
+    if suffix == ".txt":
+        np.savetxt(plain, data)
+    else:
+        write_csv(plain, labeled_rows(data), delimiter="\t" if suffix == ".tsv" else ",")
+    packed = tmp_path / f"data{suffix}.GZ"  # the suffix is matched case-insensitively
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    want, got = read_matrix(plain), read_matrix(packed)
+    assert np.array_equal(got.values, want.values) and got.values.shape == (ROWS, COLUMNS)
+    assert got.row_names == want.row_names and got.column_names == want.column_names
+    assert (got.row_names is None) == (suffix == ".txt")
+
+
+def test_cli_fits_a_csv_gz(tmp_path, data, capsys, monkeypatch):
+    import gzip
+
+    monkeypatch.chdir(tmp_path)
+    text = "\n".join(",".join(map(str, row)) for row in labeled_rows(data)) + "\n"
+    (tmp_path / "data.csv.gz").write_bytes(gzip.compress(text.encode()))
+    assert run_in_process(capsys, "fit", "data.csv.gz", *FAST, "--out", "out", "--quiet").returncode == 0
+    assert [row[0] for row in read_csv_cells(tmp_path / "out" / "L.csv")[1:]] == ROW_NAMES
 
 
 def test_bad_rank_and_unknown_method(env, good_npy):
@@ -459,7 +539,8 @@ def test_help_lists_every_option_with_its_default(env, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     text = capsys.readouterr().out
-    assert "(default: 2-5)" in text and "(default: kl)" in text and "(default: jnmf-demo)" in text
+    assert "(default: 2-5)" in text and "(default: kl)" in text
+    assert "(default: a new temporary directory, printed)" in " ".join(text.split())
 
 
 # ----------------------------------------------------------------------------- helpers, in process
@@ -478,6 +559,22 @@ def test_pick_rank_is_the_last_before_the_first_drop():
     assert rank == 4 and "larger ranks" in reason
     # a difference the 4-decimal table does not show is not a drop
     assert pick_rank([2, 3, 4], [0.99991, 0.99989, 0.9])[0] == 3
+
+
+def test_answer_line_names_each_criterion_and_the_answer():
+    assert answer_line(2, 4) == (
+        "Consensus (cophenetic) picks 2; cross-validation picks 4; answer: 2, the consensus pick "
+        "(they disagree: compare the table and cv_error.png)"
+    )
+    assert answer_line(3, 3).endswith("answer: 3, the consensus pick (they agree)")
+    assert answer_line(5, None) == "Consensus (cophenetic) picks 5; answer: 5"
+
+
+def test_rank_help_documents_which_pick_is_the_answer(capsys):
+    with pytest.raises(SystemExit):
+        main(["rank", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "the answer is the consensus pick" in text and "second opinion" in text
 
 
 def test_dispersion_extremes():

@@ -416,3 +416,65 @@ def test_pipeline_clone_and_verbose(capsys):
     assert "epoch" in capsys.readouterr().out.lower()
     est = clone(pipe.steps[0][1])
     assert est.get_params()["n_components"] == 3 and not hasattr(est, "components_")
+
+
+# ----------------------------------------------------------------------- missing values
+
+
+def _with_nans(seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.random((24, 3)) @ rng.random((3, 16)) + 0.05
+    hidden = rng.random(X.shape) < 0.15
+    return X, np.where(hidden, np.nan, X), hidden
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_missing_nan_fits_and_transforms_around_the_gaps():
+    X, Xn, hidden = _with_nans()
+    with pytest.raises(ValueError, match="Input X contains NaN"):  # the default, as scikit-learn
+        jnmf.NMF(3).fit(Xn)
+    with pytest.raises(ValueError, match="'missing' parameter of NMF must be one of"):
+        jnmf.NMF(3, missing="zero").fit(X)
+    model = jnmf.NMF(3, missing="nan", max_iter=400, tol=1e-6, random_state=0)
+    W = model.fit_transform(Xn)
+    assert np.all(np.isfinite(W)) and np.all(np.isfinite(model.components_))
+    fitted = W @ model.components_
+    # the hidden entries are predicted from the rank-3 structure of the rest
+    assert np.sqrt(np.mean((fitted - X)[hidden] ** 2)) < 0.02 * np.sqrt(np.mean(X**2))
+    # reconstruction_err_ counts the observed entries only
+    assert model.reconstruction_err_ == pytest.approx(np.linalg.norm((X - fitted)[~hidden]), rel=1e-6)
+    # transform of the same rows with other gaps: W from their observed entries
+    other = np.random.default_rng(1).random(X.shape) < 0.15
+    W_other = model.transform(np.where(other, np.nan, X))
+    assert np.all(np.isfinite(W_other))
+    assert np.sqrt(np.mean((W_other @ model.components_ - X) ** 2)) < 0.02 * np.sqrt(np.mean(X**2))
+    assert model.__sklearn_tags__().input_tags.allow_nan
+    assert not jnmf.NMF().__sklearn_tags__().input_tags.allow_nan
+
+
+# ----------------------------------------------------------------------- cd stopping test
+
+
+@pytest.mark.parametrize(
+    ("tol", "penalties"), [(1e-2, {}), (1e-3, {}), (1e-3, {"alpha_W": 0.01, "l1_ratio": 0.5})]
+)
+def test_cd_stops_on_scikit_learns_violation_test(tol, penalties):
+    """solver="cd" stops when the projected-gradient violation of an iteration falls to
+    tol times the first iteration's, as scikit-learn's coordinate descent: from the same
+    start the iteration counts are equal and the errors agree."""
+    from sklearn.decomposition import NMF as SkNMF
+
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 5)) @ rng.random((5, 30)) + 0.05 * rng.random((40, 30))
+    W0, H0 = rng.random((40, 5)), rng.random((5, 30))
+    settings = dict(n_components=5, solver="cd", init="custom", tol=tol, max_iter=600, **penalties)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = jnmf.NMF(**settings)
+        W = ours.fit_transform(X, W=W0.copy(), H=H0.copy())
+        theirs = SkNMF(**settings)
+        W_sk = theirs.fit_transform(X, W=W0.copy(), H=H0.copy())
+    assert theirs.n_iter_ < 600  # scikit-learn stopped on its test, not the cap
+    assert abs(ours.n_iter_ - theirs.n_iter_) <= max(1, theirs.n_iter_ // 50)
+    assert ours.reconstruction_err_ == pytest.approx(theirs.reconstruction_err_, rel=1e-4)
+    np.testing.assert_allclose(W, W_sk, rtol=1e-3, atol=1e-6)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jnmf
 from jnmf import differentiable_fit
 from jnmf.implicit import kkt_conditions, solve
 from jnmf.problem import Problem
@@ -221,3 +222,46 @@ def test_grad_wrt_elementwise_weights_and_masked_data():
         fd = (refit(Mw + H * D) - refit(Mw - H * D)) / (2 * H)
         ad = float(jnp.sum(grad_M * D))
         assert abs(ad - fd) <= RTOL * max(abs(fd), 1e-8), (ad, fd)
+
+
+# The host-side surfaces cannot be traced: they say so and point at differentiable_fit
+# (whose derivatives the tests above check) before doing any work.
+TRACED_CALLS = {
+    "fit: grad of a penalty": (
+        "fit",
+        "lambda_2L",
+        lambda Y: jax.grad(lambda lam: jnmf.fit(Y, K, lambda_2L=lam).L.sum())(0.3),
+    ),
+    "fit: jit of Y": ("fit", "Y", lambda Y: jax.jit(lambda Y: jnmf.fit(Y, K).L)(Y)),
+    "fit: vmap of a weight": (
+        "fit",
+        "W_0R",
+        lambda Y: jax.vmap(lambda w: jnmf.fit(Y, K, W_0R=w).L)(jnp.ones((2, M))),
+    ),
+    "fit: grad of the starts": (
+        "fit",
+        "init",
+        lambda Y: jax.grad(lambda L0: jnmf.fit(Y, K, init=(L0, jnp.ones((K, N)))).L.sum())(jnp.ones((M, K))),
+    ),
+    "sweep: traced grid": (
+        "sweep",
+        "grid",
+        lambda Y: jax.grad(lambda lam: jnmf.sweep(Y, K, {"lambda_1L": [lam]}).loss.sum())(0.3),
+    ),
+    "consensus: jit of Y": ("consensus", "Y", lambda Y: jax.jit(lambda Y: jnmf.consensus(Y, K).rank)(Y)),
+    "cross_validate_rank: jit of Y": (
+        "cross_validate_rank",
+        "Y",
+        lambda Y: jax.jit(lambda Y: jnmf.cross_validate_rank(Y, [2, 3]).rank)(Y),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRACED_CALLS))
+def test_host_surfaces_refuse_tracers_naming_differentiable_fit(case):
+    caller, name, call = TRACED_CALLS[case]
+    Y, *_ = data()
+    with pytest.raises(ValueError, match=rf"^{caller}\(\) cannot run under a JAX transformation") as err:
+        call(Y)
+    assert f"{name} is a traced value" in str(err.value)
+    assert "jnmf.differentiable_fit(Y, L0, R0" in str(err.value)

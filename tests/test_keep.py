@@ -122,10 +122,26 @@ def test_newer_format_version_is_refused_naming_both(tmp_path):
         jnmf.load(tmp_path / "other.npz")
 
 
+def test_load_takes_the_name_given_to_save(tmp_path, monkeypatch):
+    res = quiet_fit(small_data(), 2, max_iterations=10)
+    monkeypatch.chdir(tmp_path)
+    written = res.save("fit")  # the method returns the path it wrote
+    assert written == Path("fit.npz") and written.exists()
+    back = jnmf.load("fit")  # the same name: .npz appended because "fit" does not exist
+    assert_same_arrays(res.L, back.L, "L")
+    assert jnmf.load("fit.npz").best == res.best
+    # a file that exists under the given name is read as it is, not name + ".npz"
+    Path("fit").write_bytes(b"not a result")
+    with pytest.raises(ValueError):
+        jnmf.load("fit")
+    with pytest.raises(FileNotFoundError, match=r"no saved jnmf result at nothing or nothing\.npz"):
+        jnmf.load("nothing")
+
+
 def test_sweep_result_round_trip(tmp_path):
     sw = jnmf.sweep(small_data(), 2, {"lambda_1L": [0.0, 0.1, 1.0]}, restarts=2, max_iterations=15)
-    sw.save(tmp_path / "sweep.npz")
-    back = jnmf.load(tmp_path / "sweep.npz")
+    assert sw.save(tmp_path / "sweep") == tmp_path / "sweep.npz"
+    back = jnmf.load(tmp_path / "sweep")
     assert isinstance(back, jnmf.SweepResult)
     assert list(back.settings) == ["lambda_1L"]
     assert_same_arrays(sw.settings["lambda_1L"], back.settings["lambda_1L"], "grid")

@@ -91,7 +91,11 @@ def test_cv_error_from_arrays(tmp_path):
     line = ax.containers[0].lines[0]
     assert list(line.get_xdata()) == [2, 3, 4]
     assert ax.get_lines()[-1].get_xdata()[0] == 3  # the selected rank's vertical line
+    assert ax.get_yscale() == "log" and ax.get_ylabel() == "test MSE (log scale)"
     assert saves_png(fig, tmp_path)
+    # an exact zero error cannot go on a log axis: linear, labelled without "log"
+    ax = plot.cv_error([2, 3], [0.5, 0.0]).axes[0]
+    assert ax.get_yscale() == "linear" and ax.get_ylabel() == "test MSE"
 
 
 def test_cv_error_from_a_duck_typed_result(tmp_path):
@@ -104,6 +108,7 @@ def test_cv_error_from_a_duck_typed_result(tmp_path):
     assert len(ax.containers) == 2  # test and training error
     assert np.allclose(ax.containers[0].lines[0].get_ydata(), [0.6, 0.4, 0.5])  # mean over repeats
     assert "selected rank 3" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert ax.get_yscale() == "log" and ax.get_ylabel() == "MSE (log scale)"  # test and training
     assert saves_png(fig, tmp_path)
     with pytest.raises(ValueError, match="3 ranks but 2 errors"):
         plot.cv_error([2, 3, 4], [1.0, 2.0])

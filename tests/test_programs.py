@@ -178,7 +178,7 @@ def test_save_and_load_round_trip(survey, tmp_path):
         for name in ("spectra", "consensus", "usages", "density", "kept", "labels", "iterations", "status"):
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
         np.testing.assert_array_equal(a.replicate_spectra, b.replicate_spectra)
-    assert jnmf.Programs.load(path).best_rank == res.best_rank
+    assert jnmf.Programs.load(tmp_path / "programs").best_rank == res.best_rank  # the name given to save
 
 
 def test_kmeans_and_silhouette_match_definitions():

@@ -108,7 +108,7 @@ def test_scalar_penalties_must_be_scalars(key):
 
 
 def test_objective_rejects_unknown_and_negative_penalties():
-    with pytest.raises(ValueError, match="unknown penalty keyword"):
+    with pytest.raises(ValueError, match=r"^objective\(\) got an unknown argument 'lambda_3'"):
         jnmf.objective(Y, L, R, lambda_3=1.0)
     with pytest.raises(ValueError, match=r"^gamma_2R must be a finite number >= 0"):
         jnmf.objective(Y, L, R, gamma_2R=-1.0)
@@ -278,3 +278,42 @@ def test_integer_weight_arrays_are_rejected(name):
         kw["W_2CL"] = 1.0
     with pytest.raises(ValueError, match=name):
         jnmf.gaurnmf(Y, L, R, **kw)
+
+
+# An unknown keyword names the function called and its close matches, before any work.
+UNKNOWN_KEYWORD_CALLS = {
+    "fit": lambda **kw: jnmf.fit(Y, K, **kw),
+    "sweep": lambda **kw: jnmf.sweep(Y, K, {"lambda_1L": [0.0, 1.0]}, **kw),
+    "programs": lambda **kw: jnmf.programs(Y, K, replicates=2, **kw),
+    "differentiable_fit": lambda **kw: jnmf.differentiable_fit(Y, L, R, **kw),
+    "build_problem": lambda **kw: jnmf.build_problem(Y, K, **kw),
+}
+
+
+@pytest.mark.parametrize("caller", sorted(UNKNOWN_KEYWORD_CALLS))
+def test_unknown_keyword_names_the_function_and_close_matches(caller):
+    call = UNKNOWN_KEYWORD_CALLS[caller]
+    head = rf"^{caller}\(\) got an unknown argument"
+    with pytest.raises(ValueError, match=rf"{head} 'lamda_1L'; did you mean 'lambda_1L'"):
+        call(lamda_1L=0.5)
+    # no close match: the penalty keywords are listed instead
+    with pytest.raises(ValueError, match=rf"{head} 'mesh' \(penalty keywords: lambda_1L"):
+        call(mesh=object())
+
+
+def test_unknown_keywords_suggest_arguments_case_insensitively():
+    with pytest.raises(ValueError, match=r"'max_iteration'; did you mean 'max_iterations'\?"):
+        jnmf.fit(Y, K, max_iteration=3)
+    with pytest.raises(
+        ValueError,
+        match=r"^sweep\(\) got unknown arguments 'gama_2r' \(did you mean 'gamma_2R'.*\), 'zzz'$",
+    ):
+        jnmf.sweep(Y, K, {"lambda_1L": [0.0]}, zzz=1, gama_2r=1.0)
+
+
+def test_surfaces_without_penalty_keywords_name_themselves():
+    # consensus and cross_validate_rank take no penalties: Python itself names them
+    with pytest.raises(TypeError, match=r"consensus\(\) got an unexpected keyword argument 'lambda_1L'"):
+        jnmf.consensus(Y, [2, 3], lambda_1L=1.0)
+    with pytest.raises(TypeError, match=r"cross_validate_rank\(\) got an unexpected keyword argument"):
+        jnmf.cross_validate_rank(Y, [2, 3], lambda_1L=1.0)
