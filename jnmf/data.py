@@ -784,6 +784,146 @@ class RowBlock(DataOperator):
         return self.block.dense()
 
 
+class RowShardedData(DataOperator):
+    """A dense ``m x n`` Y whose rows are split over the devices of a 1-D mesh
+    (``NamedSharding(mesh, P(axis, None))``): each device holds one row block, the
+    block's rows of L (``Lt`` sharded on its columns) and a replicated R.
+
+    Every method runs the dense operator of the device's own row block
+    (:class:`DenseData`) inside ``jax.shard_map``, as streaming sums its row blocks
+    (jnmf/streaming.py): the R step's ``Lt Y`` (``k x n``) and the losses are sums over
+    blocks (``psum``, one all-reduce each), the L step's ``R Y'`` is local (``k x m``,
+    sharded on m).  Y is never gathered.  ``m`` must be a multiple of the mesh size.
+    """
+
+    Y: Array
+    inv_scale: Array
+    mesh: jax.sharding.Mesh = eqx.field(static=True)
+
+    def __init__(self, Y, mesh, inv_scale=None):
+        self.Y = Y
+        self.mesh = mesh
+        self.inv_scale = _as_scale(1.0 if inv_scale is None else inv_scale, Y.dtype)
+
+    @property
+    def axis(self) -> str:
+        return self.mesh.axis_names[0]
+
+    @property
+    def shape(self):
+        return tuple(self.Y.shape)
+
+    @property
+    def dtype(self):
+        return self.Y.dtype
+
+    def _rows(self):
+        return jax.sharding.PartitionSpec(self.axis, None)
+
+    def _cols(self):
+        return jax.sharding.PartitionSpec(None, self.axis)
+
+    def _shard(self, f, in_specs, out_specs, *args):
+        """``f(block, *args)`` on every device's row block (a :class:`DenseData`)."""
+
+        def body(Y, inv_scale, *rest):
+            return f(DenseData(Y, inv_scale), *rest)
+
+        P = jax.sharding.PartitionSpec
+        return jax.shard_map(
+            body, mesh=self.mesh, in_specs=(self._rows(), P(), *in_specs), out_specs=out_specs
+        )(self.Y, self.inv_scale, *args)
+
+    def _psum(self, x):
+        return lax.psum(x, self.axis)
+
+    def scaled(self, scale):
+        return RowShardedData(self.Y, self.mesh, self.inv_scale / jnp.asarray(scale, self.dtype))
+
+    def product_R(self, Ft):
+        P = jax.sharding.PartitionSpec
+        return self._shard(lambda b, F: self._psum(b.product_R(F)), (self._cols(),), P(), Ft)
+
+    def product_L(self, R):
+        P = jax.sharding.PartitionSpec
+        return self._shard(lambda b, R: b.product_L(R), (P(),), self._cols(), R)
+
+    def _check_weights(self, W_0R, W_0C):
+        if W_0R.kind != "identity" or W_0C.kind != "identity":
+            raise ValueError("W_0R / W_0C are not supported with row-sharded data (mesh)")
+
+    def half_norm(self, W_0R, W_0C):
+        self._check_weights(W_0R, W_0C)
+        P = jax.sharding.PartitionSpec
+        return self._shard(lambda b: self._psum(b.half_norm(W_0R, W_0C)), (), P())
+
+    def loss(self, L, R, W_0R, W_0C):
+        self._check_weights(W_0R, W_0C)
+        P = jax.sharding.PartitionSpec
+        return self._shard(lambda b, L, R: self._psum(b.loss(L, R, W_0R, W_0C)), (self._rows(), P()), P(), L, R)
+
+    def stored(self):
+        return self.Y * self.inv_scale
+
+    def sampled(self, Lt, R):
+        return Lt.T @ R
+
+    def entry_weights(self, w, v):
+        return w[:, None] * v[None, :]
+
+    def with_stored(self, values):
+        return RowShardedData(values, self.mesh)
+
+    def maximum(self):
+        P = jax.sharding.PartitionSpec
+        return self._shard(lambda b: lax.pmax(b.maximum(), self.axis), (), P())
+
+    def mean(self):
+        P = jax.sharding.PartitionSpec
+        m, n = self.shape
+        return self._shard(lambda b: self._psum(jnp.sum(b.Y)) / (m * n) * b.inv_scale, (), P())
+
+    def row_block(self, start, stop):
+        return DenseData(self.Y[start:stop], self.inv_scale)
+
+    def dense(self):
+        return self.Y * self.inv_scale
+
+
+def row_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+    """The sharding of an ``m x n`` matrix split by rows over a 1-D ``mesh``."""
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names[0], None))
+
+
+def check_mesh(name: str, mesh, rows: int) -> jax.sharding.Mesh:
+    """A 1-D :class:`jax.sharding.Mesh` whose size divides ``rows`` (ValueError naming ``name``)."""
+    if not isinstance(mesh, jax.sharding.Mesh):
+        raise ValueError(f"{name} must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+    if len(mesh.axis_names) != 1:
+        raise ValueError(f"{name} must be a 1-D mesh (one axis, the rows), got axes {mesh.axis_names}")
+    size = mesh.devices.size
+    if rows % size:
+        raise ValueError(f"{name} has {size} devices, which must divide the {rows} rows of Y")
+    return mesh
+
+
+def mesh_of(Y) -> jax.sharding.Mesh | None:
+    """The 1-D mesh of a jax.Array sharded by rows (``NamedSharding(mesh, P(axis, None))``), else None."""
+    sharding = getattr(Y, "sharding", None)
+    if not isinstance(sharding, jax.sharding.NamedSharding) or len(sharding.mesh.axis_names) != 1:
+        return None
+    spec = tuple(sharding.spec) + (None,) * (2 - len(sharding.spec))
+    if spec[0] == sharding.mesh.axis_names[0] and spec[1] is None and sharding.mesh.devices.size > 1:
+        return sharding.mesh
+    return None
+
+
+def sharded_operator(Y, mesh: jax.sharding.Mesh) -> RowShardedData:
+    """A :class:`RowShardedData` of a validated ``Y`` (host array or jax.Array) on ``mesh``:
+    placed with :func:`row_sharding` (a no-op for an array already sharded that way)."""
+    return RowShardedData(jax.device_put(Y, row_sharding(mesh)), mesh)
+
+
 # ------------------------------------------------------------------------ construction
 def is_sparse_input(x) -> bool:
     """Whether ``x`` is a scipy.sparse matrix/array or a ``jax.experimental.sparse`` BCOO/BCSR."""

@@ -36,7 +36,16 @@ from jaxtyping import Array
 from . import _validate as check
 from .batch import batching_strategy, run_grid, run_restarts
 from .checkpoint import checkpoint_directory, describe, run_checkpointed
-from .data import DataOperator, dense_operator, is_sparse_input, sparse_operator
+from .data import (
+    DataOperator,
+    check_mesh,
+    dense_operator,
+    is_sparse_input,
+    mesh_of,
+    row_sharding,
+    sharded_operator,
+    sparse_operator,
+)
 from .driver import CONVERGED, NONFINITE, STATUS, Stopping, status_names
 from .init import INITIALIZERS, initialize
 from .problem import REPLACEABLE, Problem, build_problem, check_replacements, scale_factors
@@ -487,6 +496,20 @@ def _zero_fit(s: _Setup, return_all: bool, history_size: int, settings: dict) ->
     )
 
 
+def _check_mesh_fit(Y, mesh, restarts, M, missing, W_0R, W_0C) -> None:
+    """What a row-sharded fit refuses, on the host (ValueError naming the argument)."""
+    if is_sparse_input(Y):
+        raise ValueError("mesh: sparse Y cannot be fitted row-sharded yet; pass a dense Y")
+    check_mesh("mesh", mesh, int(np.shape(Y)[0]) if np.ndim(Y) == 2 else 0)
+    if restarts != 1:
+        raise ValueError(f"restarts must be 1 with mesh (row-sharded fits run one start), got {restarts!r}")
+    for name, value in (("M", M), ("W_0R", W_0R), ("W_0C", W_0C)):
+        if value is not None:
+            raise ValueError(f"{name} is not supported with mesh (row-sharded fits)")
+    if missing != "error":
+        raise ValueError(f"missing={missing!r} is not supported with mesh (row-sharded fits)")
+
+
 def fit(
     Y,
     rank: int,
@@ -511,6 +534,7 @@ def fit(
     missing: str = "error",
     W_0R=None,
     W_0C=None,
+    mesh: jax.sharding.Mesh | None = None,
     **penalties,
 ) -> FitResult:
     """Factor a non-negative ``Y ~ L R`` at ``rank`` (eq. 3 of Pav 2024, or KL).
@@ -552,6 +576,16 @@ def fit(
             are missing (weight 0; combined with ``M`` when given).
         W_0R, W_0C, **penalties: weights and penalties of eq. 3 / eq. 4, as for
             :func:`jnmf.problem.build_problem` (``lambda_1L`` ... ``gamma_2R``, ``W_1L`` ...).
+        mesh: a 1-D :class:`jax.sharding.Mesh` (one axis, e.g. ``"rows"``) to fit on
+            several devices: dense Y and L are split by rows over the mesh's devices, R
+            is replicated, and each iteration reduces only ``k x n`` and ``k x k``
+            partial sums across devices (Y and L are never gathered).  A jax.Array Y
+            already sharded by rows (``NamedSharding(mesh, P("rows", None))``) is
+            fitted on its own mesh without ``mesh=``.  The returned L keeps the row
+            sharding, R is replicated.  The mesh size must divide ``m``; sparse Y,
+            ``M``, ``missing``, ``W_0R`` / ``W_0C`` and ``restarts > 1`` are refused.
+            Methods: the Frobenius rules with dense updates (``"mu"``, ``"hals"``,
+            ``"ahals"``, ...), results equal to the one-device fit up to rounding.
 
     Returns:
         A :class:`FitResult` (its ``settings`` record the arguments).  Warns
@@ -562,7 +596,15 @@ def fit(
         FloatingPointError: every restart became non-finite (a bug for valid input).
     """
     overrides = dict(max_iterations=max_iterations, tol=tol, min_xstep=min_xstep, rel_tol=rel_tol)
+    mesh = mesh if mesh is not None else mesh_of(Y)
+    if mesh is not None:
+        _check_mesh_fit(Y, mesh, restarts, M, missing, W_0R, W_0C)
     s = _setup(Y, rank, method, init, restarts, key, stopping, overrides, M, missing)
+    if mesh is not None:
+        # the validated host copy is dropped: Y lives on the mesh, split by rows (a Y
+        # already sharded that way stays where it is)
+        same = isinstance(Y, jax.Array) and Y.dtype == s.Y.dtype
+        s = dataclasses.replace(s, Y=sharded_operator(Y if same else s.Y, mesh))
     pipe = pipeline(s, W_0R=W_0R, W_0C=W_0C, **penalties)
     settings = fit_settings(
         s, method, init, key, normalize, history_size, strategy, W_0R, W_0C, penalties, pipe.problem
@@ -571,6 +613,10 @@ def fit(
     if float(s.scale) == 1.0 and not _any_nonzero(s.Y):
         return _zero_fit(s, return_all, history_size, settings)
     L0, R0 = pipe.starts(init)
+    if mesh is not None:
+        P = jax.sharding.PartitionSpec
+        L0 = jax.device_put(L0, jax.sharding.NamedSharding(mesh, P(None, mesh.axis_names[0], None)))
+        R0 = jax.device_put(R0, jax.sharding.NamedSharding(mesh, P()))
     unit = pipe.unit  # objectives scale as Y^degree
     monitor = None
     if verbose or progress:
@@ -599,9 +645,13 @@ def fit(
     all_status = np.asarray(res.status)
     best = _pick_best(objectives, all_status)
     _warn_status(int(all_status[best]), "the best fit")
+    L_best, R_best = L[best], R[best]
+    if mesh is not None:
+        L_best = jax.device_put(L_best, row_sharding(mesh))
+        R_best = jax.device_put(R_best, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     result = FitResult(
-        L=L[best],
-        R=R[best],
+        L=L_best,
+        R=R_best,
         objective=objectives[best],
         iterations=res.iterations[best],
         converged=res.converged[best],
