@@ -860,7 +860,8 @@ class RowShardedData(DataOperator):
     def loss(self, L, R, W_0R, W_0C):
         self._check_weights(W_0R, W_0C)
         P = jax.sharding.PartitionSpec
-        return self._shard(lambda b, L, R: self._psum(b.loss(L, R, W_0R, W_0C)), (self._rows(), P()), P(), L, R)
+        local = lambda b, L, R: self._psum(b.loss(L, R, W_0R, W_0C))  # noqa: E731
+        return self._shard(local, (self._rows(), P()), P(), L, R)
 
     def stored(self):
         return self.Y * self.inv_scale
