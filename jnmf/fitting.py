@@ -496,13 +496,11 @@ def _zero_fit(s: _Setup, return_all: bool, history_size: int, settings: dict) ->
     )
 
 
-def _check_mesh_fit(Y, mesh, restarts, M, missing, W_0R, W_0C) -> None:
+def _check_mesh_fit(Y, mesh, M, missing, W_0R, W_0C) -> None:
     """What a row-sharded fit refuses, on the host (ValueError naming the argument)."""
     if is_sparse_input(Y):
         raise ValueError("mesh: sparse Y cannot be fitted row-sharded yet; pass a dense Y")
     check_mesh("mesh", mesh, int(np.shape(Y)[0]) if np.ndim(Y) == 2 else 0)
-    if restarts != 1:
-        raise ValueError(f"restarts must be 1 with mesh (row-sharded fits run one start), got {restarts!r}")
     for name, value in (("M", M), ("W_0R", W_0R), ("W_0C", W_0C)):
         if value is not None:
             raise ValueError(f"{name} is not supported with mesh (row-sharded fits)")
@@ -582,10 +580,10 @@ def fit(
             partial sums across devices (Y and L are never gathered).  A jax.Array Y
             already sharded by rows (``NamedSharding(mesh, P("rows", None))``) is
             fitted on its own mesh without ``mesh=``.  The returned L keeps the row
-            sharding, R is replicated.  The mesh size must divide ``m``; sparse Y,
-            ``M``, ``missing``, ``W_0R`` / ``W_0C`` and ``restarts > 1`` are refused.
-            Methods: the Frobenius rules with dense updates (``"mu"``, ``"hals"``,
-            ``"ahals"``, ...), results equal to the one-device fit up to rounding.
+            sharding, R is replicated.  Restarts are batched as on one device.  The
+            mesh size must divide ``m``; sparse Y, ``M``, ``missing`` and ``W_0R`` /
+            ``W_0C`` are refused.  Tested for ``"mu"``, ``"hals"``, ``"ahals"``,
+            ``"au"`` and ``"kl"``: results equal the one-device fit up to rounding.
 
     Returns:
         A :class:`FitResult` (its ``settings`` record the arguments).  Warns
@@ -598,7 +596,7 @@ def fit(
     overrides = dict(max_iterations=max_iterations, tol=tol, min_xstep=min_xstep, rel_tol=rel_tol)
     mesh = mesh if mesh is not None else mesh_of(Y)
     if mesh is not None:
-        _check_mesh_fit(Y, mesh, restarts, M, missing, W_0R, W_0C)
+        _check_mesh_fit(Y, mesh, M, missing, W_0R, W_0C)
     s = _setup(Y, rank, method, init, restarts, key, stopping, overrides, M, missing)
     if mesh is not None:
         # the validated host copy is dropped: Y lives on the mesh, split by rows (a Y
