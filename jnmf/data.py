@@ -919,10 +919,51 @@ def mesh_of(Y) -> jax.sharding.Mesh | None:
     return None
 
 
-def sharded_operator(Y, mesh: jax.sharding.Mesh) -> RowShardedData:
-    """A :class:`RowShardedData` of a validated ``Y`` (host array or jax.Array) on ``mesh``:
-    placed with :func:`row_sharding` (a no-op for an array already sharded that way)."""
-    return RowShardedData(jax.device_put(Y, row_sharding(mesh)), mesh)
+@jax.jit
+def _finite_and_min(Y: Array) -> tuple[Array, Array]:
+    return jnp.all(jnp.isfinite(Y)), jnp.min(Y)
+
+
+def sharded_operator(name: str, Y, mesh: jax.sharding.Mesh) -> RowShardedData:
+    """A validated :class:`RowShardedData` of ``Y`` on ``mesh``, split by rows
+    (:func:`row_sharding`).
+
+    Args:
+        name: the argument's name, for error messages.
+        Y: a host array (validated on the host, then placed) or a jax.Array (validated on
+            its devices: two scalar reductions, no host copy; an array already sharded by
+            rows stays where it is).
+        mesh: a 1-D mesh whose size divides Y's rows (:func:`check_mesh`).
+
+    Returns:
+        The operator, in the fit dtype (:func:`jnmf._validate.float_dtype`).
+
+    Raises:
+        ValueError: naming ``name``: a bad shape, dtype or value, or a mesh that does not fit.
+    """
+    from . import _validate as check
+
+    if not isinstance(Y, jax.Array) or check.is_traced(Y):
+        Y = check.data(name, Y)
+        check_mesh("mesh", mesh, Y.shape[0])
+        return RowShardedData(jax.device_put(Y, row_sharding(mesh)), mesh)
+    if not (jnp.issubdtype(Y.dtype, jnp.floating) or np.dtype(Y.dtype).kind in "iub"):
+        raise ValueError(f"{name} must be a real numeric array, got dtype {Y.dtype}")
+    if Y.ndim != 2:
+        raise ValueError(f"{name} must be a 2-d matrix, got shape {tuple(Y.shape)}")
+    if Y.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(Y.shape)}")
+    check_mesh("mesh", mesh, Y.shape[0])
+    Y = jax.device_put(Y, row_sharding(mesh))
+    dtype = check.float_dtype(Y)
+    if Y.dtype != dtype:
+        Y = jax.jit(lambda x: x.astype(dtype), out_shardings=row_sharding(mesh))(Y)
+    finite, low = _finite_and_min(Y)
+    if not bool(finite):
+        raise ValueError(f"{name} must be finite; it contains NaN or infinite entries")
+    if float(low) < 0:
+        raise ValueError(f"{name} must be non-negative; it has entries < 0 (min {float(low)})")
+    return RowShardedData(Y, mesh)
 
 
 # ------------------------------------------------------------------------ construction

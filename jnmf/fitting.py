@@ -38,6 +38,7 @@ from .batch import batching_strategy, run_grid, run_restarts
 from .checkpoint import checkpoint_directory, describe, run_checkpointed
 from .data import (
     DataOperator,
+    RowShardedData,
     check_mesh,
     dense_operator,
     is_sparse_input,
@@ -272,6 +273,8 @@ def validated_data(Y, M=None, missing: str = "error"):
     """
     if missing not in MISSING:
         raise ValueError(f"missing must be one of {MISSING}, got {missing!r}")
+    if isinstance(Y, RowShardedData):  # validated by sharded_operator (fit with a mesh)
+        return Y, None
     if is_sparse_input(Y):
         if M is not None:
             raise ValueError(
@@ -500,7 +503,7 @@ def _check_mesh_fit(Y, mesh, M, missing, W_0R, W_0C) -> None:
     """What a row-sharded fit refuses, on the host (ValueError naming the argument)."""
     if is_sparse_input(Y):
         raise ValueError("mesh: sparse Y cannot be fitted row-sharded yet; pass a dense Y")
-    check_mesh("mesh", mesh, int(np.shape(Y)[0]) if np.ndim(Y) == 2 else 0)
+    check_mesh("mesh", mesh, 0)  # the rows are checked with Y (sharded_operator)
     for name, value in (("M", M), ("W_0R", W_0R), ("W_0C", W_0C)):
         if value is not None:
             raise ValueError(f"{name} is not supported with mesh (row-sharded fits)")
@@ -597,12 +600,8 @@ def fit(
     mesh = mesh if mesh is not None else mesh_of(Y)
     if mesh is not None:
         _check_mesh_fit(Y, mesh, M, missing, W_0R, W_0C)
+        Y = sharded_operator("Y", Y, mesh)  # Y lives on the mesh, split by rows
     s = _setup(Y, rank, method, init, restarts, key, stopping, overrides, M, missing)
-    if mesh is not None:
-        # the validated host copy is dropped: Y lives on the mesh, split by rows (a Y
-        # already sharded that way stays where it is)
-        same = isinstance(Y, jax.Array) and Y.dtype == s.Y.dtype
-        s = dataclasses.replace(s, Y=sharded_operator(Y if same else s.Y, mesh))
     pipe = pipeline(s, W_0R=W_0R, W_0C=W_0C, **penalties)
     settings = fit_settings(
         s, method, init, key, normalize, history_size, strategy, W_0R, W_0C, penalties, pipe.problem

@@ -72,7 +72,7 @@ SCRIPT = textwrap.dedent(
     pattern = re.compile(r"= (.+?) (" + kinds + r")(?:-start)?\\(")
     for method in {hlo_methods!r}:
         rule = make_rule(method)
-        problem = build_problem(sharded_operator(Y, mesh), k)
+        problem = build_problem(sharded_operator("Y", Y, mesh), k)
         L0 = jax.device_put(jnp.full((b, m, k), 0.5), NamedSharding(mesh, P(None, "rows", None)))
         R0 = jax.device_put(jnp.full((b, k, n), 0.5), NamedSharding(mesh, P()))
         states, opts, strategy = _prepare(rule, problem, L0, R0, None, {{}}, 50, None, None)
@@ -184,6 +184,13 @@ def _one_device_mesh(shape=(1,), names=("rows",)):
 def test_bad_mesh_arguments_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         jnmf.fit(Y_SMALL, 2, **kwargs)
+
+
+@pytest.mark.parametrize("bad, match", [(-1.0, "Y must be non-negative"), (np.nan, "Y must be finite")])
+def test_device_array_y_is_validated_on_its_devices(bad, match):
+    Y = jax.numpy.asarray(Y_SMALL).at[3, 2].set(bad)
+    with pytest.raises(ValueError, match=match):
+        jnmf.fit(Y, 2, mesh=_one_device_mesh())
 
 
 def test_sparse_y_with_mesh_is_refused():
