@@ -39,12 +39,14 @@ from .checkpoint import checkpoint_directory, describe, run_checkpointed
 from .data import (
     DataOperator,
     RowShardedData,
+    RowShardedSparse,
     check_mesh,
     dense_operator,
     is_sparse_input,
     mesh_of,
     row_sharding,
     sharded_operator,
+    sharded_sparse,
     sparse_operator,
 )
 from .driver import CONVERGED, NONFINITE, STATUS, Stopping, status_names
@@ -273,7 +275,7 @@ def validated_data(Y, M=None, missing: str = "error"):
     """
     if missing not in MISSING:
         raise ValueError(f"missing must be one of {MISSING}, got {missing!r}")
-    if isinstance(Y, RowShardedData):  # validated by sharded_operator (fit with a mesh)
+    if isinstance(Y, RowShardedData | RowShardedSparse):  # validated already (fit with a mesh)
         return Y, None
     if is_sparse_input(Y):
         if M is not None:
@@ -501,8 +503,6 @@ def _zero_fit(s: _Setup, return_all: bool, history_size: int, settings: dict) ->
 
 def _check_mesh_fit(Y, mesh, M, missing, W_0R, W_0C) -> None:
     """What a row-sharded fit refuses, on the host (ValueError naming the argument)."""
-    if is_sparse_input(Y):
-        raise ValueError("mesh: sparse Y cannot be fitted row-sharded yet; pass a dense Y")
     check_mesh("mesh", mesh, 0)  # the rows are checked with Y (sharded_operator)
     for name, value in (("M", M), ("W_0R", W_0R), ("W_0C", W_0C)):
         if value is not None:
@@ -600,7 +600,12 @@ def fit(
     mesh = mesh if mesh is not None else mesh_of(Y)
     if mesh is not None:
         _check_mesh_fit(Y, mesh, M, missing, W_0R, W_0C)
-        Y = sharded_operator("Y", Y, mesh)  # Y lives on the mesh, split by rows
+        # Y lives on the mesh, split by rows
+        Y = (
+            sharded_sparse(sparse_operator("Y", Y), mesh)
+            if is_sparse_input(Y)
+            else sharded_operator("Y", Y, mesh)
+        )
     s = _setup(Y, rank, method, init, restarts, key, stopping, overrides, M, missing)
     pipe = pipeline(s, W_0R=W_0R, W_0C=W_0C, **penalties)
     settings = fit_settings(

@@ -23,18 +23,19 @@ import jnmf
 
 M_ROWS, N_COLS, RANK, DEVICES, RESTARTS = 24, 10, 3, 4, 2
 METHODS = ("mu", "hals", "ahals", "au", "kl")
-HLO_METHODS = ("mu", "hals", "kl")
+HLO_METHODS = ("mu", "hals", "kl", "sparse-hals")
+SPARSE_METHODS = ("mu", "hals")
 COLLECTIVES = ("all-reduce", "all-gather", "all-to-all", "collective-permute", "reduce-scatter")
 
 SCRIPT = textwrap.dedent(
     """
     import json, re, sys
-    import jax, jax.numpy as jnp, numpy as np
+    import jax, jax.numpy as jnp, numpy as np, scipy.sparse as sp
     jax.config.update("jax_enable_x64", True)
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     import jnmf
     from jnmf.batch import _prepare, _restarts
-    from jnmf.data import sharded_operator
+    from jnmf.data import sharded_operator, sharded_sparse, sparse_operator
     from jnmf.problem import build_problem
     from jnmf.rules import make_rule
 
@@ -62,6 +63,13 @@ SCRIPT = textwrap.dedent(
         kw = dict(method=method, max_iterations=15, tol=0.0, restarts=b, key=3)
         out["fits"][method] = describe(jnmf.fit(Y, k, **kw), jnmf.fit(Y, k, mesh=mesh, **kw))
 
+    # sparse Y, one device's row block without stored entries
+    Ysp = sp.random(m, n, density=0.3, format="csr", random_state=0)
+    Ysp = sp.vstack([Ysp[: m // 4], sp.csr_matrix((m // 4, n)), Ysp[m // 2 :]]).tocsr()
+    for method in {sparse_methods!r}:
+        kw = dict(method=method, max_iterations=15, tol=0.0, restarts=b, key=3)
+        out["fits"]["sparse-" + method] = describe(jnmf.fit(Ysp, k, **kw), jnmf.fit(Ysp, k, mesh=mesh, **kw))
+
     # a Y already sharded by rows: fitted on its own mesh, no mesh= needed
     Ys = jax.device_put(Y, NamedSharding(mesh, P("rows", None)))
     kw = dict(method="hals", max_iterations=15, tol=0.0, key=5)
@@ -71,8 +79,12 @@ SCRIPT = textwrap.dedent(
     kinds = "|".join({collectives!r})
     pattern = re.compile(r"= (.+?) (" + kinds + r")(?:-start)?\\(")
     for method in {hlo_methods!r}:
-        rule = make_rule(method)
-        problem = build_problem(sharded_operator("Y", Y, mesh), k)
+        rule = make_rule(method.removeprefix("sparse-"))
+        if method.startswith("sparse-"):
+            data = sharded_sparse(sparse_operator("Y", Ysp), mesh)
+        else:
+            data = sharded_operator("Y", Y, mesh)
+        problem = build_problem(data, k)
         L0 = jax.device_put(jnp.full((b, m, k), 0.5), NamedSharding(mesh, P(None, "rows", None)))
         R0 = jax.device_put(jnp.full((b, k, n), 0.5), NamedSharding(mesh, P()))
         states, opts, strategy = _prepare(rule, problem, L0, R0, None, {{}}, 50, None, None)
@@ -101,6 +113,7 @@ SCRIPT = textwrap.dedent(
     d=DEVICES,
     methods=METHODS,
     hlo_methods=HLO_METHODS,
+    sparse_methods=SPARSE_METHODS,
     collectives=COLLECTIVES,
 )
 
@@ -132,6 +145,13 @@ def test_sharded_fit_equals_one_device_fit(report, method):
     assert fit["dL"] < 1e-10 and fit["dR"] < 1e-10, fit
     assert fit["dobj"] < 1e-10, fit
     assert fit["best"][0] == fit["best"][1]
+    _check_layout(fit)
+
+
+@pytest.mark.parametrize("method", SPARSE_METHODS)
+def test_sharded_sparse_fit_equals_one_device_fit(report, method):
+    fit = report["fits"]["sparse-" + method]
+    assert fit["dL"] < 1e-10 and fit["dR"] < 1e-10 and fit["dobj"] < 1e-10, fit
     _check_layout(fit)
 
 
@@ -193,9 +213,17 @@ def test_device_array_y_is_validated_on_its_devices(bad, match):
         jnmf.fit(Y, 2, mesh=_one_device_mesh())
 
 
-def test_sparse_y_with_mesh_is_refused():
-    with pytest.raises(ValueError, match="mesh: sparse Y"):
-        jnmf.fit(scipy.sparse.random(8, 5, density=0.5, format="csr"), 2, mesh=_one_device_mesh())
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(method="kl"), "Frobenius methods only"),
+        (dict(missing="unstored"), "missing='unstored' is not supported with mesh"),
+    ],
+)
+def test_sparse_y_with_mesh_refuses_what_it_cannot_do(kwargs, match):
+    Y = scipy.sparse.random(8, 5, density=0.5, format="csr", random_state=2)
+    with pytest.raises(ValueError, match=match):
+        jnmf.fit(Y, 2, mesh=_one_device_mesh(), max_iterations=2, **kwargs)
 
 
 @pytest.mark.filterwarnings("ignore::jnmf.fitting.ConvergenceWarning")
