@@ -802,10 +802,19 @@ class _RowSharded(DataOperator):
 
     inv_scale: Array
     mesh: jax.sharding.Mesh = eqx.field(static=True)
+    static_shape: tuple[int, int] = eqx.field(static=True)
 
     @property
     def axis(self) -> str:
         return self.mesh.axis_names[0]
+
+    @property
+    def shape(self):
+        return self.static_shape
+
+    @property
+    def dtype(self):
+        return self._leaves()[-1].dtype  # the values
 
     @abc.abstractmethod
     def _leaves(self) -> tuple:
@@ -865,15 +874,8 @@ class RowShardedData(_RowSharded):
     def __init__(self, Y, mesh, inv_scale=None):
         self.Y = Y
         self.mesh = mesh
+        self.static_shape = (int(Y.shape[0]), int(Y.shape[1]))
         self.inv_scale = _as_scale(1.0 if inv_scale is None else inv_scale, Y.dtype)
-
-    @property
-    def shape(self):
-        return tuple(self.Y.shape)
-
-    @property
-    def dtype(self):
-        return self.Y.dtype
 
     def _leaves(self):
         return (self.Y,)
@@ -918,7 +920,6 @@ class RowShardedSparse(_RowSharded):
     rows: Array
     cols: Array
     values: Array
-    static_shape: tuple[int, int] = eqx.field(static=True)
     needs_mn_memory = False
     unstored_zero = True
 
@@ -927,14 +928,6 @@ class RowShardedSparse(_RowSharded):
         self.static_shape = (int(shape[0]), int(shape[1]))
         self.mesh = mesh
         self.inv_scale = _as_scale(1.0 if inv_scale is None else inv_scale, values.dtype)
-
-    @property
-    def shape(self):
-        return self.static_shape
-
-    @property
-    def dtype(self):
-        return self.values.dtype
 
     @property
     def entries(self) -> int:

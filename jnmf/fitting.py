@@ -578,15 +578,17 @@ def fit(
         W_0R, W_0C, **penalties: weights and penalties of eq. 3 / eq. 4, as for
             :func:`jnmf.problem.build_problem` (``lambda_1L`` ... ``gamma_2R``, ``W_1L`` ...).
         mesh: a 1-D :class:`jax.sharding.Mesh` (one axis, e.g. ``"rows"``) to fit on
-            several devices: dense Y and L are split by rows over the mesh's devices, R
-            is replicated, and each iteration reduces only ``k x n`` and ``k x k``
-            partial sums across devices (Y and L are never gathered).  A jax.Array Y
+            several devices: Y (dense, or sparse with unstored zeros) and L are split
+            by rows over the mesh's devices, R is replicated, and each iteration
+            reduces only ``k x n`` and ``k x k`` partial sums across devices (Y and L
+            are never gathered).  A jax.Array Y
             already sharded by rows (``NamedSharding(mesh, P("rows", None))``) is
             fitted on its own mesh without ``mesh=``.  The returned L keeps the row
             sharding, R is replicated.  Restarts are batched as on one device.  The
-            mesh size must divide ``m``; sparse Y, ``M``, ``missing`` and ``W_0R`` /
-            ``W_0C`` are refused.  Tested for ``"mu"``, ``"hals"``, ``"ahals"``,
-            ``"au"`` and ``"kl"``: results equal the one-device fit up to rounding.
+            mesh size must divide ``m``; ``M``, ``missing``, ``W_0R`` / ``W_0C`` and
+            KL / beta on sparse Y are refused.  Tested for ``"mu"``, ``"hals"``,
+            ``"ahals"``, ``"au"``, ``"kl"`` (sparse: ``"mu"``, ``"hals"``): results
+            equal the one-device fit up to rounding.
 
     Returns:
         A :class:`FitResult` (its ``settings`` record the arguments).  Warns
