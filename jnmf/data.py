@@ -825,7 +825,12 @@ class _RowSharded(DataOperator):
         """One device's row block from its shards of :meth:`_leaves`."""
 
     def _shard(self, f, in_specs, out_specs, *args):
-        """``f(block, *args)`` on every device's row block."""
+        """``f(block, *args)`` on every device's row block.
+
+        ``check_vma=False``: the blocks' own loops (the dense loss's row blocks, the sparse
+        products' chunks) start their sums from constants that do not vary over the mesh,
+        which shard_map's type check refuses; every result leaves here either ``psum``-ed
+        (replicated, as ``out_specs`` says) or sharded."""
         leaves = self._leaves()
 
         def body(leaves, inv_scale, *rest):
@@ -833,7 +838,7 @@ class _RowSharded(DataOperator):
 
         data_specs = tuple(_P(self.axis, *(None,) * (x.ndim - 1)) for x in leaves)
         return jax.shard_map(
-            body, mesh=self.mesh, in_specs=(data_specs, _P(), *in_specs), out_specs=out_specs
+            body, mesh=self.mesh, in_specs=(data_specs, _P(), *in_specs), out_specs=out_specs, check_vma=False
         )(leaves, self.inv_scale, *args)
 
     def _psum(self, x):

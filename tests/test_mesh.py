@@ -97,6 +97,31 @@ SCRIPT = textwrap.dedent(
             found.append([kind, shapes])
         out["hlo"][method] = dict(strategy=strategy, collectives=found)
 
+    # the row-blocked dense loss with several blocks per device (BLOCK_ENTRIES lowered):
+    # through the sharded operator, and (the control) through GSPMD on the plain operator
+    import jnmf.data
+    from jnmf.weights import Weight
+    jnmf.data.BLOCK_ENTRIES = 16  # blocks of 8 rows; 16 rows per device
+    Y2 = jax.device_put(np.ones((64, n)), NamedSharding(mesh, P("rows", None)))
+    L2 = jax.device_put(np.ones((64, k)), NamedSharding(mesh, P("rows", None)))
+    R2 = jax.device_put(np.ones((k, n)), NamedSharding(mesh, P()))
+    I = Weight.identity()
+    operators = dict(sharded=lambda Y: jnmf.data.RowShardedData(Y, mesh), gspmd=jnmf.data.DenseData)
+    out["blocked_loss"] = {{}}
+    for name, make in operators.items():
+        text = jax.jit(lambda Y, L, R: make(Y).loss(L, R, I, I)).lower(Y2, L2, R2).compile().as_text()
+        out["blocked_loss"][name] = sorted({{kind for _, kind in pattern.findall(text)}})
+
+    # fits whose blocks loop inside each device: the dense loss over 2 row blocks per
+    # device, the sparse products over 2 chunks of stored entries per device
+    rng = np.random.default_rng(4)
+    kw = dict(max_iterations=10, tol=0.0, key=1, method="mu")
+    Yb = rng.random((64, n))
+    out["fits"]["blocked-mu"] = describe(jnmf.fit(Yb, k, **kw), jnmf.fit(Yb, k, mesh=mesh, **kw))
+    Yc = sp.random(64, 400, density=0.7, format="csr", random_state=4)  # > 4096 entries per device
+    kw["method"] = "hals"
+    out["fits"]["chunked-sparse-hals"] = describe(jnmf.fit(Yc, k, **kw), jnmf.fit(Yc, k, mesh=mesh, **kw))
+
     # a mesh whose size does not divide the rows
     try:
         jnmf.fit(Y[:22], k, mesh=mesh, max_iterations=2)
@@ -155,6 +180,14 @@ def test_sharded_sparse_fit_equals_one_device_fit(report, method):
     _check_layout(fit)
 
 
+@pytest.mark.parametrize("case", ["blocked-mu", "chunked-sparse-hals"])
+def test_sharded_fit_with_loops_inside_each_device(report, case):
+    """Several dense row blocks / sparse chunks per device (loops inside shard_map)."""
+    fit = report["fits"][case]
+    assert fit["dL"] < 1e-10 and fit["dR"] < 1e-10 and fit["dobj"] < 1e-10, fit
+    assert fit["L_devices"] == DEVICES and fit["R_replicated"]
+
+
 def test_y_sharded_by_rows_is_fitted_on_its_mesh(report):
     fit = report["presharded"]
     assert fit["dL"] < 1e-10 and fit["dR"] < 1e-10 and fit["dobj"] < 1e-10, fit
@@ -176,6 +209,14 @@ def test_compiled_loop_reduces_only_small_sums(report, method):
     assert any(s[-2:] == (RANK, N_COLS) for s in shapes), shapes
     if method != "kl":  # Frobenius rules: the Gram matrix Lt Lt' (k x k)
         assert any(s[-2:] == (RANK, RANK) for s in shapes), shapes
+
+
+def test_blocked_loss_is_summed_per_device(report):
+    """The dense loss sums row blocks of the residual in a loop (jnmf.data.DenseData.loss);
+    left to GSPMD, that loop gathers Y and L (the control), so the sharded operator runs
+    it per device in shard_map and all-reduces one scalar."""
+    assert report["blocked_loss"]["sharded"] == ["all-reduce"]
+    assert "all-gather" in report["blocked_loss"]["gspmd"]
 
 
 def test_mesh_must_divide_the_rows(report):
