@@ -511,6 +511,13 @@ def _check_mesh_fit(Y, mesh, M, missing, W_0R, W_0C) -> None:
         raise ValueError(f"missing={missing!r} is not supported with mesh (row-sharded fits)")
 
 
+def _on_mesh(L: Array, R: Array, mesh: jax.sharding.Mesh) -> tuple[Array, Array]:
+    """A fit's factors as a row-sharded fit returns them: L split by rows, R replicated
+    (a no-op for factors already placed so)."""
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.device_put(L, row_sharding(mesh)), jax.device_put(R, replicated)
+
+
 def fit(
     Y,
     rank: int,
@@ -615,7 +622,11 @@ def fit(
     )
     settings["missing"] = missing
     if float(s.scale) == 1.0 and not _any_nonzero(s.Y):
-        return _zero_fit(s, return_all, history_size, settings)
+        zero = _zero_fit(s, return_all, history_size, settings)
+        if mesh is None:
+            return zero
+        L, R = _on_mesh(zero.L, zero.R, mesh)
+        return dataclasses.replace(zero, L=L, R=R)
     L0, R0 = pipe.starts(init)
     if mesh is not None:
         P = jax.sharding.PartitionSpec
@@ -649,10 +660,7 @@ def fit(
     all_status = np.asarray(res.status)
     best = _pick_best(objectives, all_status)
     _warn_status(int(all_status[best]), "the best fit")
-    L_best, R_best = L[best], R[best]
-    if mesh is not None:
-        L_best = jax.device_put(L_best, row_sharding(mesh))
-        R_best = jax.device_put(R_best, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    L_best, R_best = (L[best], R[best]) if mesh is None else _on_mesh(L[best], R[best], mesh)
     result = FitResult(
         L=L_best,
         R=R_best,

@@ -273,3 +273,11 @@ def test_one_device_mesh_fits_like_no_mesh():
     a, b = jnmf.fit(Y_SMALL, 2, **kw), jnmf.fit(Y_SMALL, 2, mesh=_one_device_mesh(), **kw)
     np.testing.assert_allclose(np.asarray(b.L), np.asarray(a.L), rtol=0, atol=1e-12)
     np.testing.assert_allclose(np.asarray(b.R), np.asarray(a.R), rtol=0, atol=1e-12)
+
+
+def test_all_zero_y_on_a_mesh_returns_factors_on_the_mesh():
+    mesh = _one_device_mesh()
+    res = jnmf.fit(np.zeros((8, 5)), 2, mesh=mesh)
+    assert res.status_name == "converged" and not np.any(np.asarray(res.L))
+    assert res.L.sharding.spec == jax.sharding.PartitionSpec("rows", None)
+    assert res.R.sharding.is_fully_replicated
