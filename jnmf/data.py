@@ -784,6 +784,305 @@ class RowBlock(DataOperator):
         return self.block.dense()
 
 
+_P = jax.sharding.PartitionSpec
+
+
+class _RowSharded(DataOperator):
+    """What the row-sharded operators share: Y's rows are split over the devices of a
+    1-D mesh, each device holds one row block, the block's rows of L (``Lt`` sharded on
+    its columns) and a replicated R.
+
+    Every product and loss runs the operator of the device's own row block inside
+    ``jax.shard_map`` and, as streaming sums its row blocks (jnmf/streaming.py), sums
+    the blocks' ``k x n`` and scalar results with ``psum`` (one all-reduce each): the R
+    step's ``Lt Y``, the losses, the constant of eq. 7.  The L step's ``R Y'`` is local
+    (``k x m``, sharded on m).  Y is never gathered.  Subclasses say which leaves hold
+    the data (``_leaves``, sharded on their first axis) and build a block from them.
+    """
+
+    inv_scale: Array
+    mesh: jax.sharding.Mesh = eqx.field(static=True)
+    static_shape: tuple[int, int] = eqx.field(static=True)
+
+    @property
+    def axis(self) -> str:
+        return self.mesh.axis_names[0]
+
+    @property
+    def shape(self):
+        return self.static_shape
+
+    @property
+    def dtype(self):
+        return self._leaves()[-1].dtype  # the values
+
+    @abc.abstractmethod
+    def _leaves(self) -> tuple:
+        """The data arrays, each sharded on its first axis."""
+
+    @abc.abstractmethod
+    def _block(self, leaves: tuple, inv_scale) -> DataOperator:
+        """One device's row block from its shards of :meth:`_leaves`."""
+
+    def _shard(self, f, in_specs, out_specs, *args):
+        """``f(block, *args)`` on every device's row block.
+
+        ``check_vma=False``: the blocks' own loops (the dense loss's row blocks, the sparse
+        products' chunks) start their sums from constants that do not vary over the mesh,
+        which shard_map's type check refuses; every result leaves here either ``psum``-ed
+        (replicated, as ``out_specs`` says) or sharded."""
+        leaves = self._leaves()
+
+        def body(leaves, inv_scale, *rest):
+            return f(self._block(leaves, inv_scale), *rest)
+
+        data_specs = tuple(_P(self.axis, *(None,) * (x.ndim - 1)) for x in leaves)
+        return jax.shard_map(
+            body, mesh=self.mesh, in_specs=(data_specs, _P(), *in_specs), out_specs=out_specs, check_vma=False
+        )(leaves, self.inv_scale, *args)
+
+    def _psum(self, x):
+        return lax.psum(x, self.axis)
+
+    def product_R(self, Ft):
+        return self._shard(lambda b, F: self._psum(b.product_R(F)), (_P(None, self.axis),), _P(), Ft)
+
+    def product_L(self, R):
+        return self._shard(lambda b, R: b.product_L(R), (_P(),), _P(None, self.axis), R)
+
+    @staticmethod
+    def _check_weights(W_0R, W_0C):
+        if W_0R.kind != "identity" or W_0C.kind != "identity":
+            raise ValueError("W_0R / W_0C are not supported with row-sharded data (mesh)")
+
+    def half_norm(self, W_0R, W_0C):
+        self._check_weights(W_0R, W_0C)
+        return self._shard(lambda b: self._psum(b.half_norm(W_0R, W_0C)), (), _P())
+
+    def loss(self, L, R, W_0R, W_0C):
+        self._check_weights(W_0R, W_0C)
+        local = lambda b, L, R: self._psum(b.loss(L, R, W_0R, W_0C))  # noqa: E731
+        return self._shard(local, (_P(self.axis, None), _P()), _P(), L, R)
+
+    def maximum(self):
+        return self._shard(lambda b: lax.pmax(b.maximum(), self.axis), (), _P())
+
+
+class RowShardedData(_RowSharded):
+    """A dense ``m x n`` Y split by rows over a 1-D mesh (``NamedSharding(mesh, P(axis,
+    None))``); each device's row block is a :class:`DenseData` (see :class:`_RowSharded`).
+    ``m`` must be a multiple of the mesh size.  The divergences' entrywise terms
+    (:meth:`stored`, :meth:`sampled`) are ``m x n`` arrays partitioned by GSPMD."""
+
+    Y: Array
+
+    def __init__(self, Y, mesh, inv_scale=None):
+        self.Y = Y
+        self.mesh = mesh
+        self.static_shape = (int(Y.shape[0]), int(Y.shape[1]))
+        self.inv_scale = _as_scale(1.0 if inv_scale is None else inv_scale, Y.dtype)
+
+    def _leaves(self):
+        return (self.Y,)
+
+    def _block(self, leaves, inv_scale):
+        return DenseData(leaves[0], inv_scale)
+
+    def scaled(self, scale):
+        return RowShardedData(self.Y, self.mesh, self.inv_scale / jnp.asarray(scale, self.dtype))
+
+    def stored(self):
+        return self.Y * self.inv_scale
+
+    def sampled(self, Lt, R):
+        return Lt.T @ R
+
+    def entry_weights(self, w, v):
+        return w[:, None] * v[None, :]
+
+    def with_stored(self, values):
+        return RowShardedData(values, self.mesh)
+
+    def mean(self):
+        m, n = self.shape
+        return self._shard(lambda b: self._psum(jnp.sum(b.Y)) / (m * n) * b.inv_scale, (), _P())
+
+    def row_block(self, start, stop):
+        return DenseData(self.Y[start:stop], self.inv_scale)
+
+    def dense(self):
+        return self.Y * self.inv_scale
+
+
+class RowShardedSparse(_RowSharded):
+    """A sparse ``m x n`` Y (unstored entries are zeros) split by rows over a 1-D mesh:
+    device d holds the stored entries of rows ``d m/D : (d+1) m/D`` in coordinate form
+    (row indices local to its block), padded with zero entries to the largest block's
+    count (a zero entry adds nothing to a product or a loss).  Each device's row block
+    is a :class:`SparseData` (see :class:`_RowSharded`).  Only the Frobenius rules:
+    the divergences' entrywise terms are refused."""
+
+    rows: Array
+    cols: Array
+    values: Array
+    needs_mn_memory = False
+    unstored_zero = True
+
+    def __init__(self, rows, cols, values, shape, mesh, inv_scale=None):
+        self.rows, self.cols, self.values = rows, cols, values
+        self.static_shape = (int(shape[0]), int(shape[1]))
+        self.mesh = mesh
+        self.inv_scale = _as_scale(1.0 if inv_scale is None else inv_scale, values.dtype)
+
+    @property
+    def entries(self) -> int:
+        return int(self.values.shape[0])
+
+    def _leaves(self):
+        return (self.rows, self.cols, self.values)
+
+    def _block(self, leaves, inv_scale):
+        m, n = self.shape
+        rows, cols, values = leaves
+        return SparseData(rows, cols, values, (m // self.mesh.devices.size, n), "zero", inv_scale)
+
+    def scaled(self, scale):
+        return RowShardedSparse(
+            self.rows,
+            self.cols,
+            self.values,
+            self.shape,
+            self.mesh,
+            self.inv_scale / jnp.asarray(scale, self.dtype),
+        )
+
+    def mean(self):
+        m, n = self.shape
+        return self._shard(lambda b: self._psum(jnp.sum(b.values)) / (m * n) * b.inv_scale, (), _P())
+
+    def _refuse(self, *args):
+        raise ValueError("row-sharded sparse Y (mesh) supports the Frobenius methods only, not KL / beta")
+
+    stored = sampled = entry_weights = with_stored = _refuse
+
+    def row_block(self, start, stop):
+        raise ValueError("row-sharded sparse Y (mesh) has no row blocks on the host")
+
+
+def row_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+    """The sharding of an ``m x n`` matrix split by rows over a 1-D ``mesh``."""
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names[0], None))
+
+
+def check_mesh(name: str, mesh, rows: int) -> jax.sharding.Mesh:
+    """A 1-D :class:`jax.sharding.Mesh` whose size divides ``rows`` (ValueError naming ``name``)."""
+    if not isinstance(mesh, jax.sharding.Mesh):
+        raise ValueError(f"{name} must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+    if len(mesh.axis_names) != 1:
+        raise ValueError(f"{name} must be a 1-D mesh (one axis, the rows), got axes {mesh.axis_names}")
+    size = mesh.devices.size
+    if rows % size:
+        raise ValueError(f"{name} has {size} devices, which must divide the {rows} rows of Y")
+    return mesh
+
+
+def mesh_of(Y) -> jax.sharding.Mesh | None:
+    """The 1-D mesh of a jax.Array sharded by rows (``NamedSharding(mesh, P(axis, None))``), else None."""
+    sharding = getattr(Y, "sharding", None)
+    if not isinstance(sharding, jax.sharding.NamedSharding) or len(sharding.mesh.axis_names) != 1:
+        return None
+    spec = tuple(sharding.spec) + (None,) * (2 - len(sharding.spec))
+    if spec[0] == sharding.mesh.axis_names[0] and spec[1] is None and sharding.mesh.devices.size > 1:
+        return sharding.mesh
+    return None
+
+
+@jax.jit
+def _finite_and_min(Y: Array) -> tuple[Array, Array]:
+    return jnp.all(jnp.isfinite(Y)), jnp.min(Y)
+
+
+def sharded_operator(name: str, Y, mesh: jax.sharding.Mesh) -> RowShardedData:
+    """A validated :class:`RowShardedData` of ``Y`` on ``mesh``, split by rows
+    (:func:`row_sharding`).
+
+    Args:
+        name: the argument's name, for error messages.
+        Y: a host array (validated on the host, then placed) or a jax.Array (validated on
+            its devices: two scalar reductions, no host copy; an array already sharded by
+            rows stays where it is).
+        mesh: a 1-D mesh whose size divides Y's rows (:func:`check_mesh`).
+
+    Returns:
+        The operator, in the fit dtype (:func:`jnmf._validate.float_dtype`).
+
+    Raises:
+        ValueError: naming ``name``: a bad shape, dtype or value, or a mesh that does not fit.
+    """
+    from . import _validate as check
+
+    if not isinstance(Y, jax.Array) or check.is_traced(Y):
+        Y = check.data(name, Y)
+        check_mesh("mesh", mesh, Y.shape[0])
+        return RowShardedData(jax.device_put(Y, row_sharding(mesh)), mesh)
+    if not (jnp.issubdtype(Y.dtype, jnp.floating) or np.dtype(Y.dtype).kind in "iub"):
+        raise ValueError(f"{name} must be a real numeric array, got dtype {Y.dtype}")
+    if Y.ndim != 2:
+        raise ValueError(f"{name} must be a 2-d matrix, got shape {tuple(Y.shape)}")
+    if Y.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(Y.shape)}")
+    check_mesh("mesh", mesh, Y.shape[0])
+    Y = jax.device_put(Y, row_sharding(mesh))
+    dtype = check.float_dtype(Y)
+    if Y.dtype != dtype:
+        Y = jax.jit(lambda x: x.astype(dtype), out_shardings=row_sharding(mesh))(Y)
+    finite, low = _finite_and_min(Y)
+    if not bool(finite):
+        raise ValueError(f"{name} must be finite; it contains NaN or infinite entries")
+    if float(low) < 0:
+        raise ValueError(f"{name} must be non-negative; it has entries < 0 (min {float(low)})")
+    return RowShardedData(Y, mesh)
+
+
+def sharded_sparse(data: SparseData, mesh: jax.sharding.Mesh) -> RowShardedSparse:
+    """A :class:`RowShardedSparse` of validated sparse data (unstored zeros, no entry
+    weights) on ``mesh``: each device gets its row block's stored entries, padded with
+    zero entries to the largest block's count.
+
+    Args:
+        data: the sparse operator (:func:`sparse_operator`; sorted by row).
+        mesh: a 1-D mesh whose size divides the rows (:func:`check_mesh`).
+
+    Returns:
+        The operator; per device ``3 x`` the largest block's stored entries.
+
+    Raises:
+        ValueError: a mesh that does not fit, or data with missing entries or weights.
+    """
+    m, n = data.shape
+    check_mesh("mesh", mesh, m)
+    if not data.unstored_zero or data.weights is not None:
+        raise ValueError(
+            "mesh: sparse Y with missing (unstored) entries or weights cannot be row-sharded yet"
+        )
+    devices = mesh.devices.size
+    block = m // devices
+    rows, cols, values = (np.asarray(x) for x in (data.rows, data.cols, data.values))
+    bounds = np.searchsorted(rows, np.arange(devices + 1) * block)
+    cap = max(1, int(np.max(np.diff(bounds))))
+    out_rows = np.zeros((devices, cap), np.int32)
+    out_cols = np.zeros((devices, cap), np.int32)
+    out_values = np.zeros((devices, cap), values.dtype)
+    for d in range(devices):
+        lo, hi = bounds[d], bounds[d + 1]
+        out_rows[d, : hi - lo] = rows[lo:hi] - d * block
+        out_cols[d, : hi - lo] = cols[lo:hi]
+        out_values[d, : hi - lo] = values[lo:hi]
+    sharding = jax.sharding.NamedSharding(mesh, _P(mesh.axis_names[0]))
+    put = lambda x: jax.device_put(x.reshape(-1), sharding)  # noqa: E731
+    return RowShardedSparse(put(out_rows), put(out_cols), put(out_values), (m, n), mesh)
+
+
 # ------------------------------------------------------------------------ construction
 def is_sparse_input(x) -> bool:
     """Whether ``x`` is a scipy.sparse matrix/array or a ``jax.experimental.sparse`` BCOO/BCSR."""

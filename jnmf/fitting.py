@@ -37,7 +37,19 @@ from jaxtyping import Array
 from . import _validate as check
 from .batch import batching_strategy, run_grid, run_restarts
 from .checkpoint import checkpoint_directory, describe, run_checkpointed
-from .data import DataOperator, dense_operator, is_sparse_input, sparse_operator
+from .data import (
+    DataOperator,
+    RowShardedData,
+    RowShardedSparse,
+    check_mesh,
+    dense_operator,
+    is_sparse_input,
+    mesh_of,
+    row_sharding,
+    sharded_operator,
+    sharded_sparse,
+    sparse_operator,
+)
 from .driver import CONVERGED, NONFINITE, STATUS, Stopping, status_names
 from .init import INITIALIZERS, initialize
 from .problem import (
@@ -275,6 +287,8 @@ def validated_data(Y, M=None, missing: str = "error"):
     """
     if missing not in MISSING:
         raise ValueError(f"missing must be one of {MISSING}, got {missing!r}")
+    if isinstance(Y, RowShardedData | RowShardedSparse):  # validated already (fit with a mesh)
+        return Y, None
     if is_sparse_input(Y):
         if M is not None:
             raise ValueError(
@@ -499,6 +513,23 @@ def _zero_fit(s: _Setup, return_all: bool, history_size: int, settings: dict) ->
     )
 
 
+def _check_mesh_fit(Y, mesh, M, missing, W_0R, W_0C) -> None:
+    """What a row-sharded fit refuses, on the host (ValueError naming the argument)."""
+    check_mesh("mesh", mesh, 0)  # the rows are checked with Y (sharded_operator)
+    for name, value in (("M", M), ("W_0R", W_0R), ("W_0C", W_0C)):
+        if value is not None:
+            raise ValueError(f"{name} is not supported with mesh (row-sharded fits)")
+    if missing != "error":
+        raise ValueError(f"missing={missing!r} is not supported with mesh (row-sharded fits)")
+
+
+def _on_mesh(L: Array, R: Array, mesh: jax.sharding.Mesh) -> tuple[Array, Array]:
+    """A fit's factors as a row-sharded fit returns them: L split by rows, R replicated
+    (a no-op for factors already placed so)."""
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.device_put(L, row_sharding(mesh)), jax.device_put(R, replicated)
+
+
 def fit(
     Y,
     rank: int,
@@ -523,6 +554,7 @@ def fit(
     missing: str = "error",
     W_0R=None,
     W_0C=None,
+    mesh: jax.sharding.Mesh | None = None,
     **penalties,
 ) -> FitResult:
     """Factor a non-negative ``Y ~ L R`` at ``rank`` (eq. 3 of Pav 2024, or KL).
@@ -564,6 +596,18 @@ def fit(
             are missing (weight 0; combined with ``M`` when given).
         W_0R, W_0C, **penalties: weights and penalties of eq. 3 / eq. 4, as for
             :func:`jnmf.problem.build_problem` (``lambda_1L`` ... ``gamma_2R``, ``W_1L`` ...).
+        mesh: a 1-D :class:`jax.sharding.Mesh` (one axis, e.g. ``"rows"``) to fit on
+            several devices: Y (dense, or sparse with unstored zeros) and L are split
+            by rows over the mesh's devices, R is replicated, and each iteration
+            reduces only ``k x n`` and ``k x k`` partial sums across devices (Y and L
+            are never gathered).  A jax.Array Y
+            already sharded by rows (``NamedSharding(mesh, P("rows", None))``) is
+            fitted on its own mesh without ``mesh=``.  The returned L keeps the row
+            sharding, R is replicated.  Restarts are batched as on one device.  The
+            mesh size must divide ``m``; ``M``, ``missing``, ``W_0R`` / ``W_0C`` and
+            KL / beta on sparse Y are refused.  Tested for ``"mu"``, ``"hals"``,
+            ``"ahals"``, ``"au"``, ``"kl"`` (sparse: ``"mu"``, ``"hals"``): results
+            equal the one-device fit up to rounding.
 
     Returns:
         A :class:`FitResult` (its ``settings`` record the arguments).  Warns
@@ -577,6 +621,15 @@ def fit(
     arguments = dict(Y=Y, rank=rank, init=init, key=key, M=M, W_0R=W_0R, W_0C=W_0C, **penalties)
     check.concrete_arguments("fit", arguments)
     overrides = dict(max_iterations=max_iterations, tol=tol, min_xstep=min_xstep, rel_tol=rel_tol)
+    mesh = mesh if mesh is not None else mesh_of(Y)
+    if mesh is not None:
+        _check_mesh_fit(Y, mesh, M, missing, W_0R, W_0C)
+        # Y lives on the mesh, split by rows
+        Y = (
+            sharded_sparse(sparse_operator("Y", Y), mesh)
+            if is_sparse_input(Y)
+            else sharded_operator("Y", Y, mesh)
+        )
     s = _setup(Y, rank, method, init, restarts, key, stopping, overrides, M, missing)
     pipe = pipeline(s, W_0R=W_0R, W_0C=W_0C, **penalties)
     settings = fit_settings(
@@ -584,8 +637,16 @@ def fit(
     )
     settings["missing"] = missing
     if float(s.scale) == 1.0 and not _any_nonzero(s.Y):
-        return _zero_fit(s, return_all, history_size, settings)
+        zero = _zero_fit(s, return_all, history_size, settings)
+        if mesh is None:
+            return zero
+        L, R = _on_mesh(zero.L, zero.R, mesh)
+        return dataclasses.replace(zero, L=L, R=R)
     L0, R0 = pipe.starts(init)
+    if mesh is not None:
+        P = jax.sharding.PartitionSpec
+        L0 = jax.device_put(L0, jax.sharding.NamedSharding(mesh, P(None, mesh.axis_names[0], None)))
+        R0 = jax.device_put(R0, jax.sharding.NamedSharding(mesh, P()))
     unit = pipe.unit  # objectives scale as Y^degree
     monitor = None
     if verbose or progress:
@@ -614,9 +675,10 @@ def fit(
     all_status = np.asarray(res.status)
     best = _pick_best(objectives, all_status)
     _warn_status(int(all_status[best]), "the best fit")
+    L_best, R_best = (L[best], R[best]) if mesh is None else _on_mesh(L[best], R[best], mesh)
     result = FitResult(
-        L=L[best],
-        R=R[best],
+        L=L_best,
+        R=R_best,
         objective=objectives[best],
         iterations=res.iterations[best],
         converged=res.converged[best],
