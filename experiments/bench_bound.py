@@ -26,6 +26,7 @@ KL bound is its single-fit bound under ``vmap`` (each restart's ``L R`` is its o
 
     python experiments/bench_bound.py            # every case (~5 minutes on 2 cores)
     python experiments/bench_bound.py --quick    # ORL and float32 only, fewer repeats
+    python experiments/bench_bound.py --quick --pieces --strategies auto hybrid
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ import numpy as np  # noqa: E402
 from jnmf.batch import batching_strategy, run_restarts  # noqa: E402
 from jnmf.driver import Stopping  # noqa: E402
 from jnmf.problem import build_problem  # noqa: E402
+from jnmf.quadratic import half_problem  # noqa: E402
 from jnmf.rules import make_rule  # noqa: E402
+from jnmf.rules.hals_sweeps import hals_sweeps  # noqa: E402
 
 FROBENIUS = ("hals", "ahals", "mu", "au")
 EPSILON = 1e-10  # KLMU's default floor of L R
@@ -134,6 +137,36 @@ def iteration_and_bound(method: str, problem, L0, R0, n1: int, n2: int, repeats:
     return per_iter, statistics.median(tb), strategy
 
 
+def print_pieces(method: str, problem, L, R, per_iter: float, repeats: int) -> None:
+    """Where a HALS iteration's time goes: each half problem (its product with Y, Gram
+    matrix and linear term) and each half step's sweeps (as many as accelerated HALS
+    takes from these factors), each compiled alone; the rest is the driver's and the
+    step's bookkeeping (steps, objective, stopping tests) and what the pieces share."""
+    rule = make_rule(method)
+    Lt = L.T
+    hp_of = jax.jit(half_problem, static_argnums=1)
+    m, n = problem.shape
+    n_L, n_R = rule.sweeps(m, n, Lt.shape[0]), rule.sweeps(n, m, Lt.shape[0])
+    delta = rule.delta.astype(Lt.dtype)
+    sweeps = jax.jit(hals_sweeps, static_argnums=2)
+    hp_L = hp_of(problem, "L", Lt, R)
+    Lt_new = sweeps(hp_L, Lt, n_L, delta)
+    hp_R = hp_of(problem, "R", Lt_new, R)
+    pieces = {
+        "half problem L (R Y')": lambda: hp_of(problem, "L", Lt, R),
+        "half problem R (L' Y)": lambda: hp_of(problem, "R", Lt_new, R),
+        f"sweeps L (max {n_L})": lambda: sweeps(hp_L, Lt, n_L, delta),
+        f"sweeps R (max {n_R})": lambda: sweeps(hp_R, R, n_R, delta),
+    }
+    total = 0.0
+    for name, fn in pieces.items():
+        jax.block_until_ready(fn())
+        t = statistics.median(median_time(lambda: jax.block_until_ready(fn()), 1) for _ in range(4 * repeats))
+        total += t
+        print(f"    {name:24} {1e3 * t:7.2f} ms")
+    print(f"    {'rest of the iteration':24} {1e3 * (per_iter - total):7.2f} ms", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="ORL, float32, 3 repeats")
@@ -143,7 +176,9 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=["single", "batched"], choices=["single", "batched"])
     ap.add_argument("--restarts", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--strategy", default=None, help="force a batching strategy for the batched runs")
+    ap.add_argument("--strategies", nargs="+", default=["auto"], choices=["auto", "vmap", "hybrid", "map"],
+                    help="batching strategies of the batched runs (auto: jnmf's choice)")  # fmt: skip
+    ap.add_argument("--pieces", action="store_true", help="also time the pieces of hals/ahals iterations")
     args = ap.parse_args()
     if args.quick:
         args.cases, args.dtypes, args.repeats = ["orl"], ["float32"], 3
@@ -168,9 +203,12 @@ def main() -> None:
                 R0 = jnp.asarray((scale * rng.random((batch, k, n))).astype(dtype))
                 # enough iterations that the difference is well above the timer's noise
                 n1, n2 = (1, 4) if batch > 1 else (2, 12)
-                for method in args.methods:
+                strategies = args.strategies if batch > 1 else ["auto"]
+                for method, chosen in [(m_, s_) for m_ in args.methods for s_ in strategies]:
+                    if chosen == "hybrid" and method not in FROBENIUS:
+                        continue  # hybrid batches the alternating rules' half steps only
                     per_iter, bound, strategy = iteration_and_bound(
-                        method, problem, L0, R0, n1, n2, args.repeats, args.strategy if batch > 1 else None
+                        method, problem, L0, R0, n1, n2, args.repeats, None if chosen == "auto" else chosen
                     )
                     label = f"{case} {m}x{n} k{k}"
                     row = (method, label, dtype, f"{mode}" + (f" x{batch}" if batch > 1 else ""), strategy,
@@ -178,6 +216,8 @@ def main() -> None:
                     rows.append(row)
                     print(f"{row[0]:6} {row[1]:18} {row[2]:8} {row[3]:12} {row[4]:8} "
                           f"{row[5]:8.2f} {row[6]:9.2f} {row[7]:6.2f}", flush=True)  # fmt: skip
+                    if args.pieces and batch == 1 and method in ("hals", "ahals"):
+                        print_pieces(method, problem, L0[0], R0[0], per_iter, args.repeats)
     print(f"total {time.perf_counter() - start:.0f} s; load average at end: "
           f"{open('/proc/loadavg').read().split()[:3]}")  # fmt: skip
     worst = max((r for r in rows if r[0] in FROBENIUS), key=lambda r: r[7], default=None)
