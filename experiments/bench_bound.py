@@ -8,10 +8,12 @@ convergence tests off (``tol=0``).  ``max_iterations`` is traced, so one compile
 program runs ``N1`` and ``N2`` iterations, and the time per iteration is
 ``(T(N2) - T(N1)) / (N2 - N1)``: the work before and after the loop (the starting and
 final objectives, the transfers) cancels.  Each T is the median of ``--repeats`` warm
-calls.
+calls (``--repeats - 2``, at least 3, for 32 restarts), interleaved with the bound's calls
+so that a change of the machine's load hits both sides of a ratio alike.
 
 **The bound** is the part of an iteration no algorithm of its kind avoids, compiled
-alone with ``jax.jit`` at the same shapes and dtype, median of ``4 * --repeats`` calls:
+alone with ``jax.jit`` at the same shapes and dtype (median over the rounds of the median
+of 4 calls):
 
 * Frobenius methods (hals, ahals, mu, au): the two products with Y, ``Lt Y``
   (``k x m`` times ``m x n``, the R step's d) and ``R Y'`` (``k x n`` times ``n x m``,
@@ -201,14 +203,16 @@ def main() -> None:
                 scale = np.sqrt(float(np.mean(Y64)) / k)  # scikit-learn's random start scale
                 L0 = jnp.asarray((scale * rng.random((batch, m, k))).astype(dtype))
                 R0 = jnp.asarray((scale * rng.random((batch, k, n))).astype(dtype))
-                # enough iterations that the difference is well above the timer's noise
-                n1, n2 = (1, 4) if batch > 1 else (2, 12)
+                # enough iterations that the difference is well above the timer's noise (one
+                # batched iteration is 0.1-1 s), few enough that the whole run stays ~5 minutes
+                n1, n2 = (1, 2) if batch > 1 else (2, 12)
+                repeats = max(3, args.repeats - 2) if batch > 1 else args.repeats
                 strategies = args.strategies if batch > 1 else ["auto"]
                 for method, chosen in [(m_, s_) for m_ in args.methods for s_ in strategies]:
                     if chosen == "hybrid" and method not in FROBENIUS:
                         continue  # hybrid batches the alternating rules' half steps only
                     per_iter, bound, strategy = iteration_and_bound(
-                        method, problem, L0, R0, n1, n2, args.repeats, None if chosen == "auto" else chosen
+                        method, problem, L0, R0, n1, n2, repeats, None if chosen == "auto" else chosen
                     )
                     label = f"{case} {m}x{n} k{k}"
                     row = (method, label, dtype, f"{mode}" + (f" x{batch}" if batch > 1 else ""), strategy,
