@@ -1,0 +1,233 @@
+"""Every iteration against its bound: the time per iteration of each method next to
+the time of that iteration's products with Y alone, in one run (issue 15, part 1).
+
+**What is timed.**  jnmf's rules run through jnmf's own batching layer and driver, as
+``jnmf.fit`` runs them (:func:`jnmf.batch.run_restarts` with the default strategy of
+:func:`jnmf.batch.batching_strategy`, a batch of one for a single fit), with the
+convergence tests off (``tol=0``).  ``max_iterations`` is traced, so one compiled
+program runs ``N1`` and ``N2`` iterations, and the time per iteration is
+``(T(N2) - T(N1)) / (N2 - N1)``: the work before and after the loop (the starting and
+final objectives, the transfers) cancels.  Each T is the median of ``--repeats`` warm
+calls (``--repeats - 2``, at least 3, for 32 restarts), interleaved with the bound's calls
+so that a change of the machine's load hits both sides of a ratio alike.
+
+**The bound** is the part of an iteration no algorithm of its kind avoids, compiled
+alone with ``jax.jit`` at the same shapes and dtype (median over the rounds of the median
+of 4 calls):
+
+* Frobenius methods (hals, ahals, mu, au): the two products with Y, ``Lt Y``
+  (``k x m`` times ``m x n``, the R step's d) and ``R Y'`` (``k x n`` times ``n x m``,
+  the L step's d), i.e. ``4 m n k`` flops;
+* KL: each half step's quotient ``Y / max(L R, eps)`` with ``L R`` formed (an
+  ``m x n x k`` product and one elementwise pass), and its product with the fixed
+  factor, twice per iteration: ``6 m n k`` flops and two ``m x n`` quotients.
+
+For 32 restarts the Frobenius bound is the products of the 32 factors stacked
+(``k = 32 * rank``: one fat GEMM per side, what ``vmap`` stacking can reach), and the
+KL bound is its single-fit bound under ``vmap`` (each restart's ``L R`` is its own).
+
+    python experiments/bench_bound.py            # every case (~5 minutes on 2 cores)
+    python experiments/bench_bound.py --quick    # ORL and float32 only, fewer repeats
+    python experiments/bench_bound.py --quick --pieces --strategies auto hybrid
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)  # float64 cases; every array below has an explicit dtype
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jnmf.batch import batching_strategy, run_restarts  # noqa: E402
+from jnmf.driver import Stopping  # noqa: E402
+from jnmf.problem import build_problem  # noqa: E402
+from jnmf.quadratic import half_problem  # noqa: E402
+from jnmf.rules import make_rule  # noqa: E402
+from jnmf.rules.hals_sweeps import hals_sweeps  # noqa: E402
+
+FROBENIUS = ("hals", "ahals", "mu", "au")
+EPSILON = 1e-10  # KLMU's default floor of L R
+
+
+def load_case(name: str) -> tuple[np.ndarray, int]:
+    """(Y scaled to max 1, rank) of a case."""
+    if name == "orl":
+        from jnmf.datasets import load_orl_faces
+
+        Y = load_orl_faces().faces.astype(np.float64)
+        return Y / Y.max(), 25
+    rng = np.random.default_rng(1)
+    Y = rng.random((5000, 20)) @ rng.random((20, 2000)) + 0.1 * rng.random((5000, 2000))
+    return Y / Y.max(), 20
+
+
+def median_time(fn, repeats: int) -> float:
+    """Median wall time of ``repeats`` warm calls (fn blocks until ready)."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+@jax.jit
+def frobenius_products(Y, Lt, R):
+    return Lt @ Y, R @ Y.T
+
+
+def _kl_half_steps(Y, Lt, R):
+    Q_L = Y / jnp.maximum(Lt.T @ R, EPSILON)
+    num_L = R @ Q_L.T
+    Q_R = Y / jnp.maximum(Lt.T @ R, EPSILON)  # at the new L, in an iteration
+    return num_L, Lt @ Q_R
+
+
+kl_products = jax.jit(_kl_half_steps)
+kl_products_batched = jax.jit(jax.vmap(_kl_half_steps, in_axes=(None, 0, 0)))
+
+
+def bound_call(method: str, Y, Lt, R, batch: int):
+    """A call running one iteration's bound (see the module docstring), compiled."""
+    if method == "kl":
+        if batch > 1:
+            fn = lambda: jax.block_until_ready(kl_products_batched(Y, Lt, R))  # noqa: E731
+        else:
+            fn = lambda: jax.block_until_ready(kl_products(Y, Lt[0], R[0]))  # noqa: E731
+    else:
+        k = Lt.shape[-2]
+        Lt_s, R_s = Lt.reshape(batch * k, -1), R.reshape(batch * k, -1)  # stacked restarts
+        fn = lambda: jax.block_until_ready(frobenius_products(Y, Lt_s, R_s))  # noqa: E731
+    fn()
+    return fn
+
+
+def iteration_and_bound(method: str, problem, L0, R0, n1: int, n2: int, repeats: int, strategy=None):
+    """(seconds per iteration, bound seconds, strategy), timed interleaved.
+
+    The iteration goes through run_restarts (see the module docstring).  The calls are
+    interleaved (N1 iterations, N2 iterations, the bound, 4 times per round) so that a
+    change of the machine's load hits both sides of the ratio alike.
+    """
+    rule = make_rule(method)
+    strategy = strategy or batching_strategy(rule, problem=problem)
+
+    def run(n):
+        res = run_restarts(
+            rule, problem, L0, R0, stopping=Stopping(max_iterations=n, tol=0.0), strategy=strategy
+        )
+        return jax.block_until_ready(res.factors)
+
+    run(n1)  # compile (max_iterations is traced: n2 runs the same program)
+    bound = bound_call(method, problem.data.Y, jnp.swapaxes(L0, 1, 2), R0, L0.shape[0])
+    t1, t2, tb = [], [], []
+    for _ in range(repeats):
+        t1.append(median_time(lambda: run(n1), 1))
+        t2.append(median_time(lambda: run(n2), 1))
+        tb.append(median_time(bound, 4))
+    per_iter = (statistics.median(t2) - statistics.median(t1)) / (n2 - n1)
+    return per_iter, statistics.median(tb), strategy
+
+
+def print_pieces(method: str, problem, L, R, per_iter: float, repeats: int) -> None:
+    """Where a HALS iteration's time goes: each half problem (its product with Y, Gram
+    matrix and linear term) and each half step's sweeps (as many as accelerated HALS
+    takes from these factors), each compiled alone; the rest is the driver's and the
+    step's bookkeeping (steps, objective, stopping tests) and what the pieces share."""
+    rule = make_rule(method)
+    Lt = L.T
+    hp_of = jax.jit(half_problem, static_argnums=1)
+    m, n = problem.shape
+    n_L, n_R = rule.sweeps(m, n, Lt.shape[0]), rule.sweeps(n, m, Lt.shape[0])
+    delta = rule.delta.astype(Lt.dtype)
+    sweeps = jax.jit(hals_sweeps, static_argnums=2)
+    hp_L = hp_of(problem, "L", Lt, R)
+    Lt_new = sweeps(hp_L, Lt, n_L, delta)
+    hp_R = hp_of(problem, "R", Lt_new, R)
+    pieces = {
+        "half problem L (R Y')": lambda: hp_of(problem, "L", Lt, R),
+        "half problem R (L' Y)": lambda: hp_of(problem, "R", Lt_new, R),
+        f"sweeps L (max {n_L})": lambda: sweeps(hp_L, Lt, n_L, delta),
+        f"sweeps R (max {n_R})": lambda: sweeps(hp_R, R, n_R, delta),
+    }
+    total = 0.0
+    for name, fn in pieces.items():
+        jax.block_until_ready(fn())
+        t = statistics.median(median_time(lambda: jax.block_until_ready(fn()), 1) for _ in range(4 * repeats))
+        total += t
+        print(f"    {name:24} {1e3 * t:7.2f} ms")
+    print(f"    {'rest of the iteration':24} {1e3 * (per_iter - total):7.2f} ms", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="ORL, float32, 3 repeats")
+    ap.add_argument("--cases", nargs="+", default=["orl", "random"], choices=["orl", "random"])
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
+    ap.add_argument("--methods", nargs="+", default=["ahals", "hals", "mu", "au", "kl"])
+    ap.add_argument("--modes", nargs="+", default=["single", "batched"], choices=["single", "batched"])
+    ap.add_argument("--restarts", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--strategies", nargs="+", default=["auto"], choices=["auto", "vmap", "hybrid", "map"],
+                    help="batching strategies of the batched runs (auto: jnmf's choice)")  # fmt: skip
+    ap.add_argument("--pieces", action="store_true", help="also time the pieces of hals/ahals iterations")
+    args = ap.parse_args()
+    if args.quick:
+        args.cases, args.dtypes, args.repeats = ["orl"], ["float32"], 3
+
+    print(f"jax {jax.__version__} on {jax.default_backend()} ({os.cpu_count()} CPUs); "
+          f"load average at start: {open('/proc/loadavg').read().split()[:3]}")  # fmt: skip
+    print(f"{'method':6} {'case':18} {'dtype':8} {'mode':12} {'strategy':8} "
+          f"{'ms/iter':>8} {'bound ms':>9} {'ratio':>6}")  # fmt: skip
+    start = time.perf_counter()
+    rows = []
+    for case in args.cases:
+        Y64, k = load_case(case)
+        m, n = Y64.shape
+        for dtype in args.dtypes:
+            Y = jnp.asarray(Y64.astype(dtype))
+            problem = build_problem(Y, k)
+            rng = np.random.default_rng(0)
+            for mode in args.modes:
+                batch = args.restarts if mode == "batched" else 1
+                scale = np.sqrt(float(np.mean(Y64)) / k)  # scikit-learn's random start scale
+                L0 = jnp.asarray((scale * rng.random((batch, m, k))).astype(dtype))
+                R0 = jnp.asarray((scale * rng.random((batch, k, n))).astype(dtype))
+                # enough iterations that the difference is well above the timer's noise (one
+                # batched iteration is 0.1-1 s), few enough that the whole run stays ~5 minutes
+                n1, n2 = (1, 2) if batch > 1 else (2, 12)
+                repeats = max(3, args.repeats - 2) if batch > 1 else args.repeats
+                strategies = args.strategies if batch > 1 else ["auto"]
+                for method, chosen in [(m_, s_) for m_ in args.methods for s_ in strategies]:
+                    if chosen == "hybrid" and method not in FROBENIUS:
+                        continue  # hybrid batches the alternating rules' half steps only
+                    per_iter, bound, strategy = iteration_and_bound(
+                        method, problem, L0, R0, n1, n2, repeats, None if chosen == "auto" else chosen
+                    )
+                    label = f"{case} {m}x{n} k{k}"
+                    row = (method, label, dtype, f"{mode}" + (f" x{batch}" if batch > 1 else ""), strategy,
+                           1e3 * per_iter, 1e3 * bound, per_iter / bound)  # fmt: skip
+                    rows.append(row)
+                    print(f"{row[0]:6} {row[1]:18} {row[2]:8} {row[3]:12} {row[4]:8} "
+                          f"{row[5]:8.2f} {row[6]:9.2f} {row[7]:6.2f}", flush=True)  # fmt: skip
+                    if args.pieces and batch == 1 and method in ("hals", "ahals"):
+                        print_pieces(method, problem, L0[0], R0[0], per_iter, args.repeats)
+    print(f"total {time.perf_counter() - start:.0f} s; load average at end: "
+          f"{open('/proc/loadavg').read().split()[:3]}")  # fmt: skip
+    worst = max((r for r in rows if r[0] in FROBENIUS), key=lambda r: r[7], default=None)
+    if worst:
+        print(f"worst Frobenius ratio: {worst[7]:.2f} ({worst[0]}, {worst[1]}, {worst[2]}, {worst[3]})")
+
+
+if __name__ == "__main__":
+    main()
