@@ -245,6 +245,9 @@ class DataOperator(eqx.Module):
     masked = False
     unstored_zero = False
     needs_mn_memory = True
+    # Y's rows (and L's) are split over the devices of a mesh: code that cuts L into
+    # pieces in a loop (the tiled HALS sweep) must not, or GSPMD gathers L to cut it
+    rows_sharded = False
 
     # -- scaling
     @abc.abstractmethod
@@ -803,6 +806,7 @@ class _RowSharded(DataOperator):
     inv_scale: Array
     mesh: jax.sharding.Mesh = eqx.field(static=True)
     static_shape: tuple[int, int] = eqx.field(static=True)
+    rows_sharded = True
 
     @property
     def axis(self) -> str:

@@ -147,6 +147,8 @@ class HalfProblem(eqx.Module):
             step); cost models such as accelerated HALS's need it.
         data_entries: the entries of Y the product with the data visits (``m n`` for dense
             data, the stored ones for sparse data; 0: unknown, taken as ``p q``).
+        free_sharded: the free factor's p axis is split over the devices of a mesh (the
+            L step of a row-sharded fit): its columns must not be cut in a loop.
         fixed: the fixed factor F (``k x q``), kept only with an elementwise weight.
         mask: the elementwise weight in ``q x p`` layout (``M'`` in the L step, ``M`` in the
             R step) as a :class:`~jnmf.data.MaskOperator` of the data operator, or None.
@@ -160,6 +162,7 @@ class HalfProblem(eqx.Module):
     penalties: tuple[tuple[Weight, Weight], ...]
     fixed_size: int = eqx.field(static=True, default=0)
     data_entries: int = eqx.field(static=True, default=0)
+    free_sharded: bool = eqx.field(static=True, default=False)
     fixed: Float[Array, "k q"] | None = None
     mask: MaskOperator | None = None
 
@@ -258,7 +261,15 @@ def cross_gram(A: Array, B: Array) -> Array:
 
 
 def _half_problem(
-    F, product, fixed_weight: Weight, free_weight: Weight, W_1, pairs, mask, entries: int = 0
+    F,
+    product,
+    fixed_weight: Weight,
+    free_weight: Weight,
+    W_1,
+    pairs,
+    mask,
+    entries: int = 0,
+    free_sharded: bool = False,
 ) -> HalfProblem:
     """The subproblem of a factor-major unknown given the fixed factor F (``k x q``), the
     data product ``F (W Y W)`` in (k x p) layout and, optionally, the elementwise weight."""
@@ -273,6 +284,7 @@ def _half_problem(
         penalties=tuple(pairs),
         fixed_size=F.shape[-1],
         data_entries=entries,
+        free_sharded=free_sharded,
         fixed=None if mask is None else F,
         mask=mask,
     )
@@ -289,7 +301,10 @@ def half_problem_L(problem: Problem, Lt: Array, R: Array) -> HalfProblem:
     pairs = [(col, row) for row, col in problem.penalty_L.pairs()]  # L' W_2R L W_2C: k-side is W_2C
     product = problem.data_product_L(R)
     mask = problem.data.mask_operator("L")
-    return _half_problem(R, product, problem.W_0C, problem.W_0R, W_1, pairs, mask, problem.data.entries)
+    data = problem.data
+    return _half_problem(
+        R, product, problem.W_0C, problem.W_0R, W_1, pairs, mask, data.entries, data.rows_sharded
+    )
 
 
 def half_problem_R(problem: Problem, Lt: Array, R: Array) -> HalfProblem:

@@ -78,14 +78,11 @@ SCRIPT = textwrap.dedent(
     # the compiled program of the restarts loop (the one fit runs), per method
     kinds = "|".join({collectives!r})
     pattern = re.compile(r"= (.+?) (" + kinds + r")(?:-start)?\\(")
-    for method in {hlo_methods!r}:
+    def collectives(method, data):
         rule = make_rule(method.removeprefix("sparse-"))
-        if method.startswith("sparse-"):
-            data = sharded_sparse(sparse_operator("Y", Ysp), mesh)
-        else:
-            data = sharded_operator("Y", Y, mesh)
         problem = build_problem(data, k)
-        L0 = jax.device_put(jnp.full((b, m, k), 0.5), NamedSharding(mesh, P(None, "rows", None)))
+        rows = data.shape[0]
+        L0 = jax.device_put(jnp.full((b, rows, k), 0.5), NamedSharding(mesh, P(None, "rows", None)))
         R0 = jax.device_put(jnp.full((b, k, n), 0.5), NamedSharding(mesh, P()))
         states, opts, strategy = _prepare(rule, problem, L0, R0, None, {{}}, 50, None, None)
         lowered = _restarts.lower(rule, problem, states, opts, 50, None, strategy, None)
@@ -95,7 +92,19 @@ SCRIPT = textwrap.dedent(
             dims = re.findall(r"\\w+\\[([\\d,]*)\\]", types)
             shapes = [[int(x) for x in d.split(",") if x] for d in dims]
             found.append([kind, shapes])
-        out["hlo"][method] = dict(strategy=strategy, collectives=found)
+        return dict(strategy=strategy, collectives=found)
+
+    for method in {hlo_methods!r}:
+        if method.startswith("sparse-"):
+            data = sharded_sparse(sparse_operator("Y", Ysp), mesh)
+        else:
+            data = sharded_operator("Y", Y, mesh)
+        out["hlo"][method] = collectives(method, data)
+    # more rows per device than one tile of the HALS sweep (jnmf.rules.hals_sweeps.TILE)
+    from jnmf.rules.hals_sweeps import TILE
+    Ytall = np.random.default_rng(1).random(({d} * (TILE + 100), n))
+    for method in ("hals", "ahals"):
+        out["hlo"]["tall-" + method] = collectives(method, sharded_operator("Y", Ytall, mesh))
 
     # the row-blocked dense loss with several blocks per device (BLOCK_ENTRIES lowered):
     # through the sharded operator, and (the control) through GSPMD on the plain operator
@@ -192,6 +201,14 @@ def test_y_sharded_by_rows_is_fitted_on_its_mesh(report):
     fit = report["presharded"]
     assert fit["dL"] < 1e-10 and fit["dR"] < 1e-10 and fit["dobj"] < 1e-10, fit
     _check_layout(fit)
+
+
+@pytest.mark.parametrize("method", ["tall-hals", "tall-ahals"])
+def test_hals_sweeps_a_tall_sharded_l_in_place(report, method):
+    """With more rows per device than one tile of the HALS sweep, L is swept whole on
+    each device: cutting it into tiles in a loop made GSPMD all-gather L (k x m)."""
+    kinds = {kind for kind, _ in report["hlo"][method]["collectives"]}
+    assert kinds == {"all-reduce"}, report["hlo"][method]["collectives"]
 
 
 @pytest.mark.parametrize("method", HLO_METHODS)

@@ -153,6 +153,9 @@ def _tiled_sweep(mixing: Array, linear: Array, curvature: Array, tile: int):
             return Xt, jnp.sum((X_new - X) ** 2)
 
         change = jnp.zeros((), Xt.dtype)
+        if (n_full, rest) == (1, 0):
+            # one tile, the whole Xt: no loop, so no cut (a row-sharded Xt stays in place)
+            return one_tile(Xt, 0, p)
         if n_full:
 
             def body(t, carry):
