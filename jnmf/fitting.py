@@ -135,6 +135,22 @@ class FitResult(eqx.Module):
 
         return save(self, path)
 
+    def gathered(self) -> FitResult:
+        """This result with every array whole on the host of every process.
+
+        A fit on a mesh that spans several processes returns ``L`` (and ``all_L``) split by
+        rows over the processes' devices (each process reads its own rows with
+        :func:`jnmf.data.local_rows`); this all-gathers them
+        (``jax.experimental.multihost_utils.process_allgather``), so it is a collective:
+        every process must call it.  On one process it only copies to the host.
+
+        Returns:
+            A :class:`FitResult` of NumPy arrays (``save`` works on it).
+        """
+        from .data import gathered
+
+        return jax.tree.map(gathered, self)
+
 
 def as_key(key) -> Array:
     """A JAX key from None (seed 0), an int seed, a JAX key or a NumPy Generator."""
