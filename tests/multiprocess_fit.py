@@ -30,7 +30,21 @@ def main() -> None:
 
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("rows",))
     for case in cases:
-        Y = process_rows(case["path"], mesh)
+        if case.get("negative_on") is not None:  # bad rows on one process: every process must raise
+            block = np.array_split(np.load(case["path"]), processes)[process]
+            if process == case["negative_on"]:
+                block[0, 0] = -1.0
+            try:
+                process_rows(block, mesh)
+                error = ""
+            except ValueError as err:
+                error = str(err)
+            np.savez(out / f"{case['name']}-{process}.npz", error=error)
+            continue
+        if case.get("block"):  # this process's rows given in memory, not read from the file
+            Y = process_rows(np.array_split(np.load(case["path"]), processes)[process], mesh)
+        else:
+            Y = process_rows(case["path"], mesh)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", jnmf.ConvergenceWarning)
             res = jnmf.fit(Y, case["rank"], method=case["method"], key=3, max_iterations=case["iterations"])
