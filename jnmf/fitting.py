@@ -618,8 +618,12 @@ def fit(
             reduces only ``k x n`` and ``k x k`` partial sums across devices (Y and L
             are never gathered).  A jax.Array Y
             already sharded by rows (``NamedSharding(mesh, P("rows", None))``) is
-            fitted on its own mesh without ``mesh=``.  The returned L keeps the row
-            sharding, R is replicated.  Restarts are batched as on one device.  The
+            fitted on its own mesh without ``mesh=``, and so is the Y of
+            :func:`jnmf.data.process_rows` on a mesh spanning several processes
+            (``jax.distributed``: each process loads only its rows; every process
+            must pass the same arguments and ``key``).  The returned L keeps the row
+            sharding, R is replicated (:meth:`FitResult.gathered` collects L on every
+            process).  Restarts are batched as on one device.  The
             mesh size must divide ``m``; ``M``, ``missing``, ``W_0R`` / ``W_0C`` and
             KL / beta on sparse Y are refused.  Tested for ``"mu"``, ``"hals"``,
             ``"ahals"``, ``"au"``, ``"kl"`` (sparse: ``"mu"``, ``"hals"``): results
