@@ -1146,7 +1146,9 @@ def process_rows(source, mesh: jax.sharding.Mesh, *, name: str = "Y") -> RowShar
 
     Raises:
         ValueError: on every process alike, naming the processes whose rows are bad (a
-            bad file, shape, dtype or value), or a mesh that does not fit.
+            bad file, shape, dtype or value), or a mesh that does not fit.  A process
+            whose rows failed raises its own error (of whatever type), the others a
+            ValueError naming it: no process is left waiting for the others.
     """
     import scipy.sparse
 
@@ -1160,12 +1162,10 @@ def process_rows(source, mesh: jax.sharding.Mesh, *, name: str = "Y") -> RowShar
         raise ValueError(f"mesh has no device of process {here}: every process of the fit needs one")
     error, block, m, n, lo = "", None, 0, 0, 0
     try:
-        if isinstance(source, str | bytes) or hasattr(source, "__fspath__"):
+        from_file = isinstance(source, str | bytes) or hasattr(source, "__fspath__")
+        if from_file:
             m, n = matrix_io.matrix_shape(source)
             check_mesh("mesh", mesh, m)
-            starts = [_device_rows(mesh, m, n)[d] for d in devices]
-            lo, hi = min(starts), max(starts) + m // mesh.devices.size
-            block = matrix_io.read_rows(source, lo, hi)
         else:
             block = source
             if np.ndim(block) != 2:
@@ -1173,25 +1173,24 @@ def process_rows(source, mesh: jax.sharding.Mesh, *, name: str = "Y") -> RowShar
                     f"{name} must be this process's rows as a 2-d matrix, got shape {np.shape(block)}"
                 )
             rows, n = (int(d) for d in block.shape)
-            m = rows * mesh.devices.size // len(devices)
-            if rows % len(devices) or m % mesh.devices.size:
+            if rows % len(devices):
                 raise ValueError(
                     f"{name}: {rows} rows do not split evenly over this process's {len(devices)} devices"
                 )
-            starts = [_device_rows(mesh, m, n)[d] for d in devices]
-            lo = min(starts)
-            if max(starts) - lo != rows - m // mesh.devices.size:
-                raise ValueError(
-                    f"mesh: the devices of process {here} do not hold one contiguous block of rows"
-                )
+            m = rows * mesh.devices.size // len(devices)
+        height = m // mesh.devices.size
+        starts = sorted(_device_rows(mesh, m, n)[d] for d in devices)
+        lo = starts[0]
+        if starts[-1] - lo != (len(starts) - 1) * height:
+            raise ValueError(f"mesh: the devices of process {here} do not hold one contiguous block of rows")
+        if from_file:
+            block = matrix_io.read_rows(source, lo, lo + len(starts) * height)
         sparse = scipy.sparse.issparse(block)
         label = f"{name} (rows {lo}:{lo + block.shape[0]} on process {here})"
         block = sparse_operator(label, block) if sparse else check.data(label, block)
-    except ValueError as err:
-        error, sparse = " ".join(str(err).split()), False
+    except Exception as err:  # any failure here must reach the other processes, not strand them
+        error, failure, sparse = " ".join(str(err).split()) or type(err).__name__, err, False
     dtype = np.dtype(block.dtype) if not error else np.dtype(np.float32)
-    starts = sorted(_device_rows(mesh, m, n)[d] for d in devices) if not error else []
-    height = m // mesh.devices.size
     if sparse and not error:
         rows, cols, values = (np.asarray(x) for x in (block.rows, block.cols, block.values))
         local = [s - lo for s in starts]
@@ -1199,8 +1198,10 @@ def process_rows(source, mesh: jax.sharding.Mesh, *, name: str = "Y") -> RowShar
         count = int(np.max(np.diff(bounds)))
     facts = _agreed([bool(error), m, n, int(sparse), dtype.itemsize, count if sparse and not error else 0])
     bad = [p for p in range(len(facts)) if facts[p, 0]]
+    if error:
+        raise failure
     if bad:
-        raise ValueError(error or f"{name}: the rows of process(es) {bad} are bad (see their error)")
+        raise ValueError(f"{name}: the rows of process(es) {bad} are bad (see their error)")
     if len({tuple(row[1:5]) for row in facts}) > 1:
         table = ", ".join(
             f"process {p}: {r[1]} x {r[2]} {'sparse' if r[3] else 'dense'} {8 * r[4]}-bit"
