@@ -47,7 +47,15 @@ def main() -> None:
             Y = process_rows(case["path"], mesh)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", jnmf.ConvergenceWarning)
-            res = jnmf.fit(Y, case["rank"], method=case["method"], key=3, max_iterations=case["iterations"])
+            res = jnmf.fit(
+                Y,
+                case["rank"],
+                method=case["method"],
+                key=3,
+                max_iterations=case["iterations"],
+                restarts=case["restarts"],
+                return_all=True,
+            )
         try:
             res.save(out / f"{case['name']}-{process}-spread.npz")
             save_error = ""
@@ -59,6 +67,8 @@ def main() -> None:
             out / f"{case['name']}-{process}.npz",
             L=whole.L,
             R=whole.R,
+            all_L=whole.all_L,
+            best=res.best,
             objective=res.objective,
             start=start,
             rows=rows,

@@ -87,14 +87,18 @@ def _launch(processes: int, cases: list[dict], out: Path) -> None:
         pytest.fail(f"multi-process fit failed or timed out after {LAUNCH_TIMEOUT} s:\n{tails}")
 
 
-def _case(name, path, method, **extra):
-    return dict(name=name, path=str(path), method=method, rank=RANK, iterations=ITERATIONS, **extra)
+def _case(name, path, method, restarts=1, **extra):
+    return dict(
+        name=name, path=str(path), method=method, rank=RANK, iterations=ITERATIONS, restarts=restarts, **extra
+    )
 
 
-def _reference(Y, method):
+def _reference(Y, method, restarts=1):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", jnmf.ConvergenceWarning)
-        return jnmf.fit(Y, RANK, method=method, key=3, max_iterations=ITERATIONS)
+        return jnmf.fit(
+            Y, RANK, method=method, key=3, max_iterations=ITERATIONS, restarts=restarts, return_all=True
+        )
 
 
 def _relative(a, b) -> float:
@@ -109,6 +113,8 @@ def _check_case(out: Path, name: str, processes: int, reference, sparse: bool) -
         assert bool(got["sparse"]) == sparse
         assert _relative(got["L"], ref_L) < 1e-10 and _relative(got["R"], ref_R) < 1e-10
         assert _relative(got["R_local"], ref_R) < 1e-10
+        assert int(got["best"]) == reference.best
+        assert _relative(got["all_L"], reference.all_L) < 1e-10  # every restart's L, gathered too
         assert abs(float(got["objective"]) - reference.objective) <= 1e-10 * reference.objective
         # L stays spread: each process holds its own rows, and reads them without an exchange
         assert not bool(got["L_addressable"]) and int(got["L_devices"]) == processes
@@ -122,12 +128,12 @@ def _check_case(out: Path, name: str, processes: int, reference, sparse: bool) -
 
 def test_two_processes_load_their_rows_and_fit_as_one(files, tmp_path):
     cases = [
-        _case("dense-mu", files["root"] / "dense.npy", "mu"),
+        _case("dense-mu", files["root"] / "dense.npy", "mu", restarts=2),
         _case("sparse-hals", files["root"] / "sparse.mtx", "hals"),
         _case("negative", files["root"] / "dense.npy", "mu", negative_on=1),
     ]
     _launch(2, cases, tmp_path / "out")
-    _check_case(tmp_path / "out", "dense-mu", 2, _reference(files["dense"], "mu"), sparse=False)
+    _check_case(tmp_path / "out", "dense-mu", 2, _reference(files["dense"], "mu", restarts=2), sparse=False)
     _check_case(tmp_path / "out", "sparse-hals", 2, _reference(files["sparse"], "hals"), sparse=True)
     # bad rows on process 1: both processes raise (none is left waiting), process 1 names them
     errors = [str(np.load(tmp_path / "out" / f"negative-{p}.npz")["error"]) for p in range(2)]
