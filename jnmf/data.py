@@ -21,6 +21,10 @@ Every algorithm needs only a few things of the data matrix ``Y`` (``m x n``):
   entries are zeros (``unstored="zero"``) or missing (``unstored="missing"``, as RcppML's
   ``mask_zeros``: recommender-style data);
 * :class:`RowBlock`: rows ``start:start + rows`` of a larger matrix (streaming, sharded fits).
+* :class:`RowShardedData` / :class:`RowShardedSparse`: Y split by rows over a 1-D mesh;
+  :func:`process_rows` builds them from each process's own rows when the mesh spans
+  several processes (``jax.distributed``), and :func:`local_rows` / :func:`gathered`
+  bring a row-sharded result back to the host.
 
 Scaling (``fit`` works on ``Y / max(Y)``) is a traced scalar leaf ``inv_scale`` applied to
 the (small) results, never a rescaled copy of Y.

@@ -5,6 +5,10 @@ row and column names when the file carries them (a CSV header row, a row-name
 column).  Every problem with a file (missing, unreadable, non-numeric, several
 arrays to choose from, negative or non-finite entries) raises
 :class:`MatrixFileError` with a message meant for the person who gave the file.
+
+:func:`read_rows` and :func:`matrix_shape` read one row range (and the shape) of an
+``.npy``, ``.mtx(.gz)`` or ``.h5ad`` file without loading the rest: each process of a fit
+on several processes reads only its own rows (:func:`jnmf.data.process_rows`).
 """
 
 from __future__ import annotations
