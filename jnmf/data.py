@@ -21,6 +21,10 @@ Every algorithm needs only a few things of the data matrix ``Y`` (``m x n``):
   entries are zeros (``unstored="zero"``) or missing (``unstored="missing"``, as RcppML's
   ``mask_zeros``: recommender-style data);
 * :class:`RowBlock`: rows ``start:start + rows`` of a larger matrix (streaming, sharded fits).
+* :class:`RowShardedData` / :class:`RowShardedSparse`: Y split by rows over a 1-D mesh;
+  :func:`process_rows` builds them from each process's own rows when the mesh spans
+  several processes (``jax.distributed``), and :func:`local_rows` / :func:`gathered`
+  bring a row-sharded result back to the host.
 
 Scaling (``fit`` works on ``Y / max(Y)``) is a traced scalar leaf ``inv_scale`` applied to
 the (small) results, never a rescaled copy of Y.
@@ -984,6 +988,12 @@ def check_mesh(name: str, mesh, rows: int) -> jax.sharding.Mesh:
         raise ValueError(f"{name} must be a jax.sharding.Mesh, got {type(mesh).__name__}")
     if len(mesh.axis_names) != 1:
         raise ValueError(f"{name} must be a 1-D mesh (one axis, the rows), got axes {mesh.axis_names}")
+    if any(kind != jax.sharding.AxisType.Auto for kind in mesh.axis_types):
+        # jnmf leaves the partitioning of the loop to GSPMD, which explicit axes refuse
+        raise ValueError(
+            f"{name} must have an Auto axis (jax.make_mesh(..., axis_types=(jax.sharding.AxisType.Auto,)) "
+            f"or jax.sharding.Mesh(devices, ('rows',))), got {mesh.axis_types}"
+        )
     size = mesh.devices.size
     if rows % size:
         raise ValueError(f"{name} has {size} devices, which must divide the {rows} rows of Y")
@@ -991,7 +1001,10 @@ def check_mesh(name: str, mesh, rows: int) -> jax.sharding.Mesh:
 
 
 def mesh_of(Y) -> jax.sharding.Mesh | None:
-    """The 1-D mesh of a jax.Array sharded by rows (``NamedSharding(mesh, P(axis, None))``), else None."""
+    """The 1-D mesh of a jax.Array sharded by rows (``NamedSharding(mesh, P(axis, None))``)
+    or of a row-sharded operator (:func:`process_rows`), else None."""
+    if isinstance(Y, _RowSharded):
+        return Y.mesh
     sharding = getattr(Y, "sharding", None)
     if not isinstance(sharding, jax.sharding.NamedSharding) or len(sharding.mesh.axis_names) != 1:
         return None
@@ -1006,7 +1019,7 @@ def _finite_and_min(Y: Array) -> tuple[Array, Array]:
     return jnp.all(jnp.isfinite(Y)), jnp.min(Y)
 
 
-def sharded_operator(name: str, Y, mesh: jax.sharding.Mesh) -> RowShardedData:
+def sharded_operator(name: str, Y, mesh: jax.sharding.Mesh) -> RowShardedData | RowShardedSparse:
     """A validated :class:`RowShardedData` of ``Y`` on ``mesh``, split by rows
     (:func:`row_sharding`).
 
@@ -1014,7 +1027,7 @@ def sharded_operator(name: str, Y, mesh: jax.sharding.Mesh) -> RowShardedData:
         name: the argument's name, for error messages.
         Y: a host array (validated on the host, then placed) or a jax.Array (validated on
             its devices: two scalar reductions, no host copy; an array already sharded by
-            rows stays where it is).
+            rows stays where it is), or an operator of :func:`process_rows` (returned as it is).
         mesh: a 1-D mesh whose size divides Y's rows (:func:`check_mesh`).
 
     Returns:
@@ -1025,6 +1038,10 @@ def sharded_operator(name: str, Y, mesh: jax.sharding.Mesh) -> RowShardedData:
     """
     from . import _validate as check
 
+    if isinstance(Y, _RowSharded):  # validated by process_rows
+        if Y.mesh != mesh:
+            raise ValueError(f"mesh must be the mesh {name} is sharded on (process_rows)")
+        return Y
     if not isinstance(Y, jax.Array) or check.is_traced(Y):
         Y = check.data(name, Y)
         check_mesh("mesh", mesh, Y.shape[0])
@@ -1072,19 +1089,200 @@ def sharded_sparse(data: SparseData, mesh: jax.sharding.Mesh) -> RowShardedSpars
     devices = mesh.devices.size
     block = m // devices
     rows, cols, values = (np.asarray(x) for x in (data.rows, data.cols, data.values))
-    bounds = np.searchsorted(rows, np.arange(devices + 1) * block)
+    starts = np.arange(devices) * block
+    bounds = np.searchsorted(rows, np.append(starts, m))
     cap = max(1, int(np.max(np.diff(bounds))))
-    out_rows = np.zeros((devices, cap), np.int32)
-    out_cols = np.zeros((devices, cap), np.int32)
-    out_values = np.zeros((devices, cap), values.dtype)
-    for d in range(devices):
-        lo, hi = bounds[d], bounds[d + 1]
-        out_rows[d, : hi - lo] = rows[lo:hi] - d * block
-        out_cols[d, : hi - lo] = cols[lo:hi]
-        out_values[d, : hi - lo] = values[lo:hi]
+    padded = _padded_blocks(rows, cols, values, bounds, starts, cap)
     sharding = jax.sharding.NamedSharding(mesh, _P(mesh.axis_names[0]))
     put = lambda x: jax.device_put(x.reshape(-1), sharding)  # noqa: E731
-    return RowShardedSparse(put(out_rows), put(out_cols), put(out_values), (m, n), mesh)
+    return RowShardedSparse(*(put(x) for x in padded), (m, n), mesh)
+
+
+def _padded_blocks(rows, cols, values, bounds, starts, cap: int) -> tuple[np.ndarray, ...]:
+    """Row blocks of sorted host COO entries, one per device: block d holds entries
+    ``bounds[d]:bounds[d+1]`` with row indices made local (minus ``starts[d]``), padded
+    with zero entries to ``cap``.  Returns ``(rows, cols, values)``, each ``blocks x cap``."""
+    out_rows = np.zeros((len(starts), cap), np.int32)
+    out_cols = np.zeros((len(starts), cap), np.int32)
+    out_values = np.zeros((len(starts), cap), values.dtype)
+    for d, start in enumerate(starts):
+        lo, hi = bounds[d], bounds[d + 1]
+        out_rows[d, : hi - lo] = rows[lo:hi] - start
+        out_cols[d, : hi - lo] = cols[lo:hi]
+        out_values[d, : hi - lo] = values[lo:hi]
+    return out_rows, out_cols, out_values
+
+
+# ------------------------------------------------------------------ several processes
+def _agreed(facts: list[int]) -> np.ndarray:
+    """Every process's ``facts`` (small ints), stacked ``processes x len(facts)``: the one
+    exchange :func:`process_rows` makes, so that every process sees the same global facts
+    and raises the same errors (a process that raised alone would leave the others
+    waiting in the fit's first collective)."""
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(np.asarray(facts, np.int64)))
+
+
+def process_rows(source, mesh: jax.sharding.Mesh, *, name: str = "Y") -> RowShardedData | RowShardedSparse:
+    """Y for a fit on a mesh that spans several processes, from each process's own rows.
+
+    Under ``jax.distributed.initialize`` every process runs the same program and calls
+    this with the same ``mesh``; each process reads (or gives) only the rows of its own
+    devices and the result is one global row-sharded Y, to pass to ``jnmf.fit(Y, k,
+    mesh=mesh)`` (or without ``mesh=``: it is Y's).  Device ``d`` of the mesh holds rows
+    ``d m/D : (d+1) m/D``, as in every row-sharded fit (:class:`RowShardedData`); with
+    the devices listed process by process (``jax.devices()`` order), process ``p`` of
+    ``P`` holds rows ``p m/P : (p+1) m/P``.  Nothing is gathered: the checks run on each
+    process's rows and one small all-gather of per-process facts (row and column counts,
+    dtype, which checks failed, the largest block's stored entries) makes every process
+    agree; the fit's scale (``max(Y)``) and its zero test are reductions on the devices.
+    Works on one process too.
+
+    Args:
+        source: a file path (``.npy``: a memory-mapped row range; ``.mtx`` / ``.mtx.gz``:
+            streamed, only these rows' entries kept; ``.h5ad``: AnnData's backed mode,
+            needs the optional ``anndata``; see :func:`jnmf.io.read_rows`), the same on
+            every process; or this process's rows: a dense array or a scipy.sparse
+            matrix, the same shape on every process.
+        mesh: a 1-D mesh whose size divides the rows (:func:`check_mesh`).
+        name: the argument's name, for error messages.
+
+    Returns:
+        A :class:`RowShardedData` (dense rows) or :class:`RowShardedSparse` (sparse rows,
+        unstored entries zero) in the fit dtype (:func:`jnmf._validate.float_dtype`).
+
+    Raises:
+        ValueError: on every process alike, naming the processes whose rows are bad (a
+            bad file, shape, dtype or value), or a mesh that does not fit.  A process
+            whose rows failed raises its own error (of whatever type), the others a
+            ValueError naming it: no process is left waiting for the others.
+    """
+    import scipy.sparse
+
+    from . import _validate as check
+    from . import io as matrix_io
+
+    check_mesh("mesh", mesh, 0)
+    here = jax.process_index()
+    devices = [d for d in mesh.devices.flat if d.process_index == here]
+    if not devices:
+        raise ValueError(f"mesh has no device of process {here}: every process of the fit needs one")
+    error, block, m, n, lo = "", None, 0, 0, 0
+    try:
+        from_file = isinstance(source, str | bytes) or hasattr(source, "__fspath__")
+        if from_file:
+            m, n = matrix_io.matrix_shape(source)
+            check_mesh("mesh", mesh, m)
+        else:
+            block = source
+            if np.ndim(block) != 2:
+                raise ValueError(
+                    f"{name} must be this process's rows as a 2-d matrix, got shape {np.shape(block)}"
+                )
+            rows, n = (int(d) for d in block.shape)
+            if rows % len(devices):
+                raise ValueError(
+                    f"{name}: {rows} rows do not split evenly over this process's {len(devices)} devices"
+                )
+            m = rows * mesh.devices.size // len(devices)
+        height = m // mesh.devices.size
+        starts = sorted(_device_rows(mesh, m, n)[d] for d in devices)
+        lo = starts[0]
+        if starts[-1] - lo != (len(starts) - 1) * height:
+            raise ValueError(f"mesh: the devices of process {here} do not hold one contiguous block of rows")
+        if from_file:
+            block = matrix_io.read_rows(source, lo, lo + len(starts) * height)
+        sparse = scipy.sparse.issparse(block)
+        label = f"{name} (rows {lo}:{lo + block.shape[0]} on process {here})"
+        block = sparse_operator(label, block) if sparse else check.data(label, block)
+    except Exception as err:  # any failure here must reach the other processes, not strand them
+        error, failure, sparse = " ".join(str(err).split()) or type(err).__name__, err, False
+    dtype = np.dtype(block.dtype) if not error else np.dtype(np.float32)
+    if sparse and not error:
+        rows, cols, values = (np.asarray(x) for x in (block.rows, block.cols, block.values))
+        local = [s - lo for s in starts]
+        bounds = np.searchsorted(rows, np.append(local, local[-1] + height))
+        count = int(np.max(np.diff(bounds)))
+    facts = _agreed([bool(error), m, n, int(sparse), dtype.itemsize, count if sparse and not error else 0])
+    bad = [p for p in range(len(facts)) if facts[p, 0]]
+    if error:
+        raise failure
+    if bad:
+        raise ValueError(f"{name}: the rows of process(es) {bad} are bad (see their error)")
+    if len({tuple(row[1:5]) for row in facts}) > 1:
+        table = ", ".join(
+            f"process {p}: {r[1]} x {r[2]} {'sparse' if r[3] else 'dense'} {8 * r[4]}-bit"
+            for p, r in enumerate(facts)
+        )
+        raise ValueError(f"{name}: the processes disagree on Y ({table})")
+    order = sorted(devices, key=lambda d: _device_rows(mesh, m, n)[d])
+    if not sparse:
+        sharding = row_sharding(mesh)
+        arrays = [jax.device_put(block[s - lo : s - lo + height], d) for s, d in zip(starts, order)]
+        Y = jax.make_array_from_single_device_arrays((m, n), sharding, arrays)
+        return RowShardedData(Y, mesh)
+    cap = max(1, int(facts[:, 5].max()))
+    padded = _padded_blocks(rows, cols, values, bounds, local, cap)
+    sharding = jax.sharding.NamedSharding(mesh, _P(mesh.axis_names[0]))
+
+    def put(x):
+        arrays = [jax.device_put(x[i], d) for i, d in enumerate(order)]
+        return jax.make_array_from_single_device_arrays((mesh.devices.size * cap,), sharding, arrays)
+
+    return RowShardedSparse(*(put(x) for x in padded), (m, n), mesh)
+
+
+def _device_rows(mesh: jax.sharding.Mesh, m: int, n: int) -> dict:
+    """The first row each of this process's devices holds of an ``m x n`` row-sharded array."""
+    index = row_sharding(mesh).addressable_devices_indices_map((m, n))
+    return {d: (rows.start or 0) for d, (rows, *_) in index.items()}
+
+
+def local_rows(x: jax.Array) -> tuple[int, np.ndarray]:
+    """This process's rows of a row-sharded array (e.g. the L of a fit on several
+    processes), as one host block, read from its devices without any exchange.
+
+    Args:
+        x: an array sharded by rows (``NamedSharding(mesh, P(axis, None))``) whose
+            devices in this process hold one contiguous block of rows.
+
+    Returns:
+        ``(start, rows)``: the block is ``x[start:start + len(rows)]``.
+
+    Raises:
+        ValueError: ``x`` is not sharded by rows, or this process's rows are not contiguous.
+    """
+    if mesh_of(x) is None and not (isinstance(x, jax.Array) and x.is_fully_addressable):
+        raise ValueError("x must be an array sharded by rows (NamedSharding(mesh, P(axis, None)))")
+    shards = {}
+    for shard in x.addressable_shards:
+        shards.setdefault(shard.index[0].start or 0, shard)
+    start, height = min(shards), sum(np.shape(s.data)[0] for s in shards.values())
+    block = np.concatenate([np.asarray(shards[s].data) for s in sorted(shards)])
+    if max(shards) - start + np.shape(shards[max(shards)].data)[0] != height:
+        raise ValueError("x: this process's rows are not one contiguous block")
+    return start, block
+
+
+def gathered(x):
+    """``x`` as a host (NumPy) array on every process: an array spread over the devices of
+    several processes is all-gathered (a collective: every process must call this at the
+    same point), any other array is copied to the host.  None stays None.
+
+    Args:
+        x: a jax.Array, a NumPy array, a scalar or None.
+
+    Returns:
+        The whole array on the host.
+    """
+    if x is None:
+        return None
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
 
 
 # ------------------------------------------------------------------------ construction

@@ -135,6 +135,22 @@ class FitResult(eqx.Module):
 
         return save(self, path)
 
+    def gathered(self) -> FitResult:
+        """This result with every array whole on the host of every process.
+
+        A fit on a mesh that spans several processes returns ``L`` (and ``all_L``) split by
+        rows over the processes' devices (each process reads its own rows with
+        :func:`jnmf.data.local_rows`); this all-gathers them
+        (``jax.experimental.multihost_utils.process_allgather``), so it is a collective:
+        every process must call it.  On one process it only copies to the host.
+
+        Returns:
+            A :class:`FitResult` of NumPy arrays (``save`` works on it).
+        """
+        from .data import gathered
+
+        return jax.tree.map(gathered, self)
+
 
 def as_key(key) -> Array:
     """A JAX key from None (seed 0), an int seed, a JAX key or a NumPy Generator."""
@@ -602,8 +618,12 @@ def fit(
             reduces only ``k x n`` and ``k x k`` partial sums across devices (Y and L
             are never gathered).  A jax.Array Y
             already sharded by rows (``NamedSharding(mesh, P("rows", None))``) is
-            fitted on its own mesh without ``mesh=``.  The returned L keeps the row
-            sharding, R is replicated.  Restarts are batched as on one device.  The
+            fitted on its own mesh without ``mesh=``, and so is the Y of
+            :func:`jnmf.data.process_rows` on a mesh spanning several processes
+            (``jax.distributed``: each process loads only its rows; every process
+            must pass the same arguments and ``key``).  The returned L keeps the row
+            sharding, R is replicated (:meth:`FitResult.gathered` collects L on every
+            process).  Restarts are batched as on one device.  The
             mesh size must divide ``m``; ``M``, ``missing``, ``W_0R`` / ``W_0C`` and
             KL / beta on sparse Y are refused.  Tested for ``"mu"``, ``"hals"``,
             ``"ahals"``, ``"au"``, ``"kl"`` (sparse: ``"mu"``, ``"hals"``): results

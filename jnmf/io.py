@@ -5,11 +5,16 @@ row and column names when the file carries them (a CSV header row, a row-name
 column).  Every problem with a file (missing, unreadable, non-numeric, several
 arrays to choose from, negative or non-finite entries) raises
 :class:`MatrixFileError` with a message meant for the person who gave the file.
+
+:func:`read_rows` and :func:`matrix_shape` read one row range (and the shape) of an
+``.npy``, ``.mtx(.gz)`` or ``.h5ad`` file without loading the rest: each process of a fit
+on several processes reads only its own rows (:func:`jnmf.data.process_rows`).
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import zipfile
 from collections.abc import Sequence
@@ -465,3 +470,148 @@ def _parse_cells(path: Path, cells: list[list[str]], line_numbers: list[int], ro
                     f"{path}: line {line_numbers[i]}, column {column}: {cell!r} is not a number"
                 ) from None
     return values
+
+
+# ---------------------------------------------------------------- row ranges (several processes)
+ROW_SUFFIXES = (".npy", ".mtx", ".mtx.gz", ".h5ad")
+# Matrix Market lines parsed at a time when reading a row range (bounds the parser's memory).
+MTX_LINES = 1 << 20
+
+
+def _row_file(path: str | Path) -> tuple[Path, str]:
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix not in ROW_SUFFIXES:
+        raise MatrixFileError(
+            f"{path}: row ranges are read from {', '.join(ROW_SUFFIXES)} files, not {suffix!r}"
+        )
+    if not path.is_file():
+        raise MatrixFileError(f"{path}: no such file")
+    return path, suffix
+
+
+def _mtx_header(fh, path: Path) -> tuple[tuple[int, int], str, str]:
+    """``(shape, field, symmetry)`` of a coordinate Matrix Market file, read up to its size line."""
+    banner = fh.readline().split()
+    if len(banner) != 5 or banner[0].lower() != "%%matrixmarket" or banner[1].lower() != "matrix":
+        raise MatrixFileError(f"{path}: not a Matrix Market file (no '%%MatrixMarket matrix' banner)")
+    layout, field, symmetry = (word.lower() for word in banner[2:])
+    if layout != "coordinate":
+        raise MatrixFileError(
+            f"{path}: a dense ('{layout}') Matrix Market file; save it as .npy to read row ranges"
+        )
+    if field not in ("real", "integer", "pattern") or symmetry not in ("general", "symmetric"):
+        raise MatrixFileError(
+            f"{path}: Matrix Market '{field} {symmetry}' is not supported "
+            "(real, integer or pattern; general or symmetric)"
+        )
+    line = fh.readline()
+    while line.startswith("%") or not line.strip():
+        line = fh.readline()
+    m, n, _ = (int(word) for word in line.split())
+    return (m, n), field, symmetry
+
+
+def _h5ad_backed(path: Path):
+    try:
+        import anndata
+    except ImportError as err:
+        raise MatrixFileError(
+            f"{path}: reading .h5ad row ranges needs the optional package anndata (pip install 'jnmf[h5ad]')"
+        ) from err
+    adata = anndata.read_h5ad(path, backed="r")
+    if adata.X is None:
+        raise MatrixFileError(f"{path}: the AnnData object has no X matrix")
+    return adata
+
+
+def matrix_shape(path: str | Path) -> tuple[int, int]:
+    """The shape of the matrix in a ``.npy``, ``.mtx(.gz)`` or ``.h5ad`` file, from its header only.
+
+    Args:
+        path: the file.
+
+    Returns:
+        ``(m, n)``.
+
+    Raises:
+        MatrixFileError: another kind of file, or one that is not a matrix.
+    """
+    path, suffix = _row_file(path)
+    if suffix == ".npy":
+        shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        if len(shape) != 2:
+            raise MatrixFileError(f"{path}: expected a 2-d matrix, got shape {shape}")
+        return int(shape[0]), int(shape[1])
+    if suffix == ".h5ad":
+        adata = _h5ad_backed(path)
+        shape = tuple(int(d) for d in adata.shape)
+        adata.file.close()
+        return shape
+    with _open_text(path) as fh:
+        return _mtx_header(fh, path)[0]
+
+
+def read_rows(path: str | Path, start: int, stop: int):
+    """Rows ``start:stop`` of the matrix in a file, reading no more of it than needed.
+
+    * ``.npy``: the rows of a memory map (``np.load(mmap_mode="r")``), copied: only their
+      pages are read.
+    * ``.mtx`` / ``.mtx.gz`` (coordinate Matrix Market, general or symmetric): the file is
+      streamed :data:`MTX_LINES` lines at a time and only these rows' entries are kept.
+    * ``.h5ad``: AnnData's X in backed mode (the optional package ``anndata``).
+
+    Args:
+        path: the file.
+        start, stop: the row range (``0 <= start <= stop <= m``).
+
+    Returns:
+        A dense NumPy array (``.npy``, dense ``.h5ad``) or a scipy.sparse CSR matrix
+        (``.mtx``, sparse ``.h5ad``) of shape ``(stop - start, n)``; values as stored.
+
+    Raises:
+        MatrixFileError: another kind of file, one that is not a matrix, or a bad range.
+    """
+    import scipy.sparse
+
+    path, suffix = _row_file(path)
+    m, n = matrix_shape(path)
+    if not 0 <= start <= stop <= m:
+        raise MatrixFileError(f"{path}: rows {start}:{stop} are not a range of its {m} rows")
+    if suffix == ".npy":
+        return np.array(np.load(path, mmap_mode="r", allow_pickle=False)[start:stop])
+    if suffix == ".h5ad":
+        adata = _h5ad_backed(path)
+        block = _csr_or_array(adata.X[start:stop])
+        adata.file.close()
+        return block
+    rows, cols, values = [], [], []
+    with _open_text(path) as fh:
+        _, field, symmetry = _mtx_header(fh, path)
+        width = 2 if field == "pattern" else 3
+        while True:
+            lines = list(itertools.islice(fh, MTX_LINES))
+            if not lines:
+                break
+            try:
+                entries = np.loadtxt(lines, ndmin=2, comments="%", usecols=range(width))
+            except ValueError as err:
+                raise MatrixFileError(f"{path}: unreadable Matrix Market entries ({_one_line(err)})") from err
+            i, j = entries[:, 0].astype(np.int64) - 1, entries[:, 1].astype(np.int64) - 1
+            v = entries[:, 2] if width == 3 else np.ones(len(entries))
+            pairs = [(i, j, v)]
+            if symmetry == "symmetric":  # the file holds one triangle: mirror it
+                off = i != j
+                pairs.append((j[off], i[off], v[off]))
+            for a, b, x in pairs:
+                keep = (a >= start) & (a < stop)
+                rows.append(a[keep] - start)
+                cols.append(b[keep])
+                values.append(x[keep])
+    dtype = np.int64 if field == "integer" else np.float64
+
+    def joined(parts, kind):
+        return np.concatenate(parts).astype(kind) if parts else np.zeros(0, kind)
+
+    coo = (joined(values, dtype), (joined(rows, np.int64), joined(cols, np.int64)))
+    return scipy.sparse.csr_matrix(coo, shape=(stop - start, n))

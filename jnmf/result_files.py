@@ -136,6 +136,11 @@ def save(result, path: str | os.PathLike) -> Path:
         raise TypeError(f"can save a jnmf FitResult or SweepResult, not {type(result).__name__}")
     for name in fields:
         value = getattr(result, name)
+        if getattr(value, "is_fully_addressable", True) is False:
+            raise ValueError(
+                f"result.{name} is spread over the devices of several processes: save "
+                "result.gathered() (a collective: call it on every process, then save on one)"
+            )
         if value is not None:
             arrays[name] = np.asarray(value)
     meta = {
