@@ -38,9 +38,6 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(HERE))
-    sys.path.insert(0, HERE)
-
-from scaling import random_sparse  # noqa: E402
 
 # Peak memory bandwidth from the vendors' spec sheets, TB/s (substring of the device name).
 NOMINAL_TB_PER_S = {
@@ -119,6 +116,7 @@ def iteration_seconds(method: str, data, rows: int, cols: int, iterations: int) 
 def throughput(args) -> dict:
     import jax
     import numpy as np
+    import scipy.sparse as sp
 
     from jnmf.data import DenseData, sparse_operator
 
@@ -132,7 +130,7 @@ def throughput(args) -> dict:
     nominal = nominal_bandwidth(name)
     rng = np.random.default_rng(0)
     Y = jax.device_put(rng.random((m, n), dtype=np.float32))
-    Ysp = random_sparse(ms, ns, density, seed=1)
+    Ysp = sp.random(ms, ns, density=density, format="csr", dtype=np.float32, random_state=rng)
     cases = {
         "dense mu": ("mu", DenseData(Y), (m, n), 2 * m * n * 4),
         "dense hals": ("hals", DenseData(Y), (m, n), 2 * m * n * 4),

@@ -212,22 +212,6 @@ def print_model(link_gb_per_s: float = LINK_GB_PER_S) -> None:
 # --------------------------------------------------------------------------- measured
 
 
-def random_sparse(m: int, n: int, density: float, seed: int):
-    """An ``m x n`` float32 CSR matrix with about ``density m n`` entries uniform on [0, 1)
-    at uniformly drawn positions (duplicates summed).  scipy.sparse.random draws the
-    positions without replacement from all ``m n`` cells, which at 200000 x 20000 needs
-    a 30 GiB index array."""
-    import numpy as np
-    import scipy.sparse as sp
-
-    rng = np.random.default_rng(seed)
-    entries = int(round(density * m * n))
-    rows = rng.integers(0, m, entries, dtype=np.int32)
-    cols = rng.integers(0, n, entries, dtype=np.int32)
-    values = rng.random(entries, dtype=np.float32)
-    return sp.csr_matrix((values, (rows, cols)), shape=(m, n), dtype=np.float32)
-
-
 def _hlo_computations(text: str) -> dict[str, list[str]]:
     """The compiled HLO module's computations: name -> instruction lines."""
     comps: dict[str, list[str]] = {}
@@ -261,26 +245,36 @@ def _called(line: str) -> list[str]:
     return names
 
 
-def all_reduce_bytes(text: str) -> tuple[int, int, list]:
-    """Bytes all-reduced per iteration (inside the fit's outermost while loop) and in the
-    whole program, from a compiled module's text; with the per-iteration shapes.
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
-    Each all-reduce is counted once per execution of its computation (an all-reduce in a
-    loop nested inside the iteration would run more often; jnmf has none: its psums sit
-    after each device's own block loop)."""
+
+def loop_collectives(text: str) -> dict:
+    """The collectives of a compiled module (its text), per iteration and in all.
+
+    Per iteration: those inside the fit's loop (the ENTRY-level ``while`` with the most
+    all-reduced bytes; other loops are set-up).  Each is counted once per execution of
+    its computation (a collective in a loop nested inside the iteration would run more
+    often; jnmf has none: its psums sit after each device's own block loop).
+
+    Returns:
+        ``allreduce_bytes`` (per iteration, the results' bytes), ``allreduce_bytes_program``
+        (the whole program, each once), ``allreduce_shapes`` (per iteration) and
+        ``other_collectives`` (the kinds other than all-reduce inside the loop).
+    """
     import re
 
     sizes = {"f64": 8, "f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "pred": 1, "s64": 8}
     comps = _hlo_computations(text)
+    pattern = re.compile(r"= (.+?) (" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
 
-    def reduced(lines):
-        found = []
-        for line in lines:
-            match = re.search(r"= (.+?) all-reduce(?:-start)?\(", line)
+    def collectives(names):
+        found = []  # (kind, dtype, dims, bytes)
+        for line in (line for name in names for line in comps[name]):
+            match = pattern.search(line)
             if match:
                 for dtype, dims in re.findall(r"(\w+)\[([\d,]*)\]", match.group(1)):
                     count = math.prod(int(d) for d in dims.split(",") if d)
-                    found.append((dtype, dims, count * sizes.get(dtype, 4)))
+                    found.append((match.group(2), dtype, dims, count * sizes.get(dtype, 4)))
         return found
 
     def closure(name, seen):
@@ -292,16 +286,21 @@ def all_reduce_bytes(text: str) -> tuple[int, int, list]:
                 closure(callee, seen)
         return seen
 
-    everything = [x for name in closure("ENTRY", set()) for x in reduced(comps[name])]
+    def reduced(found):
+        return sum(b for kind, *_, b in found if kind == "all-reduce")
+
     loops = []
     for line in comps.get("ENTRY", []):
         match = re.search(r" while\(.*body=%?([\w.\-]+)", line)
         if match:
-            body = closure(match.group(1), set())
-            loops.append([x for name in body for x in reduced(comps[name])])
-    # the fit's loop is the ENTRY-level while with the most traffic (others: set-up loops)
-    per_iteration = max(loops, key=lambda xs: sum(b for *_, b in xs), default=[])
-    return sum(b for *_, b in per_iteration), sum(b for *_, b in everything), per_iteration
+            loops.append(collectives(closure(match.group(1), set())))
+    loop = max(loops, key=reduced, default=[])
+    return dict(
+        allreduce_bytes=reduced(loop),
+        allreduce_bytes_program=reduced(collectives(closure("ENTRY", set()))),
+        allreduce_shapes=sorted({f"{d}[{s}]" for kind, d, s, _ in loop if kind == "all-reduce"}),
+        other_collectives=sorted({kind for kind, *_ in loop if kind != "all-reduce"}),
+    )
 
 
 def child(args) -> None:
@@ -310,6 +309,7 @@ def child(args) -> None:
     import jax
     import jax.numpy as jnp
     import numpy as np
+    import scipy.sparse as sp
     from jax.sharding import Mesh, NamedSharding
     from jax.sharding import PartitionSpec as P
 
@@ -325,7 +325,9 @@ def child(args) -> None:
     m, n = DENSE[0] // scale, DENSE[1] // scale
     Y = rng.random((m, n), dtype=np.float32)
     ms, ns, density = SPARSE[0] // scale, SPARSE[1] // scale, SPARSE[2]
-    Ysp = random_sparse(ms, ns, density, seed=1)
+    # a Generator, not a seed: with a legacy RandomState scipy draws the positions from a
+    # permutation of all m n cells (a 32 GB temporary at 200000 x 20000)
+    Ysp = sp.random(ms, ns, density=density, format="csr", dtype=np.float32, random_state=rng)
     cases = {
         "dense mu": ("mu", lambda: sharded_operator("Y", Y, mesh), (m, n), m * n),
         "dense hals": ("hals", lambda: sharded_operator("Y", Y, mesh), (m, n), m * n),
@@ -356,7 +358,7 @@ def child(args) -> None:
         long = jnp.asarray(WARM_ITERATIONS + args.iterations, jnp.int32)
         compiled = run.lower(rule, problem, state, short).compile()
         text = getattr(compiled, "compiled", compiled).as_text()  # equinox wraps jax's Compiled
-        per_iter_bytes, total_bytes, shapes = all_reduce_bytes(text)
+        found = loop_collectives(text)
         jax.block_until_ready(compiled(rule, problem, state, long))  # warm up
 
         def seconds(T):
@@ -372,9 +374,7 @@ def child(args) -> None:
             spread=[1e3 * min(per), 1e3 * max(per)],
             shape=[rows, cols],
             entries=int(entries),
-            allreduce_bytes=per_iter_bytes,
-            allreduce_bytes_program=total_bytes,
-            allreduce_shapes=sorted({f"{d}[{s}]" for d, s, _ in shapes}),
+            **found,
             model_bytes=(RANK * cols + RANK * RANK) * WORD_BYTES,  # L'Y and L'L, before the ring's factor
         )
     print("JSON" + json.dumps(out), flush=True)
@@ -405,7 +405,7 @@ def measure(args) -> None:
         print(f"  N={N}: {time.perf_counter() - t:.0f} s", flush=True)
     print()
     head = f"{'case':<12} {'N':>2} {'ms/it':>8} {'[min, max]':>16} {'vs N=1':>7}"
-    print(f"{head} {'all-reduce B/it':>16} {'1-D model B':>12}  shapes")
+    print(f"{head} {'all-reduce B/it':>16} {'1-D model B':>12} {'other':>6}  all-reduced shapes")
     for name in args.cases:
         base = next((r["cases"][name]["ms"] for r in results if r["devices"] == 1), None)
         for r in results:
@@ -414,14 +414,16 @@ def measure(args) -> None:
             lo, hi = c["spread"]
             model = c["model_bytes"]
             shapes = " ".join(c["allreduce_shapes"]) or "-"
+            other = ",".join(c["other_collectives"]) or "none"
             print(
                 f"{name:<12} {r['devices']:>2} {c['ms']:>8.1f} {f'[{lo:.1f}, {hi:.1f}]':>16} {speed:>7}"
-                f" {c['allreduce_bytes']:>16,} {model:>12,.0f}  {shapes}"
+                f" {c['allreduce_bytes']:>16,} {model:>12,.0f} {other:>6}  {shapes}"
             )
     print("(all-reduce B/it: the result bytes of the all-reduces inside the fit's loop, from the")
     print(" compiled HLO; a ring moves 2 (N-1)/N times that per device.  1-D model B: 4 (k n + k^2) bytes,")
     print(" L'Y and L'L, without the objective's scalars.  At N=1 the shard_map's psum of L'Y stays in")
-    print(" the program as an all-reduce over one device, which moves nothing.)")
+    print(" the program as an all-reduce over one device, which moves nothing.  other: collectives")
+    print(" of any other kind (all-gather, reduce-scatter, all-to-all, collective-permute) in the loop.)")
     load = open("/proc/loadavg").read().split()[:3]
     print(f"load average at end: {' '.join(load)}")
 
