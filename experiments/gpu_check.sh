@@ -19,7 +19,8 @@
 # that fails or runs out of time is recorded (rc 124 = timed out) and the next one runs.
 # ORL faces are read from $ORL_DATA, else shared/data/orl_faces.npz or ../shared/data/.
 # With --cpu-dry-run the GPU steps run on CPU at small shapes, the tests and benchmarks
-# are only started with --help (their imports and flags are checked, nothing is timed).
+# are only started with --help: their imports are checked, and every option passed must
+# appear in the usage they print (else the step's rc is 2); nothing is timed.
 set -u
 
 DRY=0
@@ -49,7 +50,18 @@ step() {
     local start end
     start=$(date +%s.%N)
     timeout --kill-after=10 "$limit" "$@" >"$PIECES/$name.out" 2>&1
-    echo $? >"$PIECES/$name.rc"
+    local rc=$?
+    if [ $DRY = 1 ] && [ "${*: -1}" = "--help" ]; then
+        # a dry run only printed the usage: every option passed must appear in it
+        local arg
+        for arg in "$@"; do
+            if [[ "$arg" == --* ]] && ! grep -q -- "$arg" "$PIECES/$name.out"; then
+                echo "dry run: option $arg is not in the usage above" >>"$PIECES/$name.out"
+                rc=2
+            fi
+        done
+    fi
+    echo $rc >"$PIECES/$name.rc"
     end=$(date +%s.%N)
     awk -v a="$start" -v b="$end" 'BEGIN { printf "%.2f\n", b - a }' >"$PIECES/$name.seconds"
     tail -n 3 "$PIECES/$name.out"

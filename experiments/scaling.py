@@ -259,7 +259,7 @@ def loop_collectives(text: str) -> dict:
     Returns:
         ``allreduce_bytes`` (per iteration, the results' bytes), ``allreduce_bytes_program``
         (the whole program, each once), ``allreduce_shapes`` (per iteration) and
-        ``other_collectives`` (the kinds other than all-reduce inside the loop).
+        ``other_collectives`` (those of other kinds inside the loop, with their shapes).
     """
     import re
 
@@ -299,7 +299,7 @@ def loop_collectives(text: str) -> dict:
         allreduce_bytes=reduced(loop),
         allreduce_bytes_program=reduced(collectives(closure("ENTRY", set()))),
         allreduce_shapes=sorted({f"{d}[{s}]" for kind, d, s, _ in loop if kind == "all-reduce"}),
-        other_collectives=sorted({kind for kind, *_ in loop if kind != "all-reduce"}),
+        other_collectives=sorted({f"{kind} {d}[{s}]" for kind, d, s, _ in loop if kind != "all-reduce"}),
     )
 
 
@@ -405,7 +405,7 @@ def measure(args) -> None:
         print(f"  N={N}: {time.perf_counter() - t:.0f} s", flush=True)
     print()
     head = f"{'case':<12} {'N':>2} {'ms/it':>8} {'[min, max]':>16} {'vs N=1':>7}"
-    print(f"{head} {'all-reduce B/it':>16} {'1-D model B':>12} {'other':>6}  all-reduced shapes")
+    print(f"{head} {'all-reduce B/it':>16} {'1-D model B':>12}  all-reduced shapes; other collectives")
     for name in args.cases:
         base = next((r["cases"][name]["ms"] for r in results if r["devices"] == 1), None)
         for r in results:
@@ -414,16 +414,17 @@ def measure(args) -> None:
             lo, hi = c["spread"]
             model = c["model_bytes"]
             shapes = " ".join(c["allreduce_shapes"]) or "-"
-            other = ",".join(c["other_collectives"]) or "none"
+            other = ", ".join(c["other_collectives"]) or "none"
             print(
                 f"{name:<12} {r['devices']:>2} {c['ms']:>8.1f} {f'[{lo:.1f}, {hi:.1f}]':>16} {speed:>7}"
-                f" {c['allreduce_bytes']:>16,} {model:>12,.0f} {other:>6}  {shapes}"
+                f" {c['allreduce_bytes']:>16,} {model:>12,.0f}  {shapes}; {other}"
             )
     print("(all-reduce B/it: the result bytes of the all-reduces inside the fit's loop, from the")
     print(" compiled HLO; a ring moves 2 (N-1)/N times that per device.  1-D model B: 4 (k n + k^2) bytes,")
     print(" L'Y and L'L, without the objective's scalars.  At N=1 the shard_map's psum of L'Y stays in")
-    print(" the program as an all-reduce over one device, which moves nothing.  other: collectives")
-    print(" of any other kind (all-gather, reduce-scatter, all-to-all, collective-permute) in the loop.)")
+    print(" the program as an all-reduce over one device, which moves nothing.  Other collectives:")
+    print(" any all-gather, reduce-scatter, all-to-all or collective-permute in the loop, with its")
+    print(" result shape; one inside a nested loop runs once per trip of that loop.)")
     load = open("/proc/loadavg").read().split()[:3]
     print(f"load average at end: {' '.join(load)}")
 
