@@ -124,7 +124,7 @@ def throughput(args) -> dict:
     name = devices[0].device_kind
     dry = args.cpu_dry_run
     m, n = (2048, 512) if dry else (65536, 8192)  # dense: 2 GiB of float32 on a GPU
-    ms, ns, density = (20000, 2000, 0.001) if dry else (2_000_000, 100_000, 0.0005)
+    ms, ns, density = (20000, 2000, 0.001) if dry else (500_000, 50_000, 0.001)  # 2.5e7 entries
     iterations = 4 if dry else 20
     copy = copy_bandwidth(0.0625 if dry else 4.0)
     nominal = nominal_bandwidth(name)

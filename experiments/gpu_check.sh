@@ -13,10 +13,11 @@
 #   orl, restarts, survey, sparse
 #                experiments/bench_orl.py (--parts target, then --parts restarts_target),
 #                bench_golub_survey.py (--skip-r), bench_sparse.py (--small --skip-r
-#                --skip-memory): exit code, seconds and output tail each.
-# Every step has its own time limit (seconds, overridable: T_TESTS, T_ORL, T_RESTARTS,
-# T_SURVEY, T_SPARSE, T_THROUGHPUT) so that the whole run stays under ~9 minutes; a step
-# that fails or runs out of time is recorded (rc 124 = timed out) and the next one runs.
+#                --skip-memory --skip-restarts): exit code, seconds and output tail each.
+# Every step has its own time limit (seconds, overridable: T_THROUGHPUT 120, T_TESTS 170,
+# T_ORL 60, T_RESTARTS 60, T_SURVEY 80, T_SPARSE 70: 560 s in all, under a 10-minute
+# budget); a step that fails or runs out of time is recorded (rc 124 = timed out) and the
+# next one runs.
 # ORL faces are read from $ORL_DATA, else shared/data/orl_faces.npz or ../shared/data/.
 # With --cpu-dry-run the GPU steps run on CPU at small shapes, the tests and benchmarks
 # are only started with --help: their imports are checked, and every option passed must
@@ -55,7 +56,7 @@ step() {
         # a dry run only printed the usage: every option passed must appear in it
         local arg
         for arg in "$@"; do
-            if [[ "$arg" == --* ]] && ! grep -q -- "$arg" "$PIECES/$name.out"; then
+            if [[ "$arg" == --* ]] && ! grep -qE -- "(^|[^-[:alnum:]_])$arg([^-[:alnum:]_]|$)" "$PIECES/$name.out"; then
                 echo "dry run: option $arg is not in the usage above" >>"$PIECES/$name.out"
                 rc=2
             fi
@@ -102,16 +103,16 @@ done
 
 HELP=()
 [ $DRY = 1 ] && HELP=(--help)
-step tests "${T_TESTS:-200}" "$PY" -m pytest tests/test_fit.py tests/test_mesh.py -q -p no:cacheprovider "${HELP[@]}"
+step tests "${T_TESTS:-170}" "$PY" -m pytest tests/test_fit.py tests/test_mesh.py -q -p no:cacheprovider "${HELP[@]}"
 if [ -n "$ORL" ]; then
-    step orl "${T_ORL:-90}" "$PY" experiments/bench_orl.py --data "$ORL" --parts target --methods ahals hals mu "${HELP[@]}"
-    step restarts "${T_RESTARTS:-90}" "$PY" experiments/bench_orl.py --data "$ORL" --parts restarts_target \
+    step orl "${T_ORL:-60}" "$PY" experiments/bench_orl.py --data "$ORL" --parts target --methods ahals hals mu "${HELP[@]}"
+    step restarts "${T_RESTARTS:-60}" "$PY" experiments/bench_orl.py --data "$ORL" --parts restarts_target \
         --restarts 32 --sk-sample 2 "${HELP[@]}"
 else
     echo '{"skipped": "ORL faces not found (set ORL_DATA)"}' >"$PIECES/orl.json"
     echo '{"skipped": "ORL faces not found (set ORL_DATA)"}' >"$PIECES/restarts.json"
 fi
-step survey "${T_SURVEY:-120}" "$PY" experiments/bench_golub_survey.py --skip-r "${HELP[@]}"
-step sparse "${T_SPARSE:-120}" "$PY" experiments/bench_sparse.py --small --skip-r --skip-memory "${HELP[@]}"
+step survey "${T_SURVEY:-80}" "$PY" experiments/bench_golub_survey.py --skip-r "${HELP[@]}"
+step sparse "${T_SPARSE:-70}" "$PY" experiments/bench_sparse.py --small --skip-r --skip-memory --skip-restarts "${HELP[@]}"
 
 "$PY" experiments/gpu_check.py assemble "$PIECES" "$REPORT"
