@@ -39,7 +39,7 @@ reduce-scatter ``(p-1)/p w`` for a result / input of ``w`` words), for
 at internet scale, 10^8 x 10^6 sparse at 0.01 % (10^10 stored entries), k = 100, on 64
 and 1024 devices; with the memory per device under each layout.
 
-    python experiments/scaling.py                  # measured (about 3-4 min on 2 cores) + model
+    python experiments/scaling.py                  # measured + model (8.9 min at load 15-27)
     python experiments/scaling.py --model          # the model only (instant)
     python experiments/scaling.py --devices 1 4 --small
 """
