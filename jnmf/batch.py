@@ -156,13 +156,24 @@ def check_fits_mesh(name: str, mesh) -> jax.sharding.Mesh:
 def _padded(tree, size: int):
     """Every array leaf's leading axis padded to ``size`` by repeating its last entry: the
     padded fits are copies of a real one (never zero factors a rule might divide by), and
-    are dropped afterwards."""
+    are dropped afterwards.  Padded on the host, on their way to the mesh: on the device
+    each leaf's concatenation would compile a program of its own."""
 
     def pad(x):
-        extra = size - x.shape[0]
-        return x if extra == 0 else jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)])
+        x = np.asarray(x)
+        return np.concatenate([x, np.repeat(x[-1:], size - x.shape[0], axis=0)])
 
     return jax.tree.map(lambda x: pad(x) if eqx.is_array(x) else x, tree)
+
+
+def _gathered(tree, kept):
+    """The array leaves of a spread result, the padded fits dropped (``kept`` indexes the
+    real ones), back on the default device as after a one-device run.  They leave the
+    mesh through the host: dropping the padded fits on the devices would compile a small
+    program per leaf, or put a gather into the fits' program; and the rest of each
+    surface (choosing the best fit, losses, scores) then runs through the same compiled
+    programs as after a one-device run."""
+    return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[kept]) if eqx.is_array(x) else x, tree)
 
 
 def _placed(tree, mesh: jax.sharding.Mesh, spec):
@@ -274,7 +285,8 @@ def run_restarts(
             restarts over its devices: the batch is padded to a multiple of the device count
             (with copies of the last start, dropped afterwards), split over the devices, and
             each device runs the one-device program (``strategy`` included) on its slice
-            with the problem (Y) replicated; the program has no collective.  Not with
+            with the problem (Y) replicated; the program has no collective.  The results
+            come back on the default device, as from a one-device run.  Not with
             ``progress_every``.
 
     Returns:
@@ -297,7 +309,7 @@ def run_restarts(
         states = _placed(_padded(states, _size_on(mesh, count)), mesh, _P(FITS_AXIS))
         rule, problem, opts = _placed((rule, problem, opts), mesh, _P())
         res = _spread_restarts(rule, problem, states, opts, int(history_size), normalize, strategy, mesh)
-        return jax.tree.map(lambda x: x[:count] if eqx.is_array(x) else x, res)
+        return _gathered(res, np.s_[:count])
     every = None
     if progress_every is not None:
         every = jnp.asarray(check.positive_int("progress_every", progress_every), jnp.int32)
@@ -407,5 +419,4 @@ def run_grid(
     res = _spread_grid(
         rule, problem, grid, states, opts, int(history_size), normalize, strategy, mesh, on_settings
     )
-    kept = (lambda x: x[:settings]) if on_settings else (lambda x: x[:, :restarts])
-    return jax.tree.map(lambda x: kept(x) if eqx.is_array(x) else x, res)
+    return _gathered(res, np.s_[:settings] if on_settings else np.s_[:, :restarts])

@@ -23,7 +23,7 @@ COLLECTIVES = ("all-reduce", "all-gather", "all-to-all", "collective-permute", "
 
 SCRIPT = textwrap.dedent(
     """
-    import json, re, tempfile
+    import json, re
     import jax, jax.numpy as jnp, numpy as np
     jax.config.update("jax_enable_x64", True)
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -54,11 +54,6 @@ SCRIPT = textwrap.dedent(
         )
         for a, b in zip(one, spread)
     ]
-    # the same survey checkpointed (one rank per chunk), spread: equals the one-program survey
-    with tempfile.TemporaryDirectory() as directory:
-        resumable = jnmf.consensus(Y, {ranks!r}, mesh=mesh, checkpoint=directory, **kw)
-    out["checkpointed"] = max(max(gap(a.L, b.L), gap(a.R, b.R)) for a, b in zip(one, resumable))
-
     # rank cross-validation: 2 repeats x 3 ranks x 3 restarts (the 9 starts pad to 12)
     kw = dict(repeats=2, restarts=3, key=2, max_iterations=30, method="mu")
     a = jnmf.cross_validate_rank(Y, [2, 3, 4], **kw)
@@ -118,10 +113,6 @@ def test_spread_survey_equals_one_device_survey(report):
         assert rank["best"][0] == rank["best"][1], rank
         assert rank["labels"] and rank["iterations"], rank
         assert rank["dC"] == 0.0 and rank["dcoph"] < 1e-12, rank
-
-
-def test_spread_checkpointed_survey_equals_one_program_survey(report):
-    assert report["checkpointed"] < 1e-10
 
 
 def test_spread_cross_validation_equals_one_device(report):
@@ -192,12 +183,3 @@ def test_bad_fits_mesh_is_refused(call, mesh, match):
 def test_fit_refuses_what_spread_restarts_cannot_do(kwargs, match):
     with pytest.raises(ValueError, match=match):
         jnmf.fit(Y_SMALL, 2, **kwargs)
-
-
-@pytest.mark.filterwarnings("ignore::jnmf.fitting.ConvergenceWarning")
-def test_one_device_fits_mesh_fits_like_no_mesh():
-    """A 'fits' mesh of one device runs the padded-and-split program: the same restarts."""
-    kw = dict(method="hals", restarts=3, max_iterations=5, tol=0.0, return_all=True)
-    a, b = jnmf.fit(Y_SMALL, 2, **kw), jnmf.fit(Y_SMALL, 2, mesh=_mesh(), **kw)
-    np.testing.assert_allclose(np.asarray(b.all_L), np.asarray(a.all_L), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(np.asarray(b.all_R), np.asarray(a.all_R), rtol=0, atol=1e-12)
