@@ -22,6 +22,15 @@ over a batch of fits, with one of two strategies, chosen here and nowhere else:
 :func:`batching_strategy` picks one per rule and backend from measurements
 (experiments/bench_batching.py); every function takes ``strategy=`` to override it.
 On GPU/TPU everything is batched (``"vmap"``).
+
+**Spread over devices.**  With ``mesh=`` (a 1-D :class:`jax.sharding.Mesh` whose axis is
+named ``"fits"``), :func:`run_restarts` and :func:`run_grid` split the batch over the
+mesh's devices: it is padded to a multiple of the device count with copies of its last
+fit, split along its leading axis, and each device runs the program above (the same
+strategy) on its slice inside ``jax.shard_map``, with the problem, Y included,
+replicated.  The fits are independent, so the compiled program holds no collective; the
+padded fits are dropped and the results come back on the default device, equal to a
+one-device run's (tests/test_mesh_batch.py).
 """
 
 from __future__ import annotations
