@@ -22,6 +22,15 @@ over a batch of fits, with one of two strategies, chosen here and nowhere else:
 :func:`batching_strategy` picks one per rule and backend from measurements
 (experiments/bench_batching.py); every function takes ``strategy=`` to override it.
 On GPU/TPU everything is batched (``"vmap"``).
+
+**Spread over devices.**  With ``mesh=`` (a 1-D :class:`jax.sharding.Mesh` whose axis is
+named ``"fits"``), :func:`run_restarts` and :func:`run_grid` split the batch over the
+mesh's devices: it is padded to a multiple of the device count with copies of its last
+fit, split along its leading axis, and each device runs the program above (the same
+strategy) on its slice inside ``jax.shard_map``, with the problem, Y included,
+replicated.  The fits are independent, so the compiled program holds no collective; the
+padded fits are dropped and the results come back on the default device, equal to a
+one-device run's (tests/test_mesh_batch.py).
 """
 
 from __future__ import annotations
@@ -114,14 +123,120 @@ def _restarts(rule, problem, states, opts, history_size, normalize, strategy, pr
     return _run(rule, problem, states, opts, history_size, normalize, strategy, progress_every)
 
 
-@eqx.filter_jit
-def _grid(rule, problem, grid, states, opts, history_size, normalize, strategy) -> Result:
+def _grid_impl(rule, problem, grid, states, opts, history_size, normalize, strategy) -> Result:
     def one_setting(values):
         return _run(rule, problem.replace(**values), states, opts, history_size, normalize, strategy)
 
     if strategy == "vmap":
         return jax.vmap(one_setting)(grid)
     return jax.lax.map(one_setting, grid)
+
+
+_grid = eqx.filter_jit(_grid_impl)
+
+
+# ----------------------------------------------------------------- fits spread over a mesh
+FITS_AXIS = "fits"
+_P = jax.sharding.PartitionSpec
+
+
+def check_fits_mesh(name: str, mesh) -> jax.sharding.Mesh:
+    """A mesh to spread a batch of fits over: a :class:`jax.sharding.Mesh` with the one
+    axis :data:`FITS_AXIS` (``"fits"``).
+
+    Raises:
+        ValueError: naming ``name``: not a Mesh, no ``"fits"`` axis, or other axes too.
+    """
+    if not isinstance(mesh, jax.sharding.Mesh):
+        raise ValueError(f"{name} must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+    if FITS_AXIS not in mesh.axis_names:
+        raise ValueError(
+            f"{name} must have an axis named {FITS_AXIS!r} to spread the fits over, "
+            f"got axes {mesh.axis_names}"
+        )
+    if len(mesh.axis_names) != 1:
+        raise ValueError(
+            f"{name} must be a 1-D mesh (the one axis {FITS_AXIS!r}) to spread fits over; a mesh of "
+            f"fits x rows is not supported yet, got axes {mesh.axis_names}"
+        )
+    return mesh
+
+
+def _padded(tree, size: int):
+    """Every array leaf's leading axis padded to ``size`` by repeating its last entry: the
+    padded fits are copies of a real one (never zero factors a rule might divide by), and
+    are dropped afterwards.  Padded on the host, on their way to the mesh: on the device
+    each leaf's concatenation would compile a program of its own."""
+
+    def pad(x):
+        x = np.asarray(x)
+        return np.concatenate([x, np.repeat(x[-1:], size - x.shape[0], axis=0)])
+
+    return jax.tree.map(lambda x: pad(x) if eqx.is_array(x) else x, tree)
+
+
+def _gathered(tree, kept):
+    """The array leaves of a spread result, the padded fits dropped (``kept`` indexes the
+    real ones), back on the default device as after a one-device run.  They leave the
+    mesh through the host: dropping the padded fits on the devices would compile a small
+    program per leaf, or put a gather into the fits' program; and the rest of each
+    surface (choosing the best fit, losses, scores) then runs through the same compiled
+    programs as after a one-device run."""
+    return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[kept]) if eqx.is_array(x) else x, tree)
+
+
+def _placed(tree, mesh: jax.sharding.Mesh, spec):
+    """Every array leaf of ``tree`` put on ``mesh`` with the partition ``spec``."""
+    sharding = jax.sharding.NamedSharding(mesh, spec)
+    return jax.tree.map(lambda x: jax.device_put(x, sharding) if eqx.is_array(x) else x, tree)
+
+
+def _on_fits(f, mesh: jax.sharding.Mesh, in_specs: tuple, out_spec, *args):
+    """``f(*args)`` with every device of ``mesh`` running it on its own slice of the fits
+    (``jax.shard_map`` over the fits axis); ``in_specs`` says per argument which are split
+    (the fits' leaves) and which replicated (the problem: Y is copied to every device).
+
+    Each device runs the one-device code on its slice, with no collective at all: the fits
+    are independent, and each device's loop stops when its own fits have.  ``check_vma``
+    is off because the rules' loops start their carries from constants that do not vary
+    over the mesh; every output leaf is per fit, split as ``out_spec`` says."""
+    dynamic, static = eqx.partition(args, eqx.is_array)
+    static_out = []
+
+    def body(dynamic):
+        arrays, rest = eqx.partition(f(*eqx.combine(dynamic, static)), eqx.is_array)
+        static_out.append(rest)
+        return arrays
+
+    spread = jax.shard_map(body, mesh=mesh, in_specs=(in_specs,), out_specs=out_spec, check_vma=False)
+    arrays = spread(dynamic)
+    return eqx.combine(arrays, static_out[0])
+
+
+@eqx.filter_jit
+def _spread_restarts(rule, problem, states, opts, history_size, normalize, strategy, mesh) -> Result:
+    def run(rule, problem, states, opts):
+        return _run(rule, problem, states, opts, history_size, normalize, strategy)
+
+    split = _P(FITS_AXIS)
+    return _on_fits(run, mesh, (_P(), _P(), split, _P()), split, rule, problem, states, opts)
+
+
+@eqx.filter_jit
+def _spread_grid(rule, problem, grid, states, opts, history_size, normalize, strategy, mesh, on_settings):
+    def run(rule, problem, grid, states, opts):
+        return _grid_impl(rule, problem, grid, states, opts, history_size, normalize, strategy)
+
+    split, whole = _P(FITS_AXIS), _P()
+    specs = (whole, whole, split, whole, whole) if on_settings else (whole, whole, whole, split, whole)
+    out_spec = split if on_settings else _P(None, FITS_AXIS)
+    return _on_fits(run, mesh, specs, out_spec, rule, problem, grid, states, opts)
+
+
+def _size_on(mesh: jax.sharding.Mesh, count: int) -> int:
+    """``count`` rounded up to a multiple of the mesh's devices."""
+    devices = mesh.devices.size
+    return -(-count // devices) * devices
 
 
 def _options(rule, stopping, overrides, history_size, normalize, strategy, dtype, problem=None):
@@ -160,6 +275,7 @@ def run_restarts(
     normalize=None,
     strategy: str | None = None,
     progress_every: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Result:
     """Fit from each of the starting points ``L0[i], R0[i]`` as one compiled program.
 
@@ -174,15 +290,35 @@ def run_restarts(
         progress_every: report progress to the host every this many iterations, from
             inside the compiled loop (:mod:`jnmf.progress`); None (default) compiles the
             loop without reports.  The stride is traced: changing it does not recompile.
+        mesh: a 1-D mesh with the axis ``"fits"`` (:func:`check_fits_mesh`) to spread the
+            restarts over its devices: the batch is padded to a multiple of the device count
+            (with copies of the last start, dropped afterwards), split over the devices, and
+            each device runs the one-device program (``strategy`` included) on its slice
+            with the problem (Y) replicated; the program has no collective.  The results
+            come back on the default device, as from a one-device run.  Not with
+            ``progress_every``.
 
     Returns:
         A :class:`~jnmf.driver.Result` whose leaves have a leading restart axis.
+
+    Raises:
+        ValueError: a bad ``mesh`` (before compiling), or bad shapes or settings.
     """
+    if mesh is not None:
+        check_fits_mesh("mesh", mesh)
+        if progress_every is not None:
+            raise ValueError("progress_every (progress reports) is not supported with mesh (spread fits)")
     rule.check(problem)
     overrides = dict(max_iterations=max_iterations, min_xstep=min_xstep, tol=tol, rel_tol=rel_tol)
     states, opts, strategy = _prepare(
         rule, problem, L0, R0, stopping, overrides, history_size, normalize, strategy
     )
+    if mesh is not None:
+        count = L0.shape[0]
+        states = _placed(_padded(states, _size_on(mesh, count)), mesh, _P(FITS_AXIS))
+        rule, problem, opts = _placed((rule, problem, opts), mesh, _P())
+        res = _spread_restarts(rule, problem, states, opts, int(history_size), normalize, strategy, mesh)
+        return _gathered(res, np.s_[:count])
     every = None
     if progress_every is not None:
         every = jnp.asarray(check.positive_int("progress_every", progress_every), jnp.int32)
@@ -237,6 +373,7 @@ def run_grid(
     history_size: int = 1000,
     normalize=None,
     strategy: str | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Result:
     """Fit every (setting, restart) pair as one compiled program.
 
@@ -246,10 +383,20 @@ def run_grid(
             ``gamma_2R``, ``W_1L``, ``W_1R``, ``W_0R``, ``W_0C``) to arrays with one leading
             axis of equal length G (one entry per setting).  Each value REPLACES the
             problem's.
+        mesh: a 1-D mesh with the axis ``"fits"`` (:func:`check_fits_mesh`) to spread the
+            fits over its devices, as :func:`run_restarts` does: either the settings or
+            the restarts are split over the devices (each device runs all restarts of its
+            settings, or its restarts of every setting), whichever needs fewer padded fits
+            (ties: the settings).
 
     Returns:
         A :class:`~jnmf.driver.Result` whose leaves have leading axes (G, restarts).
+
+    Raises:
+        ValueError: a bad ``mesh`` or grid (before compiling), or bad shapes or settings.
     """
+    if mesh is not None:
+        check_fits_mesh("mesh", mesh)
     dt = L0.dtype
     m, n = problem.shape
     k = L0.shape[-1]
@@ -266,4 +413,19 @@ def run_grid(
         rule, problem, L0, R0, stopping, overrides, history_size, normalize, strategy
     )
     grid = {key: jnp.asarray(v) for key, v in grid.items()}
-    return _grid(rule, problem, grid, states, opts, int(history_size), normalize, strategy)
+    if mesh is None:
+        return _grid(rule, problem, grid, states, opts, int(history_size), normalize, strategy)
+    settings, restarts = next(iter(grid.values())).shape[0], L0.shape[0]
+    padded_settings = (_size_on(mesh, settings) - settings) * restarts
+    on_settings = padded_settings <= (_size_on(mesh, restarts) - restarts) * settings
+    if on_settings:
+        grid = _placed(_padded(grid, _size_on(mesh, settings)), mesh, _P(FITS_AXIS))
+        states = _placed(states, mesh, _P())
+    else:
+        states = _placed(_padded(states, _size_on(mesh, restarts)), mesh, _P(FITS_AXIS))
+        grid = _placed(grid, mesh, _P())
+    rule, problem, opts = _placed((rule, problem, opts), mesh, _P())
+    res = _spread_grid(
+        rule, problem, grid, states, opts, int(history_size), normalize, strategy, mesh, on_settings
+    )
+    return _gathered(res, np.s_[:settings] if on_settings else np.s_[:, :restarts])

@@ -7,16 +7,13 @@ tests below assert on them.  The argument checks run in-process (they fail befor
 anything is compiled).
 """
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
 import numpy as np
 import pytest
 import scipy.sparse
+from device_script import run_on_devices  # (tests/ is on sys.path under pytest)
 from jax.sharding import Mesh
 
 import jnmf
@@ -154,16 +151,7 @@ SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def report():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DEVICES}".strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    env["JNMF_NO_COMPILE_CACHE"] = "1"
-    proc = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("JSON"))
-    return json.loads(line[4:])
+    return run_on_devices(SCRIPT, DEVICES)
 
 
 def _check_layout(fit: dict) -> None:
