@@ -35,6 +35,7 @@ import numpy as np
 from jaxtyping import Array
 
 from . import _validate as check
+from .compile_cache import release_programs_near_map_limit
 from .driver import DEFAULT_STOPPING, Result, Stopping, check_static_options, iterate_impl
 from .problem import Problem, check_replacements
 from .rules.base import AlternatingRule, alternate
@@ -186,6 +187,7 @@ def run_restarts(
     every = None
     if progress_every is not None:
         every = jnp.asarray(check.positive_int("progress_every", progress_every), jnp.int32)
+    release_programs_near_map_limit()
     return _restarts(rule, problem, states, opts, int(history_size), normalize, strategy, every)
 
 
@@ -219,6 +221,7 @@ def continue_restarts(
     overrides = dict(max_iterations=max_iterations, min_xstep=min_xstep, tol=tol, rel_tol=rel_tol)
     dtype = rule.factors(states)[0].dtype
     opts, strategy = _options(rule, stopping, overrides, history_size, normalize, strategy, dtype, problem)
+    release_programs_near_map_limit()
     return _restarts(rule, problem, states, opts, int(history_size), normalize, strategy, None)
 
 
@@ -266,4 +269,5 @@ def run_grid(
         rule, problem, L0, R0, stopping, overrides, history_size, normalize, strategy
     )
     grid = {key: jnp.asarray(v) for key, v in grid.items()}
+    release_programs_near_map_limit()
     return _grid(rule, problem, grid, states, opts, int(history_size), normalize, strategy)
