@@ -114,6 +114,7 @@ def cli_latency(m: int, n: int, rank: int, repeats: int) -> None:
 
 
 def main() -> None:
+    global REPO
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=METHODS)
     parser.add_argument("--shape", nargs=2, type=int, default=(1000, 500))
@@ -123,7 +124,6 @@ def main() -> None:
     parser.add_argument("--skip-methods", action="store_true")
     parser.add_argument("--repo", type=Path, default=REPO, help="the checkout to measure (before / after)")
     args = parser.parse_args()
-    global REPO
     REPO = args.repo.resolve()
     sys.path.insert(0, str(REPO))
     print(f"load average at start: {open('/proc/loadavg').read().strip()}")
