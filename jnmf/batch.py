@@ -44,6 +44,7 @@ import numpy as np
 from jaxtyping import Array
 
 from . import _validate as check
+from .compile_cache import release_programs_near_map_limit
 from .driver import DEFAULT_STOPPING, Result, Stopping, check_static_options, iterate_impl
 from .problem import Problem, check_replacements
 from .rules.base import AlternatingRule, alternate
@@ -313,6 +314,7 @@ def run_restarts(
     states, opts, strategy = _prepare(
         rule, problem, L0, R0, stopping, overrides, history_size, normalize, strategy
     )
+    release_programs_near_map_limit()
     if mesh is not None:
         count = L0.shape[0]
         states = _placed(_padded(states, _size_on(mesh, count)), mesh, _P(FITS_AXIS))
@@ -355,6 +357,7 @@ def continue_restarts(
     overrides = dict(max_iterations=max_iterations, min_xstep=min_xstep, tol=tol, rel_tol=rel_tol)
     dtype = rule.factors(states)[0].dtype
     opts, strategy = _options(rule, stopping, overrides, history_size, normalize, strategy, dtype, problem)
+    release_programs_near_map_limit()
     return _restarts(rule, problem, states, opts, int(history_size), normalize, strategy, None)
 
 
@@ -413,6 +416,7 @@ def run_grid(
         rule, problem, L0, R0, stopping, overrides, history_size, normalize, strategy
     )
     grid = {key: jnp.asarray(v) for key, v in grid.items()}
+    release_programs_near_map_limit()
     if mesh is None:
         return _grid(rule, problem, grid, states, opts, int(history_size), normalize, strategy)
     settings, restarts = next(iter(grid.values())).shape[0], L0.shape[0]

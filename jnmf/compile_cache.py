@@ -14,16 +14,33 @@ written to the cache: JAX refuses to, as the callback is bound to the process.
 
 As JAX warns, the cache is trusted code: do not point it at a directory that others
 can write to.
+
+Long sessions: every compiled CPU program that JAX keeps in memory holds about six
+memory mappings of the process (its code and data sections), and Linux caps a process
+at ``vm.max_map_count`` mappings (65530 by default).  A process that compiles about
+10,000 programs and keeps them all (a long notebook, or the whole test suite in one
+pytest process) then fails to map the next program's code inside XLA: a segmentation
+fault while compiling (the crash reported in jax-ml/jax#27201).  Before each fit,
+:func:`release_programs_near_map_limit` drops JAX's in-memory programs
+(``jax.clear_caches``) once the process holds more than 3/4 of its mapping limit;
+they are compiled again on their next use.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import jax
 
-__all__ = ["DISABLE_VARIABLE", "compile_cache_disabled", "default_cache_dir", "enable_compile_cache"]
+__all__ = [
+    "DISABLE_VARIABLE",
+    "compile_cache_disabled",
+    "default_cache_dir",
+    "enable_compile_cache",
+    "release_programs_near_map_limit",
+]
 
 DISABLE_VARIABLE = "JNMF_NO_COMPILE_CACHE"
 
@@ -73,3 +90,57 @@ def enable_compile_cache(path: str | os.PathLike | None = None) -> Path | None:
 
         compilation_cache.reset_cache()
     return directory
+
+
+# fraction of vm.max_map_count above which the in-memory programs are dropped
+MAP_LIMIT_FRACTION = 0.75
+
+
+def _map_limit() -> int | None:
+    try:
+        with open("/proc/sys/vm/max_map_count") as limit:
+            return int(limit.read())
+    except (OSError, ValueError):  # not Linux
+        return None
+
+
+_MAP_LIMIT = _map_limit()
+
+
+def memory_map_count() -> int | None:
+    """The number of memory mappings of this process (lines of /proc/self/maps), or None
+    where there is no /proc (not Linux)."""
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: maps.read(1 << 16), b""))
+    except OSError:
+        return None
+
+
+def release_programs_near_map_limit(fraction: float = MAP_LIMIT_FRACTION) -> bool:
+    """Drop JAX's in-memory compiled programs when the process nears its mapping limit.
+
+    Every compiled CPU program JAX keeps holds memory mappings; past Linux's
+    ``vm.max_map_count`` the next compile crashes inside XLA (see the module docstring).
+    Called before each fit; costs one read of /proc/self/maps (well under a millisecond
+    for a few thousand mappings).
+
+    Args:
+        fraction: drop the programs above this fraction of ``vm.max_map_count``.
+
+    Returns:
+        Whether the programs were dropped (they recompile on their next use; a
+        RuntimeWarning says so once per drop).
+    """
+    count = memory_map_count() if _MAP_LIMIT else None
+    if count is None or count <= fraction * _MAP_LIMIT:
+        return False
+    jax.clear_caches()
+    warnings.warn(
+        f"this process holds {count} memory mappings of at most {_MAP_LIMIT} (vm.max_map_count), "
+        "mostly JAX's compiled programs; jnmf dropped them (jax.clear_caches()) so that compiling "
+        "more cannot crash, and they will be compiled again when used",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return True

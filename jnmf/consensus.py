@@ -41,8 +41,6 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.cluster.hierarchy import cophenet, fcluster, linkage
-from scipy.spatial.distance import squareform
 
 from . import _validate as check
 from .batch import batching_strategy, check_fits_mesh, run_restarts
@@ -165,6 +163,10 @@ def connectivity(R) -> np.ndarray:
 def _tree(C: np.ndarray):
     D = 1.0 - np.asarray(C, np.float64)
     np.fill_diagonal(D, 0.0)
+    # scipy's clustering is imported here, not with jnmf: a plain fit does not need it
+    from scipy.cluster.hierarchy import linkage
+    from scipy.spatial.distance import squareform
+
     condensed = squareform(np.clip((D + D.T) / 2, 0.0, 1.0), checks=False)
     return linkage(condensed, method="average"), condensed
 
@@ -175,6 +177,8 @@ def cophenetic_correlation(C) -> float:
     Z, condensed = _tree(C)
     if np.std(condensed) == 0:
         return 1.0
+    from scipy.cluster.hierarchy import cophenet
+
     c, _ = cophenet(Z, condensed)
     return float(c) if np.isfinite(c) else 1.0
 
@@ -188,6 +192,8 @@ def dispersion(C) -> float:
 def consensus_labels(C, rank: int) -> np.ndarray:
     """The average-linkage tree of ``1 - C`` cut at ``rank`` clusters (0-based labels)."""
     Z, _ = _tree(C)
+    from scipy.cluster.hierarchy import fcluster
+
     return fcluster(Z, t=rank, criterion="maxclust").astype(np.int64) - 1
 
 

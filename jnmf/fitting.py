@@ -217,6 +217,13 @@ def starting_points(Y, rank: int, init, restarts: int, key) -> tuple[Array, Arra
         return _user_start("init L", L0, (m, rank), restarts, dt), _user_start(
             "init R", R0, (rank, n), restarts, dt
         )
+    # one compiled program draws all the starts (op by op, a first fit compiled a dozen
+    # small programs here: the key splits, the scale, each factor's draw)
+    return _named_starts(Y, rank, init, restarts, key)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _named_starts(Y, rank: int, init: str, restarts: int, key) -> tuple[Array, Array]:
     keys = jax.random.split(key, restarts)
     return jax.vmap(lambda k: initialize(Y, rank, init, k))(keys)
 
@@ -477,6 +484,16 @@ def _scaled_starts(s: _Setup, Ys, init) -> tuple[Array, Array]:
     return starting_points(Ys, s.rank, init, s.restarts, s.key)
 
 
+@jax.jit
+def _unscaled_best(L, R, root, best, picked: dict) -> tuple[Array, Array, Array, Array, dict]:
+    """All restarts' factors in the user's units (times ``root = sqrt(scale)``, as
+    :func:`jnmf.problem.scale_factors`), restart ``best``'s factors and restart ``best`` of
+    each of ``picked``'s stacks: one compiled program (indexed op by op, a fit compiled
+    one small program per array)."""
+    L, R = L * root, R * root
+    return L, R, L[best], R[best], {name: stack[best] for name, stack in picked.items()}
+
+
 def _pick_best(objectives: np.ndarray, status: np.ndarray) -> int:
     ok = np.isfinite(objectives) & (status != NONFINITE)
     if not ok.any():
@@ -705,20 +722,22 @@ def fit(
             progress_every=progress_every if monitor else None,
             mesh=fits_mesh,
         )
-    L, R, objectives = pipe.unscaled(res.L, res.R, res.objective)
+    objectives = np.asarray(res.objective, np.float64) * unit
     all_status = np.asarray(res.status)
     best = _pick_best(objectives, all_status)
     _warn_status(int(all_status[best]), "the best fit")
-    L_best, R_best = (L[best], R[best]) if mesh is None else _on_mesh(L[best], R[best], mesh)
+    names = ("iterations", "converged", "status", "history", "history_stride")
+    L, R, L_best, R_best, one = _unscaled_best(
+        res.L, res.R, math.sqrt(s.scale), best, {name: getattr(res, name) for name in names}
+    )
+    if mesh is not None:
+        L_best, R_best = _on_mesh(L_best, R_best, mesh)
     result = FitResult(
         L=L_best,
         R=R_best,
         objective=objectives[best],
-        iterations=res.iterations[best],
-        converged=res.converged[best],
-        status=res.status[best],
-        history=np.asarray(res.history[best], np.float64) * unit,
-        history_stride=res.history_stride[best],
+        history=np.asarray(one.pop("history"), np.float64) * unit,
+        **one,
         objectives=objectives,
         all_iterations=res.iterations,
         all_converged=res.converged,

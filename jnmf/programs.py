@@ -58,7 +58,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 
 from . import _validate as check
 from .batch import batching_strategy, run_restarts
@@ -426,6 +425,8 @@ def combine(
         When fewer than K spectra pass the density filter, all are clustered, with a
         warning.
     """
+    import scipy.sparse as sp  # imported on use: a plain fit does not need scipy
+
     spectra = np.asarray(spectra, np.float64)
     if spectra.ndim != 3:
         raise ValueError(f"spectra must be replicates x K x genes, got shape {spectra.shape}")
@@ -499,6 +500,8 @@ def prepare(counts, genes: int = 2000) -> tuple[object, np.ndarray, np.ndarray]:
         ValueError: ``counts`` is not a non-negative 2-d matrix, ``genes < 1``, or no gene
             varies.
     """
+    import scipy.sparse as sp  # imported on use: a plain fit does not need scipy
+
     genes = check.positive_int("genes", genes)
     sparse = sp.issparse(counts)
     if sparse:
@@ -592,6 +595,8 @@ def programs(
     Raises:
         ValueError: bad input or settings, naming the argument (before compiling).
     """
+    import scipy.sparse as sp  # imported on use: a plain fit does not need scipy
+
     check_penalty_keywords("programs", penalties, programs)
     check.concrete_arguments("programs", dict(counts=counts, ranks=ranks, key=key, **penalties))
     start = time.perf_counter()

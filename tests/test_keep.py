@@ -317,3 +317,17 @@ def test_off_compiles_no_callback_on_compiles_one():
     args = (rule, problem, states, opts, 10, None, strategy)
     assert "callback" not in batch._restarts.lower(*args, None).as_text()
     assert "callback" in batch._restarts.lower(*args, jnp.asarray(10, jnp.int32)).as_text()
+
+
+def test_programs_released_near_the_map_limit():
+    # the guard before each fit: above the fraction of vm.max_map_count it drops JAX's
+    # compiled programs (warning once), below it does nothing; programs recompile after
+    if compile_cache.memory_map_count() is None:  # no /proc: nothing to guard
+        assert compile_cache.release_programs_near_map_limit(0.0) is False
+        return
+    double = jax.jit(lambda x: 2 * x)
+    assert float(double(1.5)) == 3.0
+    assert compile_cache.release_programs_near_map_limit(1.0) is False
+    with pytest.warns(RuntimeWarning, match="vm.max_map_count"):
+        assert compile_cache.release_programs_near_map_limit(0.0) is True
+    assert float(double(2.5)) == 5.0

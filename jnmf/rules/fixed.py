@@ -16,8 +16,6 @@ compilation per shape.
 from __future__ import annotations
 
 import numpy as np
-from scipy.linalg import cholesky, solve_triangular
-from scipy.optimize import nnls
 
 __all__ = ["nnls_fixed"]
 
@@ -39,7 +37,9 @@ def nnls_fixed(X, H) -> np.ndarray:
     Raises:
         ValueError: X and H have different numbers of columns.
     """
-    import scipy.sparse as sp
+    import scipy.sparse as sp  # imported on use: a plain fit does not need scipy
+    from scipy.linalg import cholesky, solve_triangular
+    from scipy.optimize import nnls
 
     if not sp.issparse(X):
         X = np.asarray(X, np.float64)

@@ -1,0 +1,139 @@
+"""Compile latency: each method's compile time and the cold / warm ``jnmf fit`` (issue 15, part 5).
+
+Goals (issue 15): a cold ``jnmf fit`` of a 1000 x 500 matrix under 4 s on this machine,
+and no single method's compile over 2 s at that shape.
+
+1. Per method, in this process (persistent cache off): the first ``jnmf.fit`` of a
+   1000 x 500 float32 matrix at rank 10 (20 iterations), with JAX's monitoring events
+   counting every program XLA compiles during it and the seconds spent tracing,
+   lowering and compiling.  Printed: the programs compiled, the largest single XLA
+   compile (the fit's loop), and the fit's total wall time.  The first method also pays
+   for the programs every fit shares (the key, the scale, the starts).
+2. ``python -m jnmf fit`` on a 1000 x 500 ``.npy`` in fresh processes: ``--no-cache``
+   (cold, nothing on disk), then twice with an empty per-run cache directory
+   (XDG_CACHE_HOME): the first fills it, the second is warm.  Printed: wall time and
+   the child's CPU time (user + system, which a loaded machine inflates less).
+3. ``python -c "import jnmf.cli"``: the import alone.
+
+Every line prints the load average beside it: other processes on 2 cores stretch every
+number here.
+
+Run:  python experiments/bench_compile.py [--methods ahals anls ...] [--repeats 1] [--repo CHECKOUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ["ahals", "hals", "mu", "au", "anls", "kl", "beta", "pg"]
+
+
+def load() -> str:
+    return open("/proc/loadavg").read().split(" ")[0]
+
+
+def compile_times(methods: list[str], m: int, n: int, rank: int) -> None:
+    """The first fit of each method in this process: programs compiled and seconds."""
+    os.environ["JNMF_NO_COMPILE_CACHE"] = "1"
+    import warnings
+
+    import jax
+
+    import jnmf
+
+    events: list[tuple[str, float]] = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, seconds, **kw: events.append((event, seconds))
+    )
+    warnings.simplefilter("ignore", jnmf.ConvergenceWarning)
+    Y = np.random.default_rng(0).random((m, n)).astype(np.float32)
+    print(f"\n== first fit per method: {m} x {n} float32, rank {rank}, 20 iterations (this process) ==")
+    header = ["programs", "largest XLA compile", "all XLA", "trace+lower", "fit wall"]
+    print(f"{'method':7s} " + " ".join(f"{h:>{w}s}" for h, w in zip(header, (8, 20, 8, 11, 9))) + "  load")
+    for method in methods:
+        events.clear()
+        start = time.perf_counter()
+        jnmf.fit(Y, rank, method=method, max_iterations=20, key=0)
+        wall = time.perf_counter() - start
+        xla = [s for e, s in events if e == "/jax/core/compile/backend_compile_duration"]
+        front = sum(
+            s
+            for e, s in events
+            if e
+            in ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration")
+        )
+        print(
+            f"{method:7s} {len(xla):8d} {max(xla, default=0):19.2f}s {sum(xla):7.2f}s {front:10.2f}s "
+            f"{wall:8.2f}s  {load()}",
+            flush=True,
+        )
+
+
+def cli_latency(m: int, n: int, rank: int, repeats: int) -> None:
+    """Wall and CPU seconds of ``python -m jnmf fit`` in fresh processes: cold, cache fill, warm."""
+    print(f"\n== python -m jnmf fit, {m} x {n} .npy, rank {rank} (fresh processes) ==")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = tmp / "Y.npy"
+        np.save(data, np.random.default_rng(0).random((m, n)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        for name in ("JNMF_NO_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR"):
+            env.pop(name, None)
+
+        def run(label: str, args: list[str], cache: Path) -> None:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            start = time.perf_counter()
+            done = subprocess.run(
+                args, cwd=tmp, env=dict(env, XDG_CACHE_HOME=str(cache)), capture_output=True, text=True
+            )
+            wall = time.perf_counter() - start
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(args)} failed:\n{done.stderr}")
+            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            print(f"{label:34s} wall {wall:6.2f} s   cpu {cpu:6.2f} s   load {load()}", flush=True)
+
+        fit = [sys.executable, "-m", "jnmf", "fit", str(data), "--rank", str(rank), "--quiet", "--force"]
+        for r in range(repeats):
+            run("import jnmf.cli", [sys.executable, "-c", "import jnmf.cli"], tmp / "unused")
+            run("cold (--no-cache)", [*fit, "--out", str(tmp / "a"), "--no-cache"], tmp / "unused")
+            cache = tmp / f"cache{r}"
+            run("first with an empty cache (fills it)", [*fit, "--out", str(tmp / "b")], cache)
+            run("warm (programs read from the cache)", [*fit, "--out", str(tmp / "c")], cache)
+
+
+def main() -> None:
+    global REPO
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--shape", nargs=2, type=int, default=(1000, 500))
+    parser.add_argument("--rank", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=1, help="CLI runs of each kind")
+    parser.add_argument("--skip-cli", action="store_true")
+    parser.add_argument("--skip-methods", action="store_true")
+    parser.add_argument("--repo", type=Path, default=REPO, help="the checkout to measure (before / after)")
+    args = parser.parse_args()
+    REPO = args.repo.resolve()
+    sys.path.insert(0, str(REPO))
+    print(f"load average at start: {open('/proc/loadavg').read().strip()}")
+    m, n = args.shape
+    if not args.skip_cli:  # first: its child processes must not share this one's CPU with a compile
+        cli_latency(m, n, args.rank, args.repeats)
+    if not args.skip_methods:
+        compile_times(args.methods, m, n, args.rank)
+    print(f"\nload average at end: {open('/proc/loadavg').read().strip()}")
+
+
+if __name__ == "__main__":
+    main()
