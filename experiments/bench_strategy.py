@@ -12,7 +12,8 @@ Shapes (``--shapes``; float32):
 * ``orl``: ORL faces, 10304 x 400, rank 25 (pixels x images, scaled to [0, 1]);
 * ``tall``: 6000 x 2000, rank 9 (a random non-negative rank-9 product plus noise);
 * ``mid``: 1000 x 500, rank 10 (the same kind);
-* ``golub``: Golub ALL/AML, 5000 x 38, rank 3.
+* ``golub``: Golub ALL/AML, 5000 x 38, rank 3;
+* ``name:k``: one of these at rank k (e.g. ``mid:100``).
 
     python experiments/bench_strategy.py                      # all shapes, hals ahals mu kl
     python experiments/bench_strategy.py --shapes tall --methods hals --restarts 32
@@ -52,8 +53,15 @@ def low_rank(m: int, n: int, k: int, seed: int = 0) -> np.ndarray:
     return (Y / Y.max()).astype(np.float32)
 
 
-def load_shape(name: str) -> tuple[np.ndarray, int]:
-    """The data and rank of a named case."""
+def load_shape(spec: str) -> tuple[np.ndarray, int]:
+    """The data and rank of a named case; ``name:k`` sets another rank."""
+    name, _, rank = spec.partition(":")
+    Y, k = load_named(name)
+    return Y, int(rank) if rank else k
+
+
+def load_named(name: str) -> tuple[np.ndarray, int]:
+    """The data and default rank of a named case."""
     if name == "orl":
         with np.load(os.path.join(HERE, "..", "..", "shared", "data", "orl_faces.npz")) as d:
             images = d["images"]

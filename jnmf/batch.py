@@ -44,20 +44,24 @@ STRATEGIES = ("vmap", "hybrid", "map")
 
 # On CPU the strategy depends on the method and on whether stacking the fits' products
 # with Y pays, i.e. on the rank.  One product of a fit with Y (``Y R'`` or ``L' Y``) does
-# 2k flops per element of Y read: below k ~ 23 (float32: 2k flops per 4 bytes against the
-# machine's balance of ~150 GFLOP/s over ~13 GB/s; float64 halves both) one fit's products
-# are bound by streaming Y, and B fits stacked along the rank axis read Y once for all.
-# Measured with experiments/bench_strategy.py (32 restarts x 10 iterations, float32, see
-# experiments/README.md): on 6000 x 2000 at rank 9 HALS took 2.9 s vmapped, 3.6 s hybrid,
-# 7.6 s fit by fit; accelerated HALS 16.8 / 8.5 / 17.9 s; on ORL faces (10304 x 400) at
-# rank 25 the three were within 10% of each other.
-STACK_BELOW_RANK = 24
+# 2k flops per element of Y read: at small k one fit's products are bound by streaming Y
+# (float32: 2k flops per 4 bytes against the machine's balance of ~150 GFLOP/s over
+# ~13 GB/s, i.e. k < ~23) or run in XLA's slow skinny-matrix kernels (~55-60 GFLOP/s at
+# k = 25 on ORL), while B fits stacked along the rank axis read Y once for all and run
+# near the matmul rate.  Measured with experiments/bench_strategy.py (32 restarts x 10
+# iterations, float32, vmap / hybrid / map; experiments/README.md): 6000 x 2000 at rank
+# 9, HALS 2.9 / 3.6 / 7.6 s, accelerated HALS 16.8 / 8.5 / 17.9 s; ORL faces (10304 x
+# 400) at rank 25, HALS 11.3 / 11.9 / 12.3 s, accelerated HALS 29.0 / 19.7 / 30.4 s, MU
+# 40.5 / 39.9 / 57.0 s; but 1000 x 500 at rank 50, HALS 13.8 / 12.7 / 11.6 s: there a
+# single fit's products already run near the rate.  The threshold lies between 25 and 50.
+STACK_BELOW_RANK = 32
 
-# Each method's strategy when stacking pays: HALS and ANLS stack only their products
-# ("hybrid": batched column sweeps become strided gathers, and accelerated HALS's inner
-# loop would run for the slowest fit), KL has no product with Y to share (its quotient
-# Y / (L R) is per fit), the others run batched.  Unlisted rules: "vmap".
-_CPU_STACKED: dict[str, str] = {"hals": "hybrid", "anls": "hybrid", "kl": "map"}
+# Each method's strategy when stacking pays: HALS stacks only its products ("hybrid":
+# batched column sweeps become strided gathers, and accelerated HALS's inner loop would
+# run for the slowest fit); ANLS's time is its per-fit pivoting, and KL has no product
+# with Y to share (its quotient Y / (L R) is per fit): both stay fit by fit; the others
+# run batched.  Unlisted rules: "vmap".
+_CPU_STACKED: dict[str, str] = {"hals": "hybrid", "anls": "map", "kl": "map"}
 
 # ... and when it does not (a fit's products already run near the matmul rate; measured
 # on ORL faces, rank 25, on the earlier machine: 32 restarts x 30 iterations of ahals,
