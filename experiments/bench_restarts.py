@@ -15,7 +15,7 @@ Goals: the best batched >= 1.5x the jnmf loop, >= 10x the scikit-learn loop.  Ti
 medians of ``--repeats`` (compile excluded), jnmf's runs interleaved.  ``--quick``: 8
 restarts, 1 scikit-learn restart timed.
 
-    python experiments/bench_restarts.py            # ~5 minutes on 2 cores
+    python experiments/bench_restarts.py            # several minutes on 2 cores
     python experiments/bench_restarts.py --quick
 """
 
