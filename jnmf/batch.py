@@ -61,7 +61,7 @@ STRATEGIES = ("vmap", "hybrid", "map")
 #     20.8 / 15.8 / 14.8 s.
 # Both thresholds lie between measured cases (rank: 25 stacks, 50 does not; size: 16.5 MB
 # stacks, 2 MB does not).  Golub (5000 x 38, 0.76 MB, rank 3) runs fit by fit; there the
-# three strategies were within 1.1-1.3x of each other at 0.1-2 s.
+# three strategies were within 1.1-1.4x of each other at 0.07-2 s.
 STACK_BELOW_RANK = 32
 STACK_MIN_DATA_BYTES = 8 * 2**20
 
