@@ -27,7 +27,6 @@ On GPU/TPU everything is batched (``"vmap"``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import equinox as eqx
@@ -44,26 +43,22 @@ from .rules.base import AlternatingRule, alternate
 STRATEGIES = ("vmap", "hybrid", "map")
 
 # On CPU the strategy depends on the method and on whether stacking the fits' products
-# with Y pays, i.e. on the rank and the size of Y.  One product of a fit with Y (``Y R'``
-# or ``L' Y``) does 2k flops per element of Y read: at small k one fit's products are
-# bound by streaming Y from memory (float32: 2k flops per 4 bytes against the machine's
-# balance of ~150 GFLOP/s over ~13 GB/s, i.e. k < ~23) or run in XLA's slow skinny-matrix
-# kernels (~55-60 GFLOP/s at k = 25 on ORL), while B fits stacked along the rank axis
-# read Y once for all and run near the matmul rate.  A Y that stays in the cores' caches
-# (L2: 2 x 1 MiB here) is cheap to read again, and stacking then only adds batched
-# bookkeeping.  Measured with experiments/bench_strategy.py (32 restarts x 10 iterations,
-# float32, vmap / hybrid / map, load average 13-21; experiments/README.md):
-#   6000 x 2000 (48 MB), rank 9: HALS 2.9 / 3.6 / 7.6 s, accelerated HALS 16.8 / 8.5 / 17.9 s;
-#   ORL faces 10304 x 400 (16.5 MB), rank 25: HALS 11.3 / 11.9 / 12.3 s, accelerated HALS
-#     29.0 / 19.7 / 30.4 s, MU 40.5 / 39.9 / 57.0 s;
-#   1000 x 500 (2 MB), rank 10: accelerated HALS 1.13 / 1.17 / 0.83 s (7 repeats), HALS
-#     0.51 / 0.50 / 0.53 s; rank 50: HALS 13.8 / 12.7 / 11.6 s, accelerated HALS
-#     20.8 / 15.8 / 14.8 s.
-# Both thresholds lie between measured cases (rank: 25 stacks, 50 does not; size: 16.5 MB
-# stacks, 2 MB does not).  Golub (5000 x 38, 0.76 MB, rank 3) runs fit by fit; there the
-# three strategies were within 1.1-1.4x of each other at 0.07-2 s.
+# with Y pays, i.e. on the rank.  One product of a fit with Y (``Y R'`` or ``L' Y``) does
+# 2k flops per element of Y read: at small k one fit's products are bound by streaming Y
+# (float32: 2k flops per 4 bytes against the machine's balance of ~150 GFLOP/s over
+# ~13 GB/s, i.e. k < ~23) or run in XLA's slow skinny-matrix kernels (~55-60 GFLOP/s at
+# k = 25 on ORL), while B fits stacked along the rank axis read Y once for all and run
+# near the matmul rate.  Measured with experiments/bench_strategy.py (32 restarts x 10
+# iterations, float32, vmap / hybrid / map; experiments/README.md): 6000 x 2000 at rank
+# 9, HALS 2.9 / 3.6 / 7.6 s, accelerated HALS 16.8 / 8.5 / 17.9 s; ORL faces (10304 x
+# 400) at rank 25, HALS 11.3 / 11.9 / 12.3 s, accelerated HALS 29.0 / 19.7 / 30.4 s, MU
+# 40.5 / 39.9 / 57.0 s; but 1000 x 500 at rank 50, HALS 13.8 / 12.7 / 11.6 s: there a
+# single fit's products already run near the rate.  The threshold lies between 25 and 50.
+# Re-run at load ~4 (accelerated HALS / HALS, vmap / hybrid / map): 6000 x 2000, 14.5 /
+# 5.4 / 10.9 s and 3.2 / 3.1 / 6.6 s; ORL 6.3 / 4.1 / 5.1 s and 4.1 / 3.9 / 4.9 s;
+# 1000 x 500 at rank 10, 0.34 / 0.25 / 0.32 s and 0.14 / 0.14 / 0.18 s: stacking pays on
+# a cache-sized Y too (an 8 MiB size test tried under load 14 did not hold up).
 STACK_BELOW_RANK = 32
-STACK_MIN_DATA_BYTES = 8 * 2**20
 
 # Each method's strategy when stacking pays: HALS stacks only its products ("hybrid":
 # batched column sweeps become strided gathers, and accelerated HALS's inner loop would
@@ -80,25 +75,18 @@ _CPU_STACKED: dict[str, str] = {"hals": "hybrid", "anls": "map", "kl": "map"}
 _CPU_UNSTACKED: dict[str, str] = {"hals": "map", "anls": "map", "kl": "map"}
 
 
-def cpu_strategy(method_name: str, data_bytes: int | None, rank: int | None, fits: int | None) -> str:
-    """The CPU strategy for ``fits`` fits of a method on dense data (a pure function of shapes).
+def cpu_strategy(method_name: str, rank: int | None, fits: int | None) -> str:
+    """The CPU strategy for ``fits`` dense fits of a method at ``rank`` (a pure function).
 
     Args:
         method_name: the rule's ``method_name`` (``"hals"`` also names accelerated HALS).
-        data_bytes: the size of Y in bytes (``m * n * itemsize``; None: unknown).
-        rank: the rank k of every fit (None: unknown).
-        fits: the number of fits run together (None: unknown).
+        rank: the rank k of every fit (None: unknown, taken as not stacking).
+        fits: the number of fits run together (None: unknown, taken as not stacking).
 
     Returns:
-        ``"vmap"``, ``"hybrid"`` or ``"map"``; anything unknown counts as "stacking does
-        not pay".
+        ``"vmap"``, ``"hybrid"`` or ``"map"``.
     """
-    stack = (
-        None not in (data_bytes, rank, fits)
-        and fits > 1
-        and rank < STACK_BELOW_RANK
-        and data_bytes >= STACK_MIN_DATA_BYTES
-    )
+    stack = rank is not None and fits is not None and fits > 1 and rank < STACK_BELOW_RANK
     return (_CPU_STACKED if stack else _CPU_UNSTACKED).get(method_name, "vmap")
 
 
@@ -125,9 +113,8 @@ def batching_strategy(
             on Golub).  One batched loop runs every fit until the slowest stops; on CPU
             a loop of fits then does several times less work (measured: a 4-rank x
             50-restart KL survey of Golub took 27 s as "map" against 210 s as "vmap").
-        rank: the rank of every fit; with ``fits`` and the size of ``problem``'s data,
-            decides on CPU whether stacking the products with Y pays
-            (:func:`cpu_strategy`).  None: as if it did not.
+        rank: the rank of every fit; with ``fits``, decides on CPU whether stacking the
+            products with Y pays (:func:`cpu_strategy`).  None: as if it did not.
         fits: the number of fits in the batch (None: unknown).
 
     Returns:
@@ -140,8 +127,7 @@ def batching_strategy(
         data = getattr(problem, "data", None)
         if data is not None and not data.needs_mn_memory:
             return "map"
-        size = None if problem is None else math.prod(problem.shape) * np.dtype(problem.dtype).itemsize
-        return cpu_strategy(getattr(rule, "method_name", None), size, rank, fits)
+        return cpu_strategy(getattr(rule, "method_name", None), rank, fits)
     return "vmap"
 
 

@@ -231,22 +231,18 @@ def test_batched_fit_does_not_recompile_for_new_values():
 
 
 def test_cpu_strategy_stacks_only_products_bound_by_streaming_y():
-    """The CPU choice is a pure function of method, size of Y, rank and number of fits (no
-    timing).  Restarts at a rank below ``STACK_BELOW_RANK`` on data beyond the caches share
-    their products with Y (accelerated HALS measured 2.1x faster stacked on 6000 x 2000 at
-    rank 9, 1.55x on ORL at rank 25); at rank 50, on a cache-sized Y (1000 x 500: fit by
-    fit was fastest), for one fit, or with anything unknown, HALS runs fit by fit."""
+    """The CPU choice is a pure function of method, rank and number of fits (no timing):
+    restarts at a rank below ``STACK_BELOW_RANK`` (accelerated HALS measured 2.1x faster
+    stacked on 6000 x 2000 at rank 9, 1.55x on ORL at rank 25) share their products with Y;
+    at rank 50 (1000 x 500: fit by fit was fastest), for one fit, or with the rank
+    unknown, HALS runs fit by fit."""
     pick = jnmf.batch.cpu_strategy
-    big, small = 6000 * 2000 * 4, 1000 * 500 * 4
     low, high = jnmf.batch.STACK_BELOW_RANK - 1, jnmf.batch.STACK_BELOW_RANK
-    assert [pick(m, big, low, 32) for m in ("hals", "anls", "mu", "kl")] == ["hybrid", "map", "vmap", "map"]
-    assert [pick(m, big, high, 32) for m in ("hals", "anls", "mu", "kl")] == ["map", "map", "vmap", "map"]
-    assert pick("hals", big, 9, 32) == pick("hals", 10304 * 400 * 4, 25, 32) == "hybrid"
-    assert pick("hals", small, 10, 32) == pick("hals", big, 9, 1) == pick("hals", None, 9, 32) == "map"
+    assert [pick(m, low, 32) for m in ("hals", "anls", "mu", "kl")] == ["hybrid", "map", "vmap", "map"]
+    assert [pick(m, high, 32) for m in ("hals", "anls", "mu", "kl")] == ["map", "map", "vmap", "map"]
+    assert pick("hals", 9, 32) == pick("hals", 25, 32) == "hybrid"  # 6000 x 2000; ORL
+    assert pick("hals", 50, 32) == pick("hals", 9, 1) == pick("hals", None, None) == "map"
     ahals = jnmf.rules.make_rule("ahals")
-    problem = jnmf.Problem.from_scalars(jnp.zeros((3000, 1000)))  # 24 MB in float64
-    assert jnmf.batch.batching_strategy(ahals, "cpu", problem=problem, rank=9, fits=32) == "hybrid"
-    assert jnmf.batch.batching_strategy(ahals, "cpu", problem=problem, rank=9, fits=1) == "map"
-    kw = dict(problem=problem, rank=9, fits=32, uneven_stops=True)
-    assert jnmf.batch.batching_strategy(ahals, "cpu", **kw) == "map"
+    assert jnmf.batch.batching_strategy(ahals, "cpu", rank=9, fits=32) == "hybrid"
+    assert jnmf.batch.batching_strategy(ahals, "cpu", rank=9, fits=32, uneven_stops=True) == "map"
     assert jnmf.batch.batching_strategy(ahals, "gpu", rank=25, fits=32) == "vmap"
