@@ -19,8 +19,9 @@ over a batch of fits, with one of two strategies, chosen here and nowhere else:
   shares no product with Y, but each fit stops on its own and runs its unbatched
   code.
 
-:func:`batching_strategy` picks one per rule and backend from measurements
-(experiments/bench_batching.py); every function takes ``strategy=`` to override it.
+:func:`batching_strategy` picks one per rule, rank, number of fits and backend from
+measurements (experiments/bench_strategy.py); every function takes ``strategy=`` to
+override it.
 On GPU/TPU everything is batched (``"vmap"``).
 
 **Spread over devices.**  With ``mesh=`` (a 1-D :class:`jax.sharding.Mesh` whose axis is
@@ -51,16 +52,63 @@ from .rules.base import AlternatingRule, alternate
 
 STRATEGIES = ("vmap", "hybrid", "map")
 
-# The strategy of each method on CPU, measured with experiments/bench_batching.py on ORL
-# faces (10304 x 400, rank 25; time of 32 restarts x 30 iterations, ahals: vmap 6.1 s,
-# map 3.4 s, a Python loop 3.3 s; 8 restarts x 15 iterations: kl vmap 1.37 s, map 0.83 s;
-# mu 0.27 / 0.29 s, au 0.30 / 0.31 s, pg 0.31 / 0.29 s).  With 2 cores a single fit already
-# runs its products with Y near the matmul rate, so stacking fits gains little, while
-# batched column sweeps, pivoting and m x n quotients lose.  Unlisted rules: "vmap".
-_CPU_STRATEGY: dict[str, str] = {"hals": "map", "anls": "map", "kl": "map"}
+# On CPU the strategy depends on the method and on whether stacking the fits' products
+# with Y pays, i.e. on the rank.  One product of a fit with Y (``Y R'`` or ``L' Y``) does
+# 2k flops per element of Y read: at small k one fit's products are bound by streaming Y
+# (float32: 2k flops per 4 bytes against the machine's balance of ~150 GFLOP/s over
+# ~13 GB/s, i.e. k < ~23) or run in XLA's slow skinny-matrix kernels (~55-60 GFLOP/s at
+# k = 25 on ORL), while B fits stacked along the rank axis read Y once for all and run
+# near the matmul rate.  Measured with experiments/bench_strategy.py (32 restarts x 10
+# iterations, float32, vmap / hybrid / map; experiments/README.md): 6000 x 2000 at rank
+# 9, HALS 2.9 / 3.6 / 7.6 s, accelerated HALS 16.8 / 8.5 / 17.9 s; ORL faces (10304 x
+# 400) at rank 25, HALS 11.3 / 11.9 / 12.3 s, accelerated HALS 29.0 / 19.7 / 30.4 s, MU
+# 40.5 / 39.9 / 57.0 s; but 1000 x 500 at rank 50, HALS 13.8 / 12.7 / 11.6 s: there a
+# single fit's products already run near the rate.  The threshold lies between 25 and 50.
+# Re-run at load ~4 (accelerated HALS / HALS, vmap / hybrid / map): 6000 x 2000, 14.5 /
+# 5.4 / 10.9 s and 3.2 / 3.1 / 6.6 s; ORL 6.3 / 4.1 / 5.1 s and 4.1 / 3.9 / 4.9 s;
+# 1000 x 500 at rank 10, 0.34 / 0.25 / 0.32 s and 0.14 / 0.14 / 0.18 s: stacking pays on
+# a cache-sized Y too (an 8 MiB size test tried under load 14 did not hold up).
+STACK_BELOW_RANK = 32
+
+# Each method's strategy when stacking pays: HALS stacks only its products ("hybrid":
+# batched column sweeps become strided gathers, and accelerated HALS's inner loop would
+# run for the slowest fit); ANLS's time is its per-fit pivoting, and KL has no product
+# with Y to share (its quotient Y / (L R) is per fit): both stay fit by fit; the others
+# run batched.  Unlisted rules: "vmap".
+_CPU_STACKED: dict[str, str] = {"hals": "hybrid", "anls": "map", "kl": "map"}
+
+# ... and when it does not (a fit's products already run near the matmul rate; measured
+# on ORL faces, rank 25, on the earlier machine: 32 restarts x 30 iterations of ahals,
+# vmap 6.1 s, map 3.4 s, a Python loop 3.3 s; 8 restarts x 15 iterations: kl vmap 1.37 s,
+# map 0.83 s; mu 0.27 / 0.29 s, au 0.30 / 0.31 s, pg 0.31 / 0.29 s): batched column
+# sweeps, pivoting and m x n quotients lose.  Unlisted rules: "vmap".
+_CPU_UNSTACKED: dict[str, str] = {"hals": "map", "anls": "map", "kl": "map"}
 
 
-def batching_strategy(rule, backend: str | None = None, *, uneven_stops: bool = False, problem=None) -> str:
+def cpu_strategy(method_name: str, rank: int | None, fits: int | None) -> str:
+    """The CPU strategy for ``fits`` dense fits of a method at ``rank`` (a pure function).
+
+    Args:
+        method_name: the rule's ``method_name`` (``"hals"`` also names accelerated HALS).
+        rank: the rank k of every fit (None: unknown, taken as not stacking).
+        fits: the number of fits run together (None: unknown, taken as not stacking).
+
+    Returns:
+        ``"vmap"``, ``"hybrid"`` or ``"map"``.
+    """
+    stack = rank is not None and fits is not None and fits > 1 and rank < STACK_BELOW_RANK
+    return (_CPU_STACKED if stack else _CPU_UNSTACKED).get(method_name, "vmap")
+
+
+def batching_strategy(
+    rule,
+    backend: str | None = None,
+    *,
+    uneven_stops: bool = False,
+    problem=None,
+    rank: int | None = None,
+    fits: int | None = None,
+) -> str:
     """The strategy for a batch of fits of ``rule`` on ``backend`` (default: JAX's).
 
     Args:
@@ -75,6 +123,9 @@ def batching_strategy(rule, backend: str | None = None, *, uneven_stops: bool = 
             on Golub).  One batched loop runs every fit until the slowest stops; on CPU
             a loop of fits then does several times less work (measured: a 4-rank x
             50-restart KL survey of Golub took 27 s as "map" against 210 s as "vmap").
+        rank: the rank of every fit; with ``fits``, decides on CPU whether stacking the
+            products with Y pays (:func:`cpu_strategy`).  None: as if it did not.
+        fits: the number of fits in the batch (None: unknown).
 
     Returns:
         ``"vmap"``, ``"hybrid"`` or ``"map"``.
@@ -86,7 +137,7 @@ def batching_strategy(rule, backend: str | None = None, *, uneven_stops: bool = 
         data = getattr(problem, "data", None)
         if data is not None and not data.needs_mn_memory:
             return "map"
-        return _CPU_STRATEGY.get(getattr(rule, "method_name", None), "vmap")
+        return cpu_strategy(getattr(rule, "method_name", None), rank, fits)
     return "vmap"
 
 
@@ -240,18 +291,20 @@ def _size_on(mesh: jax.sharding.Mesh, count: int) -> int:
     return -(-count // devices) * devices
 
 
-def _options(rule, stopping, overrides, history_size, normalize, strategy, dtype, problem=None):
-    """The validated run options (traced) and the batching strategy."""
+def _options(rule, stopping, overrides, history_size, normalize, strategy, R, problem=None):
+    """The validated run options (traced) and the batching strategy (``R``: the stack of
+    right factors, ``(fits, k, n)``, gives the dtype, rank and number of fits)."""
     check_static_options(history_size, normalize)
     stop = (stopping or DEFAULT_STOPPING).replace(**overrides).validate()
-    strategy = strategy or batching_strategy(rule, problem=problem)
+    fits, rank = (R.shape[0], R.shape[-2]) if R.ndim == 3 else (None, None)
+    strategy = strategy or batching_strategy(rule, problem=problem, rank=rank, fits=fits)
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}; got {strategy!r}")
-    return stop.traced(dtype), strategy
+    return stop.traced(R.dtype), strategy
 
 
 def _prepare(rule, problem, L0, R0, stopping, overrides, history_size, normalize, strategy):
-    opts, strategy = _options(rule, stopping, overrides, history_size, normalize, strategy, L0.dtype, problem)
+    opts, strategy = _options(rule, stopping, overrides, history_size, normalize, strategy, R0, problem)
     if L0.ndim != 3 or R0.ndim != 3 or L0.shape[0] != R0.shape[0]:
         raise ValueError(
             f"L0 and R0 must be stacks of starting factors with one leading axis, got shapes "
@@ -355,8 +408,8 @@ def continue_restarts(
     """
     rule.check(problem)
     overrides = dict(max_iterations=max_iterations, min_xstep=min_xstep, tol=tol, rel_tol=rel_tol)
-    dtype = rule.factors(states)[0].dtype
-    opts, strategy = _options(rule, stopping, overrides, history_size, normalize, strategy, dtype, problem)
+    R = rule.factors(states)[1]
+    opts, strategy = _options(rule, stopping, overrides, history_size, normalize, strategy, R, problem)
     release_programs_near_map_limit()
     return _restarts(rule, problem, states, opts, int(history_size), normalize, strategy, None)
 

@@ -307,7 +307,9 @@ def consensus(
         if r < 1:
             raise ValueError(f"every rank must be >= 1, got {r}")
     pipe = pipeline(s)
-    strategy = strategy or batching_strategy(s.rule, uneven_stops=stable_labels > 0, problem=pipe.problem)
+    strategy = strategy or batching_strategy(
+        s.rule, uneven_stops=stable_labels > 0, problem=pipe.problem, rank=s.rank, fits=s.restarts
+    )
 
     def fit_ranks(only: slice | None):
         """The restarts of ``rank_list[only]`` (None: every rank, as one program)."""

@@ -297,7 +297,7 @@ def cross_validate_rank(
             scheme=scheme,
             holdout=float(holdout),
             repeats=repeats,
-            strategy=strategy or batching_strategy(s.rule, problem=pipe.scaled),
+            strategy=strategy or batching_strategy(s.rule, problem=pipe.scaled, rank=s.rank, fits=s.restarts),
             missing=missing,
         )
         scores = {name: np.concatenate([c[name] for c in chunks], axis=1) for name in chunks[0]}

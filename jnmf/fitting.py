@@ -471,7 +471,7 @@ def fit_settings(
         penalties={name: _plain(v) for name, v in {**penalties, **weights}.items() if v is not None},
         normalize=normalize,
         history_size=int(history_size),
-        strategy=strategy or batching_strategy(s.rule, problem=problem),
+        strategy=strategy or batching_strategy(s.rule, problem=problem, rank=s.rank, fits=s.restarts),
         dtype=str(s.Y.dtype),
         shape=list(s.Y.shape),
     )
@@ -977,7 +977,7 @@ def sweep(
             init=init if isinstance(init, str) else list(init),
             factors=factors,
             history_size=int(history_size),
-            strategy=strategy or batching_strategy(s.rule, problem=problem),
+            strategy=strategy or batching_strategy(s.rule, problem=problem, rank=s.rank, fits=s.restarts),
             missing=missing,
             penalties=penalties,
             W_0R=W_0R,

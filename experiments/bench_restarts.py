@@ -1,0 +1,147 @@
+"""32 restarts on ORL, each to relative error 0.1755 (rank 25): batched vs loops, one run.
+
+The issue's restart goals (issue 15, part 2), measured side by side:
+
+* jnmf batched: ``run_restarts`` (one compiled program, every restart stops on its own
+  target test, ``Stopping(target=...)``) for each ``--methods`` x ``--strategies``
+  pair, and with the strategy ``jnmf.batch.batching_strategy`` picks ("chosen");
+* a Python loop of single jnmf fits of the best single-fit method (``--loop-method``,
+  default ``jnmf.fitting.DEFAULT_METHOD``), compiled once;
+* a loop of scikit-learn ``NMF(solver="cd")`` fits, each run to the same error: the
+  iterations each restart needs are found by bisection for ``--sk-sample`` restarts
+  (scikit-learn has no callback), those fits are timed and scaled to all restarts.
+
+Goals: the best batched >= 1.5x the jnmf loop, >= 10x the scikit-learn loop.  Times are
+medians of ``--repeats`` (compile excluded), jnmf's runs interleaved.  ``--quick``: 8
+restarts, 1 scikit-learn restart timed.
+
+    python experiments/bench_restarts.py            # several minutes on 2 cores
+    python experiments/bench_restarts.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+from _bench_env import blas_report, clean_blas_env
+
+clean_blas_env()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from bench_orl import TARGET, load_orl, random_start, rel_err, sk_iterations_to_target, sk_nmf  # noqa: E402
+
+from jnmf import fitting as jfit  # noqa: E402
+from jnmf.batch import batching_strategy, run_restarts  # noqa: E402
+from jnmf.driver import Stopping, iterate  # noqa: E402
+from jnmf.problem import build_problem  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def load() -> str:
+    return open("/proc/loadavg").read().split()[0]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data", "orl_faces.npz"))
+    ap.add_argument("--restarts", type=int, default=32)
+    ap.add_argument("--methods", nargs="+", default=["ahals", "hals"])
+    ap.add_argument("--strategies", nargs="+", default=["map", "hybrid", "vmap"])
+    ap.add_argument("--loop-method", default=jfit.DEFAULT_METHOD)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--cap", type=int, default=600, help="iteration cap of every fit")
+    ap.add_argument("--sk-sample", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    B = 8 if args.quick else args.restarts
+    sk_sample = 1 if args.quick else args.sk_sample
+    k = 25
+
+    print(blas_report())
+    print(f"jax {jax.__version__} on {jax.default_backend()} ({os.cpu_count()} CPUs); load average {load()}")
+    Y = load_orl(args.data)
+    m, n = Y.shape
+    print(f"== {B} restarts, each to relative error <= {TARGET} (ORL {m} x {n}, rank {k}) ==")
+    L0, R0 = random_start(Y, k, args.seed, B)
+    L0j, R0j = jnp.asarray(L0), jnp.asarray(R0)
+    target = 0.5 * (TARGET * float(np.linalg.norm(Y.astype(np.float64)))) ** 2
+    stop = Stopping(max_iterations=args.cap, tol=0.0, target=target)
+    problem = build_problem(jnp.asarray(Y), k)
+
+    runs = {}  # label -> function returning something to block on
+    for method in args.methods:
+        rule = jfit.make_rule(method)
+        chosen = batching_strategy(rule, "cpu", problem=problem, rank=k, fits=B)
+        for strategy in dict.fromkeys([*args.strategies, chosen]):
+            tag = " (chosen)" if strategy == chosen else ""
+
+            def batched(rule=rule, strategy=strategy):
+                return run_restarts(rule, problem, L0j, R0j, stopping=stop, history_size=1, strategy=strategy)
+
+            runs[f"batched {method} {strategy}{tag}"] = batched
+    loop_rule = jfit.make_rule(args.loop_method)
+
+    def loop():
+        out = []
+        for i in range(B):
+            state = loop_rule.init(problem, L0j[i], R0j[i])
+            res = iterate(loop_rule, problem, state, stopping=stop, history_size=1)
+            out.append(jax.block_until_ready(res))
+        return out
+
+    loop_label = f"loop of {B} single {args.loop_method} fits"
+    runs[loop_label] = loop
+    checks = {}
+    for label, fn in runs.items():  # compile, and check every restart reached the target
+        res = jax.block_until_ready(fn())
+        if isinstance(res, list):
+            its = np.array([int(r.iterations) for r in res])
+            worst = max(rel_err(Y, r.L, r.R) for r in res)
+        else:
+            its = np.asarray(res.iterations)
+            worst = max(rel_err(Y, res.L[i], res.R[i]) for i in range(B))
+        checks[label] = (its, worst)
+    times = {label: [] for label in runs}
+    for _ in range(args.repeats):
+        for label, fn in runs.items():
+            t = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[label].append(time.perf_counter() - t)
+    med = {label: statistics.median(ts) for label, ts in times.items()}
+
+    sk_iters = [sk_iterations_to_target(Y, L0[i], R0[i], "cd", args.cap) for i in range(sk_sample)]
+    t_sk = 0.0
+    for i, n in enumerate(sk_iters):
+        t = time.perf_counter()
+        sk_nmf(Y, L0[i], R0[i], "cd", n)
+        t_sk += time.perf_counter() - t
+    t_sk_all = t_sk * B / sk_sample
+    print(f"scikit-learn cd iterations to the target for {sk_sample} restarts: {sk_iters}; "
+          f"{t_sk:.2f} s, scaled to {B}: {t_sk_all:.2f} s")  # fmt: skip
+
+    t_loop = med[loop_label]
+    print(f"{'run':<40} {'seconds':>8} {'iterations min/med/max':>23} {'worst error':>11} "
+          f"{'loop/this':>9} {'sklearn/this':>12}")  # fmt: skip
+    for label in runs:
+        its, worst = checks[label]
+        span = f"{its.min()}/{int(np.median(its))}/{its.max()}"
+        print(f"{label:<40} {med[label]:>8.2f} {span:>23} {worst:>11.4f} {t_loop / med[label]:>9.2f} "
+              f"{t_sk_all / med[label]:>12.2f}")  # fmt: skip
+    best = min((label for label in runs if label.startswith("batched")), key=med.get)
+    print(f"best batched: {best}")
+    print(f"goal: best batched >= 1.5x the jnmf loop -> {t_loop / med[best]:.2f}x")
+    print(f"goal: best batched >= 10x the scikit-learn cd loop -> {t_sk_all / med[best]:.2f}x")
+    print(f"load average at the end: {load()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
