@@ -18,7 +18,7 @@ def _known_rank(r: int, seed: int | None = None):
     return np.maximum(truth + 0.05 * truth.mean() * rng.standard_normal((m, n)), 0)
 
 
-@pytest.mark.parametrize("r", [3, 6, 9])
+@pytest.mark.parametrize("r", [3, 6])
 def test_speckled_cv_picks_the_true_rank(r):
     """Speckled hold-out (5% of entries, 3 repeats, one-standard-error rule) picks r on
     rank-r data with 5% noise, and the test error rises past r while the training
