@@ -120,7 +120,8 @@ def iteration_and_bound(method: str, problem, L0, R0, n1: int, n2: int, repeats:
     change of the machine's load hits both sides of the ratio alike.
     """
     rule = make_rule(method)
-    strategy = strategy or batching_strategy(rule, problem=problem)
+    # as run_restarts chooses it: by method, rank and number of fits
+    strategy = strategy or batching_strategy(rule, problem=problem, rank=R0.shape[-2], fits=R0.shape[0])
 
     def run(n):
         res = run_restarts(
