@@ -1187,7 +1187,9 @@ def process_rows(source, mesh: jax.sharding.Mesh, *, name: str = "Y") -> RowShar
                 )
             m = rows * mesh.devices.size // len(devices)
         height = m // mesh.devices.size
-        starts = sorted(_device_rows(mesh, m, n)[d] for d in devices)
+        first_row = _device_rows(mesh, m, n)
+        order = sorted(devices, key=first_row.get)  # this process's devices, by their rows
+        starts = [first_row[d] for d in order]
         lo = starts[0]
         if starts[-1] - lo != (len(starts) - 1) * height:
             raise ValueError(f"mesh: the devices of process {here} do not hold one contiguous block of rows")
@@ -1216,7 +1218,6 @@ def process_rows(source, mesh: jax.sharding.Mesh, *, name: str = "Y") -> RowShar
             for p, r in enumerate(facts)
         )
         raise ValueError(f"{name}: the processes disagree on Y ({table})")
-    order = sorted(devices, key=lambda d: _device_rows(mesh, m, n)[d])
     if not sparse:
         sharding = row_sharding(mesh)
         arrays = [jax.device_put(block[s - lo : s - lo + height], d) for s, d in zip(starts, order)]
