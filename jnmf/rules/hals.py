@@ -37,7 +37,7 @@ from jaxtyping import Array
 
 from ..quadratic import HalfProblem
 from .base import AlternatingRule, HalfStep, as_setting
-from .hals_sweeps import TILE, hals_sweeps
+from .hals_sweeps import hals_sweeps
 
 
 def hals_is_exact(hp: HalfProblem) -> bool:
@@ -95,7 +95,4 @@ class HALS(AlternatingRule):
             # with an elementwise weight a sweep costs as much as d itself (rho ~ 1/3),
             # so Gillis & Glineur's rule gives a single sweep
             n_sweeps = 1
-        # a row-sharded L is swept whole: cutting it into tiles in a loop makes GSPMD
-        # gather it (each device sweeps its own rows; the rows are independent)
-        tile = p if hp.free_sharded else TILE
-        return HalfStep(hals_sweeps(hp, Xt, n_sweeps, self.delta.astype(Xt.dtype), tile=tile), aux)
+        return HalfStep(hals_sweeps(hp, Xt, n_sweeps, self.delta.astype(Xt.dtype)), aux)

@@ -73,6 +73,10 @@ def hals_sweeps(hp: HalfProblem, Xt: Array, max_sweeps: int, delta: Array, *, ti
     curvature = hp.block_majorizer()
     if hp.masked:
         return _repeat(_masked_sweep(hp, mixing, others, curvature), Xt, max_sweeps, delta)
+    if hp.free_sharded:
+        # a row-sharded L is swept whole: cutting it into tiles in a loop makes GSPMD
+        # gather it (each device sweeps its own rows; the rows are independent)
+        tile = Xt.shape[1]
     tiled = _tiled_sweep(mixing, hp.linear, curvature, tile)
     if not others:
         return _repeat(tiled, Xt, max_sweeps, delta)
