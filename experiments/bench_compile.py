@@ -14,6 +14,10 @@ and no single method's compile over 2 s at that shape.
    (XDG_CACHE_HOME): the first fills it, the second is warm.  Printed: wall time and
    the child's CPU time (user + system, which a loaded machine inflates less).
 3. ``python -c "import jnmf.cli"``: the import alone.
+4. The starts program (``fitting.starting_points``) compiled with XLA's default options
+   and with ``fitting.DRAW_COMPILER_OPTIONS`` (LLVM level 1), side by side: compile
+   seconds (wall and CPU), the draw's run time, and whether the bits drawn are equal
+   (float32 and float64; 1 and 4 restarts).
 
 Every line prints the load average beside it: other processes on 2 cores stretch every
 number here.
@@ -79,6 +83,47 @@ def compile_times(methods: list[str], m: int, n: int, rank: int) -> None:
         )
 
 
+def starts_options(m: int, n: int, rank: int) -> None:
+    """The starts program compiled with XLA's default options and with the draw options."""
+    import jax
+
+    from jnmf import fitting
+
+    if not hasattr(fitting, "DRAW_COMPILER_OPTIONS"):
+        print("\n(this checkout compiles the starts with the default options only)")
+        return
+    jax.config.update("jax_enable_compilation_cache", False)
+    jax.config.update("jax_enable_x64", True)
+    draw_options = fitting.DRAW_COMPILER_OPTIONS
+    print(f"\n== starts program, {m} x {n}, rank {rank}: default options vs {draw_options} ==")
+    for dtype in (np.float32, np.float64):
+        Y = jax.numpy.asarray(np.random.default_rng(0).random((m, n)), dtype)
+        for restarts in (1, 4):
+            draws, cells = [], []
+            for options in (None, draw_options):
+                draw = fitting._named_starts_impl
+                program = jax.jit(draw, static_argnums=(1, 2, 3), compiler_options=options)
+                lowered = program.lower(Y, rank, "random", restarts, jax.random.key(5))
+                wall, cpu = time.perf_counter(), time.process_time()
+                compiled = lowered.compile()
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                jax.block_until_ready(compiled(Y, jax.random.key(5)))
+                start = time.perf_counter()
+                for _ in range(10):
+                    out = compiled(Y, jax.random.key(5))
+                jax.block_until_ready(out)
+                draws.append([np.asarray(x) for x in out])
+                run_ms = (time.perf_counter() - start) * 100
+                cells.append(f"{wall:5.2f} s wall {cpu:5.2f} s cpu, run {run_ms:6.2f} ms")
+            same = all(np.array_equal(a, b) for a, b in zip(*draws))
+            print(
+                f"{np.dtype(dtype).name} restarts {restarts}: default {cells[0]} | draw options {cells[1]} | "
+                f"same bits {same}  load {load()}",
+                flush=True,
+            )
+    jax.config.update("jax_enable_x64", False)
+
+
 def cli_latency(m: int, n: int, rank: int, repeats: int) -> None:
     """Wall and CPU seconds of ``python -m jnmf fit`` in fresh processes: cold, cache fill, warm."""
     print(f"\n== python -m jnmf fit, {m} x {n} .npy, rank {rank} (fresh processes) ==")
@@ -122,6 +167,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="CLI runs of each kind")
     parser.add_argument("--skip-cli", action="store_true")
     parser.add_argument("--skip-methods", action="store_true")
+    parser.add_argument("--skip-starts", action="store_true")
     parser.add_argument("--repo", type=Path, default=REPO, help="the checkout to measure (before / after)")
     args = parser.parse_args()
     REPO = args.repo.resolve()
@@ -132,6 +178,8 @@ def main() -> None:
         cli_latency(m, n, args.rank, args.repeats)
     if not args.skip_methods:
         compile_times(args.methods, m, n, args.rank)
+    if not args.skip_starts:
+        starts_options(m, n, args.rank)
     print(f"\nload average at end: {open('/proc/loadavg').read().strip()}")
 
 

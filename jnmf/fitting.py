@@ -25,12 +25,12 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jaxtyping import Array
 
 from . import _validate as check
@@ -61,6 +61,9 @@ from .problem import (
 )
 from .progress import FitMonitor
 from .rules import DEFAULT_METHOD, METHODS, AlternatingRule, make_rule
+
+if TYPE_CHECKING:  # an annotation only: optax is imported on use (jnmf.rules)
+    import optax
 
 __all__ = [
     "ConvergenceWarning",
