@@ -221,7 +221,7 @@ def starting_points(Y, rank: int, init, restarts: int, key) -> tuple[Array, Arra
         )
     # one compiled program draws all the starts (op by op, a first fit compiled a dozen
     # small programs here: the key splits, the scale, each factor's draw)
-    draw = _named_starts_fast if _top_level(Y, key) else _named_starts
+    draw = _named_starts_fast if _draw_fast(Y, key) else _named_starts
     return draw(Y, rank, init, restarts, key)
 
 
@@ -230,14 +230,19 @@ def starting_points(Y, rank: int, init, restarts: int, key) -> tuple[Array, Arra
 # XLA:CPU: 4.8 -> 1.6 s; with 4 restarts, whose vmapped keys compile slower still, 12.2 ->
 # 1.8 s), while the bits drawn stay the same (tests/test_fit.py; level 0 changes the
 # normal draw's last bits).  A start is drawn once per fit: its run time (milliseconds
-# at this size either way) does not matter; the loop is compiled as before.
+# at this size either way) does not matter; the loop is compiled as before.  Only on
+# XLA:CPU (see _draw_fast).
 DRAW_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
-def _top_level(*args) -> bool:
-    """Whether a call with ``args`` runs outside any trace: JAX accepts per-program
-    compiler options only on a top-level ``jit`` (inside another one the draw is inlined
-    into the caller's program, compiled with the caller's options)."""
+def _draw_fast(*args) -> bool:
+    """Whether a draw with ``args`` takes the draw options: on XLA:CPU (where the slow
+    compile was measured; other backends keep XLA's defaults, so their bits are
+    untouched), and outside any trace: JAX accepts per-program compiler options only on
+    a top-level ``jit`` (inside another one the draw is inlined into the caller's
+    program, compiled with the caller's options)."""
+    if jax.default_backend() != "cpu":
+        return False
     if any(check.is_traced(leaf) for leaf in jax.tree.leaves(args)):
         return False
     try:  # a call inside jit with only constant arguments (e.g. closed-over arrays)
@@ -289,7 +294,7 @@ def padded_starting_points(
         # a gather with the positions as an operand: one small program for every chunk
         ranks, keys = ranks[only], keys[np.arange(len(ranks))[only]]
     Y = Y if isinstance(Y, DataOperator) else jnp.asarray(Y)
-    draw = _padded_starts_fast if _top_level(Y, keys) else _padded_starts
+    draw = _padded_starts_fast if _draw_fast(Y, keys) else _padded_starts
     return draw(Y, jnp.asarray(ranks, Y.dtype), keys, top, restarts, init)
 
 
