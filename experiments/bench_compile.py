@@ -15,7 +15,11 @@ and no single method's compile over 2 s at that shape.
    (XDG_CACHE_HOME): the first fills it, the second is warm.  Printed: wall time and
    the child's CPU time (user + system, which a loaded machine inflates less).
 3. ``python -c "import jnmf.cli"``: the import alone.
-4. The starts program (``fitting.starting_points``) compiled with XLA's default options
+4. The cold CLI fit with and without its background import of matplotlib
+   (``cli._prefetch_plotting`` replaced by a no-op in the "off" runs), alternated: wall,
+   CPU, and the seconds of the run outside the fit and the input's load (the plot, the
+   imports, the writing).
+5. The starts program (``fitting.starting_points``) compiled with XLA's default options
    and with ``fitting.DRAW_COMPILER_OPTIONS`` (LLVM level 1), side by side: compile
    seconds (wall and CPU), the draw's run time, and whether the bits drawn are equal
    (float32 and float64; 1 and 4 restarts).
@@ -29,6 +33,7 @@ Run:  python experiments/bench_compile.py [--methods ahals anls ...] [--repeats 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import resource
 import subprocess
@@ -126,6 +131,48 @@ def starts_options(m: int, n: int, rank: int) -> None:
     jax.config.update("jax_enable_x64", False)
 
 
+_NO_PREFETCH = """
+import sys, threading, jnmf.cli as cli
+if sys.argv[1] == "off":
+    def no_prefetch():
+        thread = threading.Thread(target=lambda: None)
+        thread.start()
+        return thread
+    cli._prefetch_plotting = no_prefetch
+sys.argv = ["jnmf", "fit", *sys.argv[2:]]
+cli.main()
+"""
+
+
+def plot_prefetch(m: int, n: int, rank: int, repeats: int) -> None:
+    """The cold CLI fit with the matplotlib imports in a background thread ("on") or not."""
+    import json
+
+    print(f"\n== python -m jnmf fit --no-cache, {m} x {n}: matplotlib prefetch off / on (alternated) ==")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        np.save(tmp / "Y.npy", np.random.default_rng(0).random((m, n)))
+        env = dict(os.environ, PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(tmp / "xdg"))
+        for _ in range(repeats):
+            for mode in ("off", "on"):
+                out = tmp / mode
+                args = [str(tmp / "Y.npy"), "--rank", str(rank), "--quiet", "--force", "--out", str(out)]
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                start = time.perf_counter()
+                command = [sys.executable, "-c", _NO_PREFETCH, mode, *args, "--no-cache"]
+                subprocess.run(command, env=env, check=True)
+                wall = time.perf_counter() - start
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+                timings = json.loads((out / "summary.json").read_text())["timings"]
+                rest = timings["total"] - timings["fit"] - timings["load"]
+                print(
+                    f"prefetch {mode:3s}  wall {wall:6.2f} s   cpu {cpu:6.2f} s   "
+                    f"outside the fit {rest:5.2f} s   load {load()}",
+                    flush=True,
+                )
+
+
 def cli_latency(m: int, n: int, rank: int, repeats: int) -> None:
     """Wall and CPU seconds of ``python -m jnmf fit`` in fresh processes: cold, cache fill, warm."""
     print(f"\n== python -m jnmf fit, {m} x {n} .npy, rank {rank} (fresh processes) ==")
@@ -170,6 +217,7 @@ def main() -> None:
     parser.add_argument("--skip-cli", action="store_true")
     parser.add_argument("--skip-methods", action="store_true")
     parser.add_argument("--skip-starts", action="store_true")
+    parser.add_argument("--prefetch-repeats", type=int, default=2, help="off/on pairs (0: skip)")
     parser.add_argument("--repo", type=Path, default=REPO, help="the checkout to measure (before / after)")
     args = parser.parse_args()
     REPO = args.repo.resolve()
@@ -180,6 +228,8 @@ def main() -> None:
         cli_latency(m, n, args.rank, args.repeats)
     if not args.skip_methods:
         compile_times(args.methods, m, n, args.rank)
+    if args.prefetch_repeats and hasattr(importlib.import_module("jnmf.cli"), "_prefetch_plotting"):
+        plot_prefetch(m, n, args.rank, args.prefetch_repeats)
     if not args.skip_starts:
         starts_options(m, n, args.rank)
     print(f"\nload average at end: {open('/proc/loadavg').read().strip()}")
