@@ -502,7 +502,6 @@ def _run_fit(args) -> int:
         outputs.names.append("convergence.png")
     outputs.check()
     _enable_float64(args)
-    prefetch = _prefetch_plotting() if plots else None
 
     matrix = _load_input(args, timings)
     Y = matrix.values
@@ -512,6 +511,7 @@ def _run_fit(args) -> int:
     say(f"{args.input}: {m} x {n}, rank {args.rank}, method {args.method}, {args.restarts} restart(s)")
 
     penalties = {name: getattr(args, name) for name in PENALTIES}
+    prefetch = _prefetch_plotting() if plots else None  # after the checks: a usage error exits at once
     fit_start = time.perf_counter()
     res = _call_jnmf(
         jnmf.fit,
