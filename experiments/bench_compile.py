@@ -7,13 +7,22 @@ and no single method's compile over 2 s at that shape.
    1000 x 500 float32 matrix at rank 10 (20 iterations), with JAX's monitoring events
    counting every program XLA compiles during it and the seconds spent tracing,
    lowering and compiling.  Printed: the programs compiled, the largest single XLA
-   compile (the fit's loop), and the fit's total wall time.  The first method also pays
+   compile (the fit's loop), and the fit's total wall and CPU time (the compile
+   durations are wall seconds: under load, compare the CPU column).  The first method also pays
    for the programs every fit shares (the key, the scale, the starts).
 2. ``python -m jnmf fit`` on a 1000 x 500 ``.npy`` in fresh processes: ``--no-cache``
    (cold, nothing on disk), then twice with an empty per-run cache directory
    (XDG_CACHE_HOME): the first fills it, the second is warm.  Printed: wall time and
    the child's CPU time (user + system, which a loaded machine inflates less).
 3. ``python -c "import jnmf.cli"``: the import alone.
+4. The cold CLI fit with and without its background import of matplotlib
+   (``cli._prefetch_plotting`` replaced by a no-op in the "off" runs), alternated: wall,
+   CPU, and the seconds of the run outside the fit and the input's load (the plot, the
+   imports, the writing).
+5. The starts program (``fitting.starting_points``) compiled with XLA's default options
+   and with ``fitting.DRAW_COMPILER_OPTIONS`` (LLVM level 1), side by side: compile
+   seconds (wall and CPU), the draw's run time, and whether the bits drawn are equal
+   (float32 and float64; 1 and 4 restarts).
 
 Every line prints the load average beside it: other processes on 2 cores stretch every
 number here.
@@ -24,6 +33,7 @@ Run:  python experiments/bench_compile.py [--methods ahals anls ...] [--repeats 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import resource
 import subprocess
@@ -58,13 +68,14 @@ def compile_times(methods: list[str], m: int, n: int, rank: int) -> None:
     warnings.simplefilter("ignore", jnmf.ConvergenceWarning)
     Y = np.random.default_rng(0).random((m, n)).astype(np.float32)
     print(f"\n== first fit per method: {m} x {n} float32, rank {rank}, 20 iterations (this process) ==")
-    header = ["programs", "largest XLA compile", "all XLA", "trace+lower", "fit wall"]
-    print(f"{'method':7s} " + " ".join(f"{h:>{w}s}" for h, w in zip(header, (8, 20, 8, 11, 9))) + "  load")
+    header = ["programs", "largest XLA compile", "all XLA", "trace+lower", "fit wall", "fit cpu"]
+    widths = (8, 20, 8, 11, 9, 8)
+    print(f"{'method':7s} " + " ".join(f"{h:>{w}s}" for h, w in zip(header, widths)) + "  load")
     for method in methods:
         events.clear()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         jnmf.fit(Y, rank, method=method, max_iterations=20, key=0)
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         xla = [s for e, s in events if e == "/jax/core/compile/backend_compile_duration"]
         front = sum(
             s
@@ -74,9 +85,92 @@ def compile_times(methods: list[str], m: int, n: int, rank: int) -> None:
         )
         print(
             f"{method:7s} {len(xla):8d} {max(xla, default=0):19.2f}s {sum(xla):7.2f}s {front:10.2f}s "
-            f"{wall:8.2f}s  {load()}",
+            f"{wall:8.2f}s {cpu:7.2f}s  {load()}",
             flush=True,
         )
+
+
+def starts_options(m: int, n: int, rank: int) -> None:
+    """The starts program compiled with XLA's default options and with the draw options."""
+    import jax
+
+    from jnmf import fitting
+
+    if not hasattr(fitting, "DRAW_COMPILER_OPTIONS"):
+        print("\n(this checkout compiles the starts with the default options only)")
+        return
+    jax.config.update("jax_enable_compilation_cache", False)
+    jax.config.update("jax_enable_x64", True)
+    draw_options = fitting.DRAW_COMPILER_OPTIONS
+    print(f"\n== starts program, {m} x {n}, rank {rank}: default options vs {draw_options} ==")
+    for dtype in (np.float32, np.float64):
+        Y = jax.numpy.asarray(np.random.default_rng(0).random((m, n)), dtype)
+        for restarts in (1, 4):
+            draws, cells = [], []
+            for options in (None, draw_options):
+                draw = fitting._named_starts_impl
+                program = jax.jit(draw, static_argnums=(1, 2, 3), compiler_options=options)
+                lowered = program.lower(Y, rank, "random", restarts, jax.random.key(5))
+                wall, cpu = time.perf_counter(), time.process_time()
+                compiled = lowered.compile()
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                jax.block_until_ready(compiled(Y, jax.random.key(5)))
+                start = time.perf_counter()
+                for _ in range(10):
+                    out = compiled(Y, jax.random.key(5))
+                jax.block_until_ready(out)
+                draws.append([np.asarray(x) for x in out])
+                run_ms = (time.perf_counter() - start) * 100
+                cells.append(f"{wall:5.2f} s wall {cpu:5.2f} s cpu, run {run_ms:6.2f} ms")
+            same = all(np.array_equal(a, b) for a, b in zip(*draws))
+            print(
+                f"{np.dtype(dtype).name} restarts {restarts}: default {cells[0]} | draw options {cells[1]} | "
+                f"same bits {same}  load {load()}",
+                flush=True,
+            )
+    jax.config.update("jax_enable_x64", False)
+
+
+_NO_PREFETCH = """
+import sys, threading, jnmf.cli as cli
+if sys.argv[1] == "off":
+    def no_prefetch():
+        thread = threading.Thread(target=lambda: None)
+        thread.start()
+        return thread
+    cli._prefetch_plotting = no_prefetch
+sys.argv = ["jnmf", "fit", *sys.argv[2:]]
+cli.main()
+"""
+
+
+def plot_prefetch(m: int, n: int, rank: int, repeats: int) -> None:
+    """The cold CLI fit with the matplotlib imports in a background thread ("on") or not."""
+    import json
+
+    print(f"\n== python -m jnmf fit --no-cache, {m} x {n}: matplotlib prefetch off / on (alternated) ==")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        np.save(tmp / "Y.npy", np.random.default_rng(0).random((m, n)))
+        env = dict(os.environ, PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(tmp / "xdg"))
+        for _ in range(repeats):
+            for mode in ("off", "on"):
+                out = tmp / mode
+                args = [str(tmp / "Y.npy"), "--rank", str(rank), "--quiet", "--force", "--out", str(out)]
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                start = time.perf_counter()
+                command = [sys.executable, "-c", _NO_PREFETCH, mode, *args, "--no-cache"]
+                subprocess.run(command, env=env, check=True)
+                wall = time.perf_counter() - start
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+                timings = json.loads((out / "summary.json").read_text())["timings"]
+                rest = timings["total"] - timings["fit"] - timings["load"]
+                print(
+                    f"prefetch {mode:3s}  wall {wall:6.2f} s   cpu {cpu:6.2f} s   "
+                    f"outside the fit {rest:5.2f} s   load {load()}",
+                    flush=True,
+                )
 
 
 def cli_latency(m: int, n: int, rank: int, repeats: int) -> None:
@@ -122,6 +216,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="CLI runs of each kind")
     parser.add_argument("--skip-cli", action="store_true")
     parser.add_argument("--skip-methods", action="store_true")
+    parser.add_argument("--skip-starts", action="store_true")
+    parser.add_argument("--prefetch-repeats", type=int, default=2, help="off/on pairs (0: skip)")
     parser.add_argument("--repo", type=Path, default=REPO, help="the checkout to measure (before / after)")
     args = parser.parse_args()
     REPO = args.repo.resolve()
@@ -132,6 +228,10 @@ def main() -> None:
         cli_latency(m, n, args.rank, args.repeats)
     if not args.skip_methods:
         compile_times(args.methods, m, n, args.rank)
+    if args.prefetch_repeats and hasattr(importlib.import_module("jnmf.cli"), "_prefetch_plotting"):
+        plot_prefetch(m, n, args.rank, args.prefetch_repeats)
+    if not args.skip_starts:
+        starts_options(m, n, args.rank)
     print(f"\nload average at end: {open('/proc/loadavg').read().strip()}")
 
 

@@ -23,6 +23,7 @@ import re
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -391,6 +392,27 @@ def _save_figure(fig, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _prefetch_plotting() -> threading.Thread:
+    """Import what drawing a figure needs (matplotlib's Figure, the Agg canvas, a font) in
+    a background thread, started before a fit: XLA compiles the fit's programs with
+    Python's lock released, so on a second core these ~1 s of imports overlap the
+    compile instead of following the fit.  Join the thread before plotting."""
+
+    def load() -> None:
+        try:
+            from matplotlib import font_manager
+            from matplotlib.backends import backend_agg
+            from matplotlib.figure import Figure  # noqa: F401
+
+            backend_agg.get_font(font_manager.findfont(font_manager.FontProperties()))
+        except Exception:  # only a head start: the plot itself reports any real failure
+            pass
+
+    thread = threading.Thread(target=load, name="jnmf-prefetch-matplotlib", daemon=True)
+    thread.start()
+    return thread
+
+
 def _use_agg() -> bool:
     """Select matplotlib's file-only Agg backend; False when matplotlib is not installed."""
     try:
@@ -489,6 +511,7 @@ def _run_fit(args) -> int:
     say(f"{args.input}: {m} x {n}, rank {args.rank}, method {args.method}, {args.restarts} restart(s)")
 
     penalties = {name: getattr(args, name) for name in PENALTIES}
+    prefetch = _prefetch_plotting() if plots else None  # after the checks: a usage error exits at once
     fit_start = time.perf_counter()
     res = _call_jnmf(
         jnmf.fit,
@@ -523,6 +546,7 @@ def _run_fit(args) -> int:
     if plots:
         from . import plot
 
+        prefetch.join()
         title = f"{Path(args.input).name}: rank {args.rank}, {args.method}"
         fig = plot.convergence(np.asarray(res.history), int(res.history_stride), title=title)
         _save_figure(fig, outputs.path("convergence.png"))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import itertools
 import json
 import math
@@ -26,12 +25,12 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jaxtyping import Array
 
 from . import _validate as check
@@ -62,6 +61,9 @@ from .problem import (
 )
 from .progress import FitMonitor
 from .rules import DEFAULT_METHOD, METHODS, AlternatingRule, make_rule
+
+if TYPE_CHECKING:  # an annotation only: optax is imported on use (jnmf.rules)
+    import optax
 
 __all__ = [
     "ConvergenceWarning",
@@ -219,13 +221,46 @@ def starting_points(Y, rank: int, init, restarts: int, key) -> tuple[Array, Arra
         )
     # one compiled program draws all the starts (op by op, a first fit compiled a dozen
     # small programs here: the key splits, the scale, each factor's draw)
-    return _named_starts(Y, rank, init, restarts, key)
+    draw = _named_starts_fast if _draw_fast(Y, key) else _named_starts
+    return draw(Y, rank, init, restarts, key)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _named_starts(Y, rank: int, init: str, restarts: int, key) -> tuple[Array, Array]:
+# The starts programs are compiled with LLVM's optimization level 1 (XLA's default is 2):
+# JAX's threefry random bits compile 3-7x faster so (a 1000 x 500 rank-10 start on
+# XLA:CPU: 4.8 -> 1.6 s; with 4 restarts, whose vmapped keys compile slower still, 12.2 ->
+# 1.8 s), while the bits drawn stay the same (tests/test_fit.py; level 0 changes the
+# normal draw's last bits).  A start is drawn once per fit: its run time (milliseconds
+# at this size either way) does not matter; the loop is compiled as before.  Only on
+# XLA:CPU (see _draw_fast).
+DRAW_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
+def _draw_fast(*args) -> bool:
+    """Whether a draw with ``args`` takes the draw options: on XLA:CPU (where the slow
+    compile was measured; other backends keep XLA's defaults, so their bits are
+    untouched), and outside any trace: JAX accepts per-program compiler options only on
+    a top-level ``jit`` (inside another one the draw is inlined into the caller's
+    program, compiled with the caller's options)."""
+    if jax.default_backend() != "cpu":
+        return False
+    if any(check.is_traced(leaf) for leaf in jax.tree.leaves(args)):
+        return False
+    try:  # a call inside jit with only constant arguments (e.g. closed-over arrays)
+        from jax._src.core import trace_state_clean
+    except ImportError:  # pragma: no cover - moved in a later JAX: decide by the arguments
+        return True
+    return trace_state_clean()
+
+
+def _named_starts_impl(Y, rank: int, init: str, restarts: int, key) -> tuple[Array, Array]:
     keys = jax.random.split(key, restarts)
     return jax.vmap(lambda k: initialize(Y, rank, init, k))(keys)
+
+
+_named_starts = jax.jit(_named_starts_impl, static_argnums=(1, 2, 3))
+_named_starts_fast = jax.jit(
+    _named_starts_impl, static_argnums=(1, 2, 3), compiler_options=DRAW_COMPILER_OPTIONS
+)
 
 
 def padded_starting_points(
@@ -259,11 +294,11 @@ def padded_starting_points(
         # a gather with the positions as an operand: one small program for every chunk
         ranks, keys = ranks[only], keys[np.arange(len(ranks))[only]]
     Y = Y if isinstance(Y, DataOperator) else jnp.asarray(Y)
-    return _padded_starts(Y, jnp.asarray(ranks, Y.dtype), keys, top, restarts, init)
+    draw = _padded_starts_fast if _draw_fast(Y, keys) else _padded_starts
+    return draw(Y, jnp.asarray(ranks, Y.dtype), keys, top, restarts, init)
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5))
-def _padded_starts(Y, ranks, keys, top: int, restarts: int, init: str) -> tuple[Array, Array]:
+def _padded_starts_impl(Y, ranks, keys, top: int, restarts: int, init: str) -> tuple[Array, Array]:
     def one_rank(r, key):
         L0, R0 = jax.vmap(lambda k: initialize(Y, top, init, k))(jax.random.split(key, restarts))
         live = (jnp.arange(top) < r).astype(L0.dtype)
@@ -273,6 +308,12 @@ def _padded_starts(Y, ranks, keys, top: int, restarts: int, init: str) -> tuple[
 
     L0, R0 = jax.vmap(one_rank)(ranks, keys)
     return L0.reshape(-1, *L0.shape[2:]), R0.reshape(-1, *R0.shape[2:])
+
+
+_padded_starts = jax.jit(_padded_starts_impl, static_argnums=(3, 4, 5))
+_padded_starts_fast = jax.jit(
+    _padded_starts_impl, static_argnums=(3, 4, 5), compiler_options=DRAW_COMPILER_OPTIONS
+)
 
 
 class _Setup(eqx.Module):

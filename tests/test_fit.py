@@ -50,6 +50,18 @@ def test_every_method_fits_and_reports_its_best_restart(Y, method):
     assert jnp.all(res.objectives < start)
 
 
+def test_starts_program_draws_the_same_bits_as_default_compilation():
+    """The starts program is compiled at LLVM optimization level 1 for compile speed
+    (fitting.DRAW_COMPILER_OPTIONS); seeded starts must stay what XLA's default level
+    draws (float32, the CLI's dtype: the normal draw's float conversion and erf_inv)."""
+    Y32 = jnp.asarray(np.random.default_rng(0).random((6, 5)), jnp.float32)
+    default = jax.jit(fitting.starting_points, static_argnums=(1, 2, 3))  # outer jit: default options
+    fast = fitting.starting_points(Y32, 2, "random", 2, jax.random.key(3))
+    for a, b in zip(fast, default(Y32, 2, "random", 2, jax.random.key(3))):
+        assert a.dtype == jnp.float32
+        np.testing.assert_array_equal(a, b)
+
+
 @capped  # restarts that stop on tol and restarts that hit the cap, in one batch
 def test_restarts_equal_single_fits(Y):
     key = jax.random.key(7)

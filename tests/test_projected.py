@@ -2,6 +2,9 @@
 
 # Exactness tests run in float64 (x64 is switched on in conftest.py); the float32
 # robustness test builds float32 arrays explicitly.
+import subprocess
+import sys
+
 import hypothesis.extra.numpy as hnp
 import jax
 import jax.numpy as jnp
@@ -157,3 +160,22 @@ def test_learning_rate_swept_through_state():
     assert float(out[0].objective) != float(out[1].objective)
     ref = run(SGD, problem, L, R, iters=5)
     np.testing.assert_allclose(out[0].L, ref.L, rtol=1e-12)
+
+
+def test_optax_is_imported_on_use():
+    """In a fresh interpreter: importing jnmf (and its CLI) pulls in neither optax nor
+    scipy nor matplotlib (a plain fit needs none of them); method "pg" imports optax
+    when asked for, and is one shared rule (its optimizer is static: a fresh one per
+    call would recompile every fit)."""
+    code = (
+        "import sys\n"
+        "import jnmf, jnmf.cli\n"
+        "loaded = [m for m in ('optax', 'scipy', 'matplotlib') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        "rule = jnmf.make_rule('pg')\n"
+        "assert 'optax' in sys.modules and rule is jnmf.make_rule('pg')\n"
+        "import optax\n"
+        "assert type(jnmf.make_rule(optax.sgd(0.1))).__name__ == 'ProjectedGradient'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

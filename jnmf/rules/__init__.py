@@ -7,7 +7,9 @@ optimizer) into a rule.
 
 from __future__ import annotations
 
-import optax
+import functools
+import sys
+from typing import TYPE_CHECKING
 
 from .anls import ANLS
 from .au import AURNMF
@@ -18,11 +20,21 @@ from .kl import KLMU
 from .mu import MURNMF
 from .projected import ProjectedGradient
 
+if TYPE_CHECKING:
+    import optax
+
 DEFAULT_METHOD = "ahals"
 
-# One shared instance: an optax optimizer is a static field, and two adam() objects
-# never compare equal, so a fresh one per call would recompile every fit.
-_DEFAULT_PG = ProjectedGradient(optax.adam(1e-2))
+
+@functools.cache
+def _default_pg() -> ProjectedGradient:
+    """One shared instance: an optax optimizer is a static field, and two adam() objects
+    never compare equal, so a fresh one per call would recompile every fit.  Built on
+    first use: optax's import (0.35 s) is not paid by fits that do not use it."""
+    import optax
+
+    return ProjectedGradient(optax.adam(1e-2))
+
 
 # name -> (description, factory)
 METHODS: dict[str, tuple[str, object]] = {
@@ -41,7 +53,7 @@ METHODS: dict[str, tuple[str, object]] = {
     ),
     "pg": (
         "projected gradient driven by an optax optimizer (default adam(1e-2))",
-        lambda: _DEFAULT_PG,
+        _default_pg,
     ),
 }
 
@@ -62,7 +74,8 @@ def make_rule(method: str | AlternatingRule | optax.GradientTransformation) -> A
     """
     if isinstance(method, AlternatingRule):
         return method
-    if isinstance(method, optax.GradientTransformation):
+    optax = sys.modules.get("optax")  # an optax optimizer means optax is imported already
+    if optax is not None and isinstance(method, optax.GradientTransformation):
         return ProjectedGradient(method)
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(
