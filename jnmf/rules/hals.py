@@ -22,6 +22,27 @@ d and the Gram matrix, while it pays: at most ``1 + alpha * rho`` sweeps, where
 rho ~ (cost of d) / (cost of a sweep), stopping early when a sweep changes X by
 less than ``delta`` times what the first sweep did (Gillis & Glineur, sec. 3).
 
+**Extrapolation** (``HALS(extrapolate=True)``; Ang & Gillis 2019, "Accelerating
+nonnegative matrix factorization algorithms using extrapolation", Neural Computation
+31(2)): after each half step the new factor is pushed further along its last move,
+``X_hat = max(0, X_k + beta (X_k - X_{k-1}))``, and the other factor's half step is
+solved at ``X_hat``.  In jnmf's order (L first):
+
+    L_k     = HALS half step from L_hat_{k-1} with R fixed at R_hat_{k-1}
+    L_hat_k = max(0, L_k + beta (L_k - L_{k-1}))
+    R_k     = HALS half step from R_hat_{k-1} with L fixed at L_hat_k
+    R_hat_k = max(0, R_k + beta (R_k - R_{k-1}))
+
+The iterate a step reports is ``(L_hat_k, R_k)``: both non-negative, and its objective
+is the free one of the R half problem, which is built at ``L_hat_k``.  Ang & Gillis's
+restart rule tunes beta: when the objective increased, beta shrinks by ``eta``, its
+ceiling drops to the old beta and the next L step is solved at ``R_k`` (no
+extrapolation of R); otherwise beta grows by ``gamma`` up to its ceiling, and the
+ceiling by ``gamma_bar`` up to 1.  The objective can therefore rise for one step at a
+restart, so the rule also keeps the best iterate seen (starting point included) and
+returns it: a fit with extrapolation never returns a worse objective than any
+iterate it reported.
+
 Implementation note: the sweep runs on the factor-major unknown Xt (k x p, see
 jnmf/quadratic.py), so each column update of X reads and writes one contiguous
 row.  A coordinate with zero curvature (a vanished column of the fixed factor)
@@ -33,10 +54,12 @@ from __future__ import annotations
 from typing import ClassVar
 
 import equinox as eqx
+import jax.numpy as jnp
 from jaxtyping import Array
 
-from ..quadratic import HalfProblem
-from .base import AlternatingRule, HalfStep, as_setting
+from ..problem import Problem
+from ..quadratic import HalfProblem, half_problem, objective_after_R_step
+from .base import AlternatingRule, HalfStep, NMFState, as_setting, rescale_rows, unsupported
 from .hals_sweeps import hals_sweeps
 
 
@@ -58,6 +81,46 @@ def accelerated_sweeps(p: int, q: int, k: int, alpha: float, entries: int | None
     return 1 + int(alpha * rho)
 
 
+class Extrapolation(eqx.Module):
+    """Ang & Gillis's (2019) settings: ``beta0`` the first extrapolation weight, ``eta``
+    its shrink factor at a restart, ``gamma`` its growth factor otherwise, ``gamma_bar``
+    the growth factor of its ceiling (array leaves: changing them never recompiles)."""
+
+    beta0: Array
+    eta: Array
+    gamma: Array
+    gamma_bar: Array
+
+
+class ExtrapolationState(eqx.Module):
+    """What extrapolated HALS carries between iterations (``NMFState.aux``).
+
+    Attributes:
+        Lt_base: ``L_k``, the last L half step before extrapolation (factor-major).
+        R_hat: the extrapolated R: the fixed factor of the next L half step and the
+            start of the next R half step.
+        beta: the current extrapolation weight.
+        beta_max: its current ceiling (the paper's beta bar).
+        last: the objective of the last reported iterate.
+        best_Lt, best_R, best: the best iterate so far and its objective.
+    """
+
+    Lt_base: Array
+    R_hat: Array
+    beta: Array
+    beta_max: Array
+    last: Array
+    best_Lt: Array
+    best_R: Array
+    best: Array
+
+
+def extrapolate(X_new: Array, X_old: Array, beta: Array) -> Array:
+    """``max(0, X_new + beta (X_new - X_old))``: Ang & Gillis's extrapolation, projected
+    so the other factor's half problem stays one of non-negative factors."""
+    return jnp.maximum(X_new + beta.astype(X_new.dtype) * (X_new - X_old), 0.0)
+
+
 class HALS(AlternatingRule):
     """HALS / accelerated HALS for eq. 3 (exact column minimization for diagonal
     weights, a monotone majorization step otherwise; see the module docstring).
@@ -69,17 +132,56 @@ class HALS(AlternatingRule):
     ``alpha`` is 0.2 rather than their 0.5 (on ORL faces, rank 25, time to a fixed
     error was flat for alpha in [0.1, 0.25] and 45% longer at 0.5; see
     experiments/bench_orl.py).  Supports every term of eq. 3.
+
+    ``extrapolate=True`` adds Ang & Gillis's (2019) extrapolation with restarts (see
+    the module docstring), with settings ``beta0``, ``eta``, ``gamma``, ``gamma_bar``;
+    not with an elementwise loss weight (whose objective is not free per iteration).
     """
 
     method_name: ClassVar[str] = "hals"
     alpha: float = eqx.field(static=True)
     inner_sweeps: int | None = eqx.field(static=True)
     delta: Array
+    extrapolation: Extrapolation | None
 
-    def __init__(self, inner_sweeps: int | None = 1, alpha: float = 0.2, delta=0.1):
+    def __init__(
+        self,
+        inner_sweeps: int | None = 1,
+        alpha: float = 0.2,
+        delta=0.1,
+        *,
+        extrapolate: bool = False,
+        beta0=0.5,
+        eta=1.5,
+        gamma=1.01,
+        gamma_bar=1.005,
+    ):
+        """
+        Args:
+            inner_sweeps: sweeps per half step (1: HALS; None: accelerated HALS's rule).
+            alpha: accelerated HALS's share of a product's cost spent on sweeps.
+            delta: accelerated HALS's early exit (fraction of the first sweep's change).
+            extrapolate: add Ang & Gillis's (2019) extrapolation with restarts.
+            beta0: the first extrapolation weight, in [0, 1].
+            eta: beta's shrink factor when the objective increased (> 1).
+            gamma: beta's growth factor otherwise (>= 1).
+            gamma_bar: the growth factor of beta's ceiling (>= 1).
+        """
         self.inner_sweeps = inner_sweeps
         self.alpha = float(alpha)
         self.delta = as_setting(delta)
+        if extrapolate:
+            settings = {"beta0": beta0, "eta": eta, "gamma": gamma, "gamma_bar": gamma_bar}
+            if not 0.0 <= float(beta0) <= 1.0:
+                raise ValueError(f"beta0 must be in [0, 1]; got {beta0!r}")
+            if not float(eta) > 1.0:
+                raise ValueError(f"eta must be > 1; got {eta!r}")
+            for name in ("gamma", "gamma_bar"):
+                if not float(settings[name]) >= 1.0:
+                    raise ValueError(f"{name} must be >= 1; got {settings[name]!r}")
+            self.extrapolation = Extrapolation(*(as_setting(v) for v in settings.values()))
+        else:
+            self.extrapolation = None
 
     def sweeps(self, p: int, q: int, k: int, entries: int | None = None) -> int:
         """How many sweeps a half step on a ``k x p`` unknown may take (fixed factor ``k x q``;
@@ -95,4 +197,77 @@ class HALS(AlternatingRule):
             # with an elementwise weight a sweep costs as much as d itself (rho ~ 1/3),
             # so Gillis & Glineur's rule gives a single sweep
             n_sweeps = 1
-        return HalfStep(hals_sweeps(hp, Xt, n_sweeps, self.delta.astype(Xt.dtype)), aux)
+        ex = self.extrapolation
+        if ex is None:
+            return HalfStep(hals_sweeps(hp, Xt, n_sweeps, self.delta.astype(Xt.dtype)), aux)
+        delta = self.delta.astype(Xt.dtype)
+        if side == "L":
+            # Xt is L_hat_{k-1}, hp is built at R_hat_{k-1} (half_problem below)
+            Lt = hals_sweeps(hp, Xt, n_sweeps, delta)
+            return HalfStep(extrapolate(Lt, aux.Lt_base, aux.beta), eqx.tree_at(lambda a: a.Lt_base, aux, Lt))
+        # Xt is R_{k-1}; the step starts from R_hat_{k-1} (Ang & Gillis)
+        R = hals_sweeps(hp, aux.R_hat, n_sweeps, delta)
+        return HalfStep(R, eqx.tree_at(lambda a: a.R_hat, aux, extrapolate(R, Xt, aux.beta)))
+
+    # ---------------------------------------------------- extrapolation hooks
+    def init_aux(self, problem: Problem, Lt: Array, R: Array) -> ExtrapolationState | None:
+        """No state for plain (accelerated) HALS; the extrapolation's state otherwise, with
+        the starting point as the best iterate so far."""
+        ex = self.extrapolation
+        if ex is None:
+            return None
+        f0 = problem.objective(Lt.T, R).astype(Lt.dtype)
+        beta = ex.beta0.astype(Lt.dtype)
+        return ExtrapolationState(Lt, R, beta, jnp.ones_like(beta), f0, Lt, R, f0)
+
+    def half_problem(self, problem: Problem, side: str, Lt: Array, R: Array, aux):
+        if self.extrapolation is not None and side == "L":
+            R = aux.R_hat  # the L step is solved at the extrapolated R
+        return half_problem(problem, side, Lt, R)
+
+    def finish_iteration(self, problem: Problem, hp_R, Lt: Array, R: Array, aux):
+        """The objective at the reported ``(L_hat_k, R_k)`` and Ang & Gillis's update of beta."""
+        f = objective_after_R_step(problem, hp_R, Lt, R)
+        ex = self.extrapolation
+        if ex is None:
+            return Lt, R, aux, f
+        dt = aux.beta.dtype
+        worse = f > aux.last
+        beta_max = jnp.where(worse, aux.beta, jnp.minimum(1.0, ex.gamma_bar.astype(dt) * aux.beta_max))
+        beta = jnp.where(
+            worse, aux.beta / ex.eta.astype(dt), jnp.minimum(beta_max, ex.gamma.astype(dt) * aux.beta)
+        )
+        better = f < aux.best
+        aux = ExtrapolationState(
+            Lt_base=aux.Lt_base,
+            R_hat=jnp.where(worse, R, aux.R_hat),  # restart: the next L step at R_k itself
+            beta=beta,
+            beta_max=beta_max,
+            last=f.astype(dt),
+            best_Lt=jnp.where(better, Lt, aux.best_Lt),
+            best_R=jnp.where(better, R, aux.best_R),
+            best=jnp.where(better, f.astype(dt), aux.best),
+        )
+        return Lt, R, aux, f
+
+    def check(self, problem: Problem) -> None:
+        if self.extrapolation is not None and getattr(problem, "masked", False):
+            raise unsupported(self, "extrapolate=True with an elementwise loss weight (missing values)")
+
+    def objective(self, problem: Problem, state: NMFState) -> Array:
+        """eq. 3 at the iterate the fit returns (with extrapolation: the best so far)."""
+        return problem.objective(*self.result_factors(state))
+
+    def result_factors(self, state: NMFState) -> tuple[Array, ...]:
+        if self.extrapolation is None:
+            return (state.Lt.T, state.R)
+        return (state.aux.best_Lt.T, state.aux.best_R)
+
+    def rescale(self, state: NMFState, mode: str) -> NMFState:
+        """The driver's ``normalize``; with extrapolation it also restarts it (the
+        rescaled iterate becomes both ``L_k`` and ``R_hat``), the best iterate is kept."""
+        Lt, R = rescale_rows(state.Lt, state.R, mode)
+        aux = state.aux
+        if aux is not None:
+            aux = eqx.tree_at(lambda a: (a.Lt_base, a.R_hat), aux, (Lt, R))
+        return NMFState(Lt, R, aux)
