@@ -80,6 +80,17 @@ def test_batched_equals_unbatched():
         np.testing.assert_allclose(batched.R[i], single.R, rtol=1e-10, atol=1e-12)
 
 
+def test_normalize_applies_to_the_returned_iterate():
+    """With ``normalize`` the returned (best) L has unit-max columns and L R matches it."""
+    Y, L, R = _data(5)
+    P = jnmf.build_problem(Y, K)
+    rule = HALS(inner_sweeps=None, extrapolate=True)
+    res = iterate(rule, P, rule.init(P, L, R), max_iterations=10, tol=0.0, normalize="max")
+    np.testing.assert_allclose(jnp.max(res.L, axis=0), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(res.objective, P.objective(res.L, res.R), rtol=1e-12)
+    assert float(res.objective) < float(P.objective(L, R))
+
+
 @pytest.mark.parametrize(
     "kwargs, name",
     [

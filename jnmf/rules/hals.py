@@ -270,9 +270,11 @@ class HALS(AlternatingRule):
 
     def rescale(self, state: NMFState, mode: str) -> NMFState:
         """The driver's ``normalize``; with extrapolation it also restarts it (the
-        rescaled iterate becomes both ``L_k`` and ``R_hat``), the best iterate is kept."""
+        rescaled iterate becomes both ``L_k`` and ``R_hat``) and rescales the best
+        iterate, which the fit returns (its product, hence its loss, is unchanged)."""
         Lt, R = rescale_rows(state.Lt, state.R, mode)
         aux = state.aux
         if aux is not None:
-            aux = eqx.tree_at(lambda a: (a.Lt_base, a.R_hat), aux, (Lt, R))
+            best = rescale_rows(aux.best_Lt, aux.best_R, mode)
+            aux = eqx.tree_at(lambda a: (a.Lt_base, a.R_hat, a.best_Lt, a.best_R), aux, (Lt, R, *best))
         return NMFState(Lt, R, aux)
