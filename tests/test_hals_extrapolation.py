@@ -34,8 +34,9 @@ def test_beta_zero_is_plain_accelerated_hals():
     P = jnmf.build_problem(Y, K, lambda_1L=0.1)
     plain = _fit(HALS(inner_sweeps=None), P, L, R)
     off = _fit(HALS(inner_sweeps=None, extrapolate=True, beta0=0.0), P, L, R)
-    np.testing.assert_allclose(off.state.Lt, plain.state.Lt, rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(off.state.R, plain.state.R, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(off.L, plain.L, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(off.R, plain.R, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(off.state.aux.Lt, plain.state.Lt, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(off.history, plain.history, rtol=1e-12)
     np.testing.assert_allclose(off.objective, plain.objective, rtol=1e-12)
 

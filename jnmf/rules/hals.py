@@ -39,9 +39,11 @@ restart rule tunes beta: when the objective increased, beta shrinks by ``eta``, 
 ceiling drops to the old beta and the next L step is solved at ``R_k`` (no
 extrapolation of R); otherwise beta grows by ``gamma`` up to its ceiling, and the
 ceiling by ``gamma_bar`` up to 1.  The objective can therefore rise for one step at a
-restart, so the rule also keeps the best iterate seen (starting point included) and
-returns it: a fit with extrapolation never returns a worse objective than any
-iterate it reported.
+restart, so the rule keeps the best iterate seen (starting point included) as the
+state's ``Lt``, ``R``, which a fit returns, and runs the iteration on points kept in
+``aux``: a fit with extrapolation never returns a worse objective than any iterate it
+reported.  The per-iteration objective (history, ``tol``, ``target``) is the reported
+iterate's; the step sizes (``min_xstep``) are measured from the best iterate.
 
 Implementation note: the sweep runs on the factor-major unknown Xt (k x p, see
 jnmf/quadratic.py), so each column update of X reads and writes one contiguous
@@ -93,26 +95,32 @@ class Extrapolation(eqx.Module):
 
 
 class ExtrapolationState(eqx.Module):
-    """What extrapolated HALS carries between iterations (``NMFState.aux``).
+    """What extrapolated HALS carries between iterations (``NMFState.aux``; the state's
+    own ``Lt``, ``R`` hold the best iterate so far, which the fit returns).
 
     Attributes:
-        Lt_base: ``L_k``, the last L half step before extrapolation (factor-major).
+        Lt, R: the last reported iterate ``(L_hat_k, R_k)`` (factor-major L).
+        Lt_base: ``L_k``, the last L half step before extrapolation.
         R_hat: the extrapolated R: the fixed factor of the next L half step and the
             start of the next R half step.
         beta: the current extrapolation weight.
         beta_max: its current ceiling (the paper's beta bar).
         last: the objective of the last reported iterate.
-        best_Lt, best_R, best: the best iterate so far and its objective.
+        best: the objective of the best iterate (the state's factors).
+        best_Lt, best_R: the best iterate as the half steps saw it (passed through to
+            :meth:`HALS.finish_iteration`, which only gets the new factors).
     """
 
+    Lt: Array
+    R: Array
     Lt_base: Array
     R_hat: Array
     beta: Array
     beta_max: Array
     last: Array
+    best: Array
     best_Lt: Array
     best_R: Array
-    best: Array
 
 
 def extrapolate(X_new: Array, X_old: Array, beta: Array) -> Array:
@@ -202,17 +210,21 @@ class HALS(AlternatingRule):
             # with an elementwise weight a sweep costs as much as d itself (rho ~ 1/3),
             # so Gillis & Glineur's rule gives a single sweep
             n_sweeps = 1
-        ex = self.extrapolation
-        if ex is None:
-            return HalfStep(hals_sweeps(hp, Xt, n_sweeps, self.delta.astype(Xt.dtype)), aux)
         delta = self.delta.astype(Xt.dtype)
+        if self.extrapolation is None:
+            return HalfStep(hals_sweeps(hp, Xt, n_sweeps, delta), aux)
+        # Xt is the best iterate's factor (kept for finish_iteration); the iteration
+        # itself runs on the extrapolation's points in aux
         if side == "L":
-            # Xt is L_hat_{k-1}, hp is built at R_hat_{k-1} (half_problem below)
-            Lt = hals_sweeps(hp, Xt, n_sweeps, delta)
-            return HalfStep(extrapolate(Lt, aux.Lt_base, aux.beta), eqx.tree_at(lambda a: a.Lt_base, aux, Lt))
-        # Xt is R_{k-1}; the step starts from R_hat_{k-1} (Ang & Gillis)
+            # from L_hat_{k-1}; hp is built at R_hat_{k-1} (half_problem below)
+            Lt = hals_sweeps(hp, aux.Lt, n_sweeps, delta)
+            L_hat = extrapolate(Lt, aux.Lt_base, aux.beta)
+            aux = eqx.tree_at(lambda a: (a.Lt, a.Lt_base, a.best_Lt), aux, (L_hat, Lt, Xt))
+            return HalfStep(L_hat, aux)
+        # from R_hat_{k-1} (Ang & Gillis); hp is built at L_hat_k
         R = hals_sweeps(hp, aux.R_hat, n_sweeps, delta)
-        return HalfStep(R, eqx.tree_at(lambda a: a.R_hat, aux, extrapolate(R, Xt, aux.beta)))
+        aux = eqx.tree_at(lambda a: (a.R, a.R_hat, a.best_R), aux, (R, extrapolate(R, aux.R, aux.beta), Xt))
+        return HalfStep(R, aux)
 
     # ---------------------------------------------------- extrapolation hooks
     def init_aux(self, problem: Problem, Lt: Array, R: Array) -> ExtrapolationState | None:
@@ -223,15 +235,17 @@ class HALS(AlternatingRule):
             return None
         f0 = problem.objective(Lt.T, R).astype(Lt.dtype)
         beta = ex.beta0.astype(Lt.dtype)
-        return ExtrapolationState(Lt, R, beta, jnp.ones_like(beta), f0, Lt, R, f0)
+        return ExtrapolationState(Lt, R, Lt, R, beta, jnp.ones_like(beta), f0, f0, Lt, R)
 
     def half_problem(self, problem: Problem, side: str, Lt: Array, R: Array, aux):
         if self.extrapolation is not None and side == "L":
-            R = aux.R_hat  # the L step is solved at the extrapolated R
+            Lt, R = aux.Lt, aux.R_hat  # the L step is solved at the extrapolated R
         return half_problem(problem, side, Lt, R)
 
     def finish_iteration(self, problem: Problem, hp_R, Lt: Array, R: Array, aux):
-        """The objective at the reported ``(L_hat_k, R_k)`` and Ang & Gillis's update of beta."""
+        """The objective at the new iterate; with extrapolation that is the reported
+        ``(L_hat_k, R_k)``, Ang & Gillis's update of beta follows, and the state keeps
+        the better of it and the best so far."""
         f = objective_after_R_step(problem, hp_R, Lt, R)
         ex = self.extrapolation
         if ex is None:
@@ -243,38 +257,32 @@ class HALS(AlternatingRule):
             worse, aux.beta / ex.eta.astype(dt), jnp.minimum(beta_max, ex.gamma.astype(dt) * aux.beta)
         )
         better = f < aux.best
-        aux = ExtrapolationState(
-            Lt_base=aux.Lt_base,
-            R_hat=jnp.where(worse, R, aux.R_hat),  # restart: the next L step at R_k itself
-            beta=beta,
-            beta_max=beta_max,
-            last=f.astype(dt),
-            best_Lt=jnp.where(better, Lt, aux.best_Lt),
-            best_R=jnp.where(better, R, aux.best_R),
-            best=jnp.where(better, f.astype(dt), aux.best),
+        aux = eqx.tree_at(
+            lambda a: (a.R_hat, a.beta, a.beta_max, a.last, a.best),
+            aux,
+            (
+                jnp.where(worse, R, aux.R_hat),  # restart: the next L step at R_k itself
+                beta,
+                beta_max,
+                f.astype(dt),
+                jnp.where(better, f.astype(dt), aux.best),
+            ),
         )
-        return Lt, R, aux, f
+        # the reported objective is the new iterate's (the stopping tests follow the
+        # iteration); the fit's final objective is recomputed at the state, the best
+        return jnp.where(better, Lt, aux.best_Lt), jnp.where(better, R, aux.best_R), aux, f
 
     def check(self, problem: Problem) -> None:
         if self.extrapolation is not None and getattr(problem, "masked", False):
             raise unsupported(self, "extrapolate=True with an elementwise loss weight (missing values)")
 
-    def objective(self, problem: Problem, state: NMFState) -> Array:
-        """eq. 3 at the iterate the fit returns (with extrapolation: the best so far)."""
-        return problem.objective(*self.result_factors(state))
-
-    def result_factors(self, state: NMFState) -> tuple[Array, ...]:
-        if self.extrapolation is None:
-            return (state.Lt.T, state.R)
-        return (state.aux.best_Lt.T, state.aux.best_R)
-
     def rescale(self, state: NMFState, mode: str) -> NMFState:
-        """The driver's ``normalize``; with extrapolation it also restarts it (the
-        rescaled iterate becomes both ``L_k`` and ``R_hat``) and rescales the best
-        iterate, which the fit returns (its product, hence its loss, is unchanged)."""
+        """The driver's ``normalize``, on the state (with extrapolation: the best iterate)
+        and, with extrapolation, on the last iterate, which restarts it (the rescaled
+        iterate becomes both ``L_k`` and ``R_hat``)."""
         Lt, R = rescale_rows(state.Lt, state.R, mode)
         aux = state.aux
         if aux is not None:
-            best = rescale_rows(aux.best_Lt, aux.best_R, mode)
-            aux = eqx.tree_at(lambda a: (a.Lt_base, a.R_hat, a.best_Lt, a.best_R), aux, (Lt, R, *best))
+            Lt_k, R_k = rescale_rows(aux.Lt, aux.R, mode)
+            aux = eqx.tree_at(lambda a: (a.Lt, a.R, a.Lt_base, a.R_hat), aux, (Lt_k, R_k, Lt_k, R_k))
         return NMFState(Lt, R, aux)
