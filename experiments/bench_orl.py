@@ -16,6 +16,9 @@ Parts (``--parts``; all by default):
   each run to the same error (iterations found by bisection for ``--sk-sample``
   restarts, timed and scaled to 32).  Goals: >= 10x the scikit-learn loop, >= 1.5x
   the jnmf loop.
+* ``hals_rule``: time to the same target for accelerated HALS's inner-sweep rule
+  (Gillis & Glineur's ``alpha``, ``delta``) and Ang & Gillis's (2019) extrapolation
+  (``HALS(extrapolate=True)``), each against scikit-learn cd in the same run.
 * ``gflops``: achieved GFLOP/s of batched MU and HALS (rank x restarts >= 256) vs the
   machine's float32 matmul peak (a large ``jnp.dot`` timed here).  Goal: MU >= 70%.
 * ``plot``: error-vs-time of all methods on ORL and on scikit-learn's digits (rank 16).
@@ -45,10 +48,21 @@ from jnmf import fitting as jfit  # noqa: E402
 from jnmf.batch import run_restarts  # noqa: E402
 from jnmf.driver import Stopping, iterate  # noqa: E402
 from jnmf.problem import build_problem  # noqa: E402
+from jnmf.rules.hals import HALS  # noqa: E402
 
 TARGET = 0.1755
 METHODS = ["hals", "ahals", "mu", "au", "anls", "kl", "pg"]
 FROBENIUS = ["hals", "ahals", "mu", "au", "anls", "pg"]
+# jnmf variants by name (``--methods`` takes them too): HALS with Ang & Gillis's extrapolation
+VARIANTS = {
+    "ahals-ex": lambda: HALS(inner_sweeps=None, extrapolate=True),
+    "hals-ex": lambda: HALS(inner_sweeps=1, extrapolate=True),
+}
+
+
+def rule_of(method: str):
+    """A method name of jnmf or of VARIANTS, as ``fit`` takes it."""
+    return VARIANTS[method]() if method in VARIANTS else method
 
 
 def load_orl(path: str) -> np.ndarray:
@@ -74,12 +88,19 @@ def rel_err(Y, L, R) -> float:
     )
 
 
+# ``--clock cpu``: this process's CPU time (all threads; numpy's BLAS and XLA alike), which
+# other processes' load barely moves, instead of wall time
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]
+
+
 def best_time(fn, repeats: int = 3) -> float:
+    """Shortest time (``clock``) of ``repeats`` calls."""
     times = []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     return min(times)
 
 
@@ -105,9 +126,16 @@ def sk_iterations_to_target(Y, L0, R0, solver: str, cap: int) -> int | None:
     return hi
 
 
-def jnmf_iterations_to_target(Y, L0, R0, method: str, cap: int) -> int | None:
+def jnmf_iterations_to_target(Y, L0, R0, method, cap: int) -> int | None:
+    """Iterations of ``method`` (a name or a rule) to TARGET, from its history."""
     res = jfit.fit(
-        Y, L0.shape[1], method=method, init=(L0, R0), max_iterations=cap, tol=0.0, history_size=cap
+        Y,
+        L0.shape[1],
+        method=rule_of(method) if isinstance(method, str) else method,
+        init=(L0, R0),
+        max_iterations=cap,
+        tol=0.0,
+        history_size=cap,
     )
     h = np.asarray(res.history, np.float64)
     err = np.sqrt(np.maximum(2 * h, 0)) / np.linalg.norm(Y)
@@ -125,7 +153,13 @@ def jnmf_iterations_to_target(Y, L0, R0, method: str, cap: int) -> int | None:
 
 def _jnmf_run(Y, L0, R0, method, iters):
     res = jfit.fit(
-        Y, L0.shape[1], method=method, init=(L0, R0), max_iterations=iters, tol=0.0, history_size=1
+        Y,
+        L0.shape[1],
+        method=rule_of(method) if isinstance(method, str) else method,
+        init=(L0, R0),
+        max_iterations=iters,
+        tol=0.0,
+        history_size=1,
     )
     return jax.block_until_ready(res.L), res.R
 
@@ -153,6 +187,49 @@ def part_target(Y, args):
         print(f"{name:<14} {str(n):>10} {t:>8.3f} {t / cd:>13.3f}x")
     default = next(t for name, _, t in rows if name == f"jnmf {jfit.DEFAULT_METHOD}")
     print(f"goal: jnmf default ({jfit.DEFAULT_METHOD}) <= 0.25x sklearn cd -> {default / cd:.3f}x")
+
+
+def part_hals_rule(Y, args):
+    """Time to TARGET for accelerated HALS's sweep rule (alpha, delta) with and without
+    extrapolation, against scikit-learn cd in the same run (its time measured first and
+    again last; the ratio uses their mean)."""
+    print(f"\n== HALS rules: time to relative error <= {TARGET} (ORL, rank 25, one shared random start) ==")
+    L0, R0 = random_start(Y, 25, args.seed)
+    n_cd = sk_iterations_to_target(Y, L0, R0, "cd", args.sk_cap)
+    t_cd = best_time(lambda: sk_nmf(Y, L0, R0, "cd", n_cd))
+    rows = []
+    for extrapolate in (False, True):
+        for inner, alpha, delta in args.hals_grid:
+            rule = HALS(inner_sweeps=inner, alpha=alpha, delta=delta, extrapolate=extrapolate)
+            n = jnmf_iterations_to_target(Y, L0, R0, rule, args.jnmf_cap)
+            if n is None:
+                rows.append((inner, alpha, delta, extrapolate, None, float("nan")))
+                continue
+            _jnmf_run(Y, L0, R0, rule, n)  # compile
+            rows.append(
+                (
+                    inner,
+                    alpha,
+                    delta,
+                    extrapolate,
+                    n,
+                    best_time(lambda r=rule, n=n: _jnmf_run(Y, L0, R0, r, n)),
+                )
+            )
+    t_cd = 0.5 * (t_cd + best_time(lambda: sk_nmf(Y, L0, R0, "cd", n_cd)))
+    print(f"sklearn cd: {n_cd} iterations, {t_cd:.3f} s (mean of the first and last measurement)")
+    print(f"{'sweeps':>6} {'alpha':>5} {'delta':>5} {'extrap.':>7} {'iters':>5} {'seconds':>8} {'vs cd':>7}")
+    for inner, alpha, delta, extrapolate, n, t in rows:
+        sweeps = "1" if inner == 1 else "auto"
+        print(
+            f"{sweeps:>6} {alpha:>5} {delta:>5} {str(extrapolate):>7} {str(n):>5} {t:>8.3f} {t / t_cd:>6.3f}x"
+        )
+
+
+def _hals_grid(text: str):
+    """``sweeps:alpha:delta`` (sweeps ``auto`` or an integer) -> (inner_sweeps, alpha, delta)."""
+    sweeps, alpha, delta = text.split(":")
+    return (None if sweeps == "auto" else int(sweeps)), float(alpha), float(delta)
 
 
 def part_restarts(Y, args):
@@ -326,6 +403,7 @@ def main() -> int:
         "target": part_target,
         "restarts": part_restarts,
         "restarts_target": part_restarts_target,
+        "hals_rule": part_hals_rule,
         "gflops": part_gflops,
         "plot": part_plot,
     }
@@ -338,9 +416,24 @@ def main() -> int:
     ap.add_argument("--jnmf-cap", type=int, default=400)
     ap.add_argument("--plot", default="docs/figures/error_vs_time.png")
     ap.add_argument("--target-method", default=jfit.DEFAULT_METHOD, help="method of restarts_target")
+    grid = [
+        "1:0.2:0.1",
+        "auto:0.1:0.1",
+        "auto:0.2:0.1",
+        "auto:0.3:0.1",
+        "auto:0.5:0.1",
+        "auto:0.2:0.01",
+        "auto:0.2:0.3",
+    ]
+    ap.add_argument("--hals-grid", nargs="+", type=_hals_grid, default=[_hals_grid(g) for g in grid],
+                    help="sweeps:alpha:delta of the hals_rule part (sweeps: auto or an int)")  # fmt: skip
     ap.add_argument("--sk-sample", type=int, default=4, help="sklearn restarts timed in restarts_target")
+    ap.add_argument("--clock", choices=list(CLOCKS), default="wall", help="wall or process CPU time")
     args = ap.parse_args()
+    global clock
+    clock = CLOCKS[args.clock]
     print(blas_report())
+    print(f"clock {args.clock}; load average {open('/proc/loadavg').read().split()[:3]}")
     print(f"jax {jax.__version__}, devices {jax.devices()}")
     Y = load_orl(args.data)
     for part in args.parts:

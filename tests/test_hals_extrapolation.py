@@ -1,0 +1,117 @@
+"""HALS with Ang & Gillis's (2019) extrapolation (``HALS(extrapolate=True)``).
+
+All checks run in float64 (x64 is switched on in conftest.py), on one small problem;
+each case compiles one ``iterate`` program.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jnmf
+import jnmf.batch
+from jnmf.driver import iterate
+from jnmf.rules.hals import HALS
+
+M, N, K = 30, 20, 4
+ITERATIONS = 25
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    Y = rng.random((M, K)) @ rng.random((K, N)) + 0.1 * rng.random((M, N))
+    return jnp.asarray(Y), jnp.asarray(rng.random((M, K))), jnp.asarray(rng.random((K, N)))
+
+
+def _fit(rule, P, L, R, iterations=ITERATIONS):
+    return iterate(rule, P, rule.init(P, L, R), max_iterations=iterations, tol=0.0, history_size=iterations)
+
+
+def test_beta_zero_is_plain_accelerated_hals():
+    """With beta0 = 0 beta stays 0 (it only ever grows by a factor or shrinks), so every
+    extrapolated point is the iterate itself: the iterates are accelerated HALS's."""
+    Y, L, R = _data()
+    P = jnmf.build_problem(Y, K, lambda_1L=0.1)
+    plain = _fit(HALS(inner_sweeps=None), P, L, R)
+    off = _fit(HALS(inner_sweeps=None, extrapolate=True, beta0=0.0), P, L, R)
+    np.testing.assert_allclose(off.L, plain.L, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(off.R, plain.R, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(off.state.aux.Lt, plain.state.Lt, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(off.history, plain.history, rtol=1e-12)
+    np.testing.assert_allclose(off.objective, plain.objective, rtol=1e-12)
+
+
+def test_returns_the_best_iterate_and_restarts_when_the_objective_rises():
+    """An aggressive beta (1, growing fast) makes the objective rise at some steps (the
+    restarts); the fit still returns an iterate no worse than any it reported, nor than
+    the start, and its factors are non-negative and match its objective."""
+    Y, L, R = _data(1)
+    P = jnmf.build_problem(Y, K)
+    rule = HALS(inner_sweeps=None, extrapolate=True, beta0=1.0, gamma=1.5, gamma_bar=1.2)
+    res = _fit(rule, P, L, R)
+    history = np.asarray(res.history)
+    assert np.any(np.diff(history) > 0), "the case must exercise a restart"
+    assert float(res.objective) <= history.min() * (1 + 1e-10)
+    assert float(res.objective) <= float(P.objective(L, R))
+    np.testing.assert_allclose(res.objective, P.objective(res.L, res.R), rtol=1e-12)
+    assert jnp.all(res.L >= 0) and jnp.all(res.R >= 0)
+    aux = res.state.aux
+    assert 0.0 < float(aux.beta) <= float(aux.beta_max) <= 1.0
+
+
+def test_extrapolation_reaches_a_lower_objective_than_plain_hals():
+    """The point of the option: at the same iteration count extrapolated HALS ends lower."""
+    Y, L, R = _data(2)
+    P = jnmf.build_problem(Y, K)
+    plain = _fit(HALS(), P, L, R)
+    extrapolated = _fit(HALS(extrapolate=True), P, L, R)
+    assert float(extrapolated.objective) < float(plain.objective)
+
+
+def test_batched_equals_unbatched():
+    Y, _, _ = _data(3)
+    rng = np.random.default_rng(4)
+    L0, R0 = jnp.asarray(rng.random((2, M, K))), jnp.asarray(rng.random((2, K, N)))
+    P = jnmf.build_problem(Y, K)
+    rule = HALS(inner_sweeps=None, extrapolate=True)
+    batched = jnmf.batch.run_restarts(rule, P, L0, R0, max_iterations=ITERATIONS, tol=0.0)
+    for i in range(2):
+        single = _fit(rule, P, L0[i], R0[i])
+        np.testing.assert_allclose(batched.L[i], single.L, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(batched.R[i], single.R, rtol=1e-10, atol=1e-12)
+
+
+def test_normalize_applies_to_the_returned_iterate():
+    """With ``normalize`` the returned (best) L has unit-max columns and L R matches it."""
+    Y, L, R = _data(5)
+    P = jnmf.build_problem(Y, K)
+    rule = HALS(inner_sweeps=None, extrapolate=True)
+    res = iterate(rule, P, rule.init(P, L, R), max_iterations=10, tol=0.0, normalize="max")
+    np.testing.assert_allclose(jnp.max(res.L, axis=0), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(res.objective, P.objective(res.L, res.R), rtol=1e-12)
+    assert float(res.objective) < float(P.objective(L, R))
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"beta0": 1.5}, "beta0"),
+        ({"eta": 1.0}, "eta"),
+        ({"gamma": 0.9}, "gamma"),
+        ({"gamma_bar": 0.5}, "gamma_bar"),
+    ],
+)
+def test_bad_settings_are_rejected(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        HALS(extrapolate=True, **kwargs)
+
+
+def test_elementwise_weight_is_rejected():
+    Y, L, R = _data()
+    mask = np.ones((M, N))
+    mask[0, 0] = 0.0
+    P = jnmf.build_problem(Y, K, M=jnp.asarray(mask))
+    with pytest.raises(ValueError, match="extrapolate"):
+        jnmf.fit(Y, K, method=HALS(extrapolate=True), init=(L, R), M=jnp.asarray(mask), max_iterations=2)
+    with pytest.raises(ValueError, match="extrapolate"):
+        HALS(extrapolate=True).check(P)
