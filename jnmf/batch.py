@@ -52,6 +52,11 @@ from .rules.base import AlternatingRule, alternate
 
 STRATEGIES = ("vmap", "hybrid", "map")
 
+# Continuous batching (restart_slots): batches of more than SLOT_FITS fits run through
+# max(SLOT_FITS, fits // SLOT_FRACTION) slots.  Placeholder, measured below.
+SLOT_FITS = 8
+SLOT_FRACTION = 4
+
 # On CPU the strategy depends on the method and on whether stacking the fits' products
 # with Y pays, i.e. on the rank.  One product of a fit with Y (``Y R'`` or ``L' Y``) does
 # 2k flops per element of Y read: at small k one fit's products are bound by streaming Y
@@ -141,12 +146,48 @@ def batching_strategy(
     return "vmap"
 
 
+def restart_slots(strategy: str, method_name: str | None, rank: int | None, fits: int) -> int | None:
+    """The number of slots a batched loop of ``fits`` fits runs them through (a pure
+    function of shapes: changing counts, tolerances or penalties never recompiles).
+
+    A batched loop (``"vmap"``/``"hybrid"``) over every fit at once runs until the
+    slowest fit stops; with S < B slots, a slot whose fit is done is refilled with the
+    next pending one (continuous batching, :func:`jnmf.driver._slot_loop`), so the loop
+    runs about ``sum of iterations / S`` times.  Fewer slots waste less on finished
+    fits but stack fewer products with Y; see :data:`SLOT_FITS` for the measurements.
+
+    Args:
+        strategy: the batching strategy (``"map"``: every fit has its own loop, no slots).
+        method_name: the rule's ``method_name`` (unused today: one rule for all).
+        rank: the rank of every fit (unused today).
+        fits: the number of fits B in the batch (on one device).
+
+    Returns:
+        The number of slots, or None for no refill (all fits at once).
+    """
+    if strategy == "map" or fits <= SLOT_FITS:
+        return None
+    return max(SLOT_FITS, fits // SLOT_FRACTION)
+
+
+def _slots_for(slots, strategy, rule, R) -> int | None:
+    """``slots`` checked (ValueError naming it), or chosen (:func:`restart_slots`) from the
+    stack of right factors ``R`` (``(fits, k, n)``)."""
+    if slots is not None:
+        return check.positive_int("slots", slots)
+    if R.ndim != 3:
+        return None
+    return restart_slots(strategy, getattr(rule, "method_name", None), R.shape[-2], R.shape[0])
+
+
 def _loop_over_fits(f):
     """``f`` applied fit by fit (``lax.map`` over the leading axis of its arguments)."""
     return lambda *args: jax.lax.map(lambda a: f(*a), args)
 
 
-def _run(rule, problem, states, opts, history_size, normalize, strategy, progress_every=None) -> Result:
+def _run(
+    rule, problem, states, opts, history_size, normalize, strategy, progress_every=None, slots=None
+) -> Result:
     if strategy == "map":
         return jax.lax.map(
             lambda s: iterate_impl(
@@ -167,17 +208,26 @@ def _run(rule, problem, states, opts, history_size, normalize, strategy, progres
         batched=True,
         batched_step=step,
         progress_every=progress_every,
+        slots=slots,
     )
 
 
 @eqx.filter_jit
-def _restarts(rule, problem, states, opts, history_size, normalize, strategy, progress_every) -> Result:
-    return _run(rule, problem, states, opts, history_size, normalize, strategy, progress_every)
+def _restarts(
+    rule, problem, states, opts, history_size, normalize, strategy, progress_every, slots
+) -> Result:
+    return _run(rule, problem, states, opts, history_size, normalize, strategy, progress_every, slots)
 
 
-def _grid_impl(rule, problem, grid, states, opts, history_size, normalize, strategy) -> Result:
+def _grid_impl(rule, problem, grid, states, opts, history_size, normalize, strategy, slots) -> Result:
+    # Under vmap over the settings the slots' lax.cond would become a select paid at
+    # every iteration: the settings' restarts then run all at once, without refill.
+    slots = None if strategy == "vmap" else slots
+
     def one_setting(values):
-        return _run(rule, problem.replace(**values), states, opts, history_size, normalize, strategy)
+        return _run(
+            rule, problem.replace(**values), states, opts, history_size, normalize, strategy, slots=slots
+        )
 
     if strategy == "vmap":
         return jax.vmap(one_setting)(grid)
@@ -266,23 +316,30 @@ def _on_fits(f, mesh: jax.sharding.Mesh, in_specs: tuple, out_spec, *args):
 
 
 @eqx.filter_jit
-def _spread_restarts(rule, problem, states, opts, history_size, normalize, strategy, mesh) -> Result:
+def _spread_restarts(rule, problem, states, opts, history_size, normalize, strategy, mesh, slots) -> Result:
     def run(rule, problem, states, opts):
-        return _run(rule, problem, states, opts, history_size, normalize, strategy)
+        return _run(rule, problem, states, opts, history_size, normalize, strategy, slots=slots)
 
     split = _P(FITS_AXIS)
     return _on_fits(run, mesh, (_P(), _P(), split, _P()), split, rule, problem, states, opts)
 
 
 @eqx.filter_jit
-def _spread_grid(rule, problem, grid, states, opts, history_size, normalize, strategy, mesh, on_settings):
+def _spread_grid(
+    rule, problem, grid, states, opts, history_size, normalize, strategy, mesh, on_settings, slots
+):
     def run(rule, problem, grid, states, opts):
-        return _grid_impl(rule, problem, grid, states, opts, history_size, normalize, strategy)
+        return _grid_impl(rule, problem, grid, states, opts, history_size, normalize, strategy, slots)
 
     split, whole = _P(FITS_AXIS), _P()
     specs = (whole, whole, split, whole, whole) if on_settings else (whole, whole, whole, split, whole)
     out_spec = split if on_settings else _P(None, FITS_AXIS)
     return _on_fits(run, mesh, specs, out_spec, rule, problem, grid, states, opts)
+
+
+def _devices(mesh: jax.sharding.Mesh | None) -> int:
+    """The number of devices the fits are spread over (1 without a mesh)."""
+    return 1 if mesh is None else mesh.devices.size
 
 
 def _size_on(mesh: jax.sharding.Mesh, count: int) -> int:
@@ -330,6 +387,7 @@ def run_restarts(
     strategy: str | None = None,
     progress_every: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    slots: int | None = None,
 ) -> Result:
     """Fit from each of the starting points ``L0[i], R0[i]`` as one compiled program.
 
@@ -351,12 +409,17 @@ def run_restarts(
             with the problem (Y) replicated; the program has no collective.  The results
             come back on the default device, as from a one-device run.  Not with
             ``progress_every``.
+        slots: with a batched strategy (``"vmap"``/``"hybrid"``), run the fits through
+            this many slots, refilling a slot with the next pending fit when its fit is
+            done (:func:`jnmf.driver._slot_loop`); a count >= the fits (per device, with
+            ``mesh``) runs them all at once.  None (default): :func:`restart_slots`.
+            Results are the same for every count.
 
     Returns:
         A :class:`~jnmf.driver.Result` whose leaves have a leading restart axis.
 
     Raises:
-        ValueError: a bad ``mesh`` (before compiling), or bad shapes or settings.
+        ValueError: a bad ``mesh`` or ``slots`` (before compiling), or bad shapes or settings.
     """
     if mesh is not None:
         check_fits_mesh("mesh", mesh)
@@ -367,17 +430,20 @@ def run_restarts(
     states, opts, strategy = _prepare(
         rule, problem, L0, R0, stopping, overrides, history_size, normalize, strategy
     )
+    count = L0.shape[0]
+    slots = _slots_for(slots, strategy, rule, R0[: -(-count // _devices(mesh))])
     release_programs_near_map_limit()
     if mesh is not None:
-        count = L0.shape[0]
         states = _placed(_padded(states, _size_on(mesh, count)), mesh, _P(FITS_AXIS))
         rule, problem, opts = _placed((rule, problem, opts), mesh, _P())
-        res = _spread_restarts(rule, problem, states, opts, int(history_size), normalize, strategy, mesh)
+        res = _spread_restarts(
+            rule, problem, states, opts, int(history_size), normalize, strategy, mesh, slots
+        )
         return _gathered(res, np.s_[:count])
     every = None
     if progress_every is not None:
         every = jnp.asarray(check.positive_int("progress_every", progress_every), jnp.int32)
-    return _restarts(rule, problem, states, opts, int(history_size), normalize, strategy, every)
+    return _restarts(rule, problem, states, opts, int(history_size), normalize, strategy, every, slots)
 
 
 def continue_restarts(
@@ -393,6 +459,7 @@ def continue_restarts(
     history_size: int = 1000,
     normalize=None,
     strategy: str | None = None,
+    slots: int | None = None,
 ) -> Result:
     """:func:`run_restarts` from a batch of rule states (e.g. ``Result.state`` of an earlier
     call), so a fit can run in chunks with tests between them; the rule's auxiliary state
@@ -400,7 +467,7 @@ def continue_restarts(
     give exactly the iterates of one longer run (with the convergence tests off).
 
     Args:
-        rule, problem, stopping, ...: as for :func:`run_restarts`.
+        rule, problem, stopping, ..., slots: as for :func:`run_restarts`.
         states: the rule's states with a leading restart axis.
 
     Returns:
@@ -410,8 +477,9 @@ def continue_restarts(
     overrides = dict(max_iterations=max_iterations, min_xstep=min_xstep, tol=tol, rel_tol=rel_tol)
     R = rule.factors(states)[1]
     opts, strategy = _options(rule, stopping, overrides, history_size, normalize, strategy, R, problem)
+    slots = _slots_for(slots, strategy, rule, R)
     release_programs_near_map_limit()
-    return _restarts(rule, problem, states, opts, int(history_size), normalize, strategy, None)
+    return _restarts(rule, problem, states, opts, int(history_size), normalize, strategy, None, slots)
 
 
 def run_grid(
@@ -430,6 +498,7 @@ def run_grid(
     normalize=None,
     strategy: str | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    slots: int | None = None,
 ) -> Result:
     """Fit every (setting, restart) pair as one compiled program.
 
@@ -444,6 +513,9 @@ def run_grid(
             the restarts are split over the devices (each device runs all restarts of its
             settings, or its restarts of every setting), whichever needs fewer padded fits
             (ties: the settings).
+        slots: as for :func:`run_restarts`, over each setting's restarts; not with the
+            strategy ``"vmap"``, which runs the settings under ``vmap`` (there a slot's
+            refill would be paid at every iteration).
 
     Returns:
         A :class:`~jnmf.driver.Result` whose leaves have leading axes (G, restarts).
@@ -469,12 +541,16 @@ def run_grid(
         rule, problem, L0, R0, stopping, overrides, history_size, normalize, strategy
     )
     grid = {key: jnp.asarray(v) for key, v in grid.items()}
+    settings, restarts = next(iter(grid.values())).shape[0], L0.shape[0]
+    on_settings = True
+    if mesh is not None:
+        padded_settings = (_size_on(mesh, settings) - settings) * restarts
+        on_settings = padded_settings <= (_size_on(mesh, restarts) - restarts) * settings
+    local = restarts if on_settings else -(-restarts // _devices(mesh))
+    slots = _slots_for(slots, strategy, rule, R0[:local])
     release_programs_near_map_limit()
     if mesh is None:
-        return _grid(rule, problem, grid, states, opts, int(history_size), normalize, strategy)
-    settings, restarts = next(iter(grid.values())).shape[0], L0.shape[0]
-    padded_settings = (_size_on(mesh, settings) - settings) * restarts
-    on_settings = padded_settings <= (_size_on(mesh, restarts) - restarts) * settings
+        return _grid(rule, problem, grid, states, opts, int(history_size), normalize, strategy, slots)
     if on_settings:
         grid = _placed(_padded(grid, _size_on(mesh, settings)), mesh, _P(FITS_AXIS))
         states = _placed(states, mesh, _P())
@@ -483,6 +559,6 @@ def run_grid(
         grid = _placed(grid, mesh, _P())
     rule, problem, opts = _placed((rule, problem, opts), mesh, _P())
     res = _spread_grid(
-        rule, problem, grid, states, opts, int(history_size), normalize, strategy, mesh, on_settings
+        rule, problem, grid, states, opts, int(history_size), normalize, strategy, mesh, on_settings, slots
     )
     return _gathered(res, np.s_[:settings] if on_settings else np.s_[:, :restarts])
