@@ -24,6 +24,19 @@ measurements (experiments/bench_strategy.py); every function takes ``strategy=``
 override it.
 On GPU/TPU everything is batched (``"vmap"``).
 
+**Continuous batching (slots).**  One batched loop over all B fits runs until the
+slowest fit stops, and the finished fits, frozen, keep costing their step.  With
+``slots=S < B`` the batched loop (``"vmap"``/``"hybrid"``) holds S fits at a time: when a
+slot's fit is done its carry is written out at the fit's index and the slot is reloaded
+with the next pending fit's start, inside the one compiled loop
+(:func:`jnmf.driver._slot_loop`); slots with no fit left are frozen until the last fit
+is written.  Results equal the fit-by-fit ones (tests/test_slots.py).
+:func:`restart_slots` picks S from shapes only (never from timing or settings), so
+changing counts, tolerances or penalties never recompiles; every function takes
+``slots=`` to override it.  Grids run each setting's restarts through the slots, except
+under ``"vmap"`` over the settings; spread over a mesh, each device runs its slice
+through the slots.
+
 **Spread over devices.**  With ``mesh=`` (a 1-D :class:`jax.sharding.Mesh` whose axis is
 named ``"fits"``), :func:`run_restarts` and :func:`run_grid` split the batch over the
 mesh's devices: it is padded to a multiple of the device count with copies of its last

@@ -34,6 +34,10 @@ Stopping rules (:class:`Stopping`; any may end the loop):
 Every result carries a :data:`STATUS` code: converged / max_iterations / stuck /
 nonfinite.
 
+A batch of fits (``iterate_impl(batched=True)``, used by :mod:`jnmf.batch`) runs in the
+same one loop, all fits at once or through fewer ``slots`` that are refilled with
+pending fits as fits finish (continuous batching, :func:`_slot_loop`).
+
 A rule is any object with ``init``, ``step(problem, state) -> (state, StepInfo)``,
 ``objective(problem, state)``, ``factors(state)``, ``result_factors(state)`` and
 ``check(problem)`` (and ``rescale(state, mode)`` for ``normalize``): the NMF rules of

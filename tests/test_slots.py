@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jnmf import make_rule
+from jnmf import make_rule, progress
 from jnmf.batch import restart_slots, run_grid, run_restarts
 from jnmf.driver import Stopping
 from jnmf.problem import build_problem
@@ -46,7 +46,17 @@ def assert_same_fits(res, ref):
     np.testing.assert_allclose(np.asarray(res.history), np.asarray(ref.history), rtol=1e-12, equal_nan=True)
 
 
-@pytest.mark.parametrize(("method", "strategy"), [("ahals", "hybrid"), ("mu", "vmap"), ("kl", "vmap")])
+class Reports:
+    """A progress listener keeping every report."""
+
+    def __init__(self):
+        self.seen = []
+
+    def update(self, iteration, objective, finished):
+        self.seen.append((iteration, objective, finished))
+
+
+@pytest.mark.parametrize(("method", "strategy"), [("ahals", "hybrid"), ("kl", "vmap")])
 def test_slots_equal_fit_by_fit(method, strategy):
     Y, L0, R0 = starts()
     rule, problem = make_rule(method), build_problem(Y, K)
@@ -56,12 +66,24 @@ def test_slots_equal_fit_by_fit(method, strategy):
     its = np.asarray(ref.iterations)
     assert len(set(its.tolist())) > 3 and its.max() == CAP, its  # uneven stops
     assert_same_fits(run(strategy=strategy, slots=S, stopping=stop), ref)
-    # S >= B: no refill, all fits at once (today's loop)
-    assert_same_fits(run(strategy=strategy, slots=B, stopping=stop), ref)
     # nothing to run: every fit is written from its start, iteration 0
     zero = run(strategy=strategy, slots=S, stopping=stop, max_iterations=0)
     assert np.all(np.asarray(zero.iterations) == 0)
     np.testing.assert_allclose(np.asarray(zero.L), np.asarray(L0), rtol=1e-12)
+    if method != "ahals":
+        return  # the rest does not depend on the rule (one more compile each)
+    # S >= B: no refill, all fits at once (today's loop)
+    assert_same_fits(run(strategy=strategy, slots=B, stopping=stop), ref)
+    # progress from the slot loop: the loop's count, and the fits written so far
+    listener = Reports()
+    with progress.listening(listener):
+        assert_same_fits(run(strategy=strategy, slots=S, stopping=stop, progress_every=5), ref)
+    iterations, _, finished = map(np.array, zip(*listener.seen, strict=True))
+    assert iterations[0] == 0 and np.all(np.diff(iterations) == 5), iterations
+    assert np.all(np.diff(finished) >= 0) and finished[-1] <= B, finished
+    # S slots hold one fit each at a time: the loop ran at least sum(iterations) / S times
+    # (the last report is at most 5 iterations before the end)
+    assert S * (iterations[-1] + 5) >= int(np.sum(its)) > S * CAP, (iterations[-1], its)
 
 
 def test_slots_in_a_grid_equal_fit_by_fit():
