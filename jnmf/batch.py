@@ -227,12 +227,12 @@ def _run(
 
 @eqx.filter_jit
 def _restarts(
-    rule, problem, states, opts, history_size, normalize, strategy, progress_every, slots
+    rule, problem, states, opts, history_size, normalize, strategy, progress_every, slots=None
 ) -> Result:
     return _run(rule, problem, states, opts, history_size, normalize, strategy, progress_every, slots)
 
 
-def _grid_impl(rule, problem, grid, states, opts, history_size, normalize, strategy, slots) -> Result:
+def _grid_impl(rule, problem, grid, states, opts, history_size, normalize, strategy, slots=None) -> Result:
     # Under vmap over the settings the slots' lax.cond would become a select paid at
     # every iteration: the settings' restarts then run all at once, without refill.
     slots = None if strategy == "vmap" else slots
@@ -329,7 +329,9 @@ def _on_fits(f, mesh: jax.sharding.Mesh, in_specs: tuple, out_spec, *args):
 
 
 @eqx.filter_jit
-def _spread_restarts(rule, problem, states, opts, history_size, normalize, strategy, mesh, slots) -> Result:
+def _spread_restarts(
+    rule, problem, states, opts, history_size, normalize, strategy, mesh, slots=None
+) -> Result:
     def run(rule, problem, states, opts):
         return _run(rule, problem, states, opts, history_size, normalize, strategy, slots=slots)
 
@@ -339,7 +341,7 @@ def _spread_restarts(rule, problem, states, opts, history_size, normalize, strat
 
 @eqx.filter_jit
 def _spread_grid(
-    rule, problem, grid, states, opts, history_size, normalize, strategy, mesh, on_settings, slots
+    rule, problem, grid, states, opts, history_size, normalize, strategy, mesh, on_settings, slots=None
 ):
     def run(rule, problem, grid, states, opts):
         return _grid_impl(rule, problem, grid, states, opts, history_size, normalize, strategy, slots)
