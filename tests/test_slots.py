@@ -110,3 +110,4 @@ def test_slots_argument_and_choice():
     assert restart_slots("hybrid", "hals", 25, 1) is None
     chosen = restart_slots("hybrid", "hals", 25, 32)
     assert chosen is not None and 1 <= chosen < 32
+    assert restart_slots("hybrid", "hals", 25, 32, "gpu") is None  # measured on CPU only
