@@ -96,7 +96,7 @@ def main() -> None:
         "--init", default="uniform", help="jnmf's starts: uniform (R's seeding, default) or random"
     )
     ap.add_argument("--skip-r", action="store_true")
-    ap.add_argument("--strategies", nargs="*", default=[], help="also time warm surveys with these strategies")
+    ap.add_argument("--strategies", nargs="*", default=[], help="also time warm surveys with these")
     ap.add_argument("--r-output", help="read R's results from this saved output of golub_survey_R.R")
     args = ap.parse_args()
     lo, hi = args.ranks
@@ -165,8 +165,8 @@ def main() -> None:
     print(f"jnmf: cold {cold.seconds:.1f} s ({cold.compilations} XLA compilations),"
           f" warm {t_warm:.1f} s ({warm.compilations} compilations)")  # fmt: skip
     for strategy, (seconds, load) in by_strategy.items():
-        print(f"jnmf warm with strategy={strategy!r}: {seconds:.1f} s (default / this = {t_warm / seconds:.2f}x;"
-              f" load average {load})")  # fmt: skip
+        print(f"jnmf warm with strategy={strategy!r}: {seconds:.1f} s"
+              f" (default / this = {t_warm / seconds:.2f}x; load average {load})")  # fmt: skip
     if r is not None:
         print(f"R NMF (brunet, one core, sequential): {r['seconds']:.1f} s -> R / jnmf = "
               f"{r['seconds'] / cold.seconds:.1f}x cold, {r['seconds'] / t_warm:.1f}x warm")  # fmt: skip
