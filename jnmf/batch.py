@@ -435,6 +435,9 @@ def run_restarts(
         progress_every: report progress to the host every this many iterations, from
             inside the compiled loop (:mod:`jnmf.progress`); None (default) compiles the
             loop without reports.  The stride is traced: changing it does not recompile.
+            Through slots, each report gives the loop's own iteration count (no fit has
+            run more), the best objective over the fits in the slots and the number of
+            fits finished and written out.
         mesh: a 1-D mesh with the axis ``"fits"`` (:func:`check_fits_mesh`) to spread the
             restarts over its devices: the batch is padded to a multiple of the device count
             (with copies of the last start, dropped afterwards), split over the devices, and
