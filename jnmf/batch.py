@@ -69,13 +69,14 @@ STRATEGIES = ("vmap", "hybrid", "map")
 # runs them through max(SLOT_FITS, fits // SLOT_FRACTION) slots.  Measured with
 # experiments/bench_restarts.py (32 restarts of accelerated HALS on ORL faces, rank 25,
 # float32, each to relative error 0.1755: 27 / 39 / 58 iterations min / median / max;
-# "hybrid"; 2026-12-04, load average 5-8): S = 4 / 8 / 16 / 32 (no refill) took 23.6 /
-# 25.3 / 26.6 / 37.3 s against 32.1 s for a Python loop of single fits, i.e. 1.36 / 1.27
-# / 1.20 / 0.86x the loop: fewer slots waste less on finished fits, and 4 fits still
-# stack the products with Y.  Larger batches keep fits // 8 slots (unmeasured beyond 32
-# fits: more fits in flight keep the stacked products as wide as the measured ones).
-SLOT_FITS = 4
-SLOT_FRACTION = 8
+# "hybrid"; 2026-12-04, three runs, experiments/README.md "Continuous batching"):
+# S = 4 / 8 / 16 / 32 (no refill) took 23.6 / 25.3 / 26.6 / 37.3 s (load 3-8), then S =
+# 2 / 4 / 32 17.9 / 22.1 / 27.0 s (load 17-20, one repeat) and S = 2 / 4 16.4 / 20.5 s
+# (load 13-10, median of 2): fewer slots waste less on finished fits, and 2 fits still
+# stack the products with Y.  Larger batches keep fits // 16 slots (unmeasured beyond 32
+# fits: the stacked products stay as wide as the measured ones, or wider).
+SLOT_FITS = 2
+SLOT_FRACTION = 16
 
 # On CPU the strategy depends on the method and on whether stacking the fits' products
 # with Y pays, i.e. on the rank.  One product of a fit with Y (``Y R'`` or ``L' Y``) does
