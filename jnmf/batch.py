@@ -65,8 +65,8 @@ from .rules.base import AlternatingRule, alternate
 
 STRATEGIES = ("vmap", "hybrid", "map")
 
-# Continuous batching (restart_slots): on CPU a batched loop of more than SLOT_FITS fits
-# runs them through max(SLOT_FITS, fits // SLOT_FRACTION) slots.  Measured with
+# Continuous batching (restart_slots): on CPU a batched loop of at least SLOT_FRACTION
+# fits runs them through max(SLOT_FITS, fits // SLOT_FRACTION) slots.  Measured with
 # experiments/bench_restarts.py (32 restarts of accelerated HALS on ORL faces, rank 25,
 # float32, each to relative error 0.1755: 27 / 39 / 58 iterations min / median / max;
 # "hybrid"; 2026-12-04, three runs, experiments/README.md "Continuous batching"):
@@ -196,8 +196,8 @@ def restart_slots(
     Returns:
         The number of slots, or None for no refill (all fits at once).
     """
-    if backend != "cpu" or strategy == "map" or fits <= SLOT_FITS:
-        return None
+    if backend != "cpu" or strategy == "map" or fits < SLOT_FRACTION:
+        return None  # small batches (unmeasured) run all at once, as before
     return max(SLOT_FITS, fits // SLOT_FRACTION)
 
 
