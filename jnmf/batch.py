@@ -104,9 +104,10 @@ STACK_BELOW_RANK = 32
 #
 # KL stays "map" with slots too (experiments/README.md, "Continuous batching"): at equal
 # work (40 fits of Golub at rank 5 x 300 iterations, float32, load 17-19) "map" took
-# 23.7 s, "vmap" 27.6 s all at once and 23.4 s through 20 slots; the Golub survey (200
-# fits, 70-1730 iterations) took 86.6-140.6 s warm as "map", and "vmap" with 32 slots
-# had not finished compiling and two surveys in 13 minutes.
+# 23.7 s, "vmap" 27.6 s all at once and 23.4 s through 20 slots; the Golub survey
+# (experiments/bench_golub_survey.py --skip-r --strategies vmap, ranks 2-5 x 50 restarts,
+# 430-2000 iterations, load 4-5) took 30.5 s warm as "map" and 159.9 s as "vmap" through
+# 12 slots (5.2x slower).
 _CPU_STACKED: dict[str, str] = {"hals": "hybrid", "anls": "map", "kl": "map"}
 
 # ... and when it does not (a fit's products already run near the matmul rate; measured
