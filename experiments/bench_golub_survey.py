@@ -14,9 +14,12 @@ consensus, samples off against the known cell types (the consensus clustering, e
 cluster counted as its majority type: at rank 2 ALL vs AML, at ranks >= 3 ALL-B /
 ALL-T / AML) and the restarts' iterations; then the wall times and their ratio.
 ``--seeds`` adds warm surveys with more keys (the sampling noise of the statistics).
+``--strategies`` also times warm surveys with other batching strategies (e.g. ``vmap``:
+one batched loop whose slots are refilled as restarts stop, ``jnmf.batch.restart_slots``)
+against the default one, side by side in this run.
 
     python experiments/bench_golub_survey.py [--nrun 50] [--ranks 2 5] [--seeds 3]
-        [--init uniform|random] [--r-output saved.txt | --skip-r]
+        [--init uniform|random] [--strategies vmap] [--r-output saved.txt | --skip-r]
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ def main() -> None:
         "--init", default="uniform", help="jnmf's starts: uniform (R's seeding, default) or random"
     )
     ap.add_argument("--skip-r", action="store_true")
+    ap.add_argument("--strategies", nargs="*", default=[], help="also time warm surveys with these")
     ap.add_argument("--r-output", help="read R's results from this saved output of golub_survey_R.R")
     args = ap.parse_args()
     lo, hi = args.ranks
@@ -108,6 +112,12 @@ def main() -> None:
     extra = [
         jnmf.consensus(Y, ranks, restarts=args.nrun, key=s, init=args.init) for s in range(1, args.seeds + 1)
     ]
+    by_strategy = {}  # strategy -> warm seconds (compiled first, same key as the warm run)
+    for strategy in args.strategies:
+        jnmf.consensus(Y, ranks, restarts=args.nrun, key=args.seed, init=args.init, strategy=strategy)
+        t = time.perf_counter()
+        jnmf.consensus(Y, ranks, restarts=args.nrun, key=7, init=args.init, strategy=strategy)
+        by_strategy[strategy] = (time.perf_counter() - t, open("/proc/loadavg").read().split()[0])
 
     r = None
     if args.r_output:
@@ -154,6 +164,9 @@ def main() -> None:
             print(f"  rank {rank} samples off {offs}")
     print(f"jnmf: cold {cold.seconds:.1f} s ({cold.compilations} XLA compilations),"
           f" warm {t_warm:.1f} s ({warm.compilations} compilations)")  # fmt: skip
+    for strategy, (seconds, load) in by_strategy.items():
+        print(f"jnmf warm with strategy={strategy!r}: {seconds:.1f} s"
+              f" (default / this = {t_warm / seconds:.2f}x; load average {load})")  # fmt: skip
     if r is not None:
         print(f"R NMF (brunet, one core, sequential): {r['seconds']:.1f} s -> R / jnmf = "
               f"{r['seconds'] / cold.seconds:.1f}x cold, {r['seconds'] / t_warm:.1f}x warm")  # fmt: skip

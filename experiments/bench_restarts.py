@@ -4,7 +4,10 @@ The issue's restart goals (issue 15, part 2), measured side by side:
 
 * jnmf batched: ``run_restarts`` (one compiled program, every restart stops on its own
   target test, ``Stopping(target=...)``) for each ``--methods`` x ``--strategies``
-  pair, and with the strategy ``jnmf.batch.batching_strategy`` picks ("chosen");
+  pair, and with the strategy ``jnmf.batch.batching_strategy`` picks ("chosen"); each
+  batched strategy with the slot count ``jnmf.batch.restart_slots`` picks (``S=``,
+  continuous batching: a finished fit's slot is refilled with a pending one) and with
+  every count of ``--slots`` (a count >= the restarts: all at once, no refill);
 * a Python loop of single jnmf fits of the best single-fit method (``--loop-method``,
   default ``jnmf.fitting.DEFAULT_METHOD``), compiled once;
 * a loop of scikit-learn ``NMF(solver="cd")`` fits, each run to the same error: the
@@ -37,7 +40,7 @@ import numpy as np  # noqa: E402
 from bench_orl import TARGET, load_orl, random_start, rel_err, sk_iterations_to_target, sk_nmf  # noqa: E402
 
 from jnmf import fitting as jfit  # noqa: E402
-from jnmf.batch import batching_strategy, run_restarts  # noqa: E402
+from jnmf.batch import batching_strategy, restart_slots, run_restarts  # noqa: E402
 from jnmf.driver import Stopping, iterate  # noqa: E402
 from jnmf.problem import build_problem  # noqa: E402
 
@@ -59,6 +62,8 @@ def main() -> int:
     ap.add_argument("--cap", type=int, default=600, help="iteration cap of every fit")
     ap.add_argument("--sk-sample", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--slots", type=int, nargs="*", default=[],
+                    help="slot counts to run each batched strategy with, besides the chosen one")  # fmt: skip
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     B = 8 if args.quick else args.restarts
@@ -82,11 +87,18 @@ def main() -> int:
         chosen = batching_strategy(rule, "cpu", problem=problem, rank=k, fits=B)
         for strategy in dict.fromkeys([*args.strategies, chosen]):
             tag = " (chosen)" if strategy == chosen else ""
+            picked = restart_slots(strategy, rule.method_name, k, B)
+            print(f"{method} {strategy}: restart_slots chooses {picked or 'no refill'} slots for {B} fits")
+            counts = [None] if strategy == "map" else dict.fromkeys([picked or B, *args.slots])
+            for slots in counts:
+                size = "" if slots is None else f" S={slots}" + ("*" if slots == (picked or B) else "")
 
-            def batched(rule=rule, strategy=strategy):
-                return run_restarts(rule, problem, L0j, R0j, stopping=stop, history_size=1, strategy=strategy)
+                def batched(rule=rule, strategy=strategy, slots=slots):
+                    return run_restarts(
+                        rule, problem, L0j, R0j, stopping=stop, history_size=1, strategy=strategy, slots=slots
+                    )
 
-            runs[f"batched {method} {strategy}{tag}"] = batched
+                runs[f"batched {method} {strategy}{tag}{size}"] = batched
     loop_rule = jfit.make_rule(args.loop_method)
 
     def loop():
@@ -128,14 +140,15 @@ def main() -> int:
           f"{t_sk:.2f} s, scaled to {B}: {t_sk_all:.2f} s")  # fmt: skip
 
     t_loop = med[loop_label]
-    print(f"{'run':<40} {'seconds':>8} {'iterations min/med/max':>23} {'worst error':>11} "
+    print(f"{'run':<46} {'seconds':>8} {'iterations min/med/max':>23} {'worst error':>11} "
           f"{'loop/this':>9} {'sklearn/this':>12}")  # fmt: skip
     for label in runs:
         its, worst = checks[label]
         span = f"{its.min()}/{int(np.median(its))}/{its.max()}"
-        print(f"{label:<40} {med[label]:>8.2f} {span:>23} {worst:>11.4f} {t_loop / med[label]:>9.2f} "
+        print(f"{label:<46} {med[label]:>8.2f} {span:>23} {worst:>11.4f} {t_loop / med[label]:>9.2f} "
               f"{t_sk_all / med[label]:>12.2f}")  # fmt: skip
     best = min((label for label in runs if label.startswith("batched")), key=med.get)
+    print("(S=: slots, * the count restart_slots chooses; S >= restarts: all at once, no refill)")
     print(f"best batched: {best}")
     print(f"goal: best batched >= 1.5x the jnmf loop -> {t_loop / med[best]:.2f}x")
     print(f"goal: best batched >= 10x the scikit-learn cd loop -> {t_sk_all / med[best]:.2f}x")

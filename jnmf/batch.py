@@ -24,6 +24,19 @@ measurements (experiments/bench_strategy.py); every function takes ``strategy=``
 override it.
 On GPU/TPU everything is batched (``"vmap"``).
 
+**Continuous batching (slots).**  One batched loop over all B fits runs until the
+slowest fit stops, and the finished fits, frozen, keep costing their step.  With
+``slots=S < B`` the batched loop (``"vmap"``/``"hybrid"``) holds S fits at a time: when a
+slot's fit is done its carry is written out at the fit's index and the slot is reloaded
+with the next pending fit's start, inside the one compiled loop
+(:func:`jnmf.driver._slot_loop`); slots with no fit left are frozen until the last fit
+is written.  Results equal the fit-by-fit ones (tests/test_slots.py).
+:func:`restart_slots` picks S from shapes only (never from timing or settings), so
+changing counts, tolerances or penalties never recompiles; every function takes
+``slots=`` to override it.  Grids run each setting's restarts through the slots, except
+under ``"vmap"`` over the settings; spread over a mesh, each device runs its slice
+through the slots.
+
 **Spread over devices.**  With ``mesh=`` (a 1-D :class:`jax.sharding.Mesh` whose axis is
 named ``"fits"``), :func:`run_restarts` and :func:`run_grid` split the batch over the
 mesh's devices: it is padded to a multiple of the device count with copies of its last
@@ -52,6 +65,19 @@ from .rules.base import AlternatingRule, alternate
 
 STRATEGIES = ("vmap", "hybrid", "map")
 
+# Continuous batching (restart_slots): on CPU a batched loop of at least SLOT_FRACTION
+# fits runs them through max(SLOT_FITS, fits // SLOT_FRACTION) slots.  Measured with
+# experiments/bench_restarts.py (32 restarts of accelerated HALS on ORL faces, rank 25,
+# float32, each to relative error 0.1755: 27 / 39 / 58 iterations min / median / max;
+# "hybrid"; 2026-12-04, three runs, experiments/README.md "Continuous batching"):
+# S = 4 / 8 / 16 / 32 (no refill) took 23.6 / 25.3 / 26.6 / 37.3 s (load 3-8), then S =
+# 2 / 4 / 32 17.9 / 22.1 / 27.0 s (load 17-20, one repeat) and S = 2 / 4 16.4 / 20.5 s
+# (load 13-10, median of 2): fewer slots waste less on finished fits, and 2 fits still
+# stack the products with Y.  Larger batches keep fits // 16 slots (unmeasured beyond 32
+# fits: the stacked products stay as wide as the measured ones, or wider).
+SLOT_FITS = 2
+SLOT_FRACTION = 16
+
 # On CPU the strategy depends on the method and on whether stacking the fits' products
 # with Y pays, i.e. on the rank.  One product of a fit with Y (``Y R'`` or ``L' Y``) does
 # 2k flops per element of Y read: at small k one fit's products are bound by streaming Y
@@ -75,6 +101,13 @@ STACK_BELOW_RANK = 32
 # run for the slowest fit); ANLS's time is its per-fit pivoting, and KL has no product
 # with Y to share (its quotient Y / (L R) is per fit): both stay fit by fit; the others
 # run batched.  Unlisted rules: "vmap".
+#
+# KL stays "map" with slots too (experiments/README.md, "Continuous batching"): at equal
+# work (40 fits of Golub at rank 5 x 300 iterations, float32, load 17-19) "map" took
+# 23.7 s, "vmap" 27.6 s all at once and 23.4 s through 20 slots; the Golub survey
+# (experiments/bench_golub_survey.py --skip-r --strategies vmap, ranks 2-5 x 50 restarts,
+# 430-2000 iterations, load 4-5) took 30.5 s warm as "map" and 159.9 s as "vmap" through
+# 12 slots (5.2x slower).
 _CPU_STACKED: dict[str, str] = {"hals": "hybrid", "anls": "map", "kl": "map"}
 
 # ... and when it does not (a fit's products already run near the matmul rate; measured
@@ -141,12 +174,53 @@ def batching_strategy(
     return "vmap"
 
 
+def restart_slots(
+    strategy: str, method_name: str | None, rank: int | None, fits: int, backend: str = "cpu"
+) -> int | None:
+    """The number of slots a batched loop of ``fits`` fits runs them through (a pure
+    function of shapes: changing counts, tolerances or penalties never recompiles).
+
+    A batched loop (``"vmap"``/``"hybrid"``) over every fit at once runs until the
+    slowest fit stops; with S < B slots, a slot whose fit is done is refilled with the
+    next pending one (continuous batching, :func:`jnmf.driver._slot_loop`), so the loop
+    runs about ``sum of iterations / S`` times.  Fewer slots waste less on finished
+    fits but stack fewer products with Y; see :data:`SLOT_FITS` for the measurements.
+
+    Args:
+        strategy: the batching strategy (``"map"``: every fit has its own loop, no slots).
+        method_name: the rule's ``method_name`` (unused today: one rule for all).
+        rank: the rank of every fit (unused today).
+        fits: the number of fits B in the batch (on one device).
+        backend: ``"cpu"`` (default), ``"gpu"`` or ``"tpu"``: slots are measured on CPU
+            only; elsewhere all fits run at once, as before.
+
+    Returns:
+        The number of slots, or None for no refill (all fits at once).
+    """
+    if backend != "cpu" or strategy == "map" or fits < SLOT_FRACTION:
+        return None  # small batches (unmeasured) run all at once, as before
+    return max(SLOT_FITS, fits // SLOT_FRACTION)
+
+
+def _slots_for(slots, strategy, rule, R) -> int | None:
+    """``slots`` checked (ValueError naming it), or chosen (:func:`restart_slots`) from the
+    stack of right factors ``R`` (``(fits, k, n)``)."""
+    if slots is not None:
+        return check.positive_int("slots", slots)
+    if R.ndim != 3:
+        return None
+    method = getattr(rule, "method_name", None)
+    return restart_slots(strategy, method, R.shape[-2], R.shape[0], jax.default_backend())
+
+
 def _loop_over_fits(f):
     """``f`` applied fit by fit (``lax.map`` over the leading axis of its arguments)."""
     return lambda *args: jax.lax.map(lambda a: f(*a), args)
 
 
-def _run(rule, problem, states, opts, history_size, normalize, strategy, progress_every=None) -> Result:
+def _run(
+    rule, problem, states, opts, history_size, normalize, strategy, progress_every=None, slots=None
+) -> Result:
     if strategy == "map":
         return jax.lax.map(
             lambda s: iterate_impl(
@@ -167,17 +241,26 @@ def _run(rule, problem, states, opts, history_size, normalize, strategy, progres
         batched=True,
         batched_step=step,
         progress_every=progress_every,
+        slots=slots,
     )
 
 
 @eqx.filter_jit
-def _restarts(rule, problem, states, opts, history_size, normalize, strategy, progress_every) -> Result:
-    return _run(rule, problem, states, opts, history_size, normalize, strategy, progress_every)
+def _restarts(
+    rule, problem, states, opts, history_size, normalize, strategy, progress_every, slots=None
+) -> Result:
+    return _run(rule, problem, states, opts, history_size, normalize, strategy, progress_every, slots)
 
 
-def _grid_impl(rule, problem, grid, states, opts, history_size, normalize, strategy) -> Result:
+def _grid_impl(rule, problem, grid, states, opts, history_size, normalize, strategy, slots=None) -> Result:
+    # Under vmap over the settings the slots' lax.cond would become a select paid at
+    # every iteration: the settings' restarts then run all at once, without refill.
+    slots = None if strategy == "vmap" else slots
+
     def one_setting(values):
-        return _run(rule, problem.replace(**values), states, opts, history_size, normalize, strategy)
+        return _run(
+            rule, problem.replace(**values), states, opts, history_size, normalize, strategy, slots=slots
+        )
 
     if strategy == "vmap":
         return jax.vmap(one_setting)(grid)
@@ -266,23 +349,32 @@ def _on_fits(f, mesh: jax.sharding.Mesh, in_specs: tuple, out_spec, *args):
 
 
 @eqx.filter_jit
-def _spread_restarts(rule, problem, states, opts, history_size, normalize, strategy, mesh) -> Result:
+def _spread_restarts(
+    rule, problem, states, opts, history_size, normalize, strategy, mesh, slots=None
+) -> Result:
     def run(rule, problem, states, opts):
-        return _run(rule, problem, states, opts, history_size, normalize, strategy)
+        return _run(rule, problem, states, opts, history_size, normalize, strategy, slots=slots)
 
     split = _P(FITS_AXIS)
     return _on_fits(run, mesh, (_P(), _P(), split, _P()), split, rule, problem, states, opts)
 
 
 @eqx.filter_jit
-def _spread_grid(rule, problem, grid, states, opts, history_size, normalize, strategy, mesh, on_settings):
+def _spread_grid(
+    rule, problem, grid, states, opts, history_size, normalize, strategy, mesh, on_settings, slots=None
+):
     def run(rule, problem, grid, states, opts):
-        return _grid_impl(rule, problem, grid, states, opts, history_size, normalize, strategy)
+        return _grid_impl(rule, problem, grid, states, opts, history_size, normalize, strategy, slots)
 
     split, whole = _P(FITS_AXIS), _P()
     specs = (whole, whole, split, whole, whole) if on_settings else (whole, whole, whole, split, whole)
     out_spec = split if on_settings else _P(None, FITS_AXIS)
     return _on_fits(run, mesh, specs, out_spec, rule, problem, grid, states, opts)
+
+
+def _devices(mesh: jax.sharding.Mesh | None) -> int:
+    """The number of devices the fits are spread over (1 without a mesh)."""
+    return 1 if mesh is None else mesh.devices.size
 
 
 def _size_on(mesh: jax.sharding.Mesh, count: int) -> int:
@@ -330,6 +422,7 @@ def run_restarts(
     strategy: str | None = None,
     progress_every: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    slots: int | None = None,
 ) -> Result:
     """Fit from each of the starting points ``L0[i], R0[i]`` as one compiled program.
 
@@ -344,6 +437,9 @@ def run_restarts(
         progress_every: report progress to the host every this many iterations, from
             inside the compiled loop (:mod:`jnmf.progress`); None (default) compiles the
             loop without reports.  The stride is traced: changing it does not recompile.
+            Through slots, each report gives the loop's own iteration count (no fit has
+            run more), the best objective over the fits in the slots and the number of
+            fits finished and written out.
         mesh: a 1-D mesh with the axis ``"fits"`` (:func:`check_fits_mesh`) to spread the
             restarts over its devices: the batch is padded to a multiple of the device count
             (with copies of the last start, dropped afterwards), split over the devices, and
@@ -351,12 +447,17 @@ def run_restarts(
             with the problem (Y) replicated; the program has no collective.  The results
             come back on the default device, as from a one-device run.  Not with
             ``progress_every``.
+        slots: with a batched strategy (``"vmap"``/``"hybrid"``), run the fits through
+            this many slots, refilling a slot with the next pending fit when its fit is
+            done (:func:`jnmf.driver._slot_loop`); a count >= the fits (per device, with
+            ``mesh``) runs them all at once.  None (default): :func:`restart_slots`.
+            Results are the same for every count.
 
     Returns:
         A :class:`~jnmf.driver.Result` whose leaves have a leading restart axis.
 
     Raises:
-        ValueError: a bad ``mesh`` (before compiling), or bad shapes or settings.
+        ValueError: a bad ``mesh`` or ``slots`` (before compiling), or bad shapes or settings.
     """
     if mesh is not None:
         check_fits_mesh("mesh", mesh)
@@ -367,17 +468,20 @@ def run_restarts(
     states, opts, strategy = _prepare(
         rule, problem, L0, R0, stopping, overrides, history_size, normalize, strategy
     )
+    count = L0.shape[0]
+    slots = _slots_for(slots, strategy, rule, R0[: -(-count // _devices(mesh))])
     release_programs_near_map_limit()
     if mesh is not None:
-        count = L0.shape[0]
         states = _placed(_padded(states, _size_on(mesh, count)), mesh, _P(FITS_AXIS))
         rule, problem, opts = _placed((rule, problem, opts), mesh, _P())
-        res = _spread_restarts(rule, problem, states, opts, int(history_size), normalize, strategy, mesh)
+        res = _spread_restarts(
+            rule, problem, states, opts, int(history_size), normalize, strategy, mesh, slots
+        )
         return _gathered(res, np.s_[:count])
     every = None
     if progress_every is not None:
         every = jnp.asarray(check.positive_int("progress_every", progress_every), jnp.int32)
-    return _restarts(rule, problem, states, opts, int(history_size), normalize, strategy, every)
+    return _restarts(rule, problem, states, opts, int(history_size), normalize, strategy, every, slots)
 
 
 def continue_restarts(
@@ -393,6 +497,7 @@ def continue_restarts(
     history_size: int = 1000,
     normalize=None,
     strategy: str | None = None,
+    slots: int | None = None,
 ) -> Result:
     """:func:`run_restarts` from a batch of rule states (e.g. ``Result.state`` of an earlier
     call), so a fit can run in chunks with tests between them; the rule's auxiliary state
@@ -400,7 +505,7 @@ def continue_restarts(
     give exactly the iterates of one longer run (with the convergence tests off).
 
     Args:
-        rule, problem, stopping, ...: as for :func:`run_restarts`.
+        rule, problem, stopping, ..., slots: as for :func:`run_restarts`.
         states: the rule's states with a leading restart axis.
 
     Returns:
@@ -410,8 +515,9 @@ def continue_restarts(
     overrides = dict(max_iterations=max_iterations, min_xstep=min_xstep, tol=tol, rel_tol=rel_tol)
     R = rule.factors(states)[1]
     opts, strategy = _options(rule, stopping, overrides, history_size, normalize, strategy, R, problem)
+    slots = _slots_for(slots, strategy, rule, R)
     release_programs_near_map_limit()
-    return _restarts(rule, problem, states, opts, int(history_size), normalize, strategy, None)
+    return _restarts(rule, problem, states, opts, int(history_size), normalize, strategy, None, slots)
 
 
 def run_grid(
@@ -430,6 +536,7 @@ def run_grid(
     normalize=None,
     strategy: str | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    slots: int | None = None,
 ) -> Result:
     """Fit every (setting, restart) pair as one compiled program.
 
@@ -444,6 +551,9 @@ def run_grid(
             the restarts are split over the devices (each device runs all restarts of its
             settings, or its restarts of every setting), whichever needs fewer padded fits
             (ties: the settings).
+        slots: as for :func:`run_restarts`, over each setting's restarts; not with the
+            strategy ``"vmap"``, which runs the settings under ``vmap`` (there a slot's
+            refill would be paid at every iteration).
 
     Returns:
         A :class:`~jnmf.driver.Result` whose leaves have leading axes (G, restarts).
@@ -469,12 +579,16 @@ def run_grid(
         rule, problem, L0, R0, stopping, overrides, history_size, normalize, strategy
     )
     grid = {key: jnp.asarray(v) for key, v in grid.items()}
+    settings, restarts = next(iter(grid.values())).shape[0], L0.shape[0]
+    on_settings = True
+    if mesh is not None:
+        padded_settings = (_size_on(mesh, settings) - settings) * restarts
+        on_settings = padded_settings <= (_size_on(mesh, restarts) - restarts) * settings
+    local = restarts if on_settings else -(-restarts // _devices(mesh))
+    slots = _slots_for(slots, strategy, rule, R0[:local])
     release_programs_near_map_limit()
     if mesh is None:
-        return _grid(rule, problem, grid, states, opts, int(history_size), normalize, strategy)
-    settings, restarts = next(iter(grid.values())).shape[0], L0.shape[0]
-    padded_settings = (_size_on(mesh, settings) - settings) * restarts
-    on_settings = padded_settings <= (_size_on(mesh, restarts) - restarts) * settings
+        return _grid(rule, problem, grid, states, opts, int(history_size), normalize, strategy, slots)
     if on_settings:
         grid = _placed(_padded(grid, _size_on(mesh, settings)), mesh, _P(FITS_AXIS))
         states = _placed(states, mesh, _P())
@@ -483,6 +597,6 @@ def run_grid(
         grid = _placed(grid, mesh, _P())
     rule, problem, opts = _placed((rule, problem, opts), mesh, _P())
     res = _spread_grid(
-        rule, problem, grid, states, opts, int(history_size), normalize, strategy, mesh, on_settings
+        rule, problem, grid, states, opts, int(history_size), normalize, strategy, mesh, on_settings, slots
     )
     return _gathered(res, np.s_[:settings] if on_settings else np.s_[:, :restarts])

@@ -34,6 +34,10 @@ Stopping rules (:class:`Stopping`; any may end the loop):
 Every result carries a :data:`STATUS` code: converged / max_iterations / stuck /
 nonfinite.
 
+A batch of fits (``iterate_impl(batched=True)``, used by :mod:`jnmf.batch`) runs in the
+same one loop, all fits at once or through fewer ``slots`` that are refilled with
+pending fits as fits finish (continuous batching, :func:`_slot_loop`).
+
 A rule is any object with ``init``, ``step(problem, state) -> (state, StepInfo)``,
 ``objective(problem, state)``, ``factors(state)``, ``result_factors(state)`` and
 ``check(problem)`` (and ``rescale(state, mode)`` for ``normalize``): the NMF rules of
@@ -224,6 +228,7 @@ def iterate_impl(
     batched: bool = False,
     batched_step=None,
     progress_every=None,
+    slots: int | None = None,
 ) -> Result:
     """The loop itself, unjitted.
 
@@ -237,9 +242,17 @@ def iterate_impl(
     (default: ``vmap`` of ``rule.step``); the batch layer passes its own to choose how
     the fits' work is batched (jnmf.batch).
 
+    ``slots`` (static; batched only): run the B fits through this many slots, refilling
+    a slot with the next pending fit as soon as its fit is done (continuous batching, see
+    :func:`_slot_loop`); None, or ``slots >= B``, runs all fits at once as above.  The
+    results are the same either way: each fit's iterates depend only on its own start.
+
     ``progress_every`` (None, or a traced integer stride) reports progress to the host
     (:func:`jnmf.progress.report`) at the start and every ``progress_every`` iterations,
     from inside the loop.  None is static and compiles exactly the loop without reports.
+    With slots, the iteration reported is the loop's own count (every fit's count is at
+    most that), the objective the best over the fits in the slots, and the finished
+    count the fits written out so far.
     """
     per_fit = (lambda f: jax.vmap(f)) if batched else (lambda f: f)
     if hasattr(problem, "prepared"):
@@ -328,20 +341,23 @@ def iterate_impl(
     def cond(carry):
         return jnp.any(~carry[-1])
 
-    def body(carry):
+    def step_and_freeze(carry):
         stepped = advance(*carry[:6])
-        new = stepped
-        if batched:
-            done = carry[-1]
+        if not batched:
+            return stepped
+        done = carry[-1]
 
-            def freeze():
-                return jax.tree.map(
-                    lambda a, b: jnp.where(done.reshape(done.shape + (1,) * (a.ndim - 1)), a, b),
-                    carry,
-                    stepped,
-                )
+        def freeze():
+            return jax.tree.map(
+                lambda a, b: jnp.where(done.reshape(done.shape + (1,) * (a.ndim - 1)), a, b),
+                carry,
+                stepped,
+            )
 
-            new = jax.lax.cond(jnp.any(done), freeze, lambda: stepped)
+        return jax.lax.cond(jnp.any(done), freeze, lambda: stepped)
+
+    def body(carry):
+        new = step_and_freeze(carry)
         if progress_every is not None:
             k_new, f_new, done_new = new[0], new[2], new[-1]
             jax.lax.cond(
@@ -367,7 +383,11 @@ def iterate_impl(
     )
     if progress_every is not None:
         _report_progress(carry[0], f0, carry[-1])  # iteration 0: the compiled loop starts
-    k, state, _, history, _, _, steps, converged, status, _ = jax.lax.while_loop(cond, body, carry)
+    if batched and slots is not None and slots < lead[0]:
+        carry = _slot_loop(step_and_freeze, carry, slots, progress_every)
+    else:
+        carry = jax.lax.while_loop(cond, body, carry)
+    k, state, _, history, _, _, steps, converged, status, _ = carry
     # The per-iteration objective (history, tol test) is the cheap form of
     # quadratic.objective_after_R_step, exact only to ~eps ||Y||^2; the reported
     # final objective is recomputed once, from the residual.
@@ -377,6 +397,78 @@ def iterate_impl(
     status = jnp.where(jnp.isfinite(f), status, NONFINITE).astype(jnp.int32)
     converged = converged & (status == CONVERGED)
     return Result(factors, k, converged, status, f, history, jnp.broadcast_to(stride, lead), steps, state)
+
+
+def _slot_loop(step, fits, slots: int, progress_every):
+    """Continuous batching: the B fits of ``fits`` (the loop carry of every fit, leading
+    axis B) run through ``slots`` slots, and the final carry of every fit is returned.
+
+    One ``lax.while_loop`` advances the S slots together (``step``: one batched step,
+    done slots frozen).  When a slot's fit is done, its carry is written over that fit's
+    entry of ``fits`` and the slot is reloaded with the next pending fit's starting
+    carry, read from the same buffer: the entries of fits not yet started still hold
+    their starts, and the ones written over are those of fits already loaded, so one
+    buffer of B carries serves as both.  A slot with no pending fit left is retired
+    (frozen).  The write and reload run under ``lax.cond``, so iterations in which no fit
+    finishes pay nothing for them.  The loop ends when every fit has been written.
+
+    Why: one batched loop over all B fits runs until the slowest stops, and the frozen
+    fits keep costing their step; with slots, a finished fit's place is taken by a
+    pending one, so the loop runs about ``total iterations / S`` times instead of
+    ``max iterations`` (experiments/README.md, "bench_strategy.py, bench_restarts.py").
+    """
+    count = fits[0].shape[0]
+    slot_carry = jax.tree.map(lambda a: a[:slots], fits)
+    # the fit each slot holds; ``count`` (out of range) marks a retired slot
+    fit_of_slot = jnp.arange(slots, dtype=jnp.int32)
+    loaded = jnp.asarray(slots, jnp.int32)  # fits loaded so far (0 .. loaded-1)
+
+    def refill(slot_carry, fit_of_slot, loaded, fits):
+        finished = slot_carry[-1] & (fit_of_slot < count)
+        # written at its fit's index; the others at the sentinel ``count``, dropped
+        where = jnp.where(finished, fit_of_slot, count)
+        fits = jax.tree.map(lambda b, s: b.at[where].set(s, mode="drop"), fits, slot_carry)
+        # the finished slots take the next pending fits, in slot order
+        pending = loaded + jnp.cumsum(finished.astype(jnp.int32)) - 1
+        load = finished & (pending < count)
+        start = jax.tree.map(lambda b: b[jnp.clip(pending, 0, count - 1)], fits)
+        slot_carry = jax.tree.map(
+            lambda s, b: jnp.where(load.reshape(load.shape + (1,) * (s.ndim - 1)), b, s), slot_carry, start
+        )
+        fit_of_slot = jnp.where(finished, jnp.where(load, pending, count), fit_of_slot)
+        loaded = loaded + jnp.sum(load).astype(jnp.int32)
+        return slot_carry, fit_of_slot, loaded, fits
+
+    def cond(carry):
+        return jnp.any(carry[2] < count)
+
+    def body(carry):
+        t, slot_carry, fit_of_slot, loaded, fits = carry
+        slot_carry = step(slot_carry)
+        finished = slot_carry[-1] & (fit_of_slot < count)
+        slot_carry, fit_of_slot, loaded, fits = jax.lax.cond(
+            jnp.any(finished),
+            refill,
+            lambda *c: c,
+            slot_carry,
+            fit_of_slot,
+            loaded,
+            fits,
+        )
+        t = t + 1
+        if progress_every is not None:
+            active = fit_of_slot < count
+            written = loaded - jnp.sum(active)
+            f = jnp.where(active, slot_carry[2], jnp.inf)
+            jax.lax.cond(
+                t % progress_every == 0,
+                lambda: _report_progress(t, f, written),
+                lambda: None,
+            )
+        return t, slot_carry, fit_of_slot, loaded, fits
+
+    carry = (jnp.zeros((), jnp.int32), slot_carry, fit_of_slot, loaded, fits)
+    return jax.lax.while_loop(cond, body, carry)[-1]
 
 
 _iterate = eqx.filter_jit(iterate_impl)

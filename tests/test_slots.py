@@ -1,0 +1,113 @@
+"""Continuous batching: a batched loop run through S < B slots (``slots=`` of
+:func:`jnmf.batch.run_restarts`), a finished fit's slot refilled with the next pending fit.
+
+Each fit's iterates depend only on its own start, so every fit must equal its fit-by-fit
+result (strategy ``"map"``): factors, objective and history to rounding, iteration count
+and status exactly.  The fits stop at different iterations (a target objective that some
+reach early, some late and some never, within the cap), B = 7 is not a multiple of S = 3,
+and max_iterations=0 and S >= B (no refill) are covered.  Exactness tests: float64 (x64 is on in conftest.py).
+"""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jnmf import make_rule, progress
+from jnmf.batch import restart_slots, run_grid, run_restarts
+from jnmf.driver import Stopping
+from jnmf.problem import build_problem
+
+M, N, K, B, S = 24, 16, 3, 7, 3
+CAP = 60
+
+
+def uneven_stopping(run) -> Stopping:
+    """A target between the fits' objectives after ``CAP`` iterations (fit by fit, via
+    ``run``): the better fits reach it at different iterations, the worst never."""
+    free = run(strategy="map", stopping=Stopping(max_iterations=CAP, tol=0.0))
+    return Stopping(max_iterations=CAP, tol=0.0, target=float(np.quantile(np.asarray(free.objective), 0.8)))
+
+
+def starts(seed=0):
+    rng = np.random.default_rng(seed)
+    Y = rng.random((M, K)) @ rng.random((K, N)) + 0.05 * rng.random((M, N))
+    # starts of very different quality: the fits stop at different iterations
+    scale = np.geomspace(0.05, 20.0, B)
+    L0 = rng.random((B, M, K)) * scale[:, None, None] + 0.01
+    R0 = rng.random((B, K, N)) / scale[:, None, None] + 0.01
+    return jnp.asarray(Y), jnp.asarray(L0), jnp.asarray(R0)
+
+
+def assert_same_fits(res, ref):
+    np.testing.assert_array_equal(np.asarray(res.iterations), np.asarray(ref.iterations))
+    np.testing.assert_array_equal(np.asarray(res.status), np.asarray(ref.status))
+    for a, b in [(res.L, ref.L), (res.R, ref.R), (res.objective, ref.objective)]:
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(res.history), np.asarray(ref.history), rtol=1e-12, equal_nan=True)
+
+
+class Reports:
+    """A progress listener keeping every report."""
+
+    def __init__(self):
+        self.seen = []
+
+    def update(self, iteration, objective, finished):
+        self.seen.append((iteration, objective, finished))
+
+
+@pytest.mark.parametrize(("method", "strategy"), [("ahals", "hybrid"), ("kl", "vmap")])
+def test_slots_equal_fit_by_fit(method, strategy):
+    Y, L0, R0 = starts()
+    rule, problem = make_rule(method), build_problem(Y, K)
+    run = lambda **kw: run_restarts(rule, problem, L0, R0, history_size=8, **kw)
+    stop = uneven_stopping(run)
+    ref = run(strategy="map", stopping=stop)
+    its = np.asarray(ref.iterations)
+    assert len(set(its.tolist())) > 3 and its.max() == CAP, its  # uneven stops
+    assert_same_fits(run(strategy=strategy, slots=S, stopping=stop), ref)
+    # nothing to run: every fit is written from its start, iteration 0
+    zero = run(strategy=strategy, slots=S, stopping=stop, max_iterations=0)
+    assert np.all(np.asarray(zero.iterations) == 0)
+    np.testing.assert_allclose(np.asarray(zero.L), np.asarray(L0), rtol=1e-12)
+    if method != "ahals":
+        return  # the rest does not depend on the rule (one more compile each)
+    # S >= B: no refill, all fits at once (today's loop)
+    assert_same_fits(run(strategy=strategy, slots=B, stopping=stop), ref)
+    # progress from the slot loop: the loop's count, and the fits written so far
+    listener = Reports()
+    with progress.listening(listener):
+        assert_same_fits(run(strategy=strategy, slots=S, stopping=stop, progress_every=5), ref)
+    iterations, _, finished = map(np.array, zip(*listener.seen, strict=True))
+    assert iterations[0] == 0 and np.all(np.diff(iterations) == 5), iterations
+    assert np.all(np.diff(finished) >= 0) and finished[-1] <= B, finished
+    # S slots hold one fit each at a time: the loop ran at least sum(iterations) / S times
+    # (the last report is at most 5 iterations before the end)
+    assert S * (iterations[-1] + 5) >= int(np.sum(its)) > S * CAP, (iterations[-1], its)
+
+
+def test_slots_in_a_grid_equal_fit_by_fit():
+    """A grid's settings each run their restarts through the slots (hybrid: lax.map over
+    the settings)."""
+    Y, L0, R0 = starts(1)
+    rule, problem = make_rule("ahals"), build_problem(Y, K)
+    grid = {"lambda_1L": np.array([0.0, 0.5])}
+    run = lambda **kw: run_grid(rule, problem, grid, L0, R0, history_size=8, **kw)
+    stop = uneven_stopping(lambda **kw: run_restarts(rule, problem, L0, R0, history_size=8, **kw))
+    ref = run(strategy="map", stopping=stop)
+    assert len(set(np.asarray(ref.iterations).ravel().tolist())) > 3, ref.iterations
+    assert_same_fits(run(strategy="hybrid", slots=S, stopping=stop), ref)
+
+
+def test_slots_argument_and_choice():
+    Y, L0, R0 = starts()
+    rule, problem = make_rule("mu"), build_problem(Y, K)
+    for bad in (0, -2, 2.5, "4"):
+        with pytest.raises(ValueError, match="slots"):
+            run_restarts(rule, problem, L0, R0, slots=bad)
+    # a pure function of shapes: fewer slots than fits for a large batched batch only
+    assert restart_slots("map", "hals", 25, 32) is None
+    assert restart_slots("hybrid", "hals", 25, 1) is None
+    chosen = restart_slots("hybrid", "hals", 25, 32)
+    assert chosen is not None and 1 <= chosen < 32
+    assert restart_slots("hybrid", "hals", 25, 32, "gpu") is None  # measured on CPU only
