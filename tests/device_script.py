@@ -8,7 +8,8 @@ The scripts fit tiny problems, so their time is XLA compiling, most of it LLVM o
 the generated code: they compile cheaper (``--xla_backend_optimization_level=0
 --xla_llvm_disable_expensive_passes=true``, as tests/test_multiprocess.py's workers).
 The HLO passes, whose output the scripts inspect for collectives, are unchanged, and each
-script's references are compiled alike; it took a quarter of test_mesh.py's CPU time off.
+script's references are compiled alike; it took about 30% of test_mesh.py's and
+test_mesh_batch.py's CPU time off (as ``CHEAP_PROGRAMS`` does in-process, tests/conftest.py).
 Tests whose time is running fits keep the default (unoptimized code ran the speckled
 cross-validation test at twice the CPU time)."""
 
