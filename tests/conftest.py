@@ -5,7 +5,17 @@
   unbatched fits) run in float64.  Float32 robustness tests build float32 arrays
   explicitly; float32 inputs stay float32 (the fit dtype is the inputs' dtype).
 * Hypothesis runs derandomized: CI sees the same (varied) examples on every run.
+* A module whose time is compiling (tiny problems, a few iterations) sets
+  ``CHEAP_PROGRAMS = True``: its programs compile with ``jax_disable_most_optimizations``
+  (LLVM's optimization level 0 and its expensive passes off; XLA's HLO passes run as
+  always), which took a quarter of test_missing.py's and test_sparse.py's CPU time off.
+  Unoptimized code runs slower (the speckled cross-validation test took twice the CPU),
+  so a test of such a module whose time is running fits is marked
+  ``@pytest.mark.optimized_programs``.  ``JNMF_TEST_OPTIMIZED=1`` compiles every program
+  as users get them.
 """
+
+import os
 
 import jax
 import pytest
@@ -31,6 +41,30 @@ def _no_persistent_compile_cache(monkeypatch):
         from jax._src import compilation_cache
 
         compilation_cache.reset_cache()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _compile_effort(request):
+    """Cheap compiles in the modules that ask for them (module docstring).  The flag is
+    read at each compile, not part of JAX's cache key: the programs of one module are
+    released before the next module sets it (``_release_compiled_programs``)."""
+    cheap = getattr(request.module, "CHEAP_PROGRAMS", False) and os.environ.get("JNMF_TEST_OPTIMIZED") != "1"
+    jax.config.update("jax_disable_most_optimizations", cheap)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _optimized_for_marked_tests(request):
+    """A test marked ``optimized_programs`` compiles as users get them (module docstring);
+    its programs are its own (the flag is not part of JAX's cache key: one it shares with
+    an earlier test of its module runs as that test compiled it, which changes only speed)."""
+    if request.node.get_closest_marker("optimized_programs") is None:
+        yield
+        return
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", False)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -8,7 +8,7 @@ import pytest
 
 from jnmf.cross_validation import cross_validate_rank, select_rank
 
-RANKS = range(2, 12)
+RANKS = range(2, 10)
 
 
 def _known_rank(r: int, seed: int | None = None):

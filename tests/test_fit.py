@@ -14,6 +14,9 @@ import jnmf
 from jnmf import fitting
 from jnmf.rules import MURNMF
 
+# tiny fits: the time is compiling, cheaper unoptimized (conftest.py)
+CHEAP_PROGRAMS = True
+
 M, N, K = 24, 15, 3
 
 
@@ -307,6 +310,7 @@ def test_padded_components_stay_zero_for_every_method():
         np.testing.assert_allclose(b.L[..., :2], a.L, rtol=1e-7, atol=1e-9, err_msg=method)
 
 
+@pytest.mark.optimized_programs  # 40 fits of 5000 x 38 to convergence: running, not compiling
 def test_golub_rank_survey_recovers_cell_types():
     """Brunet et al. (2004) on Golub ALL/AML: rank 2 separates ALL from AML with at most
     2 samples off; rank 3 splits ALL-B / ALL-T / AML with at most 3 off."""

@@ -16,6 +16,9 @@ from jnmf.problem import build_problem
 from jnmf.quadratic import half_problem
 from jnmf.rules import make_rule
 
+# tiny fits: the time is compiling, cheaper unoptimized (conftest.py)
+CHEAP_PROGRAMS = True
+
 METHODS = ["mu", "au", "hals", "ahals", "anls", "kl", "beta", "pg"]
 FROBENIUS = ["mu", "au", "hals", "ahals", "anls", "pg"]
 

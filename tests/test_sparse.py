@@ -20,6 +20,9 @@ from jnmf.data import SparseData, sparse_operator
 from jnmf.problem import build_problem
 from jnmf.rules import make_rule
 
+# tiny fits: the time is compiling, cheaper unoptimized (conftest.py)
+CHEAP_PROGRAMS = True
+
 # accelerated HALS picks its number of sweeps from the cost of a product with Y (m n
 # entries dense, nnz sparse), so sparse and dense ahals fits take different sweeps by
 # design; its arithmetic is compared at a fixed count of 4 sweeps per half step
