@@ -54,19 +54,12 @@ from jnmf.driver import Stopping  # noqa: E402
 from jnmf.problem import build_problem  # noqa: E402
 from jnmf.quadratic import half_problem  # noqa: E402
 from jnmf.rules import make_rule  # noqa: E402
-from jnmf.rules.hals import HALS  # noqa: E402
 from jnmf.rules.hals_sweeps import hals_sweeps  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_orl import rule_of  # noqa: E402  (the jnmf variants ahals-ex / hals-ex)
+
 FROBENIUS = ("hals", "ahals", "mu", "au", "hals-ex", "ahals-ex")
-# HALS with Ang & Gillis's (2019) extrapolation (an option of the rule, not a method name)
-EXTRAPOLATED = {"ahals-ex": None, "hals-ex": 1}
-
-
-def rule_of(method: str):
-    """The rule of a method name, or of an extrapolated HALS variant of EXTRAPOLATED."""
-    if method in EXTRAPOLATED:
-        return HALS(inner_sweeps=EXTRAPOLATED[method], extrapolate=True)
-    return make_rule(method)
 
 
 EPSILON = 1e-10  # KLMU's default floor of L R
@@ -140,7 +133,7 @@ def iteration_and_bound(method: str, problem, L0, R0, n1: int, n2: int, repeats:
     interleaved (N1 iterations, N2 iterations, the bound, 4 times per round) so that a
     change of the machine's load hits both sides of the ratio alike.
     """
-    rule = rule_of(method)
+    rule = make_rule(rule_of(method))  # a name, or bench_orl's ahals-ex / hals-ex
     # as run_restarts chooses it: by method, rank and number of fits
     strategy = strategy or batching_strategy(rule, problem=problem, rank=R0.shape[-2], fits=R0.shape[0])
 
@@ -166,7 +159,7 @@ def print_pieces(method: str, problem, L, R, per_iter: float, repeats: int) -> N
     matrix and linear term) and each half step's sweeps (as many as accelerated HALS
     takes from these factors), each compiled alone; the rest is the driver's and the
     step's bookkeeping (steps, objective, stopping tests) and what the pieces share."""
-    rule = rule_of(method)
+    rule = make_rule(rule_of(method))  # a name, or bench_orl's ahals-ex / hals-ex
     Lt = L.T
     hp_of = jax.jit(half_problem, static_argnums=1)
     m, n = problem.shape

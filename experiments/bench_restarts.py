@@ -37,24 +37,20 @@ clean_blas_env()
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_orl import TARGET, load_orl, random_start, rel_err, sk_iterations_to_target, sk_nmf  # noqa: E402
+from bench_orl import (  # noqa: E402
+    TARGET,
+    load_orl,
+    random_start,
+    rel_err,
+    rule_of,
+    sk_iterations_to_target,
+    sk_nmf,
+)
 
 from jnmf import fitting as jfit  # noqa: E402
 from jnmf.batch import batching_strategy, restart_slots, run_restarts  # noqa: E402
 from jnmf.driver import Stopping, iterate  # noqa: E402
 from jnmf.problem import build_problem  # noqa: E402
-from jnmf.rules import HALS  # noqa: E402
-
-# HALS with Ang & Gillis's (2019) extrapolation: an option of the rule, not a method name
-EXTRAPOLATED = {"ahals-ex": None, "hals-ex": 1}
-
-
-def rule_of(method: str):
-    """The rule of a method name, or of an extrapolated HALS variant (EXTRAPOLATED)."""
-    if method in EXTRAPOLATED:
-        return HALS(inner_sweeps=EXTRAPOLATED[method], extrapolate=True)
-    return jfit.make_rule(method)
-
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -96,7 +92,7 @@ def main() -> int:
 
     runs = {}  # label -> function returning something to block on
     for method in args.methods:
-        rule = rule_of(method)
+        rule = jfit.make_rule(rule_of(method))  # a name, or bench_orl's ahals-ex / hals-ex
         chosen = batching_strategy(rule, "cpu", problem=problem, rank=k, fits=B)
         for strategy in dict.fromkeys([*args.strategies, chosen]):
             tag = " (chosen)" if strategy == chosen else ""
@@ -114,7 +110,7 @@ def main() -> int:
                 runs[f"batched {method} {strategy}{tag}{size}"] = batched
     loop_labels = {}
     for method in args.loop_methods:
-        loop_rule = rule_of(method)
+        loop_rule = jfit.make_rule(rule_of(method))
 
         def loop(loop_rule=loop_rule):
             out = []
