@@ -42,7 +42,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, check_non_neg
 from .batch import continue_restarts
 from .data import DataOperator, dense_operator, sparse_operator
 from .driver import CONVERGED, MAX_ITERATIONS, NONFINITE, STUCK, iterate
-from .fitting import DRAW_COMPILER_OPTIONS, data_scale, starting_points, validated_data
+from .fitting import data_scale, starting_points, validated_data
 from .problem import build_problem
 from .rules import KLMU, METHODS, AlternatingRule, BetaMU, make_rule
 from .rules.base import HalfStep, NMFState
@@ -109,11 +109,6 @@ def _any_nonzero(X) -> bool:
     return bool(np.any(X))
 
 
-_jit_starting_points = jax.jit(starting_points, static_argnums=(1, 2, 3))
-# on XLA:CPU the draw compiles 3-7x faster at LLVM level 1, same bits (jnmf.fitting)
-_jit_starting_points_cpu = jax.jit(
-    starting_points, static_argnums=(1, 2, 3), compiler_options=DRAW_COMPILER_OPTIONS
-)
 # floor of WH (relative to max(X)) in the beta-divergences, as in the rules' epsilon
 _MODEL_FLOOR = 1e-10
 # iterations between convergence tests (scikit-learn's mu solver tests every 10)
@@ -577,8 +572,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 L0 = jnp.broadcast_to(jnp.asarray(init[0], dtype) / root, (restarts, m, k))
                 R0 = jnp.broadcast_to(jnp.asarray(init[1], dtype) / root, (restarts, k, n))
             else:
-                draw = _jit_starting_points_cpu if jax.default_backend() == "cpu" else _jit_starting_points
-                L0, R0 = draw(problem.data, k, init, restarts, jax.random.key(seed))
+                # one compiled draw, at fit's draw options (jnmf.fitting.starting_points)
+                L0, R0 = starting_points(problem.data, k, init, restarts, jax.random.key(seed))
             L, R, n_iter, status = self._iterate_in_chunks(rule, problem, L0, R0, violation_test)
         ok = np.isfinite(L).all(axis=(1, 2)) & np.isfinite(R).all(axis=(1, 2)) & (status != NONFINITE)
         if not ok.any():

@@ -221,8 +221,7 @@ def starting_points(Y, rank: int, init, restarts: int, key) -> tuple[Array, Arra
         )
     # one compiled program draws all the starts (op by op, a first fit compiled a dozen
     # small programs here: the key splits, the scale, each factor's draw)
-    draw = _named_starts_fast if _draw_fast(Y, key) else _named_starts
-    return draw(Y, rank, init, restarts, key)
+    return _named_starts(Y, rank, init, restarts, key)
 
 
 # The starts programs are compiled with LLVM's optimization level 1 (XLA's default is 2):
@@ -252,15 +251,24 @@ def _draw_fast(*args) -> bool:
     return trace_state_clean()
 
 
+def _draw_program(draw, static_argnums: tuple[int, ...]):
+    """``draw`` jitted twice, with XLA's default options and with
+    :data:`DRAW_COMPILER_OPTIONS`; each call runs the one :func:`_draw_fast` picks."""
+    default = jax.jit(draw, static_argnums=static_argnums)
+    fast = jax.jit(draw, static_argnums=static_argnums, compiler_options=DRAW_COMPILER_OPTIONS)
+
+    def run(*args):
+        return (fast if _draw_fast(*args) else default)(*args)
+
+    return run
+
+
 def _named_starts_impl(Y, rank: int, init: str, restarts: int, key) -> tuple[Array, Array]:
     keys = jax.random.split(key, restarts)
     return jax.vmap(lambda k: initialize(Y, rank, init, k))(keys)
 
 
-_named_starts = jax.jit(_named_starts_impl, static_argnums=(1, 2, 3))
-_named_starts_fast = jax.jit(
-    _named_starts_impl, static_argnums=(1, 2, 3), compiler_options=DRAW_COMPILER_OPTIONS
-)
+_named_starts = _draw_program(_named_starts_impl, (1, 2, 3))
 
 
 def padded_starting_points(
@@ -294,8 +302,7 @@ def padded_starting_points(
         # a gather with the positions as an operand: one small program for every chunk
         ranks, keys = ranks[only], keys[np.arange(len(ranks))[only]]
     Y = Y if isinstance(Y, DataOperator) else jnp.asarray(Y)
-    draw = _padded_starts_fast if _draw_fast(Y, keys) else _padded_starts
-    return draw(Y, jnp.asarray(ranks, Y.dtype), keys, top, restarts, init)
+    return _padded_starts(Y, jnp.asarray(ranks, Y.dtype), keys, top, restarts, init)
 
 
 def _padded_starts_impl(Y, ranks, keys, top: int, restarts: int, init: str) -> tuple[Array, Array]:
@@ -310,10 +317,7 @@ def _padded_starts_impl(Y, ranks, keys, top: int, restarts: int, init: str) -> t
     return L0.reshape(-1, *L0.shape[2:]), R0.reshape(-1, *R0.shape[2:])
 
 
-_padded_starts = jax.jit(_padded_starts_impl, static_argnums=(3, 4, 5))
-_padded_starts_fast = jax.jit(
-    _padded_starts_impl, static_argnums=(3, 4, 5), compiler_options=DRAW_COMPILER_OPTIONS
-)
+_padded_starts = _draw_program(_padded_starts_impl, (3, 4, 5))
 
 
 class _Setup(eqx.Module):
