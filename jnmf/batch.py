@@ -202,15 +202,17 @@ def restart_slots(
     return max(SLOT_FITS, fits // SLOT_FRACTION)
 
 
-def _slots_for(slots, strategy, rule, R) -> int | None:
+def _slots_for(slots, strategy, rule, R, fits: int | None = None) -> int | None:
     """``slots`` checked (ValueError naming it), or chosen (:func:`restart_slots`) from the
-    stack of right factors ``R`` (``(fits, k, n)``)."""
+    stack of right factors ``R`` (``(fits, k, n)``); ``fits``: the fits one device runs
+    (default: all of ``R``'s)."""
     if slots is not None:
         return check.positive_int("slots", slots)
     if R.ndim != 3:
         return None
     method = getattr(rule, "method_name", None)
-    return restart_slots(strategy, method, R.shape[-2], R.shape[0], jax.default_backend())
+    fits = R.shape[0] if fits is None else fits
+    return restart_slots(strategy, method, R.shape[-2], fits, jax.default_backend())
 
 
 def _loop_over_fits(f):
@@ -372,15 +374,16 @@ def _spread_grid(
     return _on_fits(run, mesh, specs, out_spec, rule, problem, grid, states, opts)
 
 
-def _devices(mesh: jax.sharding.Mesh | None) -> int:
-    """The number of devices the fits are spread over (1 without a mesh)."""
-    return 1 if mesh is None else mesh.devices.size
+def _per_device(mesh: jax.sharding.Mesh | None, count: int) -> int:
+    """How many of ``count`` fits each device runs when they are spread over ``mesh``
+    (padded; ``count`` without a mesh)."""
+    devices = 1 if mesh is None else mesh.devices.size
+    return -(-count // devices)
 
 
 def _size_on(mesh: jax.sharding.Mesh, count: int) -> int:
     """``count`` rounded up to a multiple of the mesh's devices."""
-    devices = mesh.devices.size
-    return -(-count // devices) * devices
+    return _per_device(mesh, count) * mesh.devices.size
 
 
 def _options(rule, stopping, overrides, history_size, normalize, strategy, R, problem=None):
@@ -469,7 +472,7 @@ def run_restarts(
         rule, problem, L0, R0, stopping, overrides, history_size, normalize, strategy
     )
     count = L0.shape[0]
-    slots = _slots_for(slots, strategy, rule, R0[: -(-count // _devices(mesh))])
+    slots = _slots_for(slots, strategy, rule, R0, _per_device(mesh, count))
     release_programs_near_map_limit()
     if mesh is not None:
         states = _placed(_padded(states, _size_on(mesh, count)), mesh, _P(FITS_AXIS))
@@ -584,8 +587,8 @@ def run_grid(
     if mesh is not None:
         padded_settings = (_size_on(mesh, settings) - settings) * restarts
         on_settings = padded_settings <= (_size_on(mesh, restarts) - restarts) * settings
-    local = restarts if on_settings else -(-restarts // _devices(mesh))
-    slots = _slots_for(slots, strategy, rule, R0[:local])
+    local = restarts if on_settings else _per_device(mesh, restarts)
+    slots = _slots_for(slots, strategy, rule, R0, local)
     release_programs_near_map_limit()
     if mesh is None:
         return _grid(rule, problem, grid, states, opts, int(history_size), normalize, strategy, slots)

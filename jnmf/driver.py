@@ -423,8 +423,7 @@ def _slot_loop(step, fits, slots: int, progress_every):
     fit_of_slot = jnp.arange(slots, dtype=jnp.int32)
     loaded = jnp.asarray(slots, jnp.int32)  # fits loaded so far (0 .. loaded-1)
 
-    def refill(slot_carry, fit_of_slot, loaded, fits):
-        finished = slot_carry[-1] & (fit_of_slot < count)
+    def refill(finished, slot_carry, fit_of_slot, loaded, fits):
         # written at its fit's index; the others at the sentinel ``count``, dropped
         where = jnp.where(finished, fit_of_slot, count)
         fits = jax.tree.map(lambda b, s: b.at[where].set(s, mode="drop"), fits, slot_carry)
@@ -449,7 +448,8 @@ def _slot_loop(step, fits, slots: int, progress_every):
         slot_carry, fit_of_slot, loaded, fits = jax.lax.cond(
             jnp.any(finished),
             refill,
-            lambda *c: c,
+            lambda finished, *c: c,
+            finished,
             slot_carry,
             fit_of_slot,
             loaded,
