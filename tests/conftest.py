@@ -55,16 +55,21 @@ def _compile_effort(request):
 
 @pytest.fixture(autouse=True)
 def _optimized_for_marked_tests(request):
-    """A test marked ``optimized_programs`` compiles as users get them (module docstring);
-    its programs are its own (the flag is not part of JAX's cache key: one it shares with
-    an earlier test of its module runs as that test compiled it, which changes only speed)."""
+    """A test marked ``optimized_programs`` compiles as users get them (module docstring).
+    The flag is not part of JAX's cache key, so in a cheap module the programs compiled
+    so far are dropped before and after the test: it never runs (or compares against)
+    one compiled unoptimized, and the module's later tests not one of its programs."""
     if request.node.get_closest_marker("optimized_programs") is None:
         yield
         return
     before = jax.config.read("jax_disable_most_optimizations")
+    if before:
+        jax.clear_caches()
     jax.config.update("jax_disable_most_optimizations", False)
     yield
     jax.config.update("jax_disable_most_optimizations", before)
+    if before:
+        jax.clear_caches()
 
 
 @pytest.fixture(autouse=True, scope="module")

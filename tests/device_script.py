@@ -6,7 +6,8 @@ keeps its single device).  The script prints one line ``JSON<measurements>``.
 
 The scripts fit tiny problems, so their time is XLA compiling, most of it LLVM optimizing
 the generated code: they compile cheaper (``--xla_backend_optimization_level=0
---xla_llvm_disable_expensive_passes=true``, as tests/test_multiprocess.py's workers).
+--xla_llvm_disable_expensive_passes=true``, :data:`CHEAP_COMPILE`; tests/test_multiprocess.py's
+workers too).
 The HLO passes, whose output the scripts inspect for collectives, are unchanged, and each
 script's references are compiled alike; it took about 30% of test_mesh.py's and
 test_mesh_batch.py's CPU time off (as ``CHEAP_PROGRAMS`` does in-process, tests/conftest.py).

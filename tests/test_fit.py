@@ -58,9 +58,6 @@ def test_starts_program_draws_the_same_bits_as_default_compilation():
     """The starts program is compiled at LLVM optimization level 1 for compile speed
     (fitting.DRAW_COMPILER_OPTIONS); seeded starts must stay what XLA's default level
     draws (float32, the CLI's dtype: the normal draw's float conversion and erf_inv)."""
-    # an earlier test of this CHEAP_PROGRAMS module may have compiled the starts program
-    # unoptimized, and that setting is not part of JAX's cache key (tests/conftest.py)
-    jax.clear_caches()
     Y32 = jnp.asarray(np.random.default_rng(0).random((6, 5)), jnp.float32)
     default = jax.jit(fitting.starting_points, static_argnums=(1, 2, 3))  # outer jit: default options
     fast = fitting.starting_points(Y32, 2, "random", 2, jax.random.key(3))

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import scipy.io
 import scipy.sparse
+from device_script import CHEAP_COMPILE  # (tests/ is on sys.path under pytest)
 from jax.sharding import Mesh
 
 import jnmf
@@ -37,7 +38,7 @@ LAUNCH_TIMEOUT = 240
 WORKER_ENV = {
     **os.environ,
     "JAX_PLATFORMS": "cpu",
-    "XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
+    "XLA_FLAGS": CHEAP_COMPILE,
 }
 
 
