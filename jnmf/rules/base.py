@@ -126,6 +126,9 @@ class AlternatingRule(eqx.Module):
     """Base of the NMF rules: alternate ``half_step`` on L, then on R (see module docstring)."""
 
     method_name: ClassVar[str] = "custom"
+    # XLA options for this rule's loop program on XLA:CPU (jnmf.compile_options; None:
+    # XLA's defaults).  Results must not depend on them beyond rounding.
+    compiler_options: ClassVar[dict | None] = None
 
     # ----------------------------------------------------------- the protocol
     @abc.abstractmethod
