@@ -248,13 +248,14 @@ def _run(
     )
 
 
-def _restarts_impl(
+def _restarts(
     rule, problem, states, opts, history_size, normalize, strategy, progress_every, slots=None
 ) -> Result:
     return _run(rule, problem, states, opts, history_size, normalize, strategy, progress_every, slots)
 
 
-_restarts_programs = programs_by_options(_restarts_impl, eqx.filter_jit)
+# the loop program, once per set of compiler options (named "_restarts" in logs either way)
+_restarts_programs = programs_by_options(_restarts, eqx.filter_jit)
 _restarts = _restarts_programs(None)  # XLA's default options
 
 
