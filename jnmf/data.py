@@ -49,6 +49,7 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array
 
+from ._validate import on_device
 from .weights import Weight
 
 # Stored entries per chunk of a sparse product (see the module docstring).
@@ -60,7 +61,7 @@ _DIAGONAL = ("identity", "scalar", "diag")
 
 
 def _as_scale(x, dtype) -> Array:
-    return jnp.asarray(x, dtype)
+    return on_device(x, dtype)
 
 
 # ------------------------------------------------------------------ chunked sparse kernels

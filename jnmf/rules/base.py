@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PyTree
 
-from .._validate import is_traced
+from .._validate import is_traced, on_device
 from ..problem import Problem
 from ..quadratic import half_problem, max_abs, objective_after_R_step
 
@@ -97,7 +97,7 @@ class NMFState(eqx.Module):
 
 def as_setting(x, dtype=None) -> Array:
     """A rule setting as an array leaf (traced under jit, so no recompilation)."""
-    return jnp.asarray(x, dtype)
+    return on_device(x, dtype)
 
 
 def rescale_rows(Lt: Array, R: Array, mode: str) -> tuple[Array, Array]:
