@@ -392,7 +392,7 @@ class DenseData(_DenseArray):
         self.inv_scale = _as_scale(1.0 if inv_scale is None else inv_scale, Y.dtype)
 
     def scaled(self, scale):
-        return DenseData(self.Y, self.inv_scale / jnp.asarray(scale, self.Y.dtype))
+        return DenseData(self.Y, self.inv_scale / on_device(scale, self.Y.dtype))
 
     # The scale multiplies the (small) factor before the product, never Y: no scaled copy of
     # Y, and no overflow for data near the float32 limits (fit's scale equivariance).
@@ -460,7 +460,7 @@ class MaskedData(_DenseArray):
         self.MY = MY
 
     def scaled(self, scale):
-        return MaskedData(self.Y, self.M, self.inv_scale / jnp.asarray(scale, self.Y.dtype))
+        return MaskedData(self.Y, self.M, self.inv_scale / on_device(scale, self.Y.dtype))
 
     def prepared(self):
         if self.MY is not None:
@@ -589,7 +589,7 @@ class SparseData(DataOperator):
         return SparseData(**args)
 
     def scaled(self, scale):
-        return self._new(inv_scale=self.inv_scale / jnp.asarray(scale, self.dtype))
+        return self._new(inv_scale=self.inv_scale / on_device(scale, self.dtype))
 
     def _vals(self):
         """The values the products use: ``weights (.) Y`` when masked."""
@@ -898,7 +898,7 @@ class RowShardedData(_RowSharded):
         return DenseData(leaves[0], inv_scale)
 
     def scaled(self, scale):
-        return RowShardedData(self.Y, self.mesh, self.inv_scale / jnp.asarray(scale, self.dtype))
+        return RowShardedData(self.Y, self.mesh, self.inv_scale / on_device(scale, self.dtype))
 
     def stored(self):
         return self.Y * self.inv_scale
@@ -962,7 +962,7 @@ class RowShardedSparse(_RowSharded):
             self.values,
             self.shape,
             self.mesh,
-            self.inv_scale / jnp.asarray(scale, self.dtype),
+            self.inv_scale / on_device(scale, self.dtype),
         )
 
     def mean(self):

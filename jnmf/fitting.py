@@ -155,14 +155,24 @@ class FitResult(eqx.Module):
         return jax.tree.map(gathered, self)
 
 
+def seed_key(seed: int) -> Array:
+    """``jax.random.key(seed)``, built on the host for the default threefry keys and a
+    seed in ``[0, 2^31)``: its key data are ``[0, seed]`` (JAX's ``threefry_seed``), and
+    ``jax.random.key`` would compile two one-op programs (the seed's conversion and
+    ``_threefry_seed``) in a cold process.  Other seeds and key kinds: ``jax.random.key``."""
+    if 0 <= seed < 2**31 and jax.config.jax_default_prng_impl == "threefry2x32":
+        return jax.random.wrap_key_data(jax.device_put(np.array([0, seed], np.uint32)))
+    return jax.random.key(seed)
+
+
 def as_key(key) -> Array:
     """A JAX key from None (seed 0), an int seed, a JAX key or a NumPy Generator."""
     if key is None:
-        return jax.random.key(0)
+        return seed_key(0)
     if isinstance(key, np.random.Generator):
-        return jax.random.key(int(key.integers(0, 2**31 - 1)))
+        return seed_key(int(key.integers(0, 2**31 - 1)))
     if isinstance(key, int | np.integer) and not isinstance(key, bool):
-        return jax.random.key(int(key))
+        return seed_key(int(key))
     if isinstance(key, jax.Array) and (
         jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or (key.dtype == jnp.uint32 and key.shape == (2,))
     ):
