@@ -41,9 +41,9 @@ Implementation (why it is shaped this way; numbers are float32 on a 2-core CPU):
   keeps its own pivot count, so ``max_iter`` applies per problem.  The tail loop is a
   second copy of the pass in the compiled program (it doubles the solver's compile
   time), so below ``_COMPACT_FROM`` problems all passes are full ones: at 1000 and 500
-  problems of rank 10 the tail saved no run time (ANLS at 1000 x 500 ran 1.4-1.6 ms
-  per iteration with it, 0.9-1.1 ms without), at 4000 and 10000 it halved a half step
-  (experiments/README.md, "Compile latency").
+  problems of rank 10 the tail saved no clear run time (ANLS at 1000 x 500, measured
+  under heavy load: within the noise), at 4000 and 10000 problems it cut a solve by
+  40-55 % (experiments/README.md, "Compile latency").
 * **Under vmap** (restarts) everything is elementwise over a leading batch axis or a
   batched gather/scatter; the loops run until the slowest fit is done, frozen fits
   costing one pass each (passes are few, so plain vmap is cheap; see
