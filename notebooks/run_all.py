@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.jobs == 1:
             done = ((job[0], _run_one(*job)) for job in jobs)
         else:
-            # whole notebooks side by side: a kernel's time is mostly one thread (XLA
-            # compiling, Python), so two kernels share 2 cores (experiments/README.md, "CI time")
+            # whole notebooks side by side: one kernel's single-threaded stretches (start-up,
+            # imports, XLA compiling, Python) leave a core idle (experiments/README.md, "CI time")
             pool = ProcessPoolExecutor(
                 min(args.jobs, len(jobs)), mp_context=multiprocessing.get_context("spawn")
             )
