@@ -6,11 +6,11 @@
     python notebooks/run_all.py --jobs 1        # one notebook at a time
 
 Every ``notebooks/*.ipynb`` is run in a fresh ``python3`` kernel with nbclient, each
-cell under a time limit, two notebooks at a time by default (``--jobs``).  By default
-the executed copies go to a temporary folder (working directory of the kernel too), so
-the committed notebooks and the repository stay untouched; ``--in-place`` writes the
-outputs back into the notebooks, which is how the committed outputs are made.  The
-kernels import the jnmf of this checkout (its root is put first on ``PYTHONPATH``).
+cell under a time limit, two notebooks at a time (``--jobs``; one with ``--in-place``).
+By default the executed copies go to a temporary folder (working directory of the kernel
+too), so the committed notebooks and the repository stay untouched; ``--in-place``
+writes the outputs back into the notebooks, which is how the committed outputs are made.
+The kernels import the jnmf of this checkout (its root is put first on ``PYTHONPATH``).
 The wall time and the kernel's CPU time of each notebook are printed as it finishes.
 """
 
@@ -113,9 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=300, help="seconds allowed per cell (default 300)")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
     parser.add_argument(
-        "--jobs", type=int, default=2, help="notebooks run at once, each in its own kernel (default 2)"
+        "--jobs",
+        type=int,
+        help="notebooks run at once, each in its own kernel (default 2; 1 with --in-place, so "
+        "that the timings the notebooks print and keep are those of a kernel on its own)",
     )
     args = parser.parse_args(argv)
+    if args.jobs is None:
+        args.jobs = 1 if args.in_place else 2
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
 
