@@ -41,7 +41,9 @@ pending fits as fits finish (continuous batching, :func:`_slot_loop`).
 A rule is any object with ``init``, ``step(problem, state) -> (state, StepInfo)``,
 ``objective(problem, state)``, ``factors(state)``, ``result_factors(state)`` and
 ``check(problem)`` (and ``rescale(state, mode)`` for ``normalize``): the NMF rules of
-:mod:`jnmf.rules` and :class:`jnmf.giqpm.GIQPM`.
+:mod:`jnmf.rules` and :class:`jnmf.giqpm.GIQPM`.  Optionally ``in_loop(problem, state)``
+and ``out_of_loop(state)``: what the loop carries beyond the state a result holds (KL's
+``L R``), added at the start and after rescaling, dropped at the end.
 """
 
 from __future__ import annotations

@@ -45,7 +45,9 @@ it is used, :meth:`KLMU.costly_objective`, but by default at every iteration: th
 history and the ``tol`` test) and the next L half step's quotient; the R half step forms
 its own at the new L.  Without the carried product an iteration whose objective is
 needed formed ``L R`` three times (experiments/README.md, "bench_bound.py").  It is
-dropped when the loop ends, so results hold no ``m x n`` array per fit.
+dropped when the loop ends, so results hold no ``m x n`` array per fit; but a batched loop
+carries one per fit it holds (``"vmap"`` through slots: one per fit of the batch, in the
+slots' buffer), next to the quotients the batched step forms anyway.
 
 Column normalization (unit 1-norm columns of L, as in the DAMC notes) is the driver option
 ``normalize="sum"`` of :func:`jnmf.driver.iterate`; without penalties it leaves the
