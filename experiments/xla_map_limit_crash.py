@@ -19,8 +19,9 @@ Knobs, all to reach the limit in minutes on a slow shared machine:
   limit counts mappings, not where they came from.  ``--fill-to 0`` (the default): none,
   the programs alone reach the limit.
 * ``--clear-every N``: ``jax.clear_caches()`` every N programs (drops the compiled programs).
-* ``--guard jnmf``: ``jnmf.compile_cache.release_programs_near_map_limit()`` before every
-  program, as jnmf does before every fit.
+* ``--guard jnmf``: ``jnmf.compile_cache.release_programs_near_map_limit(F)`` before every
+  program, as jnmf does before every fit (F: ``--guard-fraction``, jnmf's 0.75 by default;
+  a higher one lets a run with ``--fill-to`` near the limit show the drops sooner).
 
 Usage::
 
@@ -82,10 +83,12 @@ def child(args: argparse.Namespace) -> None:
 
     release = None
     if args.guard == "jnmf":
+        import functools
         import warnings
 
-        from jnmf.compile_cache import release_programs_near_map_limit as release
+        from jnmf.compile_cache import release_programs_near_map_limit
 
+        release = functools.partial(release_programs_near_map_limit, args.guard_fraction)
         warnings.simplefilter("ignore", RuntimeWarning)  # its warning, once per drop
     limit = int(Path(LIMIT_FILE).read_text())
     x = jnp.ones(64, jnp.float32)
@@ -165,6 +168,7 @@ def main() -> None:
     parser.add_argument("--fill-to", type=int, default=0, help="occupy mappings up to this count first")
     parser.add_argument("--clear-every", type=int, default=0, help="jax.clear_caches() every N programs")
     parser.add_argument("--guard", choices=("none", "jnmf"), default="none")
+    parser.add_argument("--guard-fraction", type=float, default=0.75, help="for --guard jnmf")
     parser.add_argument("--every", type=int, default=100, help="print the count every N programs")
     parser.add_argument("--log", type=Path, default=Path("/tmp/xla_map_limit_crash.log"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

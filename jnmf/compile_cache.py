@@ -15,11 +15,12 @@ written to the cache: JAX refuses to, as the callback is bound to the process.
 As JAX warns, the cache is trusted code: do not point it at a directory that others
 can write to.
 
-Long sessions: every compiled CPU program that JAX keeps in memory holds about six
-memory mappings of the process (its code and data sections), and Linux caps a process
-at ``vm.max_map_count`` mappings (65530 by default).  A process that compiles about
-10,000 programs and keeps them all (a long notebook, or the whole test suite in one
-pytest process) then fails to map the next program's code inside XLA: a segmentation
+Long sessions: every compiled CPU program that JAX keeps in memory holds memory
+mappings of the process, about three per kernel (its code, read-only data and data
+sections: 3 for ``x + c``, about 85 for a jnmf fit), and Linux caps a process at
+``vm.max_map_count`` mappings (65530 by default).  A process that compiles about
+20,000 tiny programs or 700 fits and keeps them all (a long notebook, or the whole
+test suite in one pytest process) then fails to map the next program's code inside XLA: a segmentation
 fault while compiling (the crash reported in jax-ml/jax#27201; reproduced by
 ``experiments/xla_map_limit_crash.py``: XLA logs "LLVM compilation error: Cannot allocate
 memory" and the process dies of SIGSEGV in the compile).  Before each call of a
