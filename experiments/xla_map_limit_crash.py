@@ -114,7 +114,7 @@ def child(args: argparse.Namespace) -> None:
                 f"wall {time.perf_counter() - start:.0f} s cpu {time.process_time() - cpu:.0f} s",
                 flush=True,
             )
-    print(f"no crash: {args.programs} programs alive, {mappings()} mappings, {drops} drops", flush=True)
+    print(f"no crash: {args.programs} programs compiled, {mappings()} mappings, {drops} drops", flush=True)
 
 
 def parent(args: argparse.Namespace, argv: list[str]) -> int:
