@@ -59,6 +59,7 @@ from jaxtyping import Array
 
 from . import _validate as check
 from . import progress
+from .compile_cache import guard_map_limit
 
 Normalize = Literal["max", "sum"] | None
 
@@ -566,4 +567,5 @@ def iterate(
         stop.validate()
     rule.check(problem)
     dtype = rule.factors(state)[0].dtype
+    guard_map_limit(problem, state)
     return _iterate(rule, problem, state, *stop.traced(dtype), int(history_size), normalize)
