@@ -20,7 +20,10 @@ of 4 calls):
   the L step's d), i.e. ``4 m n k`` flops;
 * KL: each half step's quotient ``Y / max(L R, eps)`` with ``L R`` formed (an
   ``m x n x k`` product and one elementwise pass), and its product with the fixed
-  factor, twice per iteration: ``6 m n k`` flops and two ``m x n`` quotients.
+  factor, twice per iteration, the R step's at the new L: ``8 m n k`` flops and two
+  ``m x n`` quotients.  (Before 2026-12-04 14:00 UTC the R step's ``L R`` was formed
+  from the old L, so XLA merged it with the L step's: that bound held 3 products and
+  one quotient, and overstated KL's ratio.)
 
 For 32 restarts the Frobenius bound is the products of the 32 factors stacked
 (``k = 32 * rank``: one fat GEMM per side, what ``vmap`` stacking can reach), and the
@@ -103,8 +106,13 @@ def frobenius_products(Y, Lt, R):
 def _kl_half_steps(Y, Lt, R):
     Q_L = Y / jnp.maximum(Lt.T @ R, EPSILON)
     num_L = R @ Q_L.T
-    Q_R = Y / jnp.maximum(Lt.T @ R, EPSILON)  # at the new L, in an iteration
-    return num_L, Lt @ Q_R
+    # The R step's quotient is at the NEW L, which depends on num_L (here a k x m
+    # elementwise update, negligible next to the m x n work).  Formed from the old Lt,
+    # the second L R would be the first one and XLA would merge them (common
+    # subexpression): a bound of 3 products and one quotient instead of 4 and 2.
+    Lt_new = Lt * num_L
+    Q_R = Y / jnp.maximum(Lt_new.T @ R, EPSILON)
+    return Lt_new, Lt_new @ Q_R
 
 
 kl_products = jax.jit(_kl_half_steps)

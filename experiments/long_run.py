@@ -16,6 +16,9 @@ grows without bound:
   -v``, or the child's rusage when /usr/bin/time is missing).  About 36 minutes on
   2 cores: it is not a CI job.
 
+The crash itself (XLA:CPU past vm.max_map_count) has its own script:
+``experiments/xla_map_limit_crash.py``.
+
 Run:  python experiments/long_run.py [--fits 1000] [--distinct 48]
       python experiments/long_run.py --suite [--suite-log /tmp/suite.log]
 """
@@ -118,34 +121,6 @@ def many_fits(fits: int, distinct: int) -> None:
     print(f"load average: {open('/proc/loadavg').read().strip()}")
 
 
-def exhaust_maps(programs: int) -> None:
-    """The smallest crash: compile ``programs`` tiny programs and keep them all alive.
-
-    Each compiled CPU program holds about 6 memory mappings (its code and data sections);
-    once the process nears vm.max_map_count, mapping the next program's code fails inside
-    XLA.  Prints the count of mappings every 500 programs (faulthandler is on: a crash
-    prints where)."""
-    import faulthandler
-
-    import jax
-    import jax.numpy as jnp
-
-    faulthandler.enable()
-    limit = int(Path("/proc/sys/vm/max_map_count").read_text())
-    print(f"vm.max_map_count {limit}; mappings at start {memory_maps()}", flush=True)
-    alive = []
-    for i in range(1, programs + 1):
-        program = jax.jit(lambda x, i=i: x * i + 1.0)
-        program(jnp.ones(i % 4096 + 1)).block_until_ready()  # a new shape (or constant): a new program
-        alive.append(program)
-        if i % 500 == 0:
-            print(
-                f"{i:6d} programs alive: {memory_maps():6d} mappings ({memory_maps() / limit:.0%} of limit)",
-                flush=True,
-            )
-    print("no crash", flush=True)
-
-
 def whole_suite(log: Path) -> int:
     """The test suite in one pytest process under faulthandler; prints status, time and max RSS."""
     command = [sys.executable, "-X", "faulthandler", "-m", "pytest", "tests", "-q", "-p", "no:cacheprovider"]
@@ -179,16 +154,10 @@ def main() -> None:
     parser.add_argument(
         "--suite", action="store_true", help="run the whole test suite in one process instead"
     )
-    parser.add_argument(
-        "--exhaust-maps", type=int, default=0, metavar="N", help="compile N tiny programs, all alive"
-    )
     parser.add_argument("--suite-log", type=Path, default=Path("/tmp/jnmf_one_process_suite.log"))
     args = parser.parse_args()
     if args.suite:
         sys.exit(whole_suite(args.suite_log))
-    if args.exhaust_maps:
-        exhaust_maps(args.exhaust_maps)
-        return
     many_fits(args.fits, args.distinct)
 
 

@@ -3,7 +3,7 @@
 # operations rnnmf performs per iteration (identity loss weights, no penalties).  It is
 # a stand-in for the rnnmf package, which Debian does not ship; it does no more work
 # per iteration than rnnmf (it skips the weight products rnnmf applies), so it can
-# only flatter R.
+# only flatter R.  When the rnnmf package is installed (R_LIBS), it is timed too.
 #
 # Usage: Rscript rnnmf_peer.R M N K ITERATIONS REPEATS SEED
 # Prints one line per method: "<method> <best ms per iteration> <median ms>".
@@ -71,5 +71,15 @@ mu <- time_it(function(n) murnmf(Y, L0, R0, n))
 au <- time_it(function(n) aurnmf(Y, L0, R0, n))
 cat(sprintf("R-murnmf %.4f %.4f\n", mu[1], mu[2]))
 cat(sprintf("R-aurnmf %.4f %.4f\n", au[1], au[2]))
+# The rnnmf package itself (Pav's reference implementation), when it is installed
+# (R CMD INSTALL -l DIR rnnmf-*.tar.gz, then R_LIBS=DIR): the same start, min_xstep = 0
+# so that it never stops early, its own defaults otherwise.
+if (requireNamespace("rnnmf", quietly = TRUE)) {
+  pkg_mu <- time_it(function(n) rnnmf::murnmf(Y, L0, R0, max_iterations = n, min_xstep = 0))
+  pkg_au <- time_it(function(n) rnnmf::aurnmf(Y, L0, R0, max_iterations = n, min_xstep = 0))
+  cat(sprintf("rnnmf-murnmf %.4f %.4f\n", pkg_mu[1], pkg_mu[2]))
+  cat(sprintf("rnnmf-aurnmf %.4f %.4f\n", pkg_au[1], pkg_au[2]))
+  cat(sprintf("rnnmf-version %s\n", as.character(packageVersion("rnnmf"))))
+}
 blas <- tryCatch(extSoftVersion()[["BLAS"]], error = function(e) "unknown")
 cat(sprintf("R-blas %s\n", if (nzchar(blas)) blas else "R's internal BLAS"))

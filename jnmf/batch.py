@@ -58,7 +58,7 @@ import numpy as np
 from jaxtyping import Array
 
 from . import _validate as check
-from .compile_cache import release_programs_near_map_limit
+from .compile_cache import guard_map_limit
 from .compile_options import programs_by_options, top_level_on_cpu
 from .driver import DEFAULT_STOPPING, Result, Stopping, check_static_options, iterate_impl
 from .problem import Problem, check_replacements
@@ -486,7 +486,7 @@ def run_restarts(
     )
     count = L0.shape[0]
     slots = _slots_for(slots, strategy, rule, R0, _per_device(mesh, count))
-    release_programs_near_map_limit()
+    guard_map_limit()
     if mesh is not None:
         states = _placed(_padded(states, _size_on(mesh, count)), mesh, _P(FITS_AXIS))
         rule, problem, opts = _placed((rule, problem, opts), mesh, _P())
@@ -534,7 +534,7 @@ def continue_restarts(
     R = rule.factors(states)[1]
     opts, strategy = _options(rule, stopping, overrides, history_size, normalize, strategy, R, problem)
     slots = _slots_for(slots, strategy, rule, R)
-    release_programs_near_map_limit()
+    guard_map_limit()
     return _for_rule(_restarts_programs, rule, problem, states, opts)(
         rule, problem, states, opts, int(history_size), normalize, strategy, None, slots
     )
@@ -606,7 +606,7 @@ def run_grid(
         on_settings = padded_settings <= (_size_on(mesh, restarts) - restarts) * settings
     local = restarts if on_settings else _per_device(mesh, restarts)
     slots = _slots_for(slots, strategy, rule, R0, local)
-    release_programs_near_map_limit()
+    guard_map_limit()
     if mesh is None:
         program = _for_rule(_grid_programs, rule, problem, grid, states, opts)
         return program(rule, problem, grid, states, opts, int(history_size), normalize, strategy, slots)

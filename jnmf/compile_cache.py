@@ -15,15 +15,21 @@ written to the cache: JAX refuses to, as the callback is bound to the process.
 As JAX warns, the cache is trusted code: do not point it at a directory that others
 can write to.
 
-Long sessions: every compiled CPU program that JAX keeps in memory holds about six
-memory mappings of the process (its code and data sections), and Linux caps a process
-at ``vm.max_map_count`` mappings (65530 by default).  A process that compiles about
-10,000 programs and keeps them all (a long notebook, or the whole test suite in one
-pytest process) then fails to map the next program's code inside XLA: a segmentation
-fault while compiling (the crash reported in jax-ml/jax#27201).  Before each fit,
-:func:`release_programs_near_map_limit` drops JAX's in-memory programs
-(``jax.clear_caches``) once the process holds more than 3/4 of its mapping limit;
-they are compiled again on their next use.
+Long sessions: every compiled CPU program that JAX keeps in memory holds memory
+mappings of the process, about three per kernel (its code, read-only data and data
+sections: 3 for ``x + c``, about 85 for a jnmf fit), and Linux caps a process at
+``vm.max_map_count`` mappings (65530 by default).  A process that compiles about
+20,000 tiny programs or 700 fits and keeps them all (a long notebook, or the whole
+test suite in one pytest process) then fails to map the next program's code inside XLA: a segmentation
+fault while compiling (the crash reported in jax-ml/jax#27201; reproduced by
+``experiments/xla_map_limit_crash.py``: XLA logs "LLVM compilation error: Cannot allocate
+memory" and the process dies of SIGSEGV in the compile).  Before each call of a
+compiled fit (every surface: restarts and grids, ``iterate`` and the rnnmf front doors,
+differentiable fits, minibatch and streaming steps), :func:`guard_map_limit` drops
+JAX's in-memory programs (``jax.clear_caches``) once the process holds more than 3/4
+of its mapping limit; they are compiled again on their next use.  It counts the
+mappings only when JAX compiled (or loaded) a program since it last looked, so it
+costs nothing in a loop of already-compiled steps.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ __all__ = [
     "compile_cache_disabled",
     "default_cache_dir",
     "enable_compile_cache",
+    "guard_map_limit",
     "release_programs_near_map_limit",
 ]
 
@@ -132,6 +139,10 @@ def release_programs_near_map_limit(fraction: float = MAP_LIMIT_FRACTION) -> boo
         Whether the programs were dropped (they recompile on their next use; a
         RuntimeWarning says so once per drop).
     """
+    return _release(fraction, stacklevel=4)
+
+
+def _release(fraction: float, stacklevel: int) -> bool:
     count = memory_map_count() if _MAP_LIMIT else None
     if count is None or count <= fraction * _MAP_LIMIT:
         return False
@@ -141,6 +152,46 @@ def release_programs_near_map_limit(fraction: float = MAP_LIMIT_FRACTION) -> boo
         "mostly JAX's compiled programs; jnmf dropped them (jax.clear_caches()) so that compiling "
         "more cannot crash, and they will be compiled again when used",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=stacklevel,
     )
     return True
+
+
+# JAX's event around every backend compile (or load from the persistent cache):
+# jax._src.dispatch.BACKEND_COMPILE_EVENT
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_compiles = 0  # programs JAX compiled or loaded in this process (counted by _count_compile)
+_looked_at = -1  # _compiles when guard_map_limit last counted the mappings
+
+
+def _count_compile(event: str, duration: float, **kwargs) -> None:
+    # only counts: dropping programs from inside JAX's compile path is not safe
+    global _compiles
+    if event == _COMPILE_EVENT:
+        _compiles += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compile)
+
+
+def guard_map_limit(*operands) -> bool:
+    """:func:`release_programs_near_map_limit`, looked at only when JAX compiled since the last look.
+
+    Called before every compiled fit or step of jnmf.  Reading /proc/self/maps costs
+    0.7 ms at 440 mappings but 19 ms at 49,000, too much for a loop of minibatch steps;
+    new mappings come only with new programs, so this reads it only when JAX compiled
+    (or loaded) a program since the last read, and otherwise costs one comparison.
+
+    Args:
+        *operands: the call's arrays (any pytrees); when one is traced (the call is part
+            of a program being traced, under ``jax.jit`` or ``jax.vmap``), nothing is
+            done: the programs are not dropped in the middle of a trace.
+
+    Returns:
+        Whether the programs were dropped.
+    """
+    global _looked_at
+    if _compiles == _looked_at or any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(operands)):
+        return False
+    _looked_at = _compiles
+    return _release(MAP_LIMIT_FRACTION, stacklevel=4)

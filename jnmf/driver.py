@@ -41,7 +41,9 @@ pending fits as fits finish (continuous batching, :func:`_slot_loop`).
 A rule is any object with ``init``, ``step(problem, state) -> (state, StepInfo)``,
 ``objective(problem, state)``, ``factors(state)``, ``result_factors(state)`` and
 ``check(problem)`` (and ``rescale(state, mode)`` for ``normalize``): the NMF rules of
-:mod:`jnmf.rules` and :class:`jnmf.giqpm.GIQPM`.
+:mod:`jnmf.rules` and :class:`jnmf.giqpm.GIQPM`.  Optionally ``in_loop(problem, state)``
+and ``out_of_loop(state)``: what the loop carries beyond the state a result holds (KL's
+``L R``), added at the start and after rescaling, dropped at the end.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from jaxtyping import Array
 
 from . import _validate as check
 from . import progress
+from .compile_cache import guard_map_limit
 
 Normalize = Literal["max", "sum"] | None
 
@@ -257,6 +260,10 @@ def iterate_impl(
     per_fit = (lambda f: jax.vmap(f)) if batched else (lambda f: f)
     if hasattr(problem, "prepared"):
         problem = problem.prepared()  # derived data terms, once per fit
+    # what the loop carries beyond the public state (KL: L R), added here, dropped at the end
+    in_loop = getattr(rule, "in_loop", lambda p, s: s)
+    out_of_loop = getattr(rule, "out_of_loop", lambda s: s)
+    state = per_fit(lambda s: in_loop(problem, s))(state)
     factors0 = rule.factors(state)
     dtype = factors0[0].dtype
     noise_floor = jnp.finfo(dtype).eps > 1e-10  # static: float32 and narrower
@@ -276,18 +283,52 @@ def iterate_impl(
             return jnp.zeros((1,), jnp.int32)
         return partition_labels(jnp.argmax(R, axis=0), R.shape[0])
 
-    def bookkeeping(k, old, state, info, f, history, labels, since):
-        """The stopping tests of one fit after one step from ``old`` to ``state``."""
+    def counted(k, state, info):
+        """One fit's count and state after a step (columns rescaled with ``normalize``)."""
         if normalize is not None:
-            state = rule.rescale(state, normalize)
+            state = in_loop(problem, rule.rescale(state, normalize))
         halted = jnp.zeros((), bool) if info.halted is None else info.halted
-        k = k + jnp.where(halted, 0, 1).astype(k.dtype)
+        return k + jnp.where(halted, 0, 1).astype(k.dtype), state
+
+    def needs(k):
+        """Whether a fit at count ``k`` needs its objective (when the rule's is costly) and
+        whether it checks its clustering."""
         record = (k % stride) == 0
+        need = record | (tol > 0) | (target > 0) | (k >= max_iterations) | (progress_every is not None)
+        return need, (stable_labels > 0) & (k % LABEL_CHECK_EVERY == 0)
+
+    def guarded_values(k, state, info, f, labels, each=lambda g: g, when=None):
+        """The count and state after the step, and the values only some iterations need (a
+        costly objective, the clustering), each computed under a ``lax.cond``.
+
+        One fit: ``each`` and ``when`` are the identity.  A batch (``each=jax.vmap``,
+        ``when=jnp.any``): vmapped, each fit's ``lax.cond`` would become a select that
+        evaluates both branches for every fit at every iteration (the predicates depend on
+        each fit's own count); instead one ``lax.cond`` per value asks whether ANY fit
+        needs it, computes it for all fits (vmapped, as before) and keeps it where needed:
+        the same values, and iterations in which no fit needs one pay nothing for it.
+        """
+        when = when or (lambda pred: pred)
+        k, state = each(counted)(k, state, info)
+        need, check_labels = each(needs)(k)
+
+        def kept(pred, fresh, old):
+            return jnp.where(pred.reshape(pred.shape + (1,) * (old.ndim - pred.ndim)), fresh, old)
+
         if lazy_objective:
-            need = record | (tol > 0) | (target > 0) | (k >= max_iterations) | (progress_every is not None)
-            f_new = jax.lax.cond(need, lambda: rule.objective(problem, state).astype(dtype), lambda: f)
+            objective = each(lambda s: rule.objective(problem, s).astype(dtype))
+            f_new = jax.lax.cond(when(need), lambda: kept(need, objective(state), f), lambda: f)
         else:
             f_new = info.objective.astype(dtype)
+        new_labels = jax.lax.cond(
+            when(check_labels), lambda: kept(check_labels, each(labels_of)(state), labels), lambda: labels
+        )
+        return k, state, f_new, new_labels
+
+    def bookkeeping(k, old, state, info, f, f_new, history, labels, new_labels, since):
+        """The stopping tests of one fit after one step from ``old`` to ``state`` (``k``,
+        ``state``, ``f_new`` and ``new_labels`` from :func:`guarded_values`)."""
+        record = (k % stride) == 0
         slot = jnp.clip(k // stride - 1, 0, history_size - 1)
         history = history.at[slot].set(jnp.where(record, f_new, history[slot]))
         steps = info.steps.astype(dtype)
@@ -303,8 +344,7 @@ def iterate_impl(
         converged = jnp.all(steps < threshold)
         converged |= (tol > 0) & (jnp.abs(f - f_new) <= tol * jnp.abs(f))
         converged |= (target > 0) & (f_new <= target)
-        check_labels = (stable_labels > 0) & (k % LABEL_CHECK_EVERY == 0)
-        new_labels = jax.lax.cond(check_labels, lambda: labels_of(state), lambda: labels)
+        check_labels = needs(k)[1]
         changed = jnp.any(new_labels != labels)
         since = jnp.where(changed, k, since)
         # R's nmf.stop.connectivity: more than stable_labels unchanged checks in a row
@@ -317,6 +357,7 @@ def iterate_impl(
             lambda: jnp.asarray(jnp.inf, dtype),
         )
         converged |= rel < rel_tol
+        halted = jnp.zeros((), bool) if info.halted is None else info.halted
         converged |= halted
         finite = jnp.isfinite(f_new) & jnp.all(jnp.isfinite(steps))
         converged &= finite
@@ -330,13 +371,17 @@ def iterate_impl(
     if not batched:
 
         def advance(k, state, f, history, labels, since):
-            return bookkeeping(k, state, *rule.step(problem, state), f, history, labels, since)
+            new, info = rule.step(problem, state)
+            k_new, new, f_new, new_labels = guarded_values(k, new, info, f, labels)
+            return bookkeeping(k_new, state, new, info, f, f_new, history, labels, new_labels, since)
     else:
         step_all = batched_step or (lambda p, states: jax.vmap(lambda s: rule.step(p, s))(states))
 
         def advance(k, states, f, history, labels, since):
             new, infos = step_all(problem, states)
-            return jax.vmap(bookkeeping)(k, states, new, infos, f, history, labels, since)
+            k_new, new, f_new, labels_new = guarded_values(k, new, infos, f, labels, jax.vmap, jnp.any)
+            tests = jax.vmap(bookkeeping)
+            return tests(k_new, states, new, infos, f, f_new, history, labels, labels_new, since)
 
     def cond(carry):
         return jnp.any(~carry[-1])
@@ -393,6 +438,7 @@ def iterate_impl(
     # final objective is recomputed once, from the residual.
     f = each_fit(lambda s: rule.objective(problem, s).astype(dtype))(state)
     factors = per_fit(rule.result_factors)(state)
+    state = per_fit(out_of_loop)(state)
     # a final objective that overflows (the cheap one did not) is non-finite too
     status = jnp.where(jnp.isfinite(f), status, NONFINITE).astype(jnp.int32)
     converged = converged & (status == CONVERGED)
@@ -521,4 +567,5 @@ def iterate(
         stop.validate()
     rule.check(problem)
     dtype = rule.factors(state)[0].dtype
+    guard_map_limit(problem, state)
     return _iterate(rule, problem, state, *stop.traced(dtype), int(history_size), normalize)

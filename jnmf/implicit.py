@@ -87,6 +87,7 @@ from jax.scipy.sparse.linalg import cg
 from jaxtyping import Array, Float
 
 from . import _validate as check
+from .compile_cache import guard_map_limit
 from .data import is_sparse_input, sparse_operator
 from .driver import Stopping, iterate_impl
 from .problem import Problem, build_problem, check_penalty_keywords
@@ -245,6 +246,7 @@ def solve(
         jnp.asarray(support_tol, dtype),
     )
     # the cached data terms are derived from Y: drop them so Y alone carries its derivative
+    guard_map_limit(problem, L0, R0)
     return _solve(problem.replace(), L0, R0, rule, stop.traced(dtype), solver)
 
 

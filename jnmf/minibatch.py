@@ -49,6 +49,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .compile_cache import guard_map_limit
 from .data import dense_operator
 from .estimator import (
     BETA_LOSSES,
@@ -414,6 +415,7 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 if rows not in regs:
                     regs[rows] = self._regs(n_features, rows, dtype)
                 Xb = jnp.asarray(Xb.toarray() if sp.issparse(Xb) else Xb, dtype)
+                guard_map_limit()  # a new batch shape compiles a step
                 Wb, Hj, A, B, cost, change = _minibatch_step(
                     Xb, jnp.asarray(W[start : start + batch]), Hj, A, B, rho, regs[rows],
                     solve_tol, solve_iter, eps, beta=beta, solve=bool(self.fresh_restarts),
@@ -486,6 +488,7 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         with _compute_precision(dtype):
             avg = float(np.sqrt(max(Xd.mean(), 0.0) / k))
             W0 = jnp.full((n_samples, k), avg, dtype)
+            guard_map_limit()
             W = _solve_w(
                 jnp.asarray(Xd, dtype), jnp.asarray(H, dtype), W0, l1W, l2W,
                 jnp.asarray(self.tol, dtype), jnp.asarray(int(max_iter)), jnp.asarray(_EPS, dtype), beta=beta,
@@ -495,6 +498,7 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     def _reconstruction_error(self, X, W, H) -> float:
         beta = beta_loss_value(self.beta_loss)
         Xd = X.toarray() if sp.issparse(X) else np.asarray(X)
+        guard_map_limit()
         with _compute_precision(X.dtype):
             d = float(
                 _total_divergence(
@@ -579,6 +583,7 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         regs = self._regs(n_features, n, dtype)
         with _compute_precision(dtype):
             # W is solved afresh for each batch (a given W is checked, not used)
+            guard_map_limit()
             _, Hn, A, B, _, _ = _minibatch_step(
                 jnp.asarray(X.toarray() if sp.issparse(X) else X, dtype), jnp.zeros((n, H.shape[0]), dtype),
                 jnp.asarray(H, dtype), jnp.asarray(self._A, dtype), jnp.asarray(self._B, dtype),

@@ -42,6 +42,7 @@ import numpy as np
 from jaxtyping import Array
 
 from . import _validate as check
+from .compile_cache import guard_map_limit
 from .data import DataOperator, SparseData, dense_operator, is_sparse_input, sparse_operator
 from .driver import CONVERGED, MAX_ITERATIONS
 from .fitting import ConvergenceWarning, FitResult, as_key
@@ -356,6 +357,7 @@ def fit_stream(
                     B_cur = jnp.zeros((restarts, k, n), dtype)
                 seen += rows
                 w_prev = 0.0 if m_prev is None else max(0.0, 1.0 - seen / m_prev)
+                guard_map_limit()  # a new block shape compiles a step
                 Lt, R, A_cur, B_cur, h = _block_step(
                     op, R, A_cur, B_cur, A_prev, B_prev, jnp.asarray(w_prev, dtype),
                     l_sweeps=int(l_sweeps), r_sweeps=int(r_sweeps), online=bool(online),
@@ -369,6 +371,7 @@ def fit_stream(
             if A_cur is None:
                 raise ValueError("blocks: the stream gave no blocks")
             m_prev = seen
+            guard_map_limit()
             R, obj = _pass_end(R, A_cur, B_cur, jnp.asarray(hn, dtype), r_sweeps=int(r_sweeps))
             obj = np.asarray(obj, np.float64)
             if not np.all(np.isfinite(obj)):

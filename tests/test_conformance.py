@@ -28,6 +28,9 @@ from jnmf.driver import CONVERGED, MAX_ITERATIONS, NONFINITE, STUCK, iterate
 from jnmf.problem import Problem, build_problem
 from jnmf.rules import METHODS, make_rule
 
+# tiny fits: the time is compiling, cheaper unoptimized (conftest.py)
+CHEAP_PROGRAMS = True
+
 ALL = sorted(METHODS)
 MONOTONE = [m for m in ALL if m != "pg"]  # adam carries momentum: no descent guarantee
 M, N, K = 14, 10, 3

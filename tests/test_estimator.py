@@ -69,6 +69,9 @@ import jnmf  # noqa: E402
 from jnmf.problem import build_problem  # noqa: E402
 from jnmf.rules.beta import beta_divergence  # noqa: E402
 
+# tiny fits: the time is compiling, cheaper unoptimized (conftest.py)
+CHEAP_PROGRAMS = True
+
 NMF = jnmf.NMF
 SOLVERS = [{"solver": "cd"}, {"solver": "mu"}]
 INITS = (None, "nndsvd", "nndsvda", "nndsvdar", "random")

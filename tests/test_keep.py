@@ -331,3 +331,55 @@ def test_programs_released_near_the_map_limit():
     with pytest.warns(RuntimeWarning, match="vm.max_map_count"):
         assert compile_cache.release_programs_near_map_limit(0.0) is True
     assert float(double(2.5)) == 5.0
+
+
+def _front_door_fits():
+    # the surfaces that compile a fit: batch.run_restarts/run_grid (fit, sweep, consensus,
+    # cross-validation, NMF), and those that do not go through them
+    rng = np.random.default_rng(0)
+    Y = rng.uniform(0.1, 1.0, (12, 9))
+    L0, R0 = rng.uniform(0.1, 1.0, (12, 2)), rng.uniform(0.1, 1.0, (2, 9))
+    return {
+        "fit (run_restarts)": lambda: jnmf.fit(Y, 2, max_iterations=3),
+        "iterate (rnnmf front doors, NMF's single path)": lambda: jnmf.murnmf(Y, L0, R0, max_iterations=3),
+        "differentiable_fit": lambda: jnmf.differentiable_fit(
+            jnp.asarray(Y), jnp.asarray(L0), jnp.asarray(R0), method="hals", max_iterations=3
+        ),
+        "fit_stream": lambda: jnmf.fit_stream(Y, 2, block_rows=6, epochs=1, warn=False),
+        "MiniBatchNMF": lambda: jnmf.MiniBatchNMF(2, batch_size=6, max_iter=1, random_state=0).fit(Y),
+    }
+
+
+@pytest.mark.parametrize("surface", list(_front_door_fits()))
+def test_every_surface_guards_the_map_limit(surface, monkeypatch):
+    # the crash path of issue 15 part 3 (experiments/xla_map_limit_crash.py): each surface
+    # that compiles a fit first looks at the process's mappings; with the limit made tiny
+    # (any process is over 3/4 of it) the look drops the programs, with the warning
+    if compile_cache.memory_map_count() is None:  # no /proc: nothing to guard
+        return
+    monkeypatch.setattr(compile_cache, "_MAP_LIMIT", 8)
+    monkeypatch.setattr(compile_cache, "_looked_at", -1)  # as if JAX compiled since the last look
+    with pytest.warns(RuntimeWarning, match="vm.max_map_count"):
+        _front_door_fits()[surface]()
+
+
+def test_map_limit_looked_at_only_after_a_compile_and_never_mid_trace(monkeypatch):
+    if compile_cache.memory_map_count() is None:
+        return
+    monkeypatch.setattr(compile_cache, "_MAP_LIMIT", 8)
+    monkeypatch.setattr(compile_cache, "_looked_at", -1)
+    rule, problem = make_rule("mu"), build_problem(jnp.ones((4, 3)), 2)
+    state = rule.init(problem, jnp.ones((4, 2)), jnp.ones((2, 3)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a drop would warn: none while tracing
+        L = jax.jit(lambda s: jnmf.iterate(rule, problem, s, max_iterations=2).L)(state)
+    assert L.shape == (4, 2)
+    with pytest.warns(RuntimeWarning, match="vm.max_map_count"):
+        assert compile_cache.guard_map_limit() is True  # the compile above: a look, a drop
+    looked = compile_cache._looked_at
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert compile_cache.guard_map_limit() is False  # nothing compiled since: no look
+    assert compile_cache._looked_at == looked
+    assert float(jax.jit(lambda x: 3 * x)(2.0)) == 6.0  # a new program: counted
+    assert compile_cache._compiles > looked

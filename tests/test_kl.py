@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from jnmf.driver import iterate
 from jnmf.problem import Problem
+from jnmf.rules.base import rescale_rows
 from jnmf.rules.kl import KLMU, kl_divergence, kl_objective, kl_supported
 from jnmf.weights import Weight
 
@@ -74,7 +75,7 @@ def test_one_step_matches_seed_formulas():
         np.testing.assert_allclose(state.R, R_ref, rtol=1e-12)
         expected = np_kl(Y, L_ref @ R_ref) + l1L * L_ref.sum() + l1R * R_ref.sum()
         np.testing.assert_allclose(info.objective, expected, rtol=1e-12)
-        assert state.aux is None  # KL carries nothing between iterations (each half step forms LR)
+        assert state.aux is None  # outside the driver's loop a KL state holds the factors only
 
 
 def test_matrix_l1_weights_enter_denominators():
@@ -209,3 +210,28 @@ def test_sum_normalization_keeps_objective():
     np.testing.assert_allclose(np.sum(normed.L, axis=0), 1.0, rtol=1e-12)
     np.testing.assert_allclose(normed.history, plain.history, rtol=1e-10)
     np.testing.assert_allclose(normed.L @ normed.R, plain.L @ plain.R, rtol=1e-9)
+
+
+@pytest.mark.parametrize("normalize", [None, "sum"])
+def test_carried_product_gives_the_iterates_of_plain_steps(normalize):
+    """Float64, exact: the driver's loop carries L R (KLMU.in_loop) and shares it between
+    the objective and the next L half step; the iterates and the objective history are
+    bit for bit those of plain steps, each half step forming L R itself (aux None), with
+    the columns rescaled after each step when asked; the result holds no L R."""
+    rng = np.random.default_rng(16)
+    problem = Problem.from_scalars(jnp.asarray(rng.uniform(0, 2, (M, N))), lambda_1L=0.1)
+    L, R = start(17)
+    res = run(problem, L, R, iters=12, normalize=normalize)
+    state = RULE.init(problem, L, R)
+    step = jax.jit(lambda p, s: RULE.step(p, s))
+    objective = jax.jit(lambda p, s: RULE.objective(p, s))
+    history = []
+    for _ in range(12):
+        state = step(problem, state)[0]
+        if normalize is not None:
+            state = state.__class__(*rescale_rows(state.Lt, state.R, normalize), state.aux)
+        history.append(float(objective(problem, state)))
+    assert state.aux is None and res.state.aux is None
+    np.testing.assert_array_equal(res.L, state.L)
+    np.testing.assert_array_equal(res.R, state.R)
+    np.testing.assert_array_equal(res.history, history)

@@ -34,6 +34,9 @@ from sklearn.utils.fixes import CSC_CONTAINERS, CSR_CONTAINERS  # noqa: E402
 
 import jnmf  # noqa: E402
 
+# tiny fits: the time is compiling, cheaper unoptimized (conftest.py)
+CHEAP_PROGRAMS = True
+
 MB = jnmf.MiniBatchNMF
 INITS = (None, "nndsvd", "nndsvda", "nndsvdar", "random")
 ALPHAS_H = (0.0, 1.0, "same")

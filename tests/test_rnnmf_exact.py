@@ -35,6 +35,9 @@ from jnmf.giqpm import GIQPM, GIQPMState
 from jnmf.quadratic import VectorQP
 from jnmf.rules import AURNMF, MURNMF, NMFState
 
+# tiny fits: the time is compiling, cheaper unoptimized (conftest.py)
+CHEAP_PROGRAMS = True
+
 TOL_STEP = 1e-12  # one iteration from the same iterate (relative to the iterates' size)
 TOL_TRAJ = 1e-9  # runs from the same start, over their first HORIZON iterations (relative)
 HORIZON = 25

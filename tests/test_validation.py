@@ -9,6 +9,9 @@ import pytest
 
 import jnmf
 
+# tiny fits: the time is compiling, cheaper unoptimized (conftest.py)
+CHEAP_PROGRAMS = True
+
 M, N, K = 12, 9, 3
 rng = np.random.default_rng(0)
 Y = rng.random((M, N))

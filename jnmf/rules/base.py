@@ -18,7 +18,9 @@ optional hooks with neutral defaults:
 * :meth:`~AlternatingRule.half_problem`: the subproblem of a side (eq. 8's ``(G, d)``
   by default; the KL rule, whose objective is not eq. 3, builds its own);
 * :meth:`~AlternatingRule.finish_iteration`: after the R step, the objective at the
-  new iterate and any clean-up (AURNMF snaps tiny values to zero).
+  new iterate and any clean-up (AURNMF snaps tiny values to zero);
+* :meth:`~AlternatingRule.in_loop` / :meth:`~AlternatingRule.out_of_loop`: what the
+  driver's loop carries beyond the public state (KL's ``L R``), added and dropped.
 
 One state type, :class:`NMFState`, serves every rule.  Numeric settings are array
 leaves, so changing them never recompiles the driver.  Each rule also says what it
@@ -207,6 +209,20 @@ class AlternatingRule(eqx.Module):
         """The driver's ``normalize`` option: L's columns to unit norm, LR unchanged."""
         Lt, R = rescale_rows(state.Lt, state.R, mode)
         return NMFState(Lt, R, state.aux)
+
+    def in_loop(self, problem: Problem, state: NMFState) -> NMFState:
+        """The state as the driver's loop carries it (default: unchanged).
+
+        A rule may carry a quantity derived from the factors between iterations (KL: the
+        product ``L R``, which the objective and the next L half step share).  The driver
+        calls this when the loop starts and after rescaling the factors (``normalize``),
+        and :meth:`out_of_loop` when it ends, so such a quantity never leaves the loop
+        (it would be an ``m x n`` array per fit in every result)."""
+        return state
+
+    def out_of_loop(self, state: NMFState) -> NMFState:
+        """The state a result holds: what :meth:`in_loop` added dropped (default: unchanged)."""
+        return state
 
 
 def _per_fit(transform, f):

@@ -38,9 +38,16 @@ no meaning for a non-diagonal weight): :meth:`KLMU.check` rejects them.
 Where this rule differs from the protocol's default (jnmf/rules/base.py): its
 objective is not eq. 3, so its half problem is not eq. 8's ``(G, d)`` but
 :class:`KLHalfProblem` (the Lee-Seung numerator and denominator of the free
-factor), and ``NMFState.aux`` is empty: each half step forms the product ``L R`` itself,
-and the objective (which needs a logarithm of every entry) is evaluated by the driver
-only where it is used (:meth:`KLMU.costly_objective`).
+factor), and ``NMFState.aux`` is empty outside the driver's loop.  Inside it
+(:meth:`KLMU.in_loop`) ``aux`` carries ``L R`` at the current factors, formed once per
+iteration at its end and shared by the objective (which the driver evaluates only where
+it is used, :meth:`KLMU.costly_objective`, but by default at every iteration: the
+history and the ``tol`` test) and the next L half step's quotient; the R half step forms
+its own at the new L.  Without the carried product an iteration whose objective is
+needed formed ``L R`` three times (experiments/README.md, "bench_bound.py").  It is
+dropped when the loop ends, so results hold no ``m x n`` array per fit; but a batched loop
+carries one per fit it holds (``"vmap"`` through slots: one per fit of the batch, in the
+slots' buffer), next to the quotients the batched step forms anyway.
 
 Column normalization (unit 1-norm columns of L, as in the DAMC notes) is the driver option
 ``normalize="sum"`` of :func:`jnmf.driver.iterate`; without penalties it leaves the
@@ -68,7 +75,7 @@ from jaxtyping import Array
 
 from ..problem import Problem
 from ..weights import Weight
-from .base import AlternatingRule, HalfStep, as_setting, unsupported
+from .base import AlternatingRule, HalfStep, NMFState, as_setting, unsupported
 
 _DIAGONAL_KINDS = ("identity", "scalar", "diag")
 
@@ -209,10 +216,18 @@ class KLMU(AlternatingRule):
             raise unsupported(self, "full or non-orthogonality W_0R / W_0C (only diagonal loss weights)")
 
     def init_aux(self, problem: Problem, Lt: Array, R: Array) -> None:
-        # No state between iterations: each half step forms L R itself.  (Carrying the
-        # product from the end of one iteration to the next would cost one more m x n x k
-        # product whenever the driver does not need the objective.)
+        # Outside the driver's loop the state holds the factors only (see in_loop).
         return None
+
+    def in_loop(self, problem: Problem, state: NMFState) -> NMFState:
+        """The state with ``aux = L R`` at its factors (at the data's stored entries), as
+        the driver's loop carries it (also after rescaling: the same product, re-formed
+        from the rescaled factors so the iterates do not change by a rounding)."""
+        return NMFState(state.Lt, state.R, problem.data.sampled(state.Lt, state.R))
+
+    def out_of_loop(self, state: NMFState) -> NMFState:
+        """The state without the carried ``L R``."""
+        return NMFState(state.Lt, state.R, None)
 
     def costly_objective(self, problem: Problem) -> bool:
         """The divergence needs a logarithm or power of every entry of LR: about as much as
@@ -221,7 +236,7 @@ class KLMU(AlternatingRule):
 
     def objective(self, problem: Problem, state) -> Array:
         eps = self.epsilon.astype(state.R.dtype)
-        return kl_objective(problem, state.Lt.T, state.R, None, eps)
+        return kl_objective(problem, state.Lt.T, state.R, state.aux, eps)  # aux: L R, or None
 
     def half_problem(self, problem: Problem, side: str, Lt: Array, R: Array, aux) -> KLHalfProblem:
         eps = self.epsilon.astype(R.dtype)
@@ -229,8 +244,9 @@ class KLMU(AlternatingRule):
         w, v = diagonal_loss_weights(problem, R.dtype)
         weights = data.entry_weights(w, v)  # M_ij w_i v_j at the stored entries
         # the quotient Yw / max(LR, eps), stored where Y is (at the current factors: the
-        # new L in the R step)
-        quotient = data.with_stored(weights * data.stored() / jnp.maximum(data.sampled(Lt, R), eps))
+        # new L in the R step; the L step's L R is the one the loop carries, if any)
+        LR = aux if side == "L" and aux is not None else data.sampled(Lt, R)
+        quotient = data.with_stored(weights * data.stored() / jnp.maximum(LR, eps))
         if side == "L":
             # num' = R (Yw / LR)',  den' = (R v) w' + W_1L'
             numerator = quotient.product_L(R)
@@ -257,4 +273,6 @@ class KLMU(AlternatingRule):
 
     def finish_iteration(self, problem: Problem, hp_R, Lt: Array, R: Array, aux):
         eps = self.epsilon.astype(R.dtype)
-        return Lt, R, aux, kl_objective(problem, Lt.T, R, None, eps)
+        LR = problem.data.sampled(Lt, R)  # the product at the new iterate
+        # carried to the next iteration when the loop carries one (aux not None)
+        return Lt, R, None if aux is None else LR, kl_objective(problem, Lt.T, R, LR, eps)
