@@ -24,6 +24,12 @@ and no single method's compile over 2 s at that shape.
    seconds (wall and CPU), the draw's run time, and whether the bits drawn are equal
    (float32 and float64; 1 and 4 restarts).
 
+6. ANLS's loop program as on main (XLA's default options, BPP's tail compaction at
+   every size) and as now (the rule's ``compiler_options``: fusion emitters off; the
+   tail compaction from ``nnls._COMPACT_FROM`` problems), compiled in this process,
+   alternated: the XLA compile's CPU seconds and the run's CPU milliseconds per
+   iteration (220 minus 20 iterations, best of two; float32 and float64).
+
 Every line prints the load average beside it: other processes on 2 cores stretch every
 number here.
 
@@ -207,6 +213,67 @@ def cli_latency(m: int, n: int, rank: int, repeats: int) -> None:
             run("warm (programs read from the cache)", [*fit, "--out", str(tmp / "c")], cache)
 
 
+def anls_loop(m: int, n: int, rank: int, repeats: int) -> None:
+    """ANLS's loop program compiled as on main and as now: compile CPU seconds and run
+    CPU ms per iteration, in this process, alternated."""
+    import jax
+    import jax.numpy as jnp
+
+    from jnmf import batch, nnls
+    from jnmf.problem import Problem
+    from jnmf.rules.anls import ANLS
+
+    class MainANLS(ANLS):  # main's program: XLA's default options (and the tail, below)
+        compiler_options = None
+
+    jax.config.update("jax_enable_compilation_cache", False)
+    print(f"\n== ANLS loop program, {m} x {n}, rank {rank}: as on main vs now (alternated) ==")
+    for dtype in (np.float32, np.float64):
+        jax.config.update("jax_enable_x64", dtype == np.float64)
+        rng = np.random.default_rng(0)
+        problem = Problem.from_scalars(jnp.asarray(rng.random((m, n)), dtype))
+        L0 = jnp.asarray(rng.uniform(0.1, 1.0, (1, m, rank)), dtype)
+        R0 = jnp.asarray(rng.uniform(0.1, 1.0, (1, rank, n)), dtype)
+        for _ in range(repeats):
+            for label, rule, compact_from in (("main", MainANLS(), 0), ("now", ANLS(), nnls._COMPACT_FROM)):
+
+                def opts_for(iterations):
+                    overrides = dict(max_iterations=iterations, tol=0.0, min_xstep=0.0)
+                    return batch._prepare(rule, problem, L0, R0, None, overrides, 1000, None, None)
+
+                states, opts, strategy = opts_for(20)
+                slots = batch._slots_for(None, strategy, rule, R0, 1)
+                args = (rule, problem, states, opts, 1000, None, strategy, None, slots)
+                jax.clear_caches()
+                saved, nnls._COMPACT_FROM = nnls._COMPACT_FROM, compact_from
+                try:
+                    program = batch._for_rule(batch._restarts_programs, rule, problem)
+                    lowered = program.lower(*args)
+                    cpu = time.process_time()
+                    compiled = lowered.compile()
+                    cpu = time.process_time() - cpu
+                finally:
+                    nnls._COMPACT_FROM = saved
+
+                def run_cpu(iterations):
+                    states, opts, _ = opts_for(iterations)
+                    best = np.inf
+                    for _ in range(2):
+                        start = time.process_time()
+                        jax.block_until_ready(compiled(rule, problem, states, opts, *args[4:]))
+                        best = min(best, time.process_time() - start)
+                    return best
+
+                run_cpu(20)
+                per_iteration = (run_cpu(220) - run_cpu(20)) / 200 * 1e3
+                print(
+                    f"{np.dtype(dtype).name} {label:4s}  compile cpu {cpu:6.2f} s   "
+                    f"run {per_iteration:6.3f} ms/iteration cpu  load {load()}",
+                    flush=True,
+                )
+    jax.config.update("jax_enable_x64", False)
+
+
 def main() -> None:
     global REPO
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -217,6 +284,7 @@ def main() -> None:
     parser.add_argument("--skip-cli", action="store_true")
     parser.add_argument("--skip-methods", action="store_true")
     parser.add_argument("--skip-starts", action="store_true")
+    parser.add_argument("--anls-repeats", type=int, default=1, help="main/now pairs of ANLS's loop (0: skip)")
     parser.add_argument("--prefetch-repeats", type=int, default=2, help="off/on pairs (0: skip)")
     parser.add_argument("--repo", type=Path, default=REPO, help="the checkout to measure (before / after)")
     args = parser.parse_args()
@@ -232,6 +300,8 @@ def main() -> None:
         plot_prefetch(m, n, args.rank, args.prefetch_repeats)
     if not args.skip_starts:
         starts_options(m, n, args.rank)
+    if args.anls_repeats and hasattr(importlib.import_module("jnmf.batch"), "_restarts_programs"):
+        anls_loop(m, n, args.rank, args.anls_repeats)
     print(f"\nload average at end: {open('/proc/loadavg').read().strip()}")
 
 

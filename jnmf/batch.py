@@ -59,6 +59,7 @@ from jaxtyping import Array
 
 from . import _validate as check
 from .compile_cache import guard_map_limit
+from .compile_options import programs_by_options, top_level_on_cpu
 from .driver import DEFAULT_STOPPING, Result, Stopping, check_static_options, iterate_impl
 from .problem import Problem, check_replacements
 from .rules.base import AlternatingRule, alternate
@@ -247,11 +248,22 @@ def _run(
     )
 
 
-@eqx.filter_jit
 def _restarts(
     rule, problem, states, opts, history_size, normalize, strategy, progress_every, slots=None
 ) -> Result:
     return _run(rule, problem, states, opts, history_size, normalize, strategy, progress_every, slots)
+
+
+# the loop program, once per set of compiler options (named "_restarts" in logs either way)
+_restarts_programs = programs_by_options(_restarts, eqx.filter_jit)
+_restarts = _restarts_programs(None)  # XLA's default options
+
+
+def _for_rule(programs, rule, *args):
+    """The program of ``programs`` for ``rule``: compiled with the rule's
+    ``compiler_options`` when the call with ``args`` is top level on XLA:CPU
+    (:mod:`jnmf.compile_options`), else with XLA's defaults."""
+    return programs(rule.compiler_options if top_level_on_cpu(rule, *args) else None)
 
 
 def _grid_impl(rule, problem, grid, states, opts, history_size, normalize, strategy, slots=None) -> Result:
@@ -269,7 +281,8 @@ def _grid_impl(rule, problem, grid, states, opts, history_size, normalize, strat
     return jax.lax.map(one_setting, grid)
 
 
-_grid = eqx.filter_jit(_grid_impl)
+_grid_programs = programs_by_options(_grid_impl, eqx.filter_jit)
+_grid = _grid_programs(None)
 
 
 # ----------------------------------------------------------------- fits spread over a mesh
@@ -484,7 +497,9 @@ def run_restarts(
     every = None
     if progress_every is not None:
         every = jnp.asarray(check.positive_int("progress_every", progress_every), jnp.int32)
-    return _restarts(rule, problem, states, opts, int(history_size), normalize, strategy, every, slots)
+    return _for_rule(_restarts_programs, rule, problem, states, opts)(
+        rule, problem, states, opts, int(history_size), normalize, strategy, every, slots
+    )
 
 
 def continue_restarts(
@@ -520,7 +535,9 @@ def continue_restarts(
     opts, strategy = _options(rule, stopping, overrides, history_size, normalize, strategy, R, problem)
     slots = _slots_for(slots, strategy, rule, R)
     guard_map_limit()
-    return _restarts(rule, problem, states, opts, int(history_size), normalize, strategy, None, slots)
+    return _for_rule(_restarts_programs, rule, problem, states, opts)(
+        rule, problem, states, opts, int(history_size), normalize, strategy, None, slots
+    )
 
 
 def run_grid(
@@ -591,7 +608,8 @@ def run_grid(
     slots = _slots_for(slots, strategy, rule, R0, local)
     guard_map_limit()
     if mesh is None:
-        return _grid(rule, problem, grid, states, opts, int(history_size), normalize, strategy, slots)
+        program = _for_rule(_grid_programs, rule, problem, grid, states, opts)
+        return program(rule, problem, grid, states, opts, int(history_size), normalize, strategy, slots)
     if on_settings:
         grid = _placed(_padded(grid, _size_on(mesh, settings)), mesh, _P(FITS_AXIS))
         states = _placed(states, mesh, _P())

@@ -486,7 +486,6 @@ def _enable_float64(args) -> None:
 
 
 def _run_fit(args) -> int:
-    import jax
 
     import jnmf
 
@@ -520,7 +519,7 @@ def _run_fit(args) -> int:
         method=args.method,
         init=args.init,
         restarts=args.restarts,
-        key=jax.random.key(args.seed),
+        key=jnmf.fitting.seed_key(args.seed),
         max_iterations=args.max_iterations,
         tol=args.tol,
         progress=_show_progress(args),

@@ -49,6 +49,7 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array
 
+from ._validate import on_device
 from .weights import Weight
 
 # Stored entries per chunk of a sparse product (see the module docstring).
@@ -60,7 +61,7 @@ _DIAGONAL = ("identity", "scalar", "diag")
 
 
 def _as_scale(x, dtype) -> Array:
-    return jnp.asarray(x, dtype)
+    return on_device(x, dtype)
 
 
 # ------------------------------------------------------------------ chunked sparse kernels
@@ -391,7 +392,7 @@ class DenseData(_DenseArray):
         self.inv_scale = _as_scale(1.0 if inv_scale is None else inv_scale, Y.dtype)
 
     def scaled(self, scale):
-        return DenseData(self.Y, self.inv_scale / jnp.asarray(scale, self.Y.dtype))
+        return DenseData(self.Y, self.inv_scale / on_device(scale, self.Y.dtype))
 
     # The scale multiplies the (small) factor before the product, never Y: no scaled copy of
     # Y, and no overflow for data near the float32 limits (fit's scale equivariance).
@@ -459,7 +460,7 @@ class MaskedData(_DenseArray):
         self.MY = MY
 
     def scaled(self, scale):
-        return MaskedData(self.Y, self.M, self.inv_scale / jnp.asarray(scale, self.Y.dtype))
+        return MaskedData(self.Y, self.M, self.inv_scale / on_device(scale, self.Y.dtype))
 
     def prepared(self):
         if self.MY is not None:
@@ -588,7 +589,7 @@ class SparseData(DataOperator):
         return SparseData(**args)
 
     def scaled(self, scale):
-        return self._new(inv_scale=self.inv_scale / jnp.asarray(scale, self.dtype))
+        return self._new(inv_scale=self.inv_scale / on_device(scale, self.dtype))
 
     def _vals(self):
         """The values the products use: ``weights (.) Y`` when masked."""
@@ -897,7 +898,7 @@ class RowShardedData(_RowSharded):
         return DenseData(leaves[0], inv_scale)
 
     def scaled(self, scale):
-        return RowShardedData(self.Y, self.mesh, self.inv_scale / jnp.asarray(scale, self.dtype))
+        return RowShardedData(self.Y, self.mesh, self.inv_scale / on_device(scale, self.dtype))
 
     def stored(self):
         return self.Y * self.inv_scale
@@ -961,7 +962,7 @@ class RowShardedSparse(_RowSharded):
             self.values,
             self.shape,
             self.mesh,
-            self.inv_scale / jnp.asarray(scale, self.dtype),
+            self.inv_scale / on_device(scale, self.dtype),
         )
 
     def mean(self):

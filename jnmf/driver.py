@@ -115,12 +115,12 @@ class Stopping:
     def traced(self, dtype) -> tuple:
         """The settings as arrays, so new values never recompile."""
         return (
-            jnp.asarray(self.max_iterations, jnp.int32),
-            jnp.asarray(self.min_xstep, dtype),
-            jnp.asarray(self.tol, dtype),
-            jnp.asarray(self.rel_tol, dtype),
-            jnp.asarray(self.target, dtype),
-            jnp.asarray(self.stable_labels, jnp.int32),
+            check.on_device(self.max_iterations, jnp.int32),
+            check.on_device(self.min_xstep, dtype),
+            check.on_device(self.tol, dtype),
+            check.on_device(self.rel_tol, dtype),
+            check.on_device(self.target, dtype),
+            check.on_device(self.stable_labels, jnp.int32),
         )
 
 

@@ -36,6 +36,7 @@ from jaxtyping import Array
 from . import _validate as check
 from .batch import FITS_AXIS, batching_strategy, check_fits_mesh, run_grid, run_restarts
 from .checkpoint import checkpoint_directory, describe, run_checkpointed
+from .compile_options import programs_by_options, top_level_on_cpu
 from .data import (
     DataOperator,
     RowShardedData,
@@ -154,14 +155,24 @@ class FitResult(eqx.Module):
         return jax.tree.map(gathered, self)
 
 
+def seed_key(seed: int) -> Array:
+    """``jax.random.key(seed)``, built on the host for the default threefry keys and a
+    seed in ``[0, 2^31)``: its key data are ``[0, seed]`` (JAX's ``threefry_seed``), and
+    ``jax.random.key`` would compile two one-op programs (the seed's conversion and
+    ``_threefry_seed``) in a cold process.  Other seeds and key kinds: ``jax.random.key``."""
+    if 0 <= seed < 2**31 and jax.config.jax_default_prng_impl == "threefry2x32":
+        return jax.random.wrap_key_data(jax.device_put(np.array([0, seed], np.uint32)))
+    return jax.random.key(seed)
+
+
 def as_key(key) -> Array:
     """A JAX key from None (seed 0), an int seed, a JAX key or a NumPy Generator."""
     if key is None:
-        return jax.random.key(0)
+        return seed_key(0)
     if isinstance(key, np.random.Generator):
-        return jax.random.key(int(key.integers(0, 2**31 - 1)))
+        return seed_key(int(key.integers(0, 2**31 - 1)))
     if isinstance(key, int | np.integer) and not isinstance(key, bool):
-        return jax.random.key(int(key))
+        return seed_key(int(key))
     if isinstance(key, jax.Array) and (
         jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or (key.dtype == jnp.uint32 and key.shape == (2,))
     ):
@@ -230,35 +241,17 @@ def starting_points(Y, rank: int, init, restarts: int, key) -> tuple[Array, Arra
 # 1.8 s), while the bits drawn stay the same (tests/test_fit.py; level 0 changes the
 # normal draw's last bits).  A start is drawn once per fit: its run time (milliseconds
 # at this size either way) does not matter; the loop is compiled as before.  Only on
-# XLA:CPU (see _draw_fast).
+# XLA:CPU (see jnmf.compile_options.top_level_on_cpu).
 DRAW_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
-def _draw_fast(*args) -> bool:
-    """Whether a draw with ``args`` takes the draw options: on XLA:CPU (where the slow
-    compile was measured; other backends keep XLA's defaults, so their bits are
-    untouched), and outside any trace: JAX accepts per-program compiler options only on
-    a top-level ``jit`` (inside another one the draw is inlined into the caller's
-    program, compiled with the caller's options)."""
-    if jax.default_backend() != "cpu":
-        return False
-    if any(check.is_traced(leaf) for leaf in jax.tree.leaves(args)):
-        return False
-    try:  # a call inside jit with only constant arguments (e.g. closed-over arrays)
-        from jax._src.core import trace_state_clean
-    except ImportError:  # pragma: no cover - moved in a later JAX: decide by the arguments
-        return True
-    return trace_state_clean()
-
-
 def _draw_program(draw, static_argnums: tuple[int, ...]):
-    """``draw`` jitted twice, with XLA's default options and with
-    :data:`DRAW_COMPILER_OPTIONS`; each call runs the one :func:`_draw_fast` picks."""
-    default = jax.jit(draw, static_argnums=static_argnums)
-    fast = jax.jit(draw, static_argnums=static_argnums, compiler_options=DRAW_COMPILER_OPTIONS)
+    """``draw`` jitted with XLA's default options and with :data:`DRAW_COMPILER_OPTIONS`;
+    each call runs the latter when :func:`~jnmf.compile_options.top_level_on_cpu`."""
+    programs = programs_by_options(draw, static_argnums=static_argnums)
 
     def run(*args):
-        return (fast if _draw_fast(*args) else default)(*args)
+        return programs(DRAW_COMPILER_OPTIONS if top_level_on_cpu(*args) else None)(*args)
 
     return run
 

@@ -38,7 +38,12 @@ Implementation (why it is shaped this way; numbers are float32 on a 2-core CPU):
   in a typical half step).  Passes therefore run on all p problems only while more
   than ``p / 8`` are pending; the rest are gathered into a buffer of that size and
   finished there, so the tail passes cost a fraction of a full one.  Each problem
-  keeps its own pivot count, so ``max_iter`` applies per problem.
+  keeps its own pivot count, so ``max_iter`` applies per problem.  The tail loop is a
+  second copy of the pass in the compiled program (it doubles the solver's compile
+  time), so below ``_COMPACT_FROM`` problems all passes are full ones: at 1000 and 500
+  problems of rank 10 the tail saved no clear run time (ANLS at 1000 x 500, measured
+  under heavy load: within the noise), at 4000 and 10000 problems it cut a solve by
+  40-55 % (experiments/README.md, "Compile latency").
 * **Under vmap** (restarts) everything is elementwise over a leading batch axis or a
   batched gather/scatter; the loops run until the slowest fit is done, frozen fits
   costing one pass each (passes are few, so plain vmap is cheap; see
@@ -67,6 +72,7 @@ _BACKUP_TRIES = 3  # Kim & Park's p-bar: full exchanges allowed without progress
 _UNROLL_MAX = 32  # largest k whose Cholesky is unrolled (k=32: ~5.5k fused nodes)
 _COMPACT = 8  # tail passes run on a buffer of ceil(p / _COMPACT) problems ...
 _COMPACT_MIN = 64  # ... but at least this many (below it a full pass is as cheap)
+_COMPACT_FROM = 2048  # and only from this many problems (below it: full passes only)
 
 
 class NNLSResult(eqx.Module):
@@ -239,7 +245,9 @@ def _bpp_columns(Qt, Ct, X0t, max_iter, ridge):
         pending=jnp.ones((p,), bool),
         conv=jnp.zeros((p,), bool),
     )
-    size = min(p, max(_COMPACT_MIN, -(-p // _COMPACT)))
+    # the tail loop is a second copy of the pass in the program, compiled as long as the
+    # rest of the solver: worth it only for many problems (see _COMPACT_FROM)
+    size = min(p, max(_COMPACT_MIN, -(-p // _COMPACT))) if p >= _COMPACT_FROM else p
     args = (Qt, delta, neg_tol, qmax, Ct, cmax)
 
     # Full passes while more columns are pending than the buffer holds (at least one: the

@@ -183,7 +183,7 @@ class Problem(eqx.Module):
         dt = data.dtype
 
         def side(l1, W1, l2, g2, W2):
-            a = lambda v: jnp.asarray(v, dt)
+            a = lambda v: check.on_device(v, dt)
             return FactorPenalty(a(l1), a(W1), a(l2), a(g2), tuple(W2))
 
         return Problem(
@@ -292,8 +292,8 @@ class Problem(eqx.Module):
         dt = self.dtype
         # capped at the largest finite value, so zero penalties stay zero (not 0 * inf)
         top = float(jnp.finfo(dt).max)
-        l1 = jnp.asarray(min(float(np.float64(scale) ** (0.5 - degree)), top), dt)
-        l2 = jnp.asarray(min(float(np.float64(scale) ** (1 - degree)), top), dt)
+        l1 = check.on_device(min(float(np.float64(scale) ** (0.5 - degree)), top), dt)
+        l2 = check.on_device(min(float(np.float64(scale) ** (1 - degree)), top), dt)
         return Problem(
             self.data.scaled(scale),
             self.W_0R,

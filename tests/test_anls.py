@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
 
+import jnmf  # noqa: E402
+from jnmf import batch, nnls  # noqa: E402
 from jnmf.driver import iterate  # noqa: E402
 from jnmf.nnls import nnls_bpp, nnls_gram, qp_values  # noqa: E402
 from jnmf.problem import Problem  # noqa: E402
@@ -25,6 +27,19 @@ RULE = ANLS()
 SETTINGS = settings(max_examples=15, deadline=None)
 
 bpp = jax.jit(nnls_bpp)
+
+
+def _bpp_compacting(Q, C, X0):
+    """nnls_bpp with the tail compaction at any size (traced with ``_COMPACT_FROM = 0``;
+    by default it starts at 2048 problems, more than the tests solve)."""
+    saved, nnls._COMPACT_FROM = nnls._COMPACT_FROM, 0
+    try:
+        return nnls_bpp(Q, C, X0)
+    finally:
+        nnls._COMPACT_FROM = saved
+
+
+bpp_compacting = jax.jit(_bpp_compacting)
 half_step = jax.jit(anls_half_step)
 values = st.floats(-5.0, 5.0, allow_subnormal=False)
 data = hnp.arrays(np.float64, (M, N), elements=st.one_of(st.just(0.0), st.floats(1e-4, 10.0)))
@@ -260,9 +275,10 @@ def test_supported_and_shared_gram():
 @given(seeds, st.integers(1, 3), st.booleans())
 def test_nnls_kkt_random_and_singular(seed, rank_drop, warm):
     """x >= 0, y = Q x + c >= -tol, x * y ~ 0 on random problems, including singular Q
-    (a vanished column and a collinear pair) and more problems than the tail buffer."""
+    (a vanished column and a collinear pair), with full passes only and with the tail
+    compaction (more problems than its buffer), which give the same solutions."""
     rng = np.random.default_rng(seed)
-    k, p = 6, 300  # p > the tail-compaction buffer (64), so both loops run
+    k, p = 6, 300  # p > the tail-compaction buffer (64), so both of its loops run
     A = rng.normal(size=(12, k))
     A[:, 0] = 0.0
     if rank_drop > 1:
@@ -273,8 +289,10 @@ def test_nnls_kkt_random_and_singular(seed, rank_drop, warm):
     C = -(A.T @ rng.normal(size=(12, p))).T + rng.normal(scale=0.1, size=(p, k))
     X0 = jnp.asarray(np.abs(rng.normal(size=(p, k)))) if warm else None
     res = bpp(jnp.asarray(Q), jnp.asarray(C), X0)
+    tail = bpp_compacting(jnp.asarray(Q), jnp.asarray(C), X0)
     x = np.asarray(res.x)
-    assert bool(jnp.all(res.converged))
+    assert bool(jnp.all(res.converged)) and bool(jnp.all(tail.converged))
+    np.testing.assert_allclose(tail.x, x, rtol=1e-10, atol=1e-12)
     y = x @ Q.T + C
     tol = 1e-9 * (1.0 + np.max(np.abs(C)) + np.max(np.abs(Q)) * (1.0 + np.max(x)))
     assert np.all(x >= 0)
@@ -292,3 +310,25 @@ def test_nnls_vmapped_equals_unbatched():
     batched = jax.jit(jax.vmap(lambda Q, C, X0: nnls_bpp(Q, C, X0).x))(Qs, Cs, X0s)
     for i in range(B):
         np.testing.assert_allclose(batched[i], bpp(Qs[i], Cs[i], X0s[i]).x, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::jnmf.ConvergenceWarning")
+def test_compiler_options_keep_the_fit():
+    """ANLS's loop program is compiled with the rule's XLA options on CPU (fusion
+    emitters off: a faster compile) and fits exactly as with XLA's defaults (float64)."""
+
+    class DefaultOptionsANLS(ANLS):
+        compiler_options = None
+
+    Y = np.random.default_rng(8).uniform(0, 3, (M, N))
+    problem = Problem.from_scalars(jnp.asarray(Y))
+    on_cpu = jax.default_backend() == "cpu"
+    assert (batch._for_rule(batch._restarts_programs, RULE, problem) is batch._restarts) != on_cpu
+    assert batch._for_rule(batch._restarts_programs, DefaultOptionsANLS(), problem) is batch._restarts
+    fits = [
+        jnmf.fit(Y, K, method=rule, key=5, restarts=2, max_iterations=30, tol=0.0, min_xstep=0.0)
+        for rule in (RULE, DefaultOptionsANLS())
+    ]
+    assert fits[0].L.dtype == np.float64
+    for name in ("L", "R", "objective"):
+        np.testing.assert_array_equal(getattr(fits[0], name), getattr(fits[1], name))

@@ -67,6 +67,17 @@ def test_starts_program_draws_the_same_bits_as_default_compilation():
 
 
 @capped  # restarts that stop on tol and restarts that hit the cap, in one batch
+@pytest.mark.parametrize("seed", [0, 1, 12345, 2**31 - 1, -1, 2**31, 2**40])
+def test_seed_key_is_jax_random_key(seed):
+    """fitting.seed_key builds the key on the host (no compiled program) for seeds in
+    [0, 2^31), and is jax.random.key(seed) for every seed (x64 is on in the tests)."""
+    key = fitting.seed_key(seed)
+    assert key.dtype == jax.random.key(0).dtype
+    np.testing.assert_array_equal(jax.random.key_data(key), jax.random.key_data(jax.random.key(seed)))
+    draw = jax.random.uniform(jax.random.key(seed), (3,))
+    np.testing.assert_array_equal(jax.random.uniform(key, (3,)), draw)
+
+
 def test_restarts_equal_single_fits(Y):
     key = jax.random.key(7)
     batched = jnmf.fit(Y, K, restarts=4, key=key, max_iterations=80, tol=1e-6, lambda_1L=0.01)

@@ -111,6 +111,10 @@ class ANLS(AlternatingRule):
     """
 
     method_name: ClassVar[str] = "anls"
+    # XLA:CPU's fusion emitters compile the pivoting and the unrolled Cholesky as ~100
+    # small kernels per solve; the older loop emitters compile ANLS's loop about 2x
+    # faster and run it no slower (experiments/README.md, "Compile latency").
+    compiler_options: ClassVar[dict | None] = {"xla_cpu_use_fusion_emitters": False}
     max_nnls_iter: Array
     ridge: Array
 

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PyTree
 
-from .._validate import is_traced
+from .._validate import is_traced, on_device
 from ..problem import Problem
 from ..quadratic import half_problem, max_abs, objective_after_R_step
 
@@ -99,7 +99,7 @@ class NMFState(eqx.Module):
 
 def as_setting(x, dtype=None) -> Array:
     """A rule setting as an array leaf (traced under jit, so no recompilation)."""
-    return jnp.asarray(x, dtype)
+    return on_device(x, dtype)
 
 
 def rescale_rows(Lt: Array, R: Array, mode: str) -> tuple[Array, Array]:
@@ -128,6 +128,9 @@ class AlternatingRule(eqx.Module):
     """Base of the NMF rules: alternate ``half_step`` on L, then on R (see module docstring)."""
 
     method_name: ClassVar[str] = "custom"
+    # XLA options for this rule's loop program on XLA:CPU (jnmf.compile_options; None:
+    # XLA's defaults).  Results must not depend on them beyond rounding.
+    compiler_options: ClassVar[dict | None] = None
 
     # ----------------------------------------------------------- the protocol
     @abc.abstractmethod
