@@ -11,7 +11,11 @@ import pytest
 import jnmf
 import jnmf.batch
 from jnmf.driver import iterate
+from jnmf.rules import AHALS_ALPHA
 from jnmf.rules.hals import HALS
+
+# the fits here run a fixed count of iterations on purpose
+pytestmark = pytest.mark.filterwarnings("ignore::jnmf.ConvergenceWarning")
 
 M, N, K = 30, 20, 4
 ITERATIONS = 25
@@ -115,3 +119,69 @@ def test_elementwise_weight_is_rejected():
         jnmf.fit(Y, K, method=HALS(extrapolate=True), init=(L, R), M=jnp.asarray(mask), max_iterations=2)
     with pytest.raises(ValueError, match="extrapolate"):
         HALS(extrapolate=True).check(P)
+
+
+def test_extrapolate_takes_true_false_or_auto():
+    with pytest.raises(ValueError, match="extrapolate"):
+        HALS(extrapolate="yes")
+
+
+# ------------------------------------------------------- method "ahals", the default
+
+
+def _default_fit(Y, L, R, **kw):
+    kw = dict(init=(L, R), max_iterations=ITERATIONS, tol=0.0, history_size=ITERATIONS) | kw
+    return jnmf.fit(Y, K, **kw)
+
+
+def test_default_method_is_accelerated_hals_with_extrapolation():
+    """fit's default ("ahals") is HALS(inner_sweeps=None, alpha=AHALS_ALPHA,
+    extrapolate=True) on a problem without an elementwise weight (float64)."""
+    Y, L, R = _data(6)
+    assert jnmf.fitting.DEFAULT_METHOD == "ahals"
+    default = _default_fit(Y, L, R)
+    explicit = _default_fit(Y, L, R, method=HALS(inner_sweeps=None, alpha=AHALS_ALPHA, extrapolate=True))
+    plain = _default_fit(Y, L, R, method="ahals-plain")
+    for name in ("L", "R", "objective", "history"):
+        np.testing.assert_array_equal(getattr(default, name), getattr(explicit, name), err_msg=name)
+    assert not np.allclose(default.L, plain.L), "the default must differ from plain accelerated HALS"
+
+
+def test_default_method_falls_back_to_plain_accelerated_hals_with_a_weight():
+    """With an elementwise weight (missing values) "ahals" runs plain accelerated HALS:
+    no extrapolation state and the same iterates as "ahals-plain" (float64); an explicit
+    ``extrapolate=True`` is refused instead (test_elementwise_weight_is_rejected)."""
+    Y, L, R = _data(7)
+    Y = np.asarray(Y).copy()
+    Y[0, 0] = Y[3, 5] = np.nan
+    default = _default_fit(Y, L, R, missing="nan")
+    plain = _default_fit(Y, L, R, missing="nan", method="ahals-plain")
+    for name in ("L", "R", "objective", "history"):
+        np.testing.assert_array_equal(getattr(default, name), getattr(plain, name), err_msg=name)
+    P = jnmf.build_problem(jnp.asarray(np.nan_to_num(Y)), K, M=jnp.asarray(np.isfinite(Y), float))
+    rule = jnmf.rules.make_rule("ahals")
+    rule.check(P)  # no error: "auto"
+    assert rule.init(P, L, R).aux is None
+
+
+def test_default_fit_returns_its_best_iterate_although_its_history_rises():
+    """The default's history may rise at an extrapolation restart; the fit's objective is
+    still no worse than any iterate it reported (float64)."""
+    rng = np.random.default_rng(0)
+    Y = rng.random((60, 8)) @ rng.random((8, 40)) + 0.1 * rng.random((60, 40))
+    res = jnmf.fit(Y, 6, key=0, max_iterations=60, tol=0.0, history_size=60)
+    history = np.asarray(res.history)
+    assert np.any(np.diff(history) > 0), "the case must exercise a restart"
+    assert float(res.objective) <= history.min() * (1 + 1e-12)
+
+
+def test_relative_change_test_follows_the_iteration_not_the_best_iterate():
+    """At a restart the best iterate stands still; ``rel_tol`` compares the reported
+    iterates (HALS.factors), so a restart is not taken for convergence (float64)."""
+    Y, L, R = _data(1)
+    P = jnmf.build_problem(Y, K)
+    rule = HALS(inner_sweeps=None, extrapolate=True, beta0=1.0, gamma=1.5, gamma_bar=1.2)
+    history = np.asarray(_fit(rule, P, L, R).history)
+    first_rise = int(np.nonzero(np.diff(history) > 0)[0][0]) + 2  # the iteration whose objective rose
+    res = iterate(rule, P, rule.init(P, L, R), max_iterations=ITERATIONS, tol=0.0, rel_tol=1e-13)
+    assert int(res.iterations) > first_rise, (int(res.iterations), first_rise)

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     import optax
 
 DEFAULT_METHOD = "ahals"
+# accelerated HALS's sweep share (HALS's ``alpha``) for method "ahals", which extrapolates
+AHALS_ALPHA = 0.2
 
 
 @functools.cache
@@ -39,7 +41,12 @@ def _default_pg() -> ProjectedGradient:
 # name -> (description, factory)
 METHODS: dict[str, tuple[str, object]] = {
     "ahals": (
-        "accelerated HALS (Gillis & Glineur 2012): repeated sweeps while they pay",
+        "accelerated HALS (Gillis & Glineur 2012) with extrapolation (Ang & Gillis 2019) where"
+        " supported (not with an elementwise weight M or missing values: there plain ahals)",
+        lambda: HALS(inner_sweeps=None, alpha=AHALS_ALPHA, extrapolate="auto"),
+    ),
+    "ahals-plain": (
+        "accelerated HALS (Gillis & Glineur 2012) without extrapolation: repeated sweeps while they pay",
         lambda: HALS(inner_sweeps=None),
     ),
     "hals": ("HALS (Cichocki & Phan 2009), one column sweep per half step", lambda: HALS(inner_sweeps=1)),
@@ -62,9 +69,9 @@ def make_rule(method: str | AlternatingRule | optax.GradientTransformation) -> A
     """A rule from a method name in :data:`METHODS`, a rule, or an optax optimizer.
 
     Args:
-        method: ``"ahals"``, ``"hals"``, ``"mu"``, ``"au"``, ``"anls"``, ``"kl"``, ``"beta"``, ``"pg"``; an
-            :class:`AlternatingRule` (returned as is); or an optax optimizer (projected
-            gradient with it).
+        method: ``"ahals"``, ``"ahals-plain"``, ``"hals"``, ``"mu"``, ``"au"``, ``"anls"``, ``"kl"``,
+            ``"beta"``, ``"pg"``; an :class:`AlternatingRule` (returned as is); or an optax
+            optimizer (projected gradient with it).
 
     Returns:
         The rule.
@@ -85,6 +92,7 @@ def make_rule(method: str | AlternatingRule | optax.GradientTransformation) -> A
 
 
 __all__ = [
+    "AHALS_ALPHA",
     "ANLS",
     "AURNMF",
     "AlternatingRule",
