@@ -155,6 +155,9 @@ class FixedRRule(AlternatingRule):
     def objective(self, problem, state):
         return self.rule.objective(problem, state)
 
+    def factors(self, state):
+        return self.rule.factors(state)
+
 
 def sweep_violation(hp, old: jax.Array, new: jax.Array) -> jax.Array:
     """scikit-learn's coordinate-descent violation of one HALS sweep from ``old`` to ``new``
