@@ -158,6 +158,9 @@ class FixedRRule(AlternatingRule):
     def factors(self, state):
         return self.rule.factors(state)
 
+    def objective_may_rise(self, problem) -> bool:
+        return self.rule.objective_may_rise(problem)
+
 
 def sweep_violation(hp, old: jax.Array, new: jax.Array) -> jax.Array:
     """scikit-learn's coordinate-descent violation of one HALS sweep from ``old`` to ``new``
