@@ -226,3 +226,15 @@ def test_a_small_rise_is_not_convergence_by_tol_for_a_rule_whose_objective_may_r
     assert stops == {False: 2, True: 4}, stops
     assert HALS(inner_sweeps=None, extrapolate=True).objective_may_rise(P)
     assert not HALS(inner_sweeps=None).objective_may_rise(P)
+
+
+def test_implicit_differentiation_accepts_the_default_and_its_fit_is_a_kkt_point():
+    """jnmf.differentiable_fit with the default method (extrapolated ahals) stops on
+    ``rel_tol`` at a KKT point of eq. 3, as the implicit gradient assumes (float64)."""
+    from jnmf.implicit import differentiable_fit, kkt_conditions
+    from jnmf.problem import Problem
+
+    Y, L0, R0 = _data(8)
+    L, R = differentiable_fit(Y, L0, R0, lambda_1L=0.01, lambda_2R=0.05)
+    kkt = kkt_conditions(Problem.from_scalars(Y, lambda_1L=0.01, lambda_2R=0.05), L, R)
+    assert float(kkt.stationarity) < 1e-10, float(kkt.stationarity)
