@@ -13,7 +13,10 @@ Stopping rules (:class:`Stopping`; any may end the loop):
   rounding noise, so there the threshold is ``max(min_xstep, 4 eps max|X|)``: rnnmf's
   absolute ``1e-9`` could otherwise never fire on data of order 1.  Float64 uses
   ``min_xstep`` exactly, as rnnmf;
-* relative objective change: ``|f_{k-1} - f_k| <= tol |f_{k-1}|`` (``0`` disables);
+* relative objective change: ``|f_{k-1} - f_k| <= tol |f_{k-1}|`` (``0`` disables); for a
+  rule whose objective may rise by design (:meth:`~jnmf.rules.base.AlternatingRule.objective_may_rise`:
+  extrapolated HALS, whose restarts raise it) only a decrease counts, ``0 <= f_{k-1} - f_k``,
+  so a small rise at a restart is not taken for convergence;
 * relative change of the factors (the stopping rule of the DAMC lecture notes,
   Xiamen University 2022):
   ``delta = sum_i ||X_i^{k} - X_i^{k-1}||_F / ||X_i^{k-1}||_F < rel_tol`` (``0`` disables);
@@ -276,6 +279,7 @@ def iterate_impl(
     # A rule whose objective costs a pass over the data (KL, beta, masked losses) gets it
     # evaluated only where it is used; the step's own value is then dead code for XLA.
     lazy_objective = bool(getattr(rule, "costly_objective", lambda p: False)(problem))
+    may_rise = bool(getattr(rule, "objective_may_rise", lambda p: False)(problem))
 
     def labels_of(state):
         R = rule.factors(state)[-1]
@@ -342,7 +346,10 @@ def iterate_impl(
 
             threshold = jax.lax.cond(min_xstep > 0, floor, lambda: jnp.zeros(len(steps), dtype))
         converged = jnp.all(steps < threshold)
-        converged |= (tol > 0) & (jnp.abs(f - f_new) <= tol * jnp.abs(f))
+        small_change = jnp.abs(f - f_new) <= tol * jnp.abs(f)
+        if may_rise:  # static: only a small decrease is convergence, never a rise
+            small_change &= f_new <= f
+        converged |= (tol > 0) & small_change
         converged |= (target > 0) & (f_new <= target)
         check_labels = needs(k)[1]
         changed = jnp.any(new_labels != labels)

@@ -155,6 +155,12 @@ class FixedRRule(AlternatingRule):
     def objective(self, problem, state):
         return self.rule.objective(problem, state)
 
+    def factors(self, state):
+        return self.rule.factors(state)
+
+    def objective_may_rise(self, problem) -> bool:
+        return self.rule.objective_may_rise(problem)
+
 
 def sweep_violation(hp, old: jax.Array, new: jax.Array) -> jax.Array:
     """scikit-learn's coordinate-descent violation of one HALS sweep from ``old`` to ``new``

@@ -635,8 +635,11 @@ def fit(
             computed in float32; float64 needs JAX's x64 mode, else float32 with a warning).
         rank: the inner dimension k.
         method: a name in :data:`jnmf.rules.METHODS` (default ``"ahals"``, accelerated
-            HALS, the fastest Frobenius solver measured, see experiments/bench_orl.py),
-            a rule of :mod:`jnmf.rules`, or an optax optimizer (projected gradient).
+            HALS with Ang & Gillis's (2019) extrapolation, the fastest Frobenius solver
+            measured, see experiments/bench_orl.py; with an elementwise weight ``M`` or
+            missing values it runs without extrapolation, as ``"ahals-plain"``; its
+            ``history`` may rise at an extrapolation restart, and the result is the best
+            iterate), a rule of :mod:`jnmf.rules`, or an optax optimizer (projected gradient).
         init: ``"random"`` (scikit-learn's scaling), ``"sparse"``, ``"uniform"`` (R NMF's), ``"nndsvd"``,
             ``"nndsvda"``, ``"nndsvdar"`` or an ``(L0, R0)`` pair.
         restarts: number of fits, run as one compiled program; the best is returned.

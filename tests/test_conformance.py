@@ -2,7 +2,7 @@
 
 What every rule must do (issue "core v2", item 10):
 * the objective never increases where the theory says so (all but projected gradient,
-  which promises nothing for adam);
+  which promises nothing for adam, and extrapolated accelerated HALS, "ahals");
 * zero rows and columns of Y give finite factors;
 * batched fits equal unbatched ones, with either batching strategy;
 * the rule's support check rejects what it cannot solve, on every path;
@@ -32,7 +32,9 @@ from jnmf.rules import METHODS, make_rule
 CHEAP_PROGRAMS = True
 
 ALL = sorted(METHODS)
-MONOTONE = [m for m in ALL if m != "pg"]  # adam carries momentum: no descent guarantee
+# adam carries momentum: no descent guarantee; "ahals" extrapolates (Ang & Gillis 2019), so
+# its reported objective may rise at a restart ("ahals-plain" is the monotone rule)
+MONOTONE = [m for m in ALL if m not in ("pg", "ahals")]
 M, N, K = 14, 10, 3
 
 
@@ -154,7 +156,12 @@ def test_fit_is_scale_equivariant_in_float32(method):
     """fit(c Y) = c fit(Y) for c from 1e-30 to 1e30, in float32, same key and
     iterations, with finite factors (relative 1e-4)."""
     Y = _data(dtype=np.float32)
-    kw = dict(method=method, max_iterations=40, tol=0.0, key=3)
+    # extrapolated HALS ("ahals") restarts when its float32 objective rose: a discrete
+    # decision that the rounding of the scaled data can flip (here at c = 1e30, iteration
+    # 37), after which the trajectories part (the objective 3% apart at iteration 40);
+    # its iterations before the first restart (iteration 7 here) must be equivariant
+    may_rise = make_rule(method).objective_may_rise(build_problem(jnp.asarray(Y), K))
+    kw = dict(method=method, max_iterations=5 if may_rise else 40, tol=0.0, key=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", jnmf.ConvergenceWarning)
         base = jnmf.fit(Y, K, **kw)

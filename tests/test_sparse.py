@@ -27,7 +27,10 @@ CHEAP_PROGRAMS = True
 # entries dense, nnz sparse), so sparse and dense ahals fits take different sweeps by
 # design; its arithmetic is compared at a fixed count of 4 sweeps per half step
 AHALS_4 = jnmf.HALS(inner_sweeps=4)
-METHODS = ["mu", "au", "hals", AHALS_4, "anls", "pg", "kl"]
+# the default's extrapolation (Ang & Gillis 2019) at the same fixed count of sweeps
+AHALS_4_EX = jnmf.HALS(inner_sweeps=4, extrapolate=True)
+METHODS = ["mu", "au", "hals", AHALS_4, AHALS_4_EX, "anls", "pg", "kl"]
+METHOD_IDS = {id(AHALS_4): "ahals-4-sweeps", id(AHALS_4_EX): "ahals-4-sweeps-extrapolated"}
 MASKED_METHODS = ["mu", "au", "hals", "ahals", "anls", "pg", "kl", "beta"]
 
 
@@ -52,7 +55,7 @@ def _fit(Y, method, start, **kw):
         return jnmf.fit(Y, 3, method=method, init=start, max_iterations=50, tol=0, **kw)
 
 
-@pytest.mark.parametrize("method", METHODS, ids=lambda m: m if isinstance(m, str) else "ahals-4-sweeps")
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m if isinstance(m, str) else METHOD_IDS[id(m)])
 def test_sparse_fit_equals_dense_fit(case, method):
     """Unstored entries as zeros: the sparse fit is the dense fit (float64, 1e-10)."""
     Y, start = case

@@ -178,6 +178,12 @@ class AlternatingRule(eqx.Module):
         """
         return bool(getattr(problem, "masked", False))
 
+    def objective_may_rise(self, problem: Problem) -> bool:
+        """Whether this rule's per-iteration objective may rise by design (static; False:
+        a descent method, up to rounding).  When True the driver's ``tol`` test counts
+        only a small decrease as convergence, not a rise (extrapolated HALS)."""
+        return False
+
     def objective(self, problem: Problem, state: NMFState) -> Array:
         """The objective this rule decreases (eq. 3 unless the rule says otherwise)."""
         return problem.objective(state.Lt.T, state.R)
