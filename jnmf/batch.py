@@ -272,9 +272,12 @@ def _grid_impl(rule, problem, grid, states, opts, history_size, normalize, strat
     slots = None if strategy == "vmap" else slots
 
     def one_setting(values):
-        return _run(
-            rule, problem.replace(**values), states, opts, history_size, normalize, strategy, slots=slots
-        )
+        setting = problem.replace(**values)
+        # the starts' states were made for the base problem: remade for this setting's
+        # (a rule's starting state may hold a value of eq. 3, which the settings change)
+        fresh = getattr(rule, "for_problem", None)
+        starts = states if fresh is None else jax.vmap(lambda s: fresh(setting, s))(states)
+        return _run(rule, setting, starts, opts, history_size, normalize, strategy, slots=slots)
 
     if strategy == "vmap":
         return jax.vmap(one_setting)(grid)

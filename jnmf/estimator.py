@@ -258,6 +258,63 @@ def _check_init_factor(A, shape, whom: str) -> np.ndarray:
     return A
 
 
+def scikit_learn_start(X, k: int, init: str, random_state) -> tuple[np.ndarray, np.ndarray]:
+    """The starting point scikit-learn's ``NMF`` draws for ``init`` (its documented
+    initializations, on the host, in X's dtype), so that ``jnmf.NMF(..., random_state=s)``
+    starts where ``sklearn.decomposition.NMF(..., random_state=s)`` does.
+
+    ``"random"``: ``|N(0, 1)| * sqrt(mean(X) / k)``, H drawn before W.  The NNDSVD family
+    (Boutsidis & Gallopoulos 2008) from scikit-learn's randomized SVD (its public
+    ``randomized_svd``, seeded by ``random_state``): the leading pair ``sqrt(s_1) |u_1|``,
+    ``sqrt(s_1) |v_1|``, then for each further triplet the non-negative part pair with the
+    larger product of norms, normalized and scaled by ``sqrt(s_j mu)``; entries below
+    1e-6 set to 0; ``"nndsvda"`` fills zeros with ``mean(X)``, ``"nndsvdar"`` with
+    ``|mean(X) N(0, 1)| / 100`` (W's zeros first), from a fresh ``check_random_state``.
+
+    Args:
+        X: the data, ``n_samples x n_features`` (dense or scipy.sparse, no NaN).
+        k: the number of components.
+        init: ``"random"``, ``"nndsvd"``, ``"nndsvda"`` or ``"nndsvdar"``.
+        random_state: as scikit-learn's (int, RandomState or None).
+
+    Returns:
+        ``(W, H)``, ``n_samples x k`` and ``k x n_features``.
+    """
+    from sklearn.utils.extmath import randomized_svd
+
+    dtype = X.dtype
+    mean = X.mean()
+    if init == "random":
+        rng = check_random_state(random_state)
+        scale = np.sqrt(mean / k)
+        H = np.abs(scale * rng.standard_normal(size=(k, X.shape[1])).astype(dtype, copy=False))
+        W = np.abs(scale * rng.standard_normal(size=(X.shape[0], k)).astype(dtype, copy=False))
+        return W, H
+    U, S, V = randomized_svd(X, k, random_state=random_state)
+    W, H = np.zeros_like(U), np.zeros_like(V)
+    W[:, 0] = np.sqrt(S[0]) * np.abs(U[:, 0])
+    H[0, :] = np.sqrt(S[0]) * np.abs(V[0, :])
+    for j in range(1, k):
+        u, v = U[:, j], V[j, :]
+        parts = [(np.maximum(u, 0), np.maximum(v, 0)), (np.maximum(-u, 0), np.maximum(-v, 0))]
+        norms = [(np.linalg.norm(a), np.linalg.norm(b)) for a, b in parts]
+        side = 0 if norms[0][0] * norms[0][1] > norms[1][0] * norms[1][1] else 1
+        (a, b), (na, nb) = parts[side], norms[side]
+        weight = np.sqrt(S[j] * (na * nb))
+        W[:, j] = weight * (a / na)  # normalized first: the same rounding as scikit-learn's
+        H[j, :] = weight * (b / nb)
+    W[W < 1e-6] = 0
+    H[H < 1e-6] = 0
+    if init == "nndsvda":
+        W[W == 0] = mean
+        H[H == 0] = mean
+    elif init == "nndsvdar":
+        rng = check_random_state(random_state)
+        W[W == 0] = np.abs(mean * rng.standard_normal(size=int((W == 0).sum())) / 100)
+        H[H == 0] = np.abs(mean * rng.standard_normal(size=int((H == 0).sum())) / 100)
+    return W.astype(dtype, copy=False), H.astype(dtype, copy=False)
+
+
 class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Non-negative matrix factorization ``X ~ W H``, scikit-learn's ``NMF`` on jnmf's solvers.
 
@@ -273,7 +330,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         n_components: int, ``"auto"`` (default; from a custom ``H``, else ``n_features``) or
             None (``n_features``).
         init: None (``"nndsvda"`` when ``n_components <= min(n_samples, n_features)``, else
-            ``"random"``), ``"random"``, ``"nndsvd"``, ``"nndsvda"``, ``"nndsvdar"`` (jnmf's
+            ``"random"``), ``"random"``, ``"nndsvd"``, ``"nndsvda"``, ``"nndsvdar"`` (the first
+            restart starts exactly where scikit-learn's NMF does for the same
+            ``random_state``, :func:`scikit_learn_start`; further restarts from jnmf's
             initializers, :mod:`jnmf.init`, seeded from ``random_state``) or ``"custom"`` (the
             ``W`` and ``H`` passed to ``fit`` / ``fit_transform``).
         solver: ``"cd"`` (default): jnmf's HALS, ``method="hals"`` (Cichocki & Phan 2009), the
@@ -551,6 +610,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         restarts = int(self.restarts) if update_H else 1
         m, n = X.shape
         M = None
+        X_host = X
         if sp.issparse(X):
             X = sparse_operator("X", X, dtype=dtype)
         elif self.missing == "nan":
@@ -560,6 +620,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if not _any_nonzero(X):  # the zero factors are the exact solution
             H = np.zeros((k, n), dtype) if update_H else np.asarray(H_fixed, dtype)
             return np.zeros((m, k), dtype), H, 0, CONVERGED
+        # the first restart starts where scikit-learn's NMF does (same init, same random_state)
+        first = None
+        if update_H and isinstance(init, str) and M is None:
+            first = scikit_learn_start(X_host, k, init, self.random_state)
         seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         scale = data_scale(X)
         root = float(np.sqrt(scale))
@@ -579,7 +643,13 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 R0 = jnp.broadcast_to(jnp.asarray(init[1], dtype) / root, (restarts, k, n))
             else:
                 # one compiled draw, at fit's draw options (jnmf.fitting.starting_points)
-                L0, R0 = starting_points(problem.data, k, init, restarts, jax.random.key(seed))
+                if first is not None and restarts == 1:  # no draw to compile
+                    L0, R0 = (jnp.asarray(A, dtype)[None] / root for A in first)
+                else:
+                    L0, R0 = starting_points(problem.data, k, init, restarts, jax.random.key(seed))
+                    if first is not None:
+                        L0 = L0.at[0].set(jnp.asarray(first[0], dtype) / root)
+                        R0 = R0.at[0].set(jnp.asarray(first[1], dtype) / root)
             L, R, n_iter, status = self._iterate_in_chunks(rule, problem, L0, R0, violation_test)
         ok = np.isfinite(L).all(axis=(1, 2)) & np.isfinite(R).all(axis=(1, 2)) & (status != NONFINITE)
         if not ok.any():

@@ -238,3 +238,30 @@ def test_implicit_differentiation_accepts_the_default_and_its_fit_is_a_kkt_point
     L, R = differentiable_fit(Y, L0, R0, lambda_1L=0.01, lambda_2R=0.05)
     kkt = kkt_conditions(Problem.from_scalars(Y, lambda_1L=0.01, lambda_2R=0.05), L, R)
     assert float(kkt.stationarity) < 1e-10, float(kkt.stationarity)
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "map"])
+def test_grid_settings_start_from_their_own_objective(strategy):
+    """A grid's settings share the starts' states, made for the base problem; extrapolated
+    HALS's state holds the start's objective (eq. 3 with the penalties), so each setting
+    must remake it for its own penalties.  Before that, a setting with a large L1 penalty
+    (lambda_1R = 10: its first step sets R to zero, a lower eq. 3 than the start) kept the
+    base problem's smaller start objective as its best and returned the start itself.
+    Float64: each setting of the grid equals a batch of fits of that setting alone."""
+    Y, _, _ = _data(5)
+    rng = np.random.default_rng(6)
+    L0, R0 = jnp.asarray(rng.random((2, M, K))), jnp.asarray(rng.random((2, K, N)))
+    P = jnmf.build_problem(Y, K)
+    rule = HALS(inner_sweeps=None, extrapolate=True)
+    values = np.array([0.0, 0.1, 10.0])
+    grid = jnmf.batch.run_grid(
+        rule, P, {"lambda_1R": values}, L0, R0, max_iterations=ITERATIONS, tol=0.0, strategy=strategy
+    )
+    for i, value in enumerate(values):
+        alone = jnmf.batch.run_restarts(
+            rule, P.replace(lambda_1R=value), L0, R0, max_iterations=ITERATIONS, tol=0.0
+        )
+        np.testing.assert_allclose(grid.objective[i], alone.objective, rtol=1e-10)
+        np.testing.assert_allclose(grid.R[i], alone.R, rtol=1e-10, atol=1e-12)
+        start = jnp.stack([jnmf.objective(Y, L0[j], R0[j], lambda_1R=value) for j in range(2)])
+        assert np.all(np.asarray(grid.objective[i]) <= np.asarray(start))

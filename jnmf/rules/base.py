@@ -205,6 +205,24 @@ class AlternatingRule(eqx.Module):
     def step(self, problem: Problem, state: NMFState) -> tuple[NMFState, StepInfo]:
         return alternate(self, problem, state)
 
+    def for_problem(self, problem: Problem, state: NMFState) -> NMFState:
+        """A starting state (``init``'s) remade for ``problem``, the same data and shapes
+        with other settings: :func:`jnmf.batch.run_grid` makes its starts' states once, for
+        the base problem, and each setting of the grid passes them through this.  The
+        default keeps the state (the auxiliary states here do not depend on the settings);
+        a rule whose starting state does (extrapolated HALS keeps the start's objective,
+        eq. 3 with the setting's penalties) recomputes it.
+
+        Args:
+            problem: the problem of one setting.
+            state: a state ``init`` made for another setting, from the same factors.
+
+        Returns:
+            The state ``init(problem, L0, R0)`` would have made.
+        """
+        del problem
+        return state
+
     def factors(self, state: NMFState) -> tuple[Array, ...]:
         return (state.Lt, state.R)
 

@@ -276,6 +276,14 @@ class HALS(AlternatingRule):
         beta = ex.beta0.astype(Lt.dtype)
         return ExtrapolationState(Lt, R, Lt, R, beta, jnp.ones_like(beta), f0, f0, Lt, R)
 
+    def for_problem(self, problem: Problem, state: NMFState) -> NMFState:
+        """The start's objective (the best so far) under ``problem``'s own settings: a
+        grid's settings share one starting state, made for the base problem, whose
+        penalties differ (see :meth:`AlternatingRule.for_problem`)."""
+        if state.aux is None:
+            return state
+        return NMFState(state.Lt, state.R, self.init_aux(problem, state.Lt, state.R))
+
     def half_problem(self, problem: Problem, side: str, Lt: Array, R: Array, aux):
         if aux is not None and side == "L":
             Lt, R = aux.Lt, aux.R_hat  # the L step is solved at the extrapolated R
