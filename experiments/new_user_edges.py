@@ -76,7 +76,7 @@ def main() -> None:
         lambda: (
             np.unique(
                 np.asarray(
-                    jnmf.fit(Y, 4, init=(L0, R0), restarts=5, max_iterations=1, return_all=True).objective
+                    jnmf.fit(Y, 4, init=(L0, R0), restarts=5, max_iterations=1, return_all=True).objectives
                 )
             ).size
         ),
