@@ -40,6 +40,8 @@ from pathlib import Path
 
 import jax
 
+from ._validate import is_traced
+
 __all__ = [
     "DISABLE_VARIABLE",
     "compile_cache_disabled",
@@ -191,7 +193,7 @@ def guard_map_limit(*operands) -> bool:
         Whether the programs were dropped.
     """
     global _looked_at
-    if _compiles == _looked_at or any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(operands)):
+    if _compiles == _looked_at or any(is_traced(x) for x in jax.tree.leaves(operands)):
         return False
     _looked_at = _compiles
     return _release(MAP_LIMIT_FRACTION, stacklevel=4)

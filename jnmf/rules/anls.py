@@ -113,7 +113,9 @@ class ANLS(AlternatingRule):
     method_name: ClassVar[str] = "anls"
     # XLA:CPU's fusion emitters compile the pivoting and the unrolled Cholesky as ~100
     # small kernels per solve; the older loop emitters compile ANLS's loop about 2x
-    # faster and run it no slower (experiments/README.md, "Compile latency").
+    # faster.  The price, measured on a quiet machine at 1000 x 500, rank 10: about 1.4x
+    # the run time per iteration in float32 and 1.1x in float64 (experiments/README.md,
+    # "Issue 15 on a quiet machine, again after stop 20's merges").
     compiler_options: ClassVar[dict | None] = {"xla_cpu_use_fusion_emitters": False}
     max_nnls_iter: Array
     ridge: Array
