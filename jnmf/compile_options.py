@@ -26,7 +26,14 @@ def top_level_on_cpu(*args) -> bool:
     """Whether a jitted call with ``args`` may take per-program options: on XLA:CPU
     (where the options were measured; other backends keep XLA's defaults) and outside
     any trace (no traced argument, and no enclosing trace, e.g. a ``jit`` whose
-    arguments are all closed-over constants)."""
+    arguments are all closed-over constants).
+
+    Args:
+        *args: the call's arguments (any pytrees).
+
+    Returns:
+        Whether the call may run a program compiled with its own options.
+    """
     if jax.default_backend() != "cpu":
         return False
     if any(is_traced(leaf) for leaf in jax.tree.leaves(args)):

@@ -159,7 +159,14 @@ def seed_key(seed: int) -> Array:
     """``jax.random.key(seed)``, built on the host for the default threefry keys and a
     seed in ``[0, 2^31)``: its key data are ``[0, seed]`` (JAX's ``threefry_seed``), and
     ``jax.random.key`` would compile two one-op programs (the seed's conversion and
-    ``_threefry_seed``) in a cold process.  Other seeds and key kinds: ``jax.random.key``."""
+    ``_threefry_seed``) in a cold process.  Other seeds and key kinds: ``jax.random.key``.
+
+    Args:
+        seed: an integer seed.
+
+    Returns:
+        The key ``jax.random.key(seed)`` gives.
+    """
     if 0 <= seed < 2**31 and jax.config.jax_default_prng_impl == "threefry2x32":
         return jax.random.wrap_key_data(jax.device_put(np.array([0, seed], np.uint32)))
     return jax.random.key(seed)
