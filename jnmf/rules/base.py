@@ -158,7 +158,16 @@ class AlternatingRule(eqx.Module):
     def begin_fit(self, problem: Problem, state: NMFState, f0: Array) -> NMFState:
         """The state the driver's loop starts from, given the start's objective ``f0`` (which
         the driver computes anyway): a rule whose auxiliary state needs that value takes it
-        from here rather than computing it again (default: the state unchanged)."""
+        from here rather than computing it again (default: the state unchanged).
+
+        Args:
+            problem: the problem the loop runs on.
+            state: the starting state (one fit's; the driver vmaps over a batch).
+            f0: the rule's :meth:`objective` at ``state``, inside the compiled loop program.
+
+        Returns:
+            The state the loop starts from.
+        """
         del problem, f0
         return state
 

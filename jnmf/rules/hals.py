@@ -279,7 +279,16 @@ class HALS(AlternatingRule):
     def begin_fit(self, problem: Problem, state: NMFState, f0: Array) -> NMFState:
         """The start's objective ``f0`` (the driver's, at the state's factors) as the last and
         best objective of a fresh state (``inf``, see :meth:`init_aux`); a state that holds
-        them already (a continued fit) keeps its own."""
+        them already (a continued fit) keeps its own.
+
+        Args:
+            problem: the problem (unused: ``f0`` is the driver's value of eq. 3 for it).
+            state: the starting state.
+            f0: eq. 3 at the state's factors.
+
+        Returns:
+            The state with the start's objective as its last and best.
+        """
         aux = state.aux
         if aux is None:
             return state
