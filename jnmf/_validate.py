@@ -130,9 +130,14 @@ def _check_values(name: str, arr, *, nonneg: bool = True) -> None:
     flat = np.ravel(arr, order="K")  # a view of a C- or F-contiguous array
     for start in range(0, max(flat.size, 1), _CHECK_BLOCK):
         block = flat[start : start + _CHECK_BLOCK]
-        if not np.all(np.isfinite(block)):
+        if not block.size:
+            continue
+        # two reductions and no temporary: a NaN makes min and max NaN, an infinity shows in
+        # one of them (a boolean isfinite pass and its reduction cost as much as both)
+        low, high = block.min(), block.max()
+        if not (np.isfinite(low) and np.isfinite(high)):
             raise ValueError(f"{name} must be finite; it contains NaN or infinite entries")
-        if nonneg and block.size and block.min() < 0:
+        if nonneg and low < 0:
             raise ValueError(f"{name} must be non-negative; it has entries < 0 (min {arr.min()})")
 
 

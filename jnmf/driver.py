@@ -44,7 +44,8 @@ pending fits as fits finish (continuous batching, :func:`_slot_loop`).
 A rule is any object with ``init``, ``step(problem, state) -> (state, StepInfo)``,
 ``objective(problem, state)``, ``factors(state)``, ``result_factors(state)`` and
 ``check(problem)`` (and ``rescale(state, mode)`` for ``normalize``): the NMF rules of
-:mod:`jnmf.rules` and :class:`jnmf.giqpm.GIQPM`.  Optionally ``in_loop(problem, state)``
+:mod:`jnmf.rules` and :class:`jnmf.giqpm.GIQPM`.  Optionally ``begin_fit(problem, state,
+f0)`` (the start's objective handed to the state, once), ``in_loop(problem, state)``
 and ``out_of_loop(state)``: what the loop carries beyond the state a result holds (KL's
 ``L R``), added at the start and after rescaling, dropped at the end.
 """
@@ -274,6 +275,10 @@ def iterate_impl(
     # batched loop: vmapped, a data operator's row-blocked loss would hold a block per fit.
     each_fit = (lambda f: lambda s: jax.lax.map(f, s)) if batched else (lambda f: f)
     f0 = each_fit(lambda s: rule.objective(problem, s).astype(dtype))(state)
+    # a rule whose state keeps the start's objective (extrapolated HALS) takes this one
+    begin_fit = getattr(rule, "begin_fit", None)
+    if begin_fit is not None:
+        state = per_fit(lambda s, f: begin_fit(problem, s, f))(state, f0)
     lead = f0.shape  # () or (batch,)
     stride = jnp.maximum(1, -(-max_iterations // history_size)).astype(jnp.int32)
     # A rule whose objective costs a pass over the data (KL, beta, masked losses) gets it

@@ -140,6 +140,9 @@ class FixedRRule(AlternatingRule):
     def init_aux(self, problem, Lt, R):
         return self.rule.init_aux(problem, Lt, R)
 
+    def begin_fit(self, problem, state, f0):
+        return self.rule.begin_fit(problem, state, f0)
+
     def begin_iteration(self, aux):
         return self.rule.begin_iteration(aux)
 

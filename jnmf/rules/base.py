@@ -13,6 +13,8 @@ optional hooks with neutral defaults:
 
 * :meth:`~AlternatingRule.init_aux`: rule-specific state carried in ``NMFState.aux``
   (AURNMF's annealed ``tau_k``, an optax optimizer's state per factor, KL's ``L R``);
+* :meth:`~AlternatingRule.begin_fit`: once, when the driver's loop starts, with the
+  start's objective (extrapolated HALS keeps it as its best so far);
 * :meth:`~AlternatingRule.begin_iteration`: once per iteration, before the L step
   (AURNMF anneals ``tau_k`` here);
 * :meth:`~AlternatingRule.half_problem`: the subproblem of a side (eq. 8's ``(G, d)``
@@ -152,6 +154,22 @@ class AlternatingRule(eqx.Module):
     # ------------------------------------------------------ optional hooks
     def init_aux(self, problem: Problem, Lt: Array, R: Array) -> PyTree:
         return None
+
+    def begin_fit(self, problem: Problem, state: NMFState, f0: Array) -> NMFState:
+        """The state the driver's loop starts from, given the start's objective ``f0`` (which
+        the driver computes anyway): a rule whose auxiliary state needs that value takes it
+        from here rather than computing it again (default: the state unchanged).
+
+        Args:
+            problem: the problem the loop runs on.
+            state: the starting state (one fit's; the driver vmaps over a batch).
+            f0: the rule's :meth:`objective` at ``state``, inside the compiled loop program.
+
+        Returns:
+            The state the loop starts from.
+        """
+        del problem, f0
+        return state
 
     def begin_iteration(self, aux: PyTree) -> PyTree:
         return aux
