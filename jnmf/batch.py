@@ -437,17 +437,18 @@ def _prepare(rule, problem, L0, R0, stopping, overrides, history_size, normalize
             f"L0 and R0 must be stacks of starting factors with one leading axis, got shapes "
             f"{L0.shape} and {R0.shape}"
         )
-    return _initial_states(rule, problem, L0, R0), opts, strategy
+    return initial_states(rule, problem, L0, R0), opts, strategy
 
 
-def _initial_states_impl(rule, problem, L0, R0):
+def initial_states_impl(rule, problem, L0, R0):
+    """The rule's starting states of the stacked starts ``L0`` (b, m, k) and ``R0`` (b, k, n)."""
     return jax.vmap(lambda L, R: rule.init(problem, L, R))(L0, R0)
 
 
 # The starting states in one program, run once per fit and compiled cheaply (op by op, a
 # first fit compiled five: the transpose, extrapolated HALS's start objective, its dtype
 # conversions and broadcasts).
-_initial_states = top_level_program(_initial_states_impl, ONCE_OPTIONS, eqx.filter_jit)
+initial_states = top_level_program(initial_states_impl, ONCE_OPTIONS, eqx.filter_jit)
 
 
 def run_restarts(

@@ -44,14 +44,14 @@ def test_for_rule_picks_by_shape_and_fits():
     rule = MURNMF()
     small = jnmf.build_problem(jnp.ones((60, 40)), 3)
     big = jnmf.build_problem(jnp.ones((600, 400)), 20)  # 20,000 entries: XLA's defaults
-    states = batch._initial_states(rule, small, jnp.ones((2, 60, 3)), jnp.ones((2, 3, 40)))
+    states = batch.initial_states(rule, small, jnp.ones((2, 60, 3)), jnp.ones((2, 3, 40)))
     cheap = batch._restarts_programs(CHEAP_OPTIONS)
     assert batch._for_rule(batch._restarts_programs, rule, small, states) is cheap
-    big_states = batch._initial_states(rule, big, jnp.ones((1, 600, 20)), jnp.ones((1, 20, 400)))
+    big_states = batch.initial_states(rule, big, jnp.ones((1, 600, 20)), jnp.ones((1, 20, 400)))
     assert batch._for_rule(batch._restarts_programs, rule, big, big_states) is batch._restarts
     # a grid multiplies the fits: 600 x 400 at rank 3 is small alone, not with 20 settings
     mid = jnmf.build_problem(jnp.ones((600, 400)), 3)
-    mid_states = batch._initial_states(rule, mid, jnp.ones((1, 600, 3)), jnp.ones((1, 3, 400)))
+    mid_states = batch.initial_states(rule, mid, jnp.ones((1, 600, 3)), jnp.ones((1, 3, 400)))
     assert batch._for_rule(batch._restarts_programs, rule, mid, mid_states) is cheap
     grid = batch._for_rule(batch._grid_programs, rule, mid, mid_states, settings=20)
     assert grid is batch._grid_programs(None)
@@ -87,7 +87,7 @@ def test_initial_states_program_matches_op_by_op():
     problem = jnmf.build_problem(jnp.asarray(rng.random((20, 12))), 3, lambda_1L=0.2)
     L0, R0 = jnp.asarray(rng.random((2, 20, 3))), jnp.asarray(rng.random((2, 3, 12)))
     rule = HALS(extrapolate=True)
-    compiled = batch._initial_states(rule, problem, L0, R0)
+    compiled = batch.initial_states(rule, problem, L0, R0)
     with jax.disable_jit():
         eager = jax.vmap(lambda L, R: rule.init(problem, L, R))(L0, R0)
     for a, b in zip(jax.tree.leaves(compiled), jax.tree.leaves(eager)):
