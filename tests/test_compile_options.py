@@ -124,3 +124,20 @@ def test_option_sets_are_valid_xla_options():
     for options in (CHEAP_OPTIONS, compile_options.ONCE_OPTIONS, jnmf.fitting.DRAW_COMPILER_OPTIONS):
         out = jax.jit(lambda x: x * 2 + 1, compiler_options=options)(jnp.arange(3.0))
         np.testing.assert_array_equal(out, [1.0, 3.0, 5.0])
+
+
+@on_cpu
+def test_iterate_and_the_estimator_wrappers_take_the_loop_options():
+    from jnmf import driver
+    from jnmf.estimator import FixedRRule, ViolationRule
+
+    rule = HALS()
+    small = jnmf.build_problem(jnp.ones((60, 40)), 3)
+    state = rule.init(small, jnp.ones((60, 3)), jnp.ones((3, 40)))
+    assert driver._iterate_for(rule, small, state) is driver._iterate_programs(CHEAP_OPTIONS)
+    big = jnmf.build_problem(jnp.ones((600, 400)), 20)
+    big_state = rule.init(big, jnp.ones((600, 20)), jnp.ones((20, 400)))
+    assert driver._iterate_for(rule, big, big_state) is driver._iterate
+    assert ViolationRule(rule).small_compiler_options == CHEAP_OPTIONS
+    assert FixedRRule(KLMU()).small_compiler_options is None
+    assert loop_options(ViolationRule(rule), 60, 40, 3, 1) == CHEAP_OPTIONS
