@@ -35,7 +35,9 @@ number here.
 
 7. ``--against CHECKOUT``: only the issue's case, alternated between CHECKOUT (e.g. a
    worktree of main) and this checkout: a cold ``jnmf fit`` of a 1000 x 500 CSV at rank
-   10 with an empty compilation cache, and ``jnmf fit`` without ``--rank``.
+   10 with an empty compilation cache, and ``jnmf fit`` without ``--rank``; then the
+   first and second ``jnmf.NMF(solver="cd")`` fit of a 1000 x 500 float64 matrix in a
+   fresh process (the issue's "first jnmf.NMF fit of a shape").
 
 Run:  python experiments/bench_compile.py [--methods ahals anls ...] [--repeats 1] [--repo CHECKOUT]
       python experiments/bench_compile.py --against /work/main --repeats 3
@@ -262,6 +264,38 @@ def cold_against(baseline: Path, m: int, n: int, rank: int, repeats: int) -> Non
                     )
 
 
+_ESTIMATOR = """
+import os, sys, time, warnings
+os.environ["JNMF_NO_COMPILE_CACHE"] = "1"
+import numpy as np, jax
+seconds = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, s, **kw: seconds.append(s) if event.endswith("backend_compile_duration") else None
+)
+import jnmf
+warnings.simplefilter("ignore")
+m, n, rank = map(int, sys.argv[1:4])
+X = np.abs(np.random.default_rng(0).standard_normal((m, n)))
+for run in ("first", "second"):
+    wall, cpu = time.perf_counter(), time.process_time()
+    jnmf.NMF(n_components=rank, solver="cd", random_state=0, max_iter=200).fit_transform(X)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    print(f"{run} fit wall {wall:5.2f} s cpu {cpu:5.2f} s, largest compile {max(seconds):.2f} s", end="; ")
+"""
+
+
+def estimator_against(baseline: Path, m: int, n: int, rank: int, repeats: int) -> None:
+    """The first and second ``jnmf.NMF(solver="cd", max_iter=200)`` fit of a ``m x n`` float64
+    matrix in a fresh process (persistent cache off), ``baseline`` and this checkout alternated."""
+    print(f"\n== first jnmf.NMF cd fit, {m} x {n} float64, rank {rank}: {baseline} vs {REPO} ==")
+    for _ in range(repeats):
+        for label, repo in (("before", baseline), ("after", REPO)):
+            env = dict(os.environ, PYTHONPATH=str(repo))
+            command = [sys.executable, "-c", _ESTIMATOR, str(m), str(n), str(rank)]
+            done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+            print(f"{label:6s} {done.stdout.strip()} load {load()}", flush=True)
+
+
 def anls_loop(m: int, n: int, rank: int, repeats: int) -> None:
     """ANLS's loop program compiled as on main and as now: compile CPU seconds and run
     CPU ms per iteration, in this process, alternated."""
@@ -346,6 +380,7 @@ def main() -> None:
     m, n = args.shape
     if args.against:
         cold_against(args.against.resolve(), m, n, args.rank, args.repeats)
+        estimator_against(args.against.resolve(), m, n, args.rank, args.repeats)
         return
     if not args.skip_cli:  # first: its child processes must not share this one's CPU with a compile
         cli_latency(m, n, args.rank, args.repeats)
