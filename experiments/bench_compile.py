@@ -292,7 +292,10 @@ def estimator_against(baseline: Path, m: int, n: int, rank: int, repeats: int) -
         for label, repo in (("before", baseline), ("after", REPO)):
             env = dict(os.environ, PYTHONPATH=str(repo))
             command = [sys.executable, "-c", _ESTIMATOR, str(m), str(n), str(rank)]
-            done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+            # not from this checkout's directory: "python -c" would import its jnmf first
+            done = subprocess.run(
+                command, env=env, cwd=tempfile.gettempdir(), capture_output=True, text=True, check=True
+            )
             print(f"{label:6s} {done.stdout.strip()} load {load()}", flush=True)
 
 
