@@ -64,6 +64,7 @@ from jaxtyping import Array
 from . import _validate as check
 from . import progress
 from .compile_cache import guard_map_limit
+from .compile_options import loop_options, programs_by_options, top_level_on_cpu
 
 Normalize = Literal["max", "sum"] | None
 
@@ -529,7 +530,21 @@ def _slot_loop(step, fits, slots: int, progress_every):
     return jax.lax.while_loop(cond, body, carry)[-1]
 
 
-_iterate = eqx.filter_jit(iterate_impl)
+# the loop program, once per set of compiler options (jnmf.compile_options.loop_options)
+_iterate_programs = programs_by_options(iterate_impl, eqx.filter_jit)
+_iterate = _iterate_programs(None)  # XLA's default options
+
+
+def _iterate_for(rule, problem, state):
+    """The loop program for one fit: compiled with the rule's options
+    (:func:`jnmf.compile_options.loop_options`) when the call is top level on XLA:CPU."""
+    if not top_level_on_cpu(rule, problem, state):
+        return _iterate
+    factors = rule.factors(state) if hasattr(rule, "factors") else ()
+    if len(factors) != 2 or factors[1].ndim != 2 or not hasattr(problem, "shape"):
+        return _iterate_programs(getattr(rule, "compiler_options", None))
+    m, n = problem.shape
+    return _iterate_programs(loop_options(rule, m, n, factors[1].shape[0], 1))
 
 
 def check_static_options(history_size, normalize) -> None:
@@ -580,4 +595,5 @@ def iterate(
     rule.check(problem)
     dtype = rule.factors(state)[0].dtype
     guard_map_limit(problem, state)
-    return _iterate(rule, problem, state, *stop.traced(dtype), int(history_size), normalize)
+    program = _iterate_for(rule, problem, state)
+    return program(rule, problem, state, *stop.traced(dtype), int(history_size), normalize)

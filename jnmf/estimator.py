@@ -39,7 +39,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, check_non_negative, validate_data
 
-from .batch import continue_restarts
+from .batch import continue_restarts, initial_states
 from .data import DataOperator, dense_operator, sparse_operator
 from .driver import CONVERGED, MAX_ITERATIONS, NONFINITE, STUCK, iterate
 from .fitting import data_scale, starting_points, validated_data
@@ -115,6 +115,11 @@ _MODEL_FLOOR = 1e-10
 _CHECK_EVERY = 10
 
 
+def _wrapped(name: str) -> property:
+    """The wrapped rule's attribute ``name`` (its XLA options: jnmf.compile_options)."""
+    return property(lambda self: getattr(self.rule, name, None))
+
+
 class FixedRRule(AlternatingRule):
     """A rule with R held fixed: its L half steps only (the estimator's ``transform``).
 
@@ -127,6 +132,8 @@ class FixedRRule(AlternatingRule):
     """
 
     rule: AlternatingRule
+    compiler_options = _wrapped("compiler_options")
+    small_compiler_options = _wrapped("small_compiler_options")
 
     @property
     def loss_degree(self) -> float:
@@ -203,6 +210,8 @@ class ViolationRule(AlternatingRule):
     """
 
     rule: AlternatingRule
+    compiler_options = _wrapped("compiler_options")
+    small_compiler_options = _wrapped("small_compiler_options")
 
     @property
     def loss_degree(self) -> float:
@@ -677,7 +686,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         ``self._best``.
         """
         b = L0.shape[0]
-        states = jax.vmap(lambda L, R: rule.init(problem, L, R))(L0, R0)
+        states = initial_states(rule, problem, L0, R0)  # one program
 
         def advance(states, iterations):
             if b == 1:  # one fit: the unbatched loop, given a leading axis of one

@@ -133,6 +133,10 @@ class AlternatingRule(eqx.Module):
     # XLA options for this rule's loop program on XLA:CPU (jnmf.compile_options; None:
     # XLA's defaults).  Results must not depend on them beyond rounding.
     compiler_options: ClassVar[dict | None] = None
+    # Options added on top of them for a small problem's loop program
+    # (jnmf.compile_options.loop_options), for rules whose iteration at that size costs
+    # too little for XLA's optimizations to pay for their compile time.  None: none.
+    small_compiler_options: ClassVar[dict | None] = None
 
     # ----------------------------------------------------------- the protocol
     @abc.abstractmethod

@@ -59,6 +59,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from ..compile_options import CHEAP_OPTIONS
 from ..problem import Problem
 from ..quadratic import HalfProblem, half_problem, objective_after_R_step
 from .base import AlternatingRule, HalfStep, NMFState, as_setting, rescale_rows, unsupported
@@ -173,6 +174,8 @@ class HALS(AlternatingRule):
     """
 
     method_name: ClassVar[str] = "hals"
+    # a small problem's loop: the cheapest compile (jnmf.compile_options.SMALL_LOOP_ENTRIES)
+    small_compiler_options: ClassVar[dict | None] = CHEAP_OPTIONS
     alpha: float = eqx.field(static=True)
     inner_sweeps: int | None = eqx.field(static=True)
     delta: Array
