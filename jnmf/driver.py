@@ -372,6 +372,8 @@ def iterate_impl(
         converged |= rel < rel_tol
         halted = jnp.zeros((), bool) if info.halted is None else info.halted
         converged |= halted
+        if info.converged is not None:  # the rule's own test (static: the rule has one)
+            converged |= info.converged
         finite = jnp.isfinite(f_new) & jnp.all(jnp.isfinite(steps))
         converged &= finite
         stuck = info.stuck & finite & ~converged

@@ -56,12 +56,16 @@ class StepInfo(eqx.Module):
             positive denominator, as in rnnmf): the loop ends, not converged.
         halted: True when the step found nothing to do (GIQPM's all-zero direction):
             as in rnnmf the pass is not counted and the run ends converged.
+        converged: True when the rule's own stopping test passed after this step
+            (:meth:`AlternatingRule.converged`; scikit-learn's cd violation test): the
+            step counts and the run ends converged.  None: the driver's tests only.
     """
 
     steps: Array
     objective: Array
     stuck: Array
     halted: Array | None = None
+    converged: Array | None = None
 
 
 class HalfStep(eqx.Module):
@@ -177,6 +181,20 @@ class AlternatingRule(eqx.Module):
 
     def begin_iteration(self, aux: PyTree) -> PyTree:
         return aux
+
+    def converged(self, aux: PyTree) -> Array | None:
+        """The rule's own stopping test after an iteration, read from its auxiliary state
+        (e.g. scikit-learn's cd test on the iteration's violation, jnmf.estimator): True
+        ends the run converged, inside the compiled loop.
+
+        Args:
+            aux: the auxiliary state after the iteration (after :meth:`finish_iteration`).
+
+        Returns:
+            A boolean scalar, or None (the default): no test of the rule's own.
+        """
+        del aux
+        return None
 
     def half_problem(self, problem: Problem, side: str, Lt: Array, R: Array, aux: PyTree):
         return half_problem(problem, side, Lt, R)
@@ -312,7 +330,8 @@ def alternate(
         step_R = max_abs(half_R.X - R_old) if half_R.step is None else half_R.step
         Lt, R, aux, objective = rule.finish_iteration(problem, hp_R, half_L.X, half_R.X, half_R.aux)
         stuck = jnp.zeros((), bool) if half_R.stuck is None else half_R.stuck
-        return NMFState(Lt, R, aux), StepInfo(jnp.stack([step_L, step_R]), objective, stuck)
+        info = StepInfo(jnp.stack([step_L, step_R]), objective, stuck, converged=rule.converged(aux))
+        return NMFState(Lt, R, aux), info
 
     return sh(bookkeeping)(half_L, half_R, state.Lt, state.R, hp_R)
 
