@@ -19,6 +19,7 @@ backends keep XLA's defaults.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 
 import jax
@@ -55,7 +56,10 @@ def top_level_on_cpu(*args) -> bool:
 # entries), fusion emitters off and LLVM level 0 compile the loop ~1.1 s faster and cost
 # ~0.85 ms more per iteration, so they are even at ~1,300 iterations, beyond the default
 # cap of 1,000 (experiments/README.md, "Cold jnmf fit").  Above it (and for rules whose
-# ``small_compiler_options`` are None) the loop is compiled as before.
+# ``small_compiler_options`` are None) the loop is compiled as before.  The price is paid
+# again by every later run of the same compiled program (in this process, or from the
+# persistent cache): the environment variable ``JNMF_SMALL_LOOP_ENTRIES`` overrides the
+# size (0: every loop compiled with XLA's optimizations, for long or repeated fits).
 SMALL_LOOP_ENTRIES = 16_384
 
 # Fusion emitters off and LLVM level 0: the cheapest compile XLA:CPU offers, for programs
@@ -69,7 +73,8 @@ ONCE_OPTIONS = CHEAP_OPTIONS
 
 def small_loop(m: int, n: int, rank: int, fits: int) -> bool:
     """Whether a loop program of ``fits`` fits of an ``m x n`` problem at ``rank`` is small
-    (at most :data:`SMALL_LOOP_ENTRIES` factor entries in all).
+    (at most :data:`SMALL_LOOP_ENTRIES` factor entries in all, or as many as the
+    environment variable ``JNMF_SMALL_LOOP_ENTRIES`` says).
 
     Args:
         m, n: the data's shape.
@@ -79,7 +84,9 @@ def small_loop(m: int, n: int, rank: int, fits: int) -> bool:
     Returns:
         Whether the program may take a rule's ``small_compiler_options``.
     """
-    return fits * (m + n) * rank <= SMALL_LOOP_ENTRIES
+    limit = os.environ.get("JNMF_SMALL_LOOP_ENTRIES")
+    limit = SMALL_LOOP_ENTRIES if limit in (None, "") else int(limit)
+    return fits * (m + n) * rank <= limit
 
 
 def loop_options(rule, m: int, n: int, rank: int, fits: int) -> dict | None:

@@ -12,9 +12,18 @@ import pytest
 import jnmf
 from jnmf import _validate, batch, compile_options
 from jnmf.compile_options import CHEAP_OPTIONS, SMALL_LOOP_ENTRIES, loop_options, small_loop
-from jnmf.rules import HALS, KLMU, MURNMF
+from jnmf.rules import HALS, KLMU, MURNMF, make_rule
 
 on_cpu = pytest.mark.skipif(jax.default_backend() != "cpu", reason="per-program options are for XLA:CPU")
+
+
+def test_small_loop_size_from_the_environment(monkeypatch):
+    """JNMF_SMALL_LOOP_ENTRIES overrides the size: 0 compiles every loop optimized."""
+    monkeypatch.setenv("JNMF_SMALL_LOOP_ENTRIES", "0")
+    assert not small_loop(1000, 500, 10, 1)
+    assert loop_options(make_rule("mu"), 1000, 500, 10, 1) is None
+    monkeypatch.setenv("JNMF_SMALL_LOOP_ENTRIES", "60000")
+    assert small_loop(1000, 500, 10, 4)
 
 
 def test_small_loop_counts_every_fit_and_both_factors():
