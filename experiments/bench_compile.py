@@ -33,7 +33,14 @@ and no single method's compile over 2 s at that shape.
 Every line prints the load average beside it: other processes on 2 cores stretch every
 number here.
 
+7. ``--against CHECKOUT``: only the issue's case, alternated between CHECKOUT (e.g. a
+   worktree of main) and this checkout: a cold ``jnmf fit`` of a 1000 x 500 CSV at rank
+   10 with an empty compilation cache, and ``jnmf fit`` without ``--rank``; then the
+   first and second ``jnmf.NMF(solver="cd")`` fit of a 1000 x 500 float64 matrix in a
+   fresh process (the issue's "first jnmf.NMF fit of a shape").
+
 Run:  python experiments/bench_compile.py [--methods ahals anls ...] [--repeats 1] [--repo CHECKOUT]
+      python experiments/bench_compile.py --against /work/main --repeats 3
 """
 
 from __future__ import annotations
@@ -213,6 +220,85 @@ def cli_latency(m: int, n: int, rank: int, repeats: int) -> None:
             run("warm (programs read from the cache)", [*fit, "--out", str(tmp / "c")], cache)
 
 
+def cold_against(baseline: Path, m: int, n: int, rank: int, repeats: int) -> None:
+    """The issue's case, alternated between ``baseline`` and this checkout: ``jnmf fit`` of a
+    ``m x n`` CSV of |N(0, 1)| entries (seed 0) at ``rank`` with the default method, in a
+    fresh process with an empty compilation cache (XDG_CACHE_HOME; the run fills it), and
+    ``jnmf fit`` without ``--rank`` (a usage error): wall, the child's CPU, and the fit's
+    own "load" / "fit" seconds from summary.json."""
+    import json
+
+    print(f"\n== cold jnmf fit, {m} x {n} .csv, rank {rank}, empty cache: {baseline} vs {REPO} ==")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = tmp / "Y.csv"
+        np.savetxt(data, np.abs(np.random.default_rng(0).standard_normal((m, n))), delimiter=",")
+        dropped = ("JNMF_NO_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR")
+        env = {k: v for k, v in os.environ.items() if k not in dropped}
+        for r in range(repeats):
+            for label, repo in (("before", baseline), ("after", REPO)):
+                for usage in (False, True):
+                    out = tmp / f"{label}{r}"
+                    args = [sys.executable, "-m", "jnmf", "fit", str(data), "--quiet", "--out", str(out)]
+                    args += [] if usage else ["--rank", str(rank)]
+                    cache = tmp / f"xdg-{label}{r}{usage}"
+                    run_env = dict(env, PYTHONPATH=str(repo), XDG_CACHE_HOME=str(cache))
+                    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    start = time.perf_counter()
+                    done = subprocess.run(args, cwd=tmp, env=run_env, capture_output=True, text=True)
+                    wall = time.perf_counter() - start
+                    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+                    if usage:
+                        code = done.returncode
+                        print(f"{label:6s} usage error ({code}) wall {wall:5.2f} s cpu {cpu:5.2f} s", end=" ")
+                        print(f" load {load()}")
+                        continue
+                    if done.returncode != 0:
+                        raise RuntimeError(f"{' '.join(args)} failed:\n{done.stderr}")
+                    t = json.loads((out / "summary.json").read_text())["timings"]
+                    print(
+                        f"{label:6s} cold fit wall {wall:5.2f} s cpu {cpu:5.2f} s (load {t['load']:.2f} s, "
+                        f"fit {t['fit']:.2f} s, total in-process {t['total']:.2f} s)  load {load()}",
+                        flush=True,
+                    )
+
+
+_ESTIMATOR = """
+import os, sys, time, warnings
+os.environ["JNMF_NO_COMPILE_CACHE"] = "1"
+import numpy as np, jax
+seconds = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, s, **kw: seconds.append(s) if event.endswith("backend_compile_duration") else None
+)
+import jnmf
+warnings.simplefilter("ignore")
+m, n, rank = map(int, sys.argv[1:4])
+X = np.abs(np.random.default_rng(0).standard_normal((m, n)))
+for run in ("first", "second"):
+    wall, cpu = time.perf_counter(), time.process_time()
+    jnmf.NMF(n_components=rank, solver="cd", random_state=0, max_iter=200).fit_transform(X)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    print(f"{run} fit wall {wall:5.2f} s cpu {cpu:5.2f} s, largest compile {max(seconds):.2f} s", end="; ")
+"""
+
+
+def estimator_against(baseline: Path, m: int, n: int, rank: int, repeats: int) -> None:
+    """The first and second ``jnmf.NMF(solver="cd", max_iter=200)`` fit of a ``m x n`` float64
+    matrix in a fresh process (persistent cache off), ``baseline`` and this checkout alternated."""
+    print(f"\n== first jnmf.NMF cd fit, {m} x {n} float64, rank {rank}: {baseline} vs {REPO} ==")
+    for _ in range(repeats):
+        for label, repo in (("before", baseline), ("after", REPO)):
+            env = dict(os.environ, PYTHONPATH=str(repo))
+            command = [sys.executable, "-c", _ESTIMATOR, str(m), str(n), str(rank)]
+            # not from this checkout's directory: "python -c" would import its jnmf first
+            done = subprocess.run(
+                command, env=env, cwd=tempfile.gettempdir(), capture_output=True, text=True, check=True
+            )
+            print(f"{label:6s} {done.stdout.strip()} load {load()}", flush=True)
+
+
 def anls_loop(m: int, n: int, rank: int, repeats: int) -> None:
     """ANLS's loop program compiled as on main and as now: compile CPU seconds and run
     CPU ms per iteration, in this process, alternated."""
@@ -287,11 +373,18 @@ def main() -> None:
     parser.add_argument("--anls-repeats", type=int, default=1, help="main/now pairs of ANLS's loop (0: skip)")
     parser.add_argument("--prefetch-repeats", type=int, default=2, help="off/on pairs (0: skip)")
     parser.add_argument("--repo", type=Path, default=REPO, help="the checkout to measure (before / after)")
+    parser.add_argument(
+        "--against", type=Path, help="only the cold CLI fit of a CSV, alternated with this checkout (a main)"
+    )
     args = parser.parse_args()
     REPO = args.repo.resolve()
     sys.path.insert(0, str(REPO))
     print(f"load average at start: {open('/proc/loadavg').read().strip()}")
     m, n = args.shape
+    if args.against:
+        cold_against(args.against.resolve(), m, n, args.rank, args.repeats)
+        estimator_against(args.against.resolve(), m, n, args.rank, args.repeats)
+        return
     if not args.skip_cli:  # first: its child processes must not share this one's CPU with a compile
         cli_latency(m, n, args.rank, args.repeats)
     if not args.skip_methods:

@@ -38,6 +38,36 @@ def on_device(x, dtype=None):
     return jnp.asarray(x, dtype)
 
 
+def _on_host(x):
+    """``x`` as a NumPy array when it is concrete and on one device (or a host value), else None."""
+    if isinstance(x, np.ndarray | np.generic):
+        return np.asarray(x)
+    if isinstance(x, jax.Array) and not is_traced(x) and len(x.sharding.device_set) == 1:
+        return np.asarray(x)
+    return None
+
+
+def times(x, c):
+    """``x * c`` (``x`` an array, ``c`` a scalar array of x's dtype), computed on the host
+    when both are concrete and of one dtype, then copied to the device: the same values
+    (a product is exactly rounded on both), without compiling a one-op program (~0.05-0.15 s
+    on a cold XLA:CPU, which a fit's rescaling of the penalties paid).  Traced or sharded
+    values, or mixed dtypes, are multiplied by JAX as before.  (Not for division: XLA:CPU's
+    float32 quotient may differ from the exactly rounded one in the last bit.)
+
+    Args:
+        x: an array (JAX or NumPy).
+        c: a scalar array.
+
+    Returns:
+        ``x * c`` as a JAX array.
+    """
+    hx, hc = _on_host(x), _on_host(c)
+    if hx is None or hc is None or hx.dtype != hc.dtype or hc.ndim:
+        return x * c
+    return jax.device_put(np.asarray(hx * hc, hx.dtype))
+
+
 def argument_names(func: Callable) -> tuple[str, ...]:
     """The names ``func`` takes as arguments (its ``**kwargs`` parameter left out)."""
     params = inspect.signature(func).parameters.values()
@@ -130,9 +160,14 @@ def _check_values(name: str, arr, *, nonneg: bool = True) -> None:
     flat = np.ravel(arr, order="K")  # a view of a C- or F-contiguous array
     for start in range(0, max(flat.size, 1), _CHECK_BLOCK):
         block = flat[start : start + _CHECK_BLOCK]
-        if not np.all(np.isfinite(block)):
+        if not block.size:
+            continue
+        # two reductions and no temporary: a NaN makes min and max NaN, an infinity shows in
+        # one of them (a boolean isfinite pass and its reduction cost as much as both)
+        low, high = block.min(), block.max()
+        if not (np.isfinite(low) and np.isfinite(high)):
             raise ValueError(f"{name} must be finite; it contains NaN or infinite entries")
-        if nonneg and block.size and block.min() < 0:
+        if nonneg and low < 0:
             raise ValueError(f"{name} must be non-negative; it has entries < 0 (min {arr.min()})")
 
 

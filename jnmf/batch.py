@@ -61,7 +61,13 @@ from jaxtyping import Array
 
 from . import _validate as check
 from .compile_cache import guard_map_limit
-from .compile_options import programs_by_options, top_level_on_cpu
+from .compile_options import (
+    ONCE_OPTIONS,
+    loop_options,
+    programs_by_options,
+    top_level_on_cpu,
+    top_level_program,
+)
 from .driver import DEFAULT_STOPPING, Result, Stopping, check_static_options, iterate_impl
 from .problem import Problem, check_replacements
 from .rules.base import AlternatingRule, HalfStep, alternate
@@ -348,11 +354,21 @@ _restarts_programs = programs_by_options(_restarts, eqx.filter_jit)
 _restarts = _restarts_programs(None)  # XLA's default options
 
 
-def _for_rule(programs, rule, *args):
-    """The program of ``programs`` for ``rule``: compiled with the rule's
-    ``compiler_options`` when the call with ``args`` is top level on XLA:CPU
-    (:mod:`jnmf.compile_options`), else with XLA's defaults."""
-    return programs(rule.compiler_options if top_level_on_cpu(rule, *args) else None)
+def _for_rule(programs, rule, problem, *args, settings: int = 1):
+    """The program of ``programs`` for ``rule``: compiled with the rule's options
+    (:func:`jnmf.compile_options.loop_options`: its ``compiler_options``, and for a small
+    problem its ``small_compiler_options``) when the call with ``args`` is top level on
+    XLA:CPU (:mod:`jnmf.compile_options`), else with XLA's defaults.  The states among
+    ``args`` (their ``R``, ``(fits, k, n)``) give the rank and the fits; ``settings``: the
+    grid settings each start runs under."""
+    if not top_level_on_cpu(rule, problem, *args):
+        return programs(None)
+    R = next((a.R for a in args if isinstance(getattr(a, "R", None), jax.Array)), None)
+    if R is None or R.ndim < 2:
+        return programs(getattr(rule, "compiler_options", None))
+    m, n = problem.shape
+    fits = int(np.prod(R.shape[:-2], dtype=np.int64)) * settings
+    return programs(loop_options(rule, m, n, R.shape[-2], fits))
 
 
 def _grid_impl(rule, problem, grid, states, opts, history_size, normalize, strategy, slots=None) -> Result:
@@ -510,8 +526,18 @@ def _prepare(rule, problem, L0, R0, stopping, overrides, history_size, normalize
             f"L0 and R0 must be stacks of starting factors with one leading axis, got shapes "
             f"{L0.shape} and {R0.shape}"
         )
-    states = jax.vmap(lambda L, R: rule.init(problem, L, R))(L0, R0)
-    return states, opts, strategy
+    return initial_states(rule, problem, L0, R0), opts, strategy
+
+
+def initial_states_impl(rule, problem, L0, R0):
+    """The rule's starting states of the stacked starts ``L0`` (b, m, k) and ``R0`` (b, k, n)."""
+    return jax.vmap(lambda L, R: rule.init(problem, L, R))(L0, R0)
+
+
+# The starting states in one program, run once per fit and compiled cheaply (op by op, a
+# first fit compiled five: the transpose, extrapolated HALS's start objective, its dtype
+# conversions and broadcasts).
+initial_states = top_level_program(initial_states_impl, ONCE_OPTIONS, eqx.filter_jit)
 
 
 def run_restarts(
@@ -700,7 +726,7 @@ def run_grid(
     slots = _slots_for(slots, strategy, rule, R0, local)
     guard_map_limit()
     if mesh is None:
-        program = _for_rule(_grid_programs, rule, problem, grid, states, opts)
+        program = _for_rule(_grid_programs, rule, problem, grid, states, opts, settings=settings)
         return program(rule, problem, grid, states, opts, int(history_size), normalize, strategy, slots)
     if on_settings:
         grid = _placed(_padded(grid, _size_on(mesh, settings)), mesh, _P(FITS_AXIS))

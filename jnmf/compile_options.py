@@ -6,7 +6,11 @@ the process (``XLA_FLAGS``):
 
 * the starts programs (:mod:`jnmf.fitting`) at LLVM optimization level 1;
 * a rule's loop program with the rule's own ``compiler_options``
-  (:class:`jnmf.rules.base.AlternatingRule`; ANLS turns XLA's fusion emitters off).
+  (:class:`jnmf.rules.base.AlternatingRule`; ANLS turns XLA's fusion emitters off), and
+  for a small problem (:func:`small_loop`) with the rule's ``small_compiler_options``
+  on top (:func:`loop_options`);
+* the programs a fit runs once around its loop (the starting states, the results in the
+  user's units) with :data:`ONCE_OPTIONS`.
 
 JAX takes per-program options only on a top-level ``jit``: inside another trace a
 program is inlined into its caller and compiled with the caller's options.  Other
@@ -15,6 +19,7 @@ backends keep XLA's defaults.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 
 import jax
@@ -45,6 +50,67 @@ def top_level_on_cpu(*args) -> bool:
     return trace_state_clean()
 
 
+# A loop program is "small" when its fits hold at most this many factor entries in all,
+# ``fits * (m + n) * k``.  At that size XLA's optimizations cannot pay for their compile
+# time within the default iteration cap: for accelerated HALS at 1000 x 500, rank 10 (15,000
+# entries), fusion emitters off and LLVM level 0 compile the loop ~1.1 s faster and cost
+# ~0.85 ms more per iteration, so they are even at ~1,300 iterations, beyond the default
+# cap of 1,000 (experiments/README.md, "Cold jnmf fit").  Above it (and for rules whose
+# ``small_compiler_options`` are None) the loop is compiled as before.  The price is paid
+# again by every later run of the same compiled program (in this process, or from the
+# persistent cache): the environment variable ``JNMF_SMALL_LOOP_ENTRIES`` overrides the
+# size (0: every loop compiled with XLA's optimizations, for long or repeated fits).
+SMALL_LOOP_ENTRIES = 16_384
+
+# Fusion emitters off and LLVM level 0: the cheapest compile XLA:CPU offers, for programs
+# whose run time is negligible (once per fit, or a small problem's loop).
+CHEAP_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 0}
+
+# The programs a fit runs once, before and after its loop (elementwise work on the
+# factors and one pass over Y): compiled as cheaply as XLA:CPU can.
+ONCE_OPTIONS = CHEAP_OPTIONS
+
+
+def small_loop(m: int, n: int, rank: int, fits: int) -> bool:
+    """Whether a loop program of ``fits`` fits of an ``m x n`` problem at ``rank`` is small
+    (at most :data:`SMALL_LOOP_ENTRIES` factor entries in all, or as many as the
+    environment variable ``JNMF_SMALL_LOOP_ENTRIES`` says).
+
+    Args:
+        m, n: the data's shape.
+        rank: the factors' inner dimension.
+        fits: the fits the program runs together (restarts times grid settings).
+
+    Returns:
+        Whether the program may take a rule's ``small_compiler_options``.
+    """
+    limit = os.environ.get("JNMF_SMALL_LOOP_ENTRIES")
+    limit = SMALL_LOOP_ENTRIES if limit in (None, "") else int(limit)
+    return fits * (m + n) * rank <= limit
+
+
+def loop_options(rule, m: int, n: int, rank: int, fits: int) -> dict | None:
+    """The XLA:CPU options of ``rule``'s loop program: the rule's ``compiler_options``,
+    with its ``small_compiler_options`` on top when the program is :func:`small_loop`.
+
+    The choice depends only on shapes (which recompile anyway), never on a count, a
+    tolerance or a penalty.
+
+    Args:
+        rule: the rule (its class attributes ``compiler_options`` and
+            ``small_compiler_options``, each a mapping or None; absent: None).
+        m, n, rank, fits: as for :func:`small_loop`.
+
+    Returns:
+        The options, or None for XLA's defaults.
+    """
+    options = dict(getattr(rule, "compiler_options", None) or {})
+    small = getattr(rule, "small_compiler_options", None)
+    if small and small_loop(m, n, rank, fits):
+        options.update(small)
+    return options or None
+
+
 def programs_by_options(fun: Callable, jit: Callable = jax.jit, **jit_kwargs) -> Callable:
     """``fun`` jitted once per set of compiler options, each made on first use.
 
@@ -68,3 +134,23 @@ def programs_by_options(fun: Callable, jit: Callable = jax.jit, **jit_kwargs) ->
         return programs[key]
 
     return program
+
+
+def top_level_program(fun: Callable, options: Mapping, jit: Callable = jax.jit, **jit_kwargs) -> Callable:
+    """``fun`` jitted with XLA's default options and with ``options``; each call runs the
+    latter when it is :func:`top_level_on_cpu`.
+
+    Args:
+        fun: the function to compile.
+        options: the XLA option names and values for top-level calls on XLA:CPU.
+        jit, jit_kwargs: as for :func:`programs_by_options`.
+
+    Returns:
+        A function with ``fun``'s arguments and results.
+    """
+    programs = programs_by_options(fun, jit, **jit_kwargs)
+
+    def run(*args):
+        return programs(options if top_level_on_cpu(*args) else None)(*args)
+
+    return run

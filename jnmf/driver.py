@@ -44,7 +44,8 @@ pending fits as fits finish (continuous batching, :func:`_slot_loop`).
 A rule is any object with ``init``, ``step(problem, state) -> (state, StepInfo)``,
 ``objective(problem, state)``, ``factors(state)``, ``result_factors(state)`` and
 ``check(problem)`` (and ``rescale(state, mode)`` for ``normalize``): the NMF rules of
-:mod:`jnmf.rules` and :class:`jnmf.giqpm.GIQPM`.  Optionally ``in_loop(problem, state)``
+:mod:`jnmf.rules` and :class:`jnmf.giqpm.GIQPM`.  Optionally ``begin_fit(problem, state,
+f0)`` (the start's objective handed to the state, once), ``in_loop(problem, state)``
 and ``out_of_loop(state)``: what the loop carries beyond the state a result holds (KL's
 ``L R``), added at the start and after rescaling, dropped at the end.
 """
@@ -63,6 +64,7 @@ from jaxtyping import Array
 from . import _validate as check
 from . import progress
 from .compile_cache import guard_map_limit
+from .compile_options import loop_options, programs_by_options, top_level_on_cpu
 
 Normalize = Literal["max", "sum"] | None
 
@@ -276,6 +278,10 @@ def iterate_impl(
     # batched loop: vmapped, a data operator's row-blocked loss would hold a block per fit.
     each_fit = (lambda f: lambda s: jax.lax.map(f, s)) if batched else (lambda f: f)
     f0 = each_fit(lambda s: rule.objective(problem, s).astype(dtype))(state)
+    # a rule whose state keeps the start's objective (extrapolated HALS) takes this one
+    begin_fit = getattr(rule, "begin_fit", None)
+    if begin_fit is not None:
+        state = per_fit(lambda s, f: begin_fit(problem, s, f))(state, f0)
     lead = f0.shape  # () or (batch,)
     stride = jnp.maximum(1, -(-max_iterations // history_size)).astype(jnp.int32)
     # A rule whose objective costs a pass over the data (KL, beta, masked losses) gets it
@@ -368,6 +374,8 @@ def iterate_impl(
         converged |= rel < rel_tol
         halted = jnp.zeros((), bool) if info.halted is None else info.halted
         converged |= halted
+        if info.converged is not None:  # the rule's own test (static: the rule has one)
+            converged |= info.converged
         finite = jnp.isfinite(f_new) & jnp.all(jnp.isfinite(steps))
         converged &= finite
         stuck = info.stuck & finite & ~converged
@@ -527,7 +535,21 @@ def _slot_loop(step, fits, slots: int, progress_every):
     return jax.lax.while_loop(cond, body, carry)[-1]
 
 
-_iterate = eqx.filter_jit(iterate_impl)
+# the loop program, once per set of compiler options (jnmf.compile_options.loop_options)
+_iterate_programs = programs_by_options(iterate_impl, eqx.filter_jit)
+_iterate = _iterate_programs(None)  # XLA's default options
+
+
+def _iterate_for(rule, problem, state):
+    """The loop program for one fit: compiled with the rule's options
+    (:func:`jnmf.compile_options.loop_options`) when the call is top level on XLA:CPU."""
+    if not top_level_on_cpu(rule, problem, state):
+        return _iterate
+    factors = rule.factors(state) if hasattr(rule, "factors") else ()
+    if len(factors) != 2 or factors[1].ndim != 2 or not hasattr(problem, "shape"):
+        return _iterate_programs(getattr(rule, "compiler_options", None))
+    m, n = problem.shape
+    return _iterate_programs(loop_options(rule, m, n, factors[1].shape[0], 1))
 
 
 def check_static_options(history_size, normalize) -> None:
@@ -578,4 +600,5 @@ def iterate(
     rule.check(problem)
     dtype = rule.factors(state)[0].dtype
     guard_map_limit(problem, state)
-    return _iterate(rule, problem, state, *stop.traced(dtype), int(history_size), normalize)
+    program = _iterate_for(rule, problem, state)
+    return program(rule, problem, state, *stop.traced(dtype), int(history_size), normalize)

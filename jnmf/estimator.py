@@ -30,6 +30,7 @@ import numbers
 import time
 import warnings
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,7 +40,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, check_non_negative, validate_data
 
-from .batch import continue_restarts
+from .batch import continue_restarts, initial_states
 from .data import DataOperator, dense_operator, sparse_operator
 from .driver import CONVERGED, MAX_ITERATIONS, NONFINITE, STUCK, iterate
 from .fitting import data_scale, starting_points, validated_data
@@ -115,6 +116,11 @@ _MODEL_FLOOR = 1e-10
 _CHECK_EVERY = 10
 
 
+def _wrapped(name: str) -> property:
+    """The wrapped rule's attribute ``name`` (its XLA options: jnmf.compile_options)."""
+    return property(lambda self: getattr(self.rule, name, None))
+
+
 class FixedRRule(AlternatingRule):
     """A rule with R held fixed: its L half steps only (the estimator's ``transform``).
 
@@ -127,6 +133,8 @@ class FixedRRule(AlternatingRule):
     """
 
     rule: AlternatingRule
+    compiler_options = _wrapped("compiler_options")
+    small_compiler_options = _wrapped("small_compiler_options")
 
     @property
     def loss_degree(self) -> float:
@@ -139,6 +147,9 @@ class FixedRRule(AlternatingRule):
 
     def init_aux(self, problem, Lt, R):
         return self.rule.init_aux(problem, Lt, R)
+
+    def begin_fit(self, problem, state, f0):
+        return self.rule.begin_fit(problem, state, f0)
 
     def begin_iteration(self, aux):
         return self.rule.begin_iteration(aux)
@@ -191,15 +202,22 @@ def sweep_violation(hp, old: jax.Array, new: jax.Array) -> jax.Array:
 
 
 class ViolationRule(AlternatingRule):
-    """A one-sweep HALS rule that also sums scikit-learn's cd violation over each iteration
-    (its aux: the violation of the iteration's L and R sweeps), for ``solver="cd"``'s stopping
-    test ``violation / violation_init <= tol``.
+    """A one-sweep HALS rule that also sums scikit-learn's cd violation over each iteration,
+    and stops on ``solver="cd"``'s test ``violation / violation_init <= tol`` inside the
+    compiled loop (:meth:`converged`; ``violation_init`` is the first iteration's).
+
+    Its aux is ``(violation, violation_init)``: the violation of the iteration's L and R
+    sweeps so far, and the first iteration's (negative until that iteration ends).
 
     Attributes:
         rule: the wrapped HALS rule (one sweep per half step, as scikit-learn's cd).
+        tol: scikit-learn's ``tol`` (an array leaf: a new value never recompiles).
     """
 
     rule: AlternatingRule
+    tol: jax.Array = eqx.field(converter=lambda t: np.asarray(t, np.float64), default=0.0)
+    compiler_options = _wrapped("compiler_options")
+    small_compiler_options = _wrapped("small_compiler_options")
 
     @property
     def loss_degree(self) -> float:
@@ -207,20 +225,28 @@ class ViolationRule(AlternatingRule):
 
     def half_step(self, hp, Xt, aux, side: str) -> HalfStep:
         out = self.rule.half_step(hp, Xt, None, side)
-        return HalfStep(out.X, aux + sweep_violation(hp, Xt, out.X), out.step, out.stuck)
+        violation, first = aux
+        return HalfStep(out.X, (violation + sweep_violation(hp, Xt, out.X), first), out.step, out.stuck)
 
     def init_aux(self, problem, Lt, R):
-        return jnp.zeros((), Lt.dtype)
+        return jnp.zeros((), Lt.dtype), jnp.full((), -1, Lt.dtype)
 
     def begin_iteration(self, aux):
-        return jnp.zeros_like(aux)
+        violation, first = aux
+        return jnp.zeros_like(violation), first
+
+    def converged(self, aux):
+        violation, first = aux
+        # scikit-learn breaks when violation_init == 0, or violation / violation_init <= tol
+        return (first == 0) | (violation <= self.tol.astype(violation.dtype) * first)
 
     def half_problem(self, problem, side, Lt, R, aux):
         return self.rule.half_problem(problem, side, Lt, R, None)
 
     def finish_iteration(self, problem, hp_R, Lt, R, aux):
         Lt, R, _, objective = self.rule.finish_iteration(problem, hp_R, Lt, R, None)
-        return Lt, R, aux, objective
+        violation, first = aux
+        return Lt, R, (violation, jnp.where(first < 0, violation, first)), objective
 
     def check(self, problem) -> None:
         self.rule.check(problem)
@@ -630,7 +656,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         # scikit-learn's cd stops on its violation; every other solver on the mu test
         violation_test = self.method is None and self.solver == "cd" and M is None
         if violation_test:
-            rule = ViolationRule(rule)
+            rule = ViolationRule(rule, np.float64(self.tol))
         with _compute_precision(dtype):
             problem = build_problem(dense_operator(X), k, M=M, **penalties).scaled(scale, rule.loss_degree)
             if not update_H:
@@ -667,14 +693,16 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         the objective, penalties included) improved by less than ``tol * e_0`` over the
         chunk.  With ``violation_test`` (``solver="cd"``, ``rule`` a :class:`ViolationRule`),
         scikit-learn's cd test instead, after every iteration: done when the iteration's
-        violation is at most ``tol`` times the first iteration's.  Chunks continue the rule's
+        violation is at most ``tol`` times the first iteration's; the rule applies it inside
+        one compiled loop (no round trip per iteration), except with ``verbose``, which
+        prints every iteration from here.  Chunks continue the rule's
         state exactly (:func:`jnmf.batch.continue_restarts`), so the iterates are those of one
         uninterrupted run.  Returns the factors (at the
         iteration each fit was done), iteration counts and statuses, per restart, and sets
         ``self._best``.
         """
         b = L0.shape[0]
-        states = jax.vmap(lambda L, R: rule.init(problem, L, R))(L0, R0)
+        states = initial_states(rule, problem, L0, R0)  # one program
 
         def advance(states, iterations):
             if b == 1:  # one fit: the unbatched loop, given a leading axis of one
@@ -696,6 +724,14 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         L = np.array(first.L, np.float64)
         R = np.array(first.R, np.float64)
         objective = np.asarray(first.objective, np.float64).copy()
+        if violation_test and not self.verbose and not done.all():
+            # the rule stops each fit on scikit-learn's cd test inside one compiled loop
+            res = advance(states, self.max_iter)
+            n_iter = np.asarray(res.iterations, np.int64)
+            status = np.where(done, CONVERGED, np.asarray(res.status))
+            L, R = np.array(res.L, np.float64), np.array(res.R, np.float64)
+            objective = np.asarray(res.objective, np.float64)
+            done[:] = True
         violation0 = None
         while not done.all() and n_iter.max() < self.max_iter:
             chunk = 1 if violation_test else int(min(_CHECK_EVERY, self.max_iter - n_iter.max()))
@@ -709,7 +745,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             ended = np.isin(np.asarray(res.status), (STUCK, NONFINITE)) & live
             status[ended] = np.asarray(res.status)[ended]
             if violation_test:
-                violation = np.asarray(res.state.aux, np.float64)
+                violation = np.asarray(res.state.aux[0], np.float64)
                 violation0 = violation if violation0 is None else violation0
                 small = (violation0 == 0) | (violation <= self.tol * violation0)
                 converged = live & ~ended & small

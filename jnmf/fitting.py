@@ -36,7 +36,7 @@ from jaxtyping import Array
 from . import _validate as check
 from .batch import FITS_AXIS, batching_strategy, check_fits_mesh, run_grid, run_restarts
 from .checkpoint import checkpoint_directory, describe, run_checkpointed
-from .compile_options import programs_by_options, top_level_on_cpu
+from .compile_options import ONCE_OPTIONS, top_level_program
 from .data import (
     DataOperator,
     RowShardedData,
@@ -242,25 +242,15 @@ def starting_points(Y, rank: int, init, restarts: int, key) -> tuple[Array, Arra
     return _named_starts(Y, rank, init, restarts, key)
 
 
-# The starts programs are compiled with LLVM's optimization level 1 (XLA's default is 2):
-# JAX's threefry random bits compile 3-7x faster so (a 1000 x 500 rank-10 start on
-# XLA:CPU: 4.8 -> 1.6 s; with 4 restarts, whose vmapped keys compile slower still, 12.2 ->
-# 1.8 s), while the bits drawn stay the same (tests/test_fit.py; level 0 changes the
-# normal draw's last bits).  A start is drawn once per fit: its run time (milliseconds
-# at this size either way) does not matter; the loop is compiled as before.  Only on
-# XLA:CPU (see jnmf.compile_options.top_level_on_cpu).
-DRAW_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
-
-
-def _draw_program(draw, static_argnums: tuple[int, ...]):
-    """``draw`` jitted with XLA's default options and with :data:`DRAW_COMPILER_OPTIONS`;
-    each call runs the latter when :func:`~jnmf.compile_options.top_level_on_cpu`."""
-    programs = programs_by_options(draw, static_argnums=static_argnums)
-
-    def run(*args):
-        return programs(DRAW_COMPILER_OPTIONS if top_level_on_cpu(*args) else None)(*args)
-
-    return run
+# The starts programs are compiled with LLVM's optimization level 1 (XLA's default is 2)
+# and XLA's fusion emitters off: JAX's threefry random bits compile 3-7x faster at level 1
+# (a 1000 x 500 rank-10 start on XLA:CPU: 4.8 -> 1.6 s; with 4 restarts, whose vmapped keys
+# compile slower still, 12.2 -> 1.8 s), and another ~1.5x faster without the fusion
+# emitters (0.53 -> 0.36 s of CPU, experiments/README.md "Cold jnmf fit"), while the bits
+# drawn stay the same (tests/test_fit.py; level 0 changes the normal draw's last bits).
+# A start is drawn once per fit: its run time (milliseconds at this size either way) does
+# not matter.  Only on XLA:CPU (see jnmf.compile_options.top_level_on_cpu).
+DRAW_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False}
 
 
 def _named_starts_impl(Y, rank: int, init: str, restarts: int, key) -> tuple[Array, Array]:
@@ -268,7 +258,7 @@ def _named_starts_impl(Y, rank: int, init: str, restarts: int, key) -> tuple[Arr
     return jax.vmap(lambda k: initialize(Y, rank, init, k))(keys)
 
 
-_named_starts = _draw_program(_named_starts_impl, (1, 2, 3))
+_named_starts = top_level_program(_named_starts_impl, DRAW_COMPILER_OPTIONS, static_argnums=(1, 2, 3))
 
 
 def padded_starting_points(
@@ -317,7 +307,7 @@ def _padded_starts_impl(Y, ranks, keys, top: int, restarts: int, init: str) -> t
     return L0.reshape(-1, *L0.shape[2:]), R0.reshape(-1, *R0.shape[2:])
 
 
-_padded_starts = _draw_program(_padded_starts_impl, (3, 4, 5))
+_padded_starts = top_level_program(_padded_starts_impl, DRAW_COMPILER_OPTIONS, static_argnums=(3, 4, 5))
 
 
 class _Setup(eqx.Module):
@@ -529,14 +519,17 @@ def _scaled_starts(s: _Setup, Ys, init) -> tuple[Array, Array]:
     return starting_points(Ys, s.rank, init, s.restarts, s.key)
 
 
-@jax.jit
-def _unscaled_best(L, R, root, best, picked: dict) -> tuple[Array, Array, Array, Array, dict]:
+def _unscaled_best_impl(L, R, root, best, picked: dict) -> tuple[Array, Array, Array, Array, dict]:
     """All restarts' factors in the user's units (times ``root = sqrt(scale)``, as
     :func:`jnmf.problem.scale_factors`), restart ``best``'s factors and restart ``best`` of
     each of ``picked``'s stacks: one compiled program (indexed op by op, a fit compiled
     one small program per array)."""
     L, R = L * root, R * root
     return L, R, L[best], R[best], {name: stack[best] for name, stack in picked.items()}
+
+
+# runs once per fit, on the factors only: compiled cheaply (jnmf.compile_options.ONCE_OPTIONS)
+_unscaled_best = top_level_program(_unscaled_best_impl, ONCE_OPTIONS)
 
 
 def _pick_best(objectives: np.ndarray, status: np.ndarray) -> int:

@@ -104,10 +104,10 @@ class FactorPenalty(eqx.Module):
     def scaled(self, l1_factor, l2_factor) -> FactorPenalty:
         """The penalty with its L1 weights times ``l1_factor`` and L2 weights times ``l2_factor``."""
         return FactorPenalty(
-            self.lambda_1 * l1_factor,
-            self.W_1 * l1_factor,
-            self.lambda_2 * l2_factor,
-            self.gamma_2 * l2_factor,
+            check.times(self.lambda_1, l1_factor),
+            check.times(self.W_1, l1_factor),
+            check.times(self.lambda_2, l2_factor),
+            check.times(self.gamma_2, l2_factor),
             tuple((row.times(l2_factor), col) for row, col in self.W_2),
         )
 

@@ -80,3 +80,29 @@ def _release_compiled_programs():
     keeps each process's compiler state small."""
     yield
     jax.clear_caches()
+
+
+# The modules with the longest tests (a CI run's ``--durations``: test_mesh's subprocess
+# 123 s, test_readme 104 s, test_mesh_batch 73 s, ...), collected first.  Under
+# ``--dist loadfile`` pytest-xdist hands whole modules to its workers in collection
+# order, so a long module collected late keeps one worker busy after the others are done.
+LONG_MODULES_FIRST = (
+    "test_mesh.py",
+    "test_readme.py",
+    "test_mesh_batch.py",
+    "test_sparse_cv.py",
+    "test_estimator.py",
+    "test_implicit.py",
+    "test_fit.py",
+    "test_cross_validation.py",
+    "test_multiprocess.py",
+    "test_keep.py",
+    "test_sparse.py",
+    "test_slots.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Long modules first (``LONG_MODULES_FIRST``), the rest in their usual order."""
+    place = {name: i for i, name in enumerate(LONG_MODULES_FIRST)}
+    items.sort(key=lambda item: place.get(item.path.name, len(place)))

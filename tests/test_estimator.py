@@ -50,6 +50,7 @@ import subprocess
 import sys
 import warnings
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -486,6 +487,43 @@ def test_cd_stops_on_scikit_learns_violation_test(tol, penalties):
     assert abs(ours.n_iter_ - theirs.n_iter_) <= max(1, theirs.n_iter_ // 50)
     assert ours.reconstruction_err_ == pytest.approx(theirs.reconstruction_err_, rel=1e-4)
     np.testing.assert_allclose(W, W_sk, rtol=1e-3, atol=1e-6)
+
+
+def test_cd_test_runs_inside_one_compiled_loop(monkeypatch, capsys):
+    """solver="cd" applies scikit-learn's violation test inside the compiled loop: a fit
+    of ~100 iterations enters the loop program twice (the start's objective, then the
+    run), not once per iteration; a new tol compiles nothing; verbose, which prints every
+    iteration from the host, stops at the same iteration with the same factors
+    (float64)."""
+    import jnmf.estimator as est
+
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 5)) @ rng.random((5, 30)) + 0.05 * rng.random((40, 30))
+    W0, H0 = rng.random((40, 5)), rng.random((5, 30))
+    calls = []
+    real = est.iterate
+    monkeypatch.setattr(est, "iterate", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+
+    def fit(tol, verbose=0):
+        model = jnmf.NMF(5, solver="cd", init="custom", tol=tol, max_iter=600, verbose=verbose)
+        return model, model.fit_transform(X, W=W0.copy(), H=H0.copy())
+
+    fit(1e-2)  # compiles
+    seen = []
+    listener = lambda event, *a, **kw: seen.append(event)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        calls.clear()
+        model, W = fit(1e-3)
+    finally:
+        jax._src.monitoring.unregister_event_duration_listener(listener)
+    assert model.n_iter_ > 20
+    assert len(calls) == 2
+    assert "/jax/core/compile/backend_compile_duration" not in seen
+    loud, W_loud = fit(1e-3, verbose=1)
+    assert loud.n_iter_ == model.n_iter_
+    np.testing.assert_array_equal(W_loud, W)
+    assert f"Epoch {model.n_iter_:02d}" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------- seeded starts

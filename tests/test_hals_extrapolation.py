@@ -265,3 +265,24 @@ def test_grid_settings_start_from_their_own_objective(strategy):
         np.testing.assert_allclose(grid.R[i], alone.R, rtol=1e-10, atol=1e-12)
         start = jnp.stack([jnmf.objective(Y, L0[j], R0[j], lambda_1R=value) for j in range(2)])
         assert np.all(np.asarray(grid.objective[i]) <= np.asarray(start))
+
+
+def test_the_start_objective_is_the_drivers_and_a_continued_state_keeps_its_own():
+    """A fresh state holds no start objective (``inf``: computing it was a pass over Y that
+    the driver repeats for its own first ``tol`` test); the loop puts the driver's there
+    (HALS.begin_fit), so a fit of 0 iterations keeps the start as its best, at eq. 3 of
+    the start.  A state that holds its objectives already (a fit continued from a result)
+    keeps them: its last iterate is not the best one (float64)."""
+    Y, L, R = _data(1)
+    P = jnmf.build_problem(Y, K, lambda_1L=0.1)
+    rule = HALS(inner_sweeps=None, extrapolate=True, beta0=1.0, gamma=1.5, gamma_bar=1.2)
+    fresh = rule.init(P, L, R)
+    assert np.isinf(float(fresh.aux.best)) and np.isinf(float(fresh.aux.last))
+    started = iterate(rule, P, fresh, max_iterations=0, tol=0.0).state.aux
+    np.testing.assert_allclose(started.best, P.objective(L, R), rtol=1e-12)
+    np.testing.assert_allclose(started.last, P.objective(L, R), rtol=1e-12)
+    res = _fit(rule, P, L, R)
+    assert float(res.state.aux.last) != float(res.state.aux.best), "the case must end off its best"
+    again = iterate(rule, P, res.state, max_iterations=0, tol=0.0).state.aux
+    assert float(again.last) == float(res.state.aux.last)
+    assert float(again.best) == float(res.state.aux.best)

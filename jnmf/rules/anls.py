@@ -38,6 +38,7 @@ from typing import ClassVar
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from ..compile_options import CHEAP_OPTIONS
 from ..nnls import nnls_bpp_columns
 from ..problem import Problem
 from ..quadratic import HalfProblem
@@ -117,6 +118,11 @@ class ANLS(AlternatingRule):
     # the run time per iteration in float32 and 1.1x in float64 (experiments/README.md,
     # "Issue 15 on a quiet machine, again after stop 20's merges").
     compiler_options: ClassVar[dict | None] = {"xla_cpu_use_fusion_emitters": False}
+    # A small problem's loop (jnmf.compile_options.SMALL_LOOP_ENTRIES) at LLVM level 0 too:
+    # at 1000 x 500, rank 10, its compile takes ~2.2 s less CPU and each iteration ~3.8 ms
+    # more, even at ~600 iterations; ANLS's fits there stop after 18-36 (experiments/README.md,
+    # "Cold jnmf fit").
+    small_compiler_options: ClassVar[dict | None] = CHEAP_OPTIONS
     max_nnls_iter: Array
     ridge: Array
 

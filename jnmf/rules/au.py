@@ -21,6 +21,7 @@ from typing import ClassVar
 import equinox as eqx
 from jaxtyping import Array
 
+from ..compile_options import CHEAP_OPTIONS
 from ..problem import Problem
 from ..quadratic import HalfProblem, anneal, giqpm_step, objective_after_R_step, pick_direction, snap_zeros
 from .base import AlternatingRule, HalfStep, as_setting
@@ -40,6 +41,8 @@ class AURNMF(AlternatingRule):
     """
 
     method_name: ClassVar[str] = "au"
+    # a small problem's loop: the cheapest compile (jnmf.compile_options.SMALL_LOOP_ENTRIES)
+    small_compiler_options: ClassVar[dict | None] = CHEAP_OPTIONS
     tau: Array
     annealing_rate: Array
     zero_tolerance: Array

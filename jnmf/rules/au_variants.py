@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from ..compile_options import CHEAP_OPTIONS
 from ..problem import Problem
 from ..quadratic import (
     HalfProblem,
@@ -144,6 +145,8 @@ class AUVariant(AlternatingRule):
     """
 
     method_name: ClassVar[str] = "au_variant"
+    # as AURNMF's (whose step it shares; the default variant follows its iterates exactly)
+    small_compiler_options: ClassVar[dict | None] = CHEAP_OPTIONS
     tau: Array
     annealing_rate: Array
     zero_tolerance: Array

@@ -13,6 +13,8 @@ optional hooks with neutral defaults:
 
 * :meth:`~AlternatingRule.init_aux`: rule-specific state carried in ``NMFState.aux``
   (AURNMF's annealed ``tau_k``, an optax optimizer's state per factor, KL's ``L R``);
+* :meth:`~AlternatingRule.begin_fit`: once, when the driver's loop starts, with the
+  start's objective (extrapolated HALS keeps it as its best so far);
 * :meth:`~AlternatingRule.begin_iteration`: once per iteration, before the L step
   (AURNMF anneals ``tau_k`` here);
 * :meth:`~AlternatingRule.half_problem`: the subproblem of a side (eq. 8's ``(G, d)``
@@ -54,12 +56,16 @@ class StepInfo(eqx.Module):
             positive denominator, as in rnnmf): the loop ends, not converged.
         halted: True when the step found nothing to do (GIQPM's all-zero direction):
             as in rnnmf the pass is not counted and the run ends converged.
+        converged: True when the rule's own stopping test passed after this step
+            (:meth:`AlternatingRule.converged`; scikit-learn's cd violation test): the
+            step counts and the run ends converged.  None: the driver's tests only.
     """
 
     steps: Array
     objective: Array
     stuck: Array
     halted: Array | None = None
+    converged: Array | None = None
 
 
 class HalfStep(eqx.Module):
@@ -131,6 +137,10 @@ class AlternatingRule(eqx.Module):
     # XLA options for this rule's loop program on XLA:CPU (jnmf.compile_options; None:
     # XLA's defaults).  Results must not depend on them beyond rounding.
     compiler_options: ClassVar[dict | None] = None
+    # Options added on top of them for a small problem's loop program
+    # (jnmf.compile_options.loop_options), for rules whose iteration at that size costs
+    # too little for XLA's optimizations to pay for their compile time.  None: none.
+    small_compiler_options: ClassVar[dict | None] = None
 
     # ----------------------------------------------------------- the protocol
     @abc.abstractmethod
@@ -153,8 +163,38 @@ class AlternatingRule(eqx.Module):
     def init_aux(self, problem: Problem, Lt: Array, R: Array) -> PyTree:
         return None
 
+    def begin_fit(self, problem: Problem, state: NMFState, f0: Array) -> NMFState:
+        """The state the driver's loop starts from, given the start's objective ``f0`` (which
+        the driver computes anyway): a rule whose auxiliary state needs that value takes it
+        from here rather than computing it again (default: the state unchanged).
+
+        Args:
+            problem: the problem the loop runs on.
+            state: the starting state (one fit's; the driver vmaps over a batch).
+            f0: the rule's :meth:`objective` at ``state``, inside the compiled loop program.
+
+        Returns:
+            The state the loop starts from.
+        """
+        del problem, f0
+        return state
+
     def begin_iteration(self, aux: PyTree) -> PyTree:
         return aux
+
+    def converged(self, aux: PyTree) -> Array | None:
+        """The rule's own stopping test after an iteration, read from its auxiliary state
+        (e.g. scikit-learn's cd test on the iteration's violation, jnmf.estimator): True
+        ends the run converged, inside the compiled loop.
+
+        Args:
+            aux: the auxiliary state after the iteration (after :meth:`finish_iteration`).
+
+        Returns:
+            A boolean scalar, or None (the default): no test of the rule's own.
+        """
+        del aux
+        return None
 
     def half_problem(self, problem: Problem, side: str, Lt: Array, R: Array, aux: PyTree):
         return half_problem(problem, side, Lt, R)
@@ -290,7 +330,8 @@ def alternate(
         step_R = max_abs(half_R.X - R_old) if half_R.step is None else half_R.step
         Lt, R, aux, objective = rule.finish_iteration(problem, hp_R, half_L.X, half_R.X, half_R.aux)
         stuck = jnp.zeros((), bool) if half_R.stuck is None else half_R.stuck
-        return NMFState(Lt, R, aux), StepInfo(jnp.stack([step_L, step_R]), objective, stuck)
+        info = StepInfo(jnp.stack([step_L, step_R]), objective, stuck, converged=rule.converged(aux))
+        return NMFState(Lt, R, aux), info
 
     return sh(bookkeeping)(half_L, half_R, state.Lt, state.R, hp_R)
 

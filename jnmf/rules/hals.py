@@ -59,6 +59,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from ..compile_options import CHEAP_OPTIONS
 from ..problem import Problem
 from ..quadratic import HalfProblem, half_problem, objective_after_R_step
 from .base import AlternatingRule, HalfStep, NMFState, as_setting, rescale_rows, unsupported
@@ -106,7 +107,9 @@ class ExtrapolationState(eqx.Module):
         beta: the current extrapolation weight.
         beta_max: its current ceiling (the paper's beta bar).
         last: the objective of the last reported iterate.
-        best: the objective of the best iterate (the state's factors).
+        best: the objective of the best iterate (the state's factors).  A fresh state
+            (:meth:`HALS.init_aux`) holds ``inf`` in both: the driver's loop puts the start's
+            objective there (:meth:`HALS.begin_fit`), from the objective it computes anyway.
         best_Lt, best_R: the best iterate as the half steps saw it (passed through to
             :meth:`HALS.finish_iteration`, which only gets the new factors).
     """
@@ -121,13 +124,6 @@ class ExtrapolationState(eqx.Module):
     best: Array
     best_Lt: Array
     best_R: Array
-
-
-@eqx.filter_jit
-def _start_objective(problem: Problem, Lt: Array, R: Array) -> Array:
-    """eq. 3 at the start, compiled: ``fit`` builds the starting state outside its compiled
-    loop, and op by op this pass over the data cost ~120 ms of CPU on ORL."""
-    return problem.objective(Lt.T, R)
 
 
 def extrapolate(X_new: Array, X_old: Array, beta: Array) -> Array:
@@ -178,6 +174,8 @@ class HALS(AlternatingRule):
     """
 
     method_name: ClassVar[str] = "hals"
+    # a small problem's loop: the cheapest compile (jnmf.compile_options.SMALL_LOOP_ENTRIES)
+    small_compiler_options: ClassVar[dict | None] = CHEAP_OPTIONS
     alpha: float = eqx.field(static=True)
     inner_sweeps: int | None = eqx.field(static=True)
     delta: Array
@@ -268,18 +266,47 @@ class HALS(AlternatingRule):
     def init_aux(self, problem: Problem, Lt: Array, R: Array) -> ExtrapolationState | None:
         """No state for plain (accelerated) HALS; the extrapolation's state otherwise, with
         the starting point as the best iterate so far.  Every other hook extrapolates
-        exactly when this state exists."""
+        exactly when this state exists.
+
+        The start's objective is not computed here (a pass over Y, once more than needed:
+        the driver computes it for its own first ``tol`` test): ``last`` and ``best`` hold
+        ``inf`` until :meth:`begin_fit` puts the driver's value there, inside the compiled
+        loop program."""
         ex = self.extrapolation
         if not self.extrapolates(problem):
             return None
-        f0 = _start_objective(problem, Lt, R).astype(Lt.dtype)
         beta = ex.beta0.astype(Lt.dtype)
-        return ExtrapolationState(Lt, R, Lt, R, beta, jnp.ones_like(beta), f0, f0, Lt, R)
+        unknown = jnp.full_like(beta, jnp.inf)
+        return ExtrapolationState(Lt, R, Lt, R, beta, jnp.ones_like(beta), unknown, unknown, Lt, R)
+
+    def begin_fit(self, problem: Problem, state: NMFState, f0: Array) -> NMFState:
+        """The start's objective ``f0`` (the driver's, at the state's factors) as the last and
+        best objective of a fresh state (``inf``, see :meth:`init_aux`); a state that holds
+        them already (a continued fit) keeps its own.
+
+        Args:
+            problem: the problem (unused: ``f0`` is the driver's value of eq. 3 for it).
+            state: the starting state.
+            f0: eq. 3 at the state's factors.
+
+        Returns:
+            The state with the start's objective as its last and best.
+        """
+        aux = state.aux
+        if aux is None:
+            return state
+        fresh = jnp.isinf(aux.best)
+        f0 = f0.astype(aux.best.dtype)
+        aux = eqx.tree_at(
+            lambda a: (a.last, a.best), aux, (jnp.where(fresh, f0, aux.last), jnp.where(fresh, f0, aux.best))
+        )
+        return NMFState(state.Lt, state.R, aux)
 
     def for_problem(self, problem: Problem, state: NMFState) -> NMFState:
-        """The start's objective (the best so far) under ``problem``'s own settings: a
-        grid's settings share one starting state, made for the base problem, whose
-        penalties differ (see :meth:`AlternatingRule.for_problem`)."""
+        """The state ``init`` makes for ``problem``'s own settings: a grid's settings share
+        one starting state, made for the base problem, whose penalties differ (see
+        :meth:`AlternatingRule.for_problem`); the start's objective under this setting's
+        penalties is then left to the driver (:meth:`begin_fit`)."""
         if state.aux is None:
             return state
         return NMFState(state.Lt, state.R, self.init_aux(problem, state.Lt, state.R))

@@ -11,6 +11,7 @@ from typing import ClassVar
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from ..compile_options import CHEAP_OPTIONS
 from ..quadratic import HalfProblem, positive_or_one
 from .base import AlternatingRule, HalfStep, as_setting
 
@@ -41,6 +42,8 @@ class MURNMF(AlternatingRule):
     """
 
     method_name: ClassVar[str] = "mu"
+    # a small problem's loop: the cheapest compile (jnmf.compile_options.SMALL_LOOP_ENTRIES)
+    small_compiler_options: ClassVar[dict | None] = CHEAP_OPTIONS
     epsilon: Array
 
     def __init__(self, epsilon=1e-7):

@@ -32,6 +32,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, PyTree
 
+from ..compile_options import CHEAP_OPTIONS
 from ..problem import Problem
 from ..quadratic import HalfProblem
 from .base import AlternatingRule, HalfStep
@@ -49,6 +50,8 @@ class ProjectedGradient(AlternatingRule):
     """
 
     method_name: ClassVar[str] = "pg"
+    # a small problem's loop: the cheapest compile (jnmf.compile_options.SMALL_LOOP_ENTRIES)
+    small_compiler_options: ClassVar[dict | None] = CHEAP_OPTIONS
     optimizer: optax.GradientTransformation = eqx.field(static=True)
 
     def __init__(self, optimizer: optax.GradientTransformation):
