@@ -89,13 +89,10 @@ STRATEGIES = ("vmap", "hybrid", "map")
 # 2026-12-04 17:33-17:50 UTC, load 3-6, 19 / 22 / 27 iterations): S = 2 / 4 / 8 / 16 / 32
 # took 10.56 / 10.77 / 10.20 / 10.33 / 11.57 s against a loop of single fits' 11.13 s,
 # and in a second process-by-process comparison S = 2 beat S = 16 in 3 of 4 rounds: S = 2
-# to 16 now lie close; but S = 8 beat S = 2 in all three bench_restarts.py runs (by 3%, 9%
-# and 7%: 10.20 / 10.56 s at load 6, 9.43 / 10.40 s at load 5 -> 3, 7.74 / 8.29 s at load
-# 3.4 -> 4.8), so under "hybrid", where done fits cost only their share of the stacked
-# products, batches of 16+ fits run through max(SLOT_FITS_HYBRID, fits // 16) slots.
-# "vmap" (done fits still pay their whole step) keeps SLOT_FITS: not re-measured.
+# to 16 now lie close: S = 8 beat S = 2 in three runs under load (by 3%, 9%, 7%; load
+# 3-6), but in the one quiet run (18:03-18:05 UTC, load 1.3-1.8) S = 2 / 8 / 32 took 4.85
+# / 5.09 / 6.14 s against the loop's 5.85 s: the rule is kept (S = 2 for 32 fits).
 SLOT_FITS = 2
-SLOT_FITS_HYBRID = 8
 SLOT_FRACTION = 16
 
 # On CPU the strategy depends on the method and on whether stacking the fits' products
@@ -204,9 +201,8 @@ def restart_slots(
     slowest fit stops; with S < B slots, a slot whose fit is done is refilled with the
     next pending one (continuous batching, :func:`jnmf.driver._slot_loop`), so the loop
     runs about ``sum of iterations / S`` times.  Fewer slots waste less on finished
-    fits but stack fewer products with Y; under ``"hybrid"`` a finished fit costs only its
-    share of the stacked products, so more slots pay there (:data:`SLOT_FITS_HYBRID`); see
-    :data:`SLOT_FITS` for the measurements.
+    fits but stack fewer products with Y (under ``"hybrid"`` a finished fit costs only its
+    share of the stacked products); see :data:`SLOT_FITS` for the measurements.
 
     Args:
         strategy: the batching strategy (``"map"``: every fit has its own loop, no slots).
@@ -221,7 +217,7 @@ def restart_slots(
     """
     if backend != "cpu" or strategy == "map" or fits < SLOT_FRACTION:
         return None  # small batches (unmeasured) run all at once, as before
-    return max(SLOT_FITS_HYBRID if strategy == "hybrid" else SLOT_FITS, fits // SLOT_FRACTION)
+    return max(SLOT_FITS, fits // SLOT_FRACTION)
 
 
 def _slots_for(slots, strategy, rule, R, fits: int | None = None) -> int | None:
