@@ -7,9 +7,11 @@ the time of that iteration's products with Y alone, in one run (issue 15, part 1
 convergence tests off (``tol=0``).  ``max_iterations`` is traced, so one compiled
 program runs ``N1`` and ``N2`` iterations, and the time per iteration is
 ``(T(N2) - T(N1)) / (N2 - N1)``: the work before and after the loop (the starting and
-final objectives, the transfers) cancels.  Each T is the median of ``--repeats`` warm
-calls (``--repeats - 2``, at least 3, for 32 restarts), interleaved with the bound's calls
-so that a change of the machine's load hits both sides of a ratio alike.
+final objectives, the transfers) cancels.  N1, N2 are 2, 12 for a single fit and 5, 25
+for 32 restarts (``--batched-iterations``; until 2026-12-04 17:40 UTC 1, 2, which the
+load's noise drowned).  The difference is the median over ``--repeats`` rounds (``--repeats
+- 2``, at least 3, for 32 restarts) of the two warm calls of each round, interleaved with
+the bound's calls so that a change of the machine's load hits both sides of a ratio alike.
 
 **The bound** is the part of an iteration no algorithm of its kind avoids, compiled
 alone with ``jax.jit`` at the same shapes and dtype (median over the rounds of the median
@@ -29,7 +31,7 @@ For 32 restarts the Frobenius bound is the products of the 32 factors stacked
 (``k = 32 * rank``: one fat GEMM per side, what ``vmap`` stacking can reach), and the
 KL bound is its single-fit bound under ``vmap`` (each restart's ``L R`` is its own).
 
-    python experiments/bench_bound.py            # every case (~5 minutes on 2 cores)
+    python experiments/bench_bound.py            # every case (~15 minutes on 2 cores)
     python experiments/bench_bound.py --quick    # ORL and float32 only, fewer repeats
     python experiments/bench_bound.py --quick --pieces --strategies auto hybrid
     python experiments/bench_bound.py --quick --clock cpu   # CPU time: robust to other load
@@ -153,12 +155,12 @@ def iteration_and_bound(method: str, problem, L0, R0, n1: int, n2: int, repeats:
 
     run(n1)  # compile (max_iterations is traced: n2 runs the same program)
     bound = bound_call(method, problem.data.Y, jnp.swapaxes(L0, 1, 2), R0, L0.shape[0])
-    t1, t2, tb = [], [], []
+    diffs, tb = [], []
     for _ in range(repeats):
-        t1.append(median_time(lambda: run(n1), 1))
-        t2.append(median_time(lambda: run(n2), 1))
+        t1 = median_time(lambda: run(n1), 1)
+        diffs.append(median_time(lambda: run(n2), 1) - t1)  # paired within the round
         tb.append(median_time(bound, 4))
-    per_iter = (statistics.median(t2) - statistics.median(t1)) / (n2 - n1)
+    per_iter = statistics.median(diffs) / (n2 - n1)
     return per_iter, statistics.median(tb), strategy
 
 
@@ -202,6 +204,8 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=["single", "batched"], choices=["single", "batched"])
     ap.add_argument("--restarts", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batched-iterations", type=int, nargs=2, default=[5, 25], metavar=("N1", "N2"),
+                    help="the two iteration counts of the batched runs (default 5 25)")  # fmt: skip
     ap.add_argument("--strategies", nargs="+", default=["auto"], choices=["auto", "vmap", "hybrid", "map"],
                     help="batching strategies of the batched runs (auto: jnmf's choice)")  # fmt: skip
     ap.add_argument("--pieces", action="store_true", help="also time the pieces of hals/ahals iterations")
@@ -231,9 +235,10 @@ def main() -> None:
                 scale = np.sqrt(float(np.mean(Y64)) / k)  # scikit-learn's random start scale
                 L0 = jnp.asarray((scale * rng.random((batch, m, k))).astype(dtype))
                 R0 = jnp.asarray((scale * rng.random((batch, k, n))).astype(dtype))
-                # enough iterations that the difference is well above the timer's noise (one
-                # batched iteration is 0.1-1 s), few enough that the whole run stays ~5 minutes
-                n1, n2 = (1, 2) if batch > 1 else (2, 12)
+                # enough iterations that the difference is well above the timer's and the
+                # load's noise: batched, 1 vs 2 iterations (one iteration of 32 fits is
+                # 0.1-1 s) did not repeat within 2x between runs; 5 vs 25 repeat within ~10%
+                n1, n2 = tuple(args.batched_iterations) if batch > 1 else (2, 12)
                 repeats = max(3, args.repeats - 2) if batch > 1 else args.repeats
                 strategies = args.strategies if batch > 1 else ["auto"]
                 for method, chosen in [(m_, s_) for m_ in args.methods for s_ in strategies]:

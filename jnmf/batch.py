@@ -14,7 +14,9 @@ over a batch of fits, with one of two strategies, chosen here and nowhere else:
   as a ``lax.map`` loop over fits, each in its unbatched code.  On CPU this is what
   HALS's memory-bound column sweeps and ANLS's pivoting want: batched, every row
   update becomes a strided gather/scatter over all fits, and a data-dependent inner
-  loop runs for the slowest fit and pays a select per pass.
+  loop runs for the slowest fit and pays a select per pass.  The loop over fits skips
+  the fits that are done (finished, or a retired slot; :func:`_loop_over_active`), so
+  they cost only their share of the stacked products.
 * ``"map"``: ``lax.map`` over the fits, each with its own loop, in one program.  It
   shares no product with Y, but each fit stops on its own and runs its unbatched
   code.
@@ -68,7 +70,7 @@ from .compile_options import (
 )
 from .driver import DEFAULT_STOPPING, Result, Stopping, check_static_options, iterate_impl
 from .problem import Problem, check_replacements
-from .rules.base import AlternatingRule, alternate
+from .rules.base import AlternatingRule, HalfStep, alternate
 
 STRATEGIES = ("vmap", "hybrid", "map")
 
@@ -82,6 +84,14 @@ STRATEGIES = ("vmap", "hybrid", "map")
 # (load 13-10, median of 2): fewer slots waste less on finished fits, and 2 fits still
 # stack the products with Y.  Larger batches keep fits // 16 slots (unmeasured beyond 32
 # fits: the stacked products stay as wide as the measured ones, or wider).
+# Re-measured after finished fits stopped paying their half steps ("hybrid",
+# _loop_over_active; experiments/README.md "Finished fits skip their half steps";
+# 2026-12-04 17:33-17:50 UTC, load 3-6, 19 / 22 / 27 iterations): S = 2 / 4 / 8 / 16 / 32
+# took 10.56 / 10.77 / 10.20 / 10.33 / 11.57 s against a loop of single fits' 11.13 s,
+# and in a second process-by-process comparison S = 2 beat S = 16 in 3 of 4 rounds: S = 2
+# to 16 now lie close: S = 8 beat S = 2 in three runs under load (by 3%, 9%, 7%; load
+# 3-6), but in the one quiet run (18:03-18:05 UTC, load 1.3-1.8) S = 2 / 8 / 32 took 4.85
+# / 5.09 / 6.14 s against the loop's 5.85 s: the rule is kept (S = 2 for 32 fits).
 SLOT_FITS = 2
 SLOT_FRACTION = 16
 
@@ -191,7 +201,8 @@ def restart_slots(
     slowest fit stops; with S < B slots, a slot whose fit is done is refilled with the
     next pending one (continuous batching, :func:`jnmf.driver._slot_loop`), so the loop
     runs about ``sum of iterations / S`` times.  Fewer slots waste less on finished
-    fits but stack fewer products with Y; see :data:`SLOT_FITS` for the measurements.
+    fits but stack fewer products with Y (under ``"hybrid"`` a finished fit costs only its
+    share of the stacked products); see :data:`SLOT_FITS` for the measurements.
 
     Args:
         strategy: the batching strategy (``"map"``: every fit has its own loop, no slots).
@@ -227,6 +238,78 @@ def _loop_over_fits(f):
     return lambda *args: jax.lax.map(lambda a: f(*a), args)
 
 
+def _loop_over_active(active):
+    """A ``solo`` transform for :func:`jnmf.rules.base.alternate`: the half step applied
+    fit by fit to the fits with ``active`` True only, as a ``lax.while_loop`` over their
+    indices (in fit order), each fit's results written in place into the batch; the other
+    fits (done: their step is discarded by the driver's freeze) cost nothing and come back
+    as they came in (``X`` and ``aux`` passed through, step 0, not stuck).  The fits that
+    run do exactly what ``lax.map`` (:func:`_loop_over_fits`) does.
+
+    Only the outputs the half step computes are written per fit: those it passes on from
+    its inputs unchanged (most of extrapolated HALS's auxiliary state; found by tracing
+    the step, ``jax.make_jaxpr``) are the input batch's own leaves, as ``lax.map``'s
+    forwarding does.  Written per fit they cost ~7% more CPU time per iteration (32 ORL
+    fits, float32); so did ``lax.cond(active, step, skip)`` inside the ``lax.map``
+    (experiments/README.md, "Continuous batching").  A half step whose output is not
+    shaped as ``HalfStep(X, aux, ...)`` (no rule here) runs for every fit (``lax.map``).
+    """
+
+    def transform(f):
+        def run(hp, X, aux):
+            batch, static = eqx.partition((hp, X, aux), eqx.is_array)
+            leaves, treedef = jax.tree.flatten(batch)
+            one = lambda ls: f(*eqx.combine(jax.tree.unflatten(treedef, ls), static))
+            out = eqx.filter_eval_shape(one, [x[0] for x in leaves])
+            if not isinstance(out, HalfStep) or _shapes((out.X, out.aux)) != _shapes((X[0], _fit_of(aux, 0))):
+                return jax.lax.map(lambda a: f(*a), (hp, X, aux))
+            flat = lambda ls: jax.tree.leaves(one(ls))
+            jaxpr = jax.make_jaxpr(flat)([x[0] for x in leaves]).jaxpr
+            # output o is input forwarded[o] unchanged, or computed (None); a value output
+            # twice (extrapolated HALS's L_hat: the step's X and aux.Lt) is written once
+            position = {id(v): i for i, v in enumerate(jaxpr.invars)}
+            forwarded = [position.get(id(v)) for v in jaxpr.outvars]
+            first = {}
+            for o, v in enumerate(jaxpr.outvars):
+                if forwarded[o] is None:
+                    first.setdefault(id(v), o)
+            computed = list(first.values())
+            zeros = lambda s: None if s is None else jnp.zeros((X.shape[0],) + s.shape, s.dtype)
+            # a skipped fit's computed outputs: its X and aux as they came in
+            skipped = jax.tree.leaves(HalfStep(X, aux, zeros(out.step), zeros(out.stuck)))
+            order = jnp.argsort(~active, stable=True)  # the active fits first, in fit order
+            count = jnp.sum(active)
+
+            def body(carry):
+                i, written = carry
+                j = order[i]
+                new = flat([jax.lax.dynamic_index_in_dim(x, j, 0, keepdims=False) for x in leaves])
+                put = lambda b, o: jax.lax.dynamic_update_index_in_dim(b, new[o], j, 0)
+                return i + 1, [put(b, o) for b, o in zip(written, computed)]
+
+            start = (jnp.zeros((), count.dtype), [skipped[o] for o in computed])
+            written = dict(zip(computed, jax.lax.while_loop(lambda c: c[0] < count, body, start)[1]))
+            result = [
+                leaves[i] if i is not None else written[first[id(v)]]
+                for i, v in zip(forwarded, jaxpr.outvars)
+            ]
+            return jax.tree.unflatten(jax.tree.structure(out), result)
+
+        return run
+
+    return transform
+
+
+def _fit_of(tree, i):
+    """Fit ``i`` of a batch: every array leaf's entry ``i`` of its leading axis."""
+    return jax.tree.map(lambda a: a[i] if eqx.is_array(a) else a, tree)
+
+
+def _shapes(tree):
+    """The structure, shapes and dtypes of a pytree's array leaves."""
+    return jax.tree.structure(tree), [(x.shape, x.dtype) for x in jax.tree.leaves(tree)]
+
+
 def _run(
     rule, problem, states, opts, history_size, normalize, strategy, progress_every=None, slots=None
 ) -> Result:
@@ -239,7 +322,9 @@ def _run(
         )
     step = None
     if strategy == "hybrid" and isinstance(rule, AlternatingRule):
-        step = lambda p, s: alternate(rule, p, s, shared=jax.vmap, solo=_loop_over_fits)
+        # finished fits (and retired slots) skip their half steps: they cost only their
+        # share of the stacked products
+        step = lambda p, s, active: alternate(rule, p, s, shared=jax.vmap, solo=_loop_over_active(active))
     return iterate_impl(
         rule,
         problem,

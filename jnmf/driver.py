@@ -246,9 +246,11 @@ def iterate_impl(
     freezing select is skipped (``lax.cond``) while no fit has finished, which saves
     full passes over every factor per iteration: with many restarts of a large
     problem the factors do not fit in cache, so those passes cost as much as the
-    small products.  ``batched_step(problem, states)`` computes the step of every fit
-    (default: ``vmap`` of ``rule.step``); the batch layer passes its own to choose how
-    the fits' work is batched (jnmf.batch).
+    small products.  ``batched_step(problem, states, active)`` computes the step of every
+    fit (default: ``vmap`` of ``rule.step``); the batch layer passes its own to choose how
+    the fits' work is batched (jnmf.batch).  ``active`` is False for the fits that are done
+    (finished, or a retired slot): their steps are discarded by the freeze, so a step may
+    skip them (the "hybrid" strategy's ``lax.map`` of half steps does, under ``lax.cond``).
 
     ``slots`` (static; batched only): run the B fits through this many slots, refilling
     a slot with the next pending fit as soon as its fit is done (continuous batching, see
@@ -385,15 +387,16 @@ def iterate_impl(
 
     if not batched:
 
-        def advance(k, state, f, history, labels, since):
+        def advance(k, state, f, history, labels, since, done):
+            del done
             new, info = rule.step(problem, state)
             k_new, new, f_new, new_labels = guarded_values(k, new, info, f, labels)
             return bookkeeping(k_new, state, new, info, f, f_new, history, labels, new_labels, since)
     else:
-        step_all = batched_step or (lambda p, states: jax.vmap(lambda s: rule.step(p, s))(states))
+        step_all = batched_step or (lambda p, states, active: jax.vmap(lambda s: rule.step(p, s))(states))
 
-        def advance(k, states, f, history, labels, since):
-            new, infos = step_all(problem, states)
+        def advance(k, states, f, history, labels, since, done):
+            new, infos = step_all(problem, states, ~done)
             k_new, new, f_new, labels_new = guarded_values(k, new, infos, f, labels, jax.vmap, jnp.any)
             tests = jax.vmap(bookkeeping)
             return tests(k_new, states, new, infos, f, f_new, history, labels, labels_new, since)
@@ -402,7 +405,7 @@ def iterate_impl(
         return jnp.any(~carry[-1])
 
     def step_and_freeze(carry):
-        stepped = advance(*carry[:6])
+        stepped = advance(*carry[:6], carry[-1])
         if not batched:
             return stepped
         done = carry[-1]

@@ -8,12 +8,13 @@ reach early, some late and some never, within the cap), B = 7 is not a multiple 
 and max_iterations=0 and S >= B (no refill) are covered.  Exactness tests: float64 (x64 is on in conftest.py).
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jnmf import compile_options, make_rule, progress
-from jnmf.batch import restart_slots, run_grid, run_restarts
+from jnmf.batch import _loop_over_active, restart_slots, run_grid, run_restarts
 from jnmf.driver import Stopping
 from jnmf.problem import build_problem
 
@@ -122,3 +123,38 @@ def test_slots_argument_and_choice():
     chosen = restart_slots("hybrid", "hals", 25, 32)
     assert chosen is not None and 1 <= chosen < 32
     assert restart_slots("hybrid", "hals", 25, 32, "gpu") is None  # measured on CPU only
+
+
+@pytest.mark.parametrize("method", ["ahals", "ahals-plain"])
+def test_finished_fits_skip_their_half_steps(method):
+    """The "hybrid" step's half steps run for the active fits only (float64): an active
+    fit's half step equals the fit-by-fit one exactly, an inactive fit comes back as it came
+    in (its result is discarded by the driver's freeze), with or without extrapolation's
+    auxiliary state (whose unchanged leaves are passed on, not rewritten per fit)."""
+    Y, L0, R0 = starts(1)
+    rule = make_rule(method)
+    problem = build_problem(Y, K)
+    states = jax.vmap(lambda L, R: rule.init(problem, L, R))(L0, R0)
+    active = jnp.asarray([True, False, True, True, False, False, True])
+    hp = jax.vmap(lambda Lt, R, aux: rule.half_problem(problem, "L", Lt, R, aux))(
+        states.Lt, states.R, states.aux
+    )
+    one = lambda hp, X, aux: rule.half_step(hp, X, aux, "L")
+    skipping = jax.jit(lambda hp, X, aux, a: _loop_over_active(a)(one)(hp, X, aux))(
+        hp, states.Lt, states.aux, active
+    )
+    every = jax.lax.map(lambda a: one(*a), (hp, states.Lt, states.aux))
+    for i, on in enumerate(np.asarray(active)):
+        take = lambda x, i=i: x[i]
+        if on:  # the same half step, compiled in another program: equal to rounding
+            got, expected = jax.tree.map(take, skipping), jax.tree.map(take, every)
+            check = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+        else:  # passed through untouched
+            got = jax.tree.map(take, (skipping.X, skipping.aux))
+            expected = jax.tree.map(take, (states.Lt, states.aux))
+            check = np.testing.assert_array_equal
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+            check(np.asarray(a), np.asarray(b))
+    # and none active: everything passes through
+    none = _loop_over_active(jnp.zeros(B, bool))(one)(hp, states.Lt, states.aux)
+    np.testing.assert_array_equal(np.asarray(none.X), np.asarray(states.Lt))
