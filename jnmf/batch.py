@@ -63,9 +63,8 @@ from . import _validate as check
 from .compile_cache import guard_map_limit
 from .compile_options import (
     ONCE_OPTIONS,
-    loop_options,
+    program_options,
     programs_by_options,
-    top_level_on_cpu,
     top_level_program,
 )
 from .driver import DEFAULT_STOPPING, Result, Stopping, check_static_options, iterate_impl
@@ -251,7 +250,7 @@ def _loop_over_active(active):
     the step, ``jax.make_jaxpr``) are the input batch's own leaves, as ``lax.map``'s
     forwarding does.  Written per fit they cost ~7% more CPU time per iteration (32 ORL
     fits, float32); so did ``lax.cond(active, step, skip)`` inside the ``lax.map``
-    (experiments/README.md, "Continuous batching").  A half step whose output is not
+    (experiments/README.md, "Finished fits skip their half steps").  A half step whose output is not
     shaped as ``HalfStep(X, aux, ...)`` (no rule here) runs for every fit (``lax.map``).
     """
 
@@ -351,20 +350,13 @@ _restarts = _restarts_programs(None)  # XLA's default options
 
 
 def _for_rule(programs, rule, problem, *args, settings: int = 1):
-    """The program of ``programs`` for ``rule``: compiled with the rule's options
-    (:func:`jnmf.compile_options.loop_options`: its ``compiler_options``, and for a small
-    problem its ``small_compiler_options``) when the call with ``args`` is top level on
-    XLA:CPU (:mod:`jnmf.compile_options`), else with XLA's defaults.  The states among
-    ``args`` (their ``R``, ``(fits, k, n)``) give the rank and the fits; ``settings``: the
-    grid settings each start runs under."""
-    if not top_level_on_cpu(rule, problem, *args):
-        return programs(None)
+    """The program of ``programs`` for ``rule``, compiled with
+    :func:`jnmf.compile_options.program_options` (the rule's options, and for a small
+    problem its ``small_compiler_options``, when the call with ``args`` is top level on
+    XLA:CPU).  The states among ``args`` (their ``R``, ``(fits, k, n)``) give the rank and
+    the fits; ``settings``: the grid settings each start runs under."""
     R = next((a.R for a in args if isinstance(getattr(a, "R", None), jax.Array)), None)
-    if R is None or R.ndim < 2:
-        return programs(getattr(rule, "compiler_options", None))
-    m, n = problem.shape
-    fits = int(np.prod(R.shape[:-2], dtype=np.int64)) * settings
-    return programs(loop_options(rule, m, n, R.shape[-2], fits))
+    return programs(program_options(rule, problem, R, settings, *args))
 
 
 def _grid_impl(rule, problem, grid, states, opts, history_size, normalize, strategy, slots=None) -> Result:

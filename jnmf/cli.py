@@ -486,7 +486,6 @@ def _enable_float64(args) -> None:
 
 
 def _run_fit(args) -> int:
-
     import jnmf
 
     say = (lambda *a: None) if args.quiet else print

@@ -19,6 +19,7 @@ backends keep XLA's defaults.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 
@@ -109,6 +110,30 @@ def loop_options(rule, m: int, n: int, rank: int, fits: int) -> dict | None:
     if small and small_loop(m, n, rank, fits):
         options.update(small)
     return options or None
+
+
+def program_options(rule, problem, R, settings: int, *args) -> dict | None:
+    """The options of ``rule``'s loop program for a call with ``args``: XLA's defaults
+    (None) unless the call is :func:`top_level_on_cpu`; the rule's ``compiler_options``
+    when no rank can be read (``R`` None or a vector, or a problem without a shape); else
+    :func:`loop_options` at ``problem``'s shape, ``R``'s rank and fits.
+
+    Args:
+        rule: the rule.
+        problem: the problem (its ``shape``, ``m x n``).
+        R: the states' R, ``(..., k, n)`` (leading axes: the fits), or None.
+        settings: the grid settings each fit of ``R`` runs under (1 without a grid).
+        *args: the call's other arguments (the top-level test looks at them too).
+
+    Returns:
+        The options, or None for XLA's defaults.
+    """
+    if not top_level_on_cpu(rule, problem, *args):
+        return None
+    if R is None or R.ndim < 2 or not hasattr(problem, "shape"):
+        return getattr(rule, "compiler_options", None)
+    m, n = problem.shape
+    return loop_options(rule, m, n, R.shape[-2], math.prod(R.shape[:-2]) * settings)
 
 
 def programs_by_options(fun: Callable, jit: Callable = jax.jit, **jit_kwargs) -> Callable:

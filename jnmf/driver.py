@@ -64,7 +64,7 @@ from jaxtyping import Array
 from . import _validate as check
 from . import progress
 from .compile_cache import guard_map_limit
-from .compile_options import loop_options, programs_by_options, top_level_on_cpu
+from .compile_options import program_options, programs_by_options
 
 Normalize = Literal["max", "sum"] | None
 
@@ -250,7 +250,8 @@ def iterate_impl(
     fit (default: ``vmap`` of ``rule.step``); the batch layer passes its own to choose how
     the fits' work is batched (jnmf.batch).  ``active`` is False for the fits that are done
     (finished, or a retired slot): their steps are discarded by the freeze, so a step may
-    skip them (the "hybrid" strategy's ``lax.map`` of half steps does, under ``lax.cond``).
+    skip them (the "hybrid" strategy's loop of half steps over the active fits does,
+    :func:`jnmf.batch._loop_over_active`).
 
     ``slots`` (static; batched only): run the B fits through this many slots, refilling
     a slot with the next pending fit as soon as its fit is done (continuous batching, see
@@ -295,12 +296,15 @@ def iterate_impl(
             return jnp.zeros((1,), jnp.int32)
         return partition_labels(jnp.argmax(R, axis=0), R.shape[0])
 
+    def halted(info):
+        """Whether the step found nothing to do (not counted; the run ends converged)."""
+        return jnp.zeros((), bool) if info.halted is None else info.halted
+
     def counted(k, state, info):
         """One fit's count and state after a step (columns rescaled with ``normalize``)."""
         if normalize is not None:
             state = in_loop(problem, rule.rescale(state, normalize))
-        halted = jnp.zeros((), bool) if info.halted is None else info.halted
-        return k + jnp.where(halted, 0, 1).astype(k.dtype), state
+        return k + jnp.where(halted(info), 0, 1).astype(k.dtype), state
 
     def needs(k):
         """Whether a fit at count ``k`` needs its objective (when the rule's is costly) and
@@ -372,8 +376,7 @@ def iterate_impl(
             lambda: jnp.asarray(jnp.inf, dtype),
         )
         converged |= rel < rel_tol
-        halted = jnp.zeros((), bool) if info.halted is None else info.halted
-        converged |= halted
+        converged |= halted(info)
         if info.converged is not None:  # the rule's own test (static: the rule has one)
             converged |= info.converged
         finite = jnp.isfinite(f_new) & jnp.all(jnp.isfinite(steps))
@@ -541,15 +544,12 @@ _iterate = _iterate_programs(None)  # XLA's default options
 
 
 def _iterate_for(rule, problem, state):
-    """The loop program for one fit: compiled with the rule's options
-    (:func:`jnmf.compile_options.loop_options`) when the call is top level on XLA:CPU."""
-    if not top_level_on_cpu(rule, problem, state):
-        return _iterate
+    """The loop program for one fit, compiled with
+    :func:`jnmf.compile_options.program_options` (the rule's options when the call is top
+    level on XLA:CPU)."""
     factors = rule.factors(state) if hasattr(rule, "factors") else ()
-    if len(factors) != 2 or factors[1].ndim != 2 or not hasattr(problem, "shape"):
-        return _iterate_programs(getattr(rule, "compiler_options", None))
-    m, n = problem.shape
-    return _iterate_programs(loop_options(rule, m, n, factors[1].shape[0], 1))
+    R = factors[1] if len(factors) == 2 and factors[1].ndim == 2 else None
+    return _iterate_programs(program_options(rule, problem, R, 1, state))
 
 
 def check_static_options(history_size, normalize) -> None:
