@@ -518,7 +518,16 @@ def _prepare(rule, problem, L0, R0, stopping, overrides, history_size, normalize
 
 
 def initial_states_impl(rule, problem, L0, R0):
-    """The rule's starting states of the stacked starts ``L0`` (b, m, k) and ``R0`` (b, k, n)."""
+    """The rule's starting states of the stacked starts ``L0`` (b, m, k) and ``R0`` (b, k, n).
+
+    Args:
+        rule: the rule (its ``init``).
+        problem: the problem the fits solve.
+        L0, R0: the stacked starting factors.
+
+    Returns:
+        The b states, stacked along a leading axis.
+    """
     return jax.vmap(lambda L, R: rule.init(problem, L, R))(L0, R0)
 
 

@@ -281,11 +281,27 @@ class AlternatingRule(eqx.Module):
         product ``L R``, which the objective and the next L half step share).  The driver
         calls this when the loop starts and after rescaling the factors (``normalize``),
         and :meth:`out_of_loop` when it ends, so such a quantity never leaves the loop
-        (it would be an ``m x n`` array per fit in every result)."""
+        (it would be an ``m x n`` array per fit in every result).
+
+        Args:
+            problem: the problem the loop runs on.
+            state: a state with the factors only.
+
+        Returns:
+            The state as the loop carries it.
+        """
+        del problem
         return state
 
     def out_of_loop(self, state: NMFState) -> NMFState:
-        """The state a result holds: what :meth:`in_loop` added dropped (default: unchanged)."""
+        """The state a result holds: what :meth:`in_loop` added dropped (default: unchanged).
+
+        Args:
+            state: the state as the loop carries it.
+
+        Returns:
+            The state with the factors only.
+        """
         return state
 
 

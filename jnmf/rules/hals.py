@@ -306,7 +306,15 @@ class HALS(AlternatingRule):
         """The state ``init`` makes for ``problem``'s own settings: a grid's settings share
         one starting state, made for the base problem, whose penalties differ (see
         :meth:`AlternatingRule.for_problem`); the start's objective under this setting's
-        penalties is then left to the driver (:meth:`begin_fit`)."""
+        penalties is then left to the driver (:meth:`begin_fit`).
+
+        Args:
+            problem: the problem of one setting.
+            state: a starting state made for another setting, from the same factors.
+
+        Returns:
+            The state ``init(problem, L0, R0)`` would have made.
+        """
         if state.aux is None:
             return state
         return NMFState(state.Lt, state.R, self.init_aux(problem, state.Lt, state.R))
