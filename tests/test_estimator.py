@@ -491,10 +491,9 @@ def test_cd_stops_on_scikit_learns_violation_test(tol, penalties):
 
 def test_cd_test_runs_inside_one_compiled_loop(monkeypatch, capsys):
     """solver="cd" applies scikit-learn's violation test inside the compiled loop: a fit
-    of ~100 iterations enters the loop program twice (the start's objective, then the
-    run), not once per iteration; a new tol compiles nothing; verbose, which prints every
-    iteration from the host, stops at the same iteration with the same factors
-    (float64)."""
+    of ~100 iterations enters the loop program once, not once per iteration; a new tol
+    compiles nothing; verbose, which prints every iteration from the host, stops at the
+    same iteration with the same factors (float64)."""
     import jnmf.estimator as est
 
     rng = np.random.default_rng(0)
@@ -518,12 +517,109 @@ def test_cd_test_runs_inside_one_compiled_loop(monkeypatch, capsys):
     finally:
         jax._src.monitoring.unregister_event_duration_listener(listener)
     assert model.n_iter_ > 20
-    assert len(calls) == 2
+    assert len(calls) == 1
     assert "/jax/core/compile/backend_compile_duration" not in seen
     loud, W_loud = fit(1e-3, verbose=1)
     assert loud.n_iter_ == model.n_iter_
     np.testing.assert_array_equal(W_loud, W)
     assert f"Epoch {model.n_iter_:02d}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("tol", "extra"),
+    [
+        (1e-2, {}),
+        (1e-4, {}),
+        (1e-3, {"alpha_W": 0.01, "l1_ratio": 0.5}),
+        (1e-3, {"beta_loss": "kullback-leibler"}),
+        (1e-3, {"beta_loss": 0.5}),
+    ],
+)
+def test_mu_stops_on_scikit_learns_error_test(tol, extra):
+    """solver="mu" stops as scikit-learn's multiplicative updates: every 10 iterations,
+    when (previous error - error) / initial error < tol, the error being the loss without
+    the penalties.  From the same start (float64) the iteration counts are equal, and so
+    are the factors and errors up to rounding; transform (W only, H fixed) too."""
+    from sklearn.decomposition import NMF as SkNMF
+
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 5)) @ rng.random((5, 30)) + 0.05 * rng.random((40, 30))
+    W0, H0 = rng.random((40, 5)), rng.random((5, 30))
+    settings = dict(n_components=5, solver="mu", init="custom", tol=tol, max_iter=600, **extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = jnmf.NMF(**settings)
+        W = ours.fit_transform(X, W=W0.copy(), H=H0.copy())
+        theirs = SkNMF(**settings)
+        W_sk = theirs.fit_transform(X, W=W0.copy(), H=H0.copy())
+        V, V_sk = ours.transform(X[:20]), theirs.transform(X[:20])
+    assert 20 <= theirs.n_iter_ < 600  # scikit-learn stopped on its test, not the cap
+    assert ours.n_iter_ == theirs.n_iter_
+    assert ours.reconstruction_err_ == pytest.approx(theirs.reconstruction_err_, rel=1e-9)
+    np.testing.assert_allclose(W, W_sk, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(V, V_sk, rtol=1e-8, atol=1e-12)
+
+
+def test_mu_test_runs_inside_one_compiled_loop(monkeypatch, capsys):
+    """solver="mu" (and every solver but cd) applies scikit-learn's every-10-iterations
+    test inside the compiled loop: a fit enters the loop program once (one fit: the
+    unbatched loop; restarts: the batched one), not once per test; a new tol compiles
+    nothing; verbose, which prints each test's error from a host loop of 10-iteration
+    chunks, stops at the same iteration with the same factors.  Missing values (a costly
+    masked objective, evaluated at the tests only) stop the same way.  Float64."""
+    import jnmf.estimator as est
+
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 5)) @ rng.random((5, 30)) + 0.05 * rng.random((40, 30))
+    W0, H0 = rng.random((40, 5)), rng.random((5, 30))
+    calls = []
+
+    def counted(name):
+        real = getattr(est, name)
+        return lambda *a, **kw: calls.append(name) or real(*a, **kw)
+
+    for name in ("iterate", "continue_restarts"):
+        monkeypatch.setattr(est, name, counted(name))
+
+    def fit(tol, verbose=0, **kw):
+        model = jnmf.NMF(5, solver="mu", init="custom", tol=tol, max_iter=600, verbose=verbose, **kw)
+        return model, model.fit_transform(X, W=W0.copy(), H=H0.copy())
+
+    fit(1e-2)  # compiles
+    seen = []
+    listener = lambda event, *a, **kw: seen.append(event)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        calls.clear()
+        model, W = fit(1e-3)
+    finally:
+        jax._src.monitoring.unregister_event_duration_listener(listener)
+    assert 20 <= model.n_iter_ < 600 and model.n_iter_ % 10 == 0
+    assert calls == ["iterate"]
+    assert "/jax/core/compile/backend_compile_duration" not in seen
+    calls.clear()
+    loud, W_loud = fit(1e-3, verbose=1)
+    assert len(calls) == model.n_iter_ // 10  # one chunk per test, to print it
+    assert loud.n_iter_ == model.n_iter_
+    np.testing.assert_array_equal(W_loud, W)
+    out = capsys.readouterr().out
+    assert f"Epoch {model.n_iter_:02d}" in out and f"Converged at iteration {model.n_iter_}" in out
+    # the error printed at the last test is the data's (scikit-learn's), not the scaled problem's
+    printed = float(out.split(f"Epoch {model.n_iter_:02d}")[1].split("error: ")[1].split()[0])
+    assert printed == pytest.approx(np.linalg.norm(X - W @ model.components_), rel=1e-5)
+    calls.clear()
+    batch, _ = fit(1e-3, restarts=2)
+    assert calls == ["continue_restarts"]
+    assert batch.n_iter_ == model.n_iter_  # both restarts start from the custom start
+    Xn = X.copy()
+    Xn[rng.random(X.shape) < 0.1] = np.nan
+    gaps = dict(n_components=5, solver="cd", tol=1e-3, max_iter=600, missing="nan", random_state=0)
+    quiet = jnmf.NMF(**gaps)
+    W_gaps = quiet.fit_transform(Xn)
+    assert 20 <= quiet.n_iter_ < 600 and quiet.n_iter_ % 10 == 0
+    noisy = jnmf.NMF(**gaps, verbose=1)
+    np.testing.assert_array_equal(noisy.fit_transform(Xn), W_gaps)
+    assert noisy.n_iter_ == quiet.n_iter_
 
 
 # ----------------------------------------------------------------------- seeded starts
