@@ -464,6 +464,29 @@ def test_missing_nan_fits_and_transforms_around_the_gaps():
 # ----------------------------------------------------------------------- cd stopping test
 
 
+def _stopping_data():
+    """40 x 30 data of rank 5 plus noise and a fixed start ``(X, W0, H0)``, float64."""
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 5)) @ rng.random((5, 30)) + 0.05 * rng.random((40, 30))
+    return X, rng.random((40, 5)), rng.random((5, 30))
+
+
+def _fit_both(solver: str, tol: float, **extra):
+    """jnmf.NMF and scikit-learn's NMF fitted from the same custom start of
+    :func:`_stopping_data` (600 iterations at most): ``(ours, W, theirs, W_sk)``."""
+    from sklearn.decomposition import NMF as SkNMF
+
+    X, W0, H0 = _stopping_data()
+    settings = dict(n_components=5, solver=solver, init="custom", tol=tol, max_iter=600, **extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = jnmf.NMF(**settings)
+        W = ours.fit_transform(X, W=W0.copy(), H=H0.copy())
+        theirs = SkNMF(**settings)
+        W_sk = theirs.fit_transform(X, W=W0.copy(), H=H0.copy())
+    return ours, W, theirs, W_sk
+
+
 @pytest.mark.parametrize(
     ("tol", "penalties"), [(1e-2, {}), (1e-3, {}), (1e-3, {"alpha_W": 0.01, "l1_ratio": 0.5})]
 )
@@ -471,40 +494,37 @@ def test_cd_stops_on_scikit_learns_violation_test(tol, penalties):
     """solver="cd" stops when the projected-gradient violation of an iteration falls to
     tol times the first iteration's, as scikit-learn's coordinate descent: from the same
     start the iteration counts are equal and the errors agree."""
-    from sklearn.decomposition import NMF as SkNMF
-
-    rng = np.random.default_rng(0)
-    X = rng.random((40, 5)) @ rng.random((5, 30)) + 0.05 * rng.random((40, 30))
-    W0, H0 = rng.random((40, 5)), rng.random((5, 30))
-    settings = dict(n_components=5, solver="cd", init="custom", tol=tol, max_iter=600, **penalties)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        ours = jnmf.NMF(**settings)
-        W = ours.fit_transform(X, W=W0.copy(), H=H0.copy())
-        theirs = SkNMF(**settings)
-        W_sk = theirs.fit_transform(X, W=W0.copy(), H=H0.copy())
+    ours, W, theirs, W_sk = _fit_both("cd", tol, **penalties)
     assert theirs.n_iter_ < 600  # scikit-learn stopped on its test, not the cap
     assert abs(ours.n_iter_ - theirs.n_iter_) <= max(1, theirs.n_iter_ // 50)
     assert ours.reconstruction_err_ == pytest.approx(theirs.reconstruction_err_, rel=1e-4)
     np.testing.assert_allclose(W, W_sk, rtol=1e-3, atol=1e-6)
 
 
-def test_cd_test_runs_inside_one_compiled_loop(monkeypatch, capsys):
-    """solver="cd" applies scikit-learn's violation test inside the compiled loop: a fit
-    of ~100 iterations enters the loop program once, not once per iteration; a new tol
-    compiles nothing; verbose, which prints every iteration from the host, stops at the
-    same iteration with the same factors (float64)."""
+def _watched_fits(monkeypatch, solver: str):
+    """The stopping-test loop tests' common part: 40 x 30 data of rank 5 plus noise, the
+    estimator's loop entry points (``iterate``, ``continue_restarts``) counted, a fit at
+    tol 1e-2 (it compiles), then one at tol 1e-3 watched for compiles.
+
+    Returns:
+        ``(X, fit, calls, model, W, compiled)``: ``fit(tol, verbose=0, **kw)`` fits from the
+        fixed custom start; ``calls`` the entry points the watched fit called (the list
+        collects later calls too); ``compiled`` whether it compiled anything.
+    """
     import jnmf.estimator as est
 
-    rng = np.random.default_rng(0)
-    X = rng.random((40, 5)) @ rng.random((5, 30)) + 0.05 * rng.random((40, 30))
-    W0, H0 = rng.random((40, 5)), rng.random((5, 30))
+    X, W0, H0 = _stopping_data()
     calls = []
-    real = est.iterate
-    monkeypatch.setattr(est, "iterate", lambda *a, **kw: calls.append(1) or real(*a, **kw))
 
-    def fit(tol, verbose=0):
-        model = jnmf.NMF(5, solver="cd", init="custom", tol=tol, max_iter=600, verbose=verbose)
+    def counted(name):
+        real = getattr(est, name)
+        return lambda *a, **kw: calls.append(name) or real(*a, **kw)
+
+    for name in ("iterate", "continue_restarts"):
+        monkeypatch.setattr(est, name, counted(name))
+
+    def fit(tol, verbose=0, **kw):
+        model = jnmf.NMF(5, solver=solver, init="custom", tol=tol, max_iter=600, verbose=verbose, **kw)
         return model, model.fit_transform(X, W=W0.copy(), H=H0.copy())
 
     fit(1e-2)  # compiles
@@ -516,9 +536,18 @@ def test_cd_test_runs_inside_one_compiled_loop(monkeypatch, capsys):
         model, W = fit(1e-3)
     finally:
         jax._src.monitoring.unregister_event_duration_listener(listener)
+    return X, fit, calls, model, W, "/jax/core/compile/backend_compile_duration" in seen
+
+
+def test_cd_test_runs_inside_one_compiled_loop(monkeypatch, capsys):
+    """solver="cd" applies scikit-learn's violation test inside the compiled loop: a fit
+    of ~100 iterations enters the loop program once, not once per iteration; a new tol
+    compiles nothing; verbose, which prints every iteration from the host, stops at the
+    same iteration with the same factors (float64)."""
+    _, fit, calls, model, W, compiled = _watched_fits(monkeypatch, "cd")
     assert model.n_iter_ > 20
-    assert len(calls) == 1
-    assert "/jax/core/compile/backend_compile_duration" not in seen
+    assert calls == ["iterate"]
+    assert not compiled
     loud, W_loud = fit(1e-3, verbose=1)
     assert loud.n_iter_ == model.n_iter_
     np.testing.assert_array_equal(W_loud, W)
@@ -540,19 +569,11 @@ def test_mu_stops_on_scikit_learns_error_test(tol, extra):
     when (previous error - error) / initial error < tol, the error being the loss without
     the penalties.  From the same start (float64) the iteration counts are equal, and so
     are the factors and errors up to rounding; transform (W only, H fixed) too."""
-    from sklearn.decomposition import NMF as SkNMF
-
-    rng = np.random.default_rng(0)
-    X = rng.random((40, 5)) @ rng.random((5, 30)) + 0.05 * rng.random((40, 30))
-    W0, H0 = rng.random((40, 5)), rng.random((5, 30))
-    settings = dict(n_components=5, solver="mu", init="custom", tol=tol, max_iter=600, **extra)
+    ours, W, theirs, W_sk = _fit_both("mu", tol, **extra)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        ours = jnmf.NMF(**settings)
-        W = ours.fit_transform(X, W=W0.copy(), H=H0.copy())
-        theirs = SkNMF(**settings)
-        W_sk = theirs.fit_transform(X, W=W0.copy(), H=H0.copy())
-        V, V_sk = ours.transform(X[:20]), theirs.transform(X[:20])
+        rows = _stopping_data()[0][:20]
+        V, V_sk = ours.transform(rows), theirs.transform(rows)
     assert 20 <= theirs.n_iter_ < 600  # scikit-learn stopped on its test, not the cap
     assert ours.n_iter_ == theirs.n_iter_
     assert ours.reconstruction_err_ == pytest.approx(theirs.reconstruction_err_, rel=1e-9)
@@ -567,36 +588,10 @@ def test_mu_test_runs_inside_one_compiled_loop(monkeypatch, capsys):
     nothing; verbose, which prints each test's error from a host loop of 10-iteration
     chunks, stops at the same iteration with the same factors.  Missing values (a costly
     masked objective, evaluated at the tests only) stop the same way.  Float64."""
-    import jnmf.estimator as est
-
-    rng = np.random.default_rng(0)
-    X = rng.random((40, 5)) @ rng.random((5, 30)) + 0.05 * rng.random((40, 30))
-    W0, H0 = rng.random((40, 5)), rng.random((5, 30))
-    calls = []
-
-    def counted(name):
-        real = getattr(est, name)
-        return lambda *a, **kw: calls.append(name) or real(*a, **kw)
-
-    for name in ("iterate", "continue_restarts"):
-        monkeypatch.setattr(est, name, counted(name))
-
-    def fit(tol, verbose=0, **kw):
-        model = jnmf.NMF(5, solver="mu", init="custom", tol=tol, max_iter=600, verbose=verbose, **kw)
-        return model, model.fit_transform(X, W=W0.copy(), H=H0.copy())
-
-    fit(1e-2)  # compiles
-    seen = []
-    listener = lambda event, *a, **kw: seen.append(event)
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        calls.clear()
-        model, W = fit(1e-3)
-    finally:
-        jax._src.monitoring.unregister_event_duration_listener(listener)
+    X, fit, calls, model, W, compiled = _watched_fits(monkeypatch, "mu")
     assert 20 <= model.n_iter_ < 600 and model.n_iter_ % 10 == 0
     assert calls == ["iterate"]
-    assert "/jax/core/compile/backend_compile_duration" not in seen
+    assert not compiled
     calls.clear()
     loud, W_loud = fit(1e-3, verbose=1)
     assert len(calls) == model.n_iter_ // 10  # one chunk per test, to print it
@@ -612,7 +607,7 @@ def test_mu_test_runs_inside_one_compiled_loop(monkeypatch, capsys):
     assert calls == ["continue_restarts"]
     assert batch.n_iter_ == model.n_iter_  # both restarts start from the custom start
     Xn = X.copy()
-    Xn[rng.random(X.shape) < 0.1] = np.nan
+    Xn[np.random.default_rng(1).random(X.shape) < 0.1] = np.nan
     gaps = dict(n_components=5, solver="cd", tol=1e-3, max_iter=600, missing="nan", random_state=0)
     quiet = jnmf.NMF(**gaps)
     W_gaps = quiet.fit_transform(Xn)
