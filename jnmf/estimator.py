@@ -514,8 +514,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         solver: ``"cd"`` (default): jnmf's HALS, ``method="hals"`` (Cichocki & Phan 2009), the
             same column-wise exact minimization as scikit-learn's coordinate descent;
             Frobenius loss only.  ``"mu"``: multiplicative updates:
-            :class:`~jnmf.rules.BetaMU` (Févotte & Idier 2011; for beta = 2 the Lee & Seung
-            2001 update with the penalties in the denominator, as scikit-learn's; jnmf's
+            :class:`~jnmf.rules.BetaMU` (Févotte & Idier 2011; for beta = 2
+            :class:`FrobeniusMU`, the Lee & Seung 2001 update with the penalties in the
+            denominator, from products with the factors as scikit-learn's; jnmf's
             ``method="mu"`` is Pav's MURNMF, whose clipped numerator is not the same) and
             :class:`~jnmf.rules.KLMU` for Kullback-Leibler (an exact majorize-minimize step
             for the ridge, where scikit-learn's is a heuristic).
