@@ -581,6 +581,33 @@ def test_mu_stops_on_scikit_learns_error_test(tol, extra):
     np.testing.assert_allclose(V, V_sk, rtol=1e-8, atol=1e-12)
 
 
+def test_frobenius_mu_is_beta_mu_at_two_from_products():
+    """FrobeniusMU (solver="mu", Frobenius loss) takes BetaMU(2)'s steps, its half problem
+    formed from products with the factors instead of the m x n model: the same iterates
+    and objective up to rounding, with penalties (float64); with an elementwise weight
+    (missing values) it is BetaMU exactly."""
+    from jnmf.driver import iterate
+    from jnmf.estimator import FrobeniusMU
+    from jnmf.rules import BetaMU
+
+    X, W0, H0 = _stopping_data()
+    M = (np.random.default_rng(2).random(X.shape) > 0.1).astype(float)
+    with jax.enable_x64(True):
+        for weight in (None, M):
+            problem = jnmf.build_problem(jnp.asarray(X), 5, M=weight, lambda_1L=0.3, lambda_2R=0.2)
+            runs = []
+            for rule in (FrobeniusMU(), BetaMU(2.0)):
+                state = rule.init(problem, jnp.asarray(W0), jnp.asarray(H0))
+                runs.append(iterate(rule, problem, state, max_iterations=30, tol=0.0, min_xstep=0.0))
+            ours, theirs = runs
+            assert ours.iterations == theirs.iterations == 30
+            exact = weight is not None
+            np.testing.assert_allclose(ours.L, theirs.L, rtol=0 if exact else 1e-10)
+            np.testing.assert_allclose(ours.R, theirs.R, rtol=0 if exact else 1e-10)
+            assert float(ours.objective) == pytest.approx(float(theirs.objective), rel=1e-12)
+    assert isinstance(jnmf.NMF(solver="mu")._rule(2.0), FrobeniusMU)
+
+
 def test_mu_test_runs_inside_one_compiled_loop(monkeypatch, capsys):
     """solver="mu" (and every solver but cd) applies scikit-learn's every-10-iterations
     test inside the compiled loop: a fit enters the loop program once (one fit: the
