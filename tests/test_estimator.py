@@ -493,8 +493,12 @@ def _fit_both(solver: str, tol: float, **extra):
 def test_cd_stops_on_scikit_learns_violation_test(tol, penalties):
     """solver="cd" stops when the projected-gradient violation of an iteration falls to
     tol times the first iteration's, as scikit-learn's coordinate descent: from the same
-    start the iteration counts are equal and the errors agree."""
+    start the iteration counts are equal and the errors agree; transform (W only) stops on
+    the same test, not at max_iter."""
     ours, W, theirs, W_sk = _fit_both("cd", tol, **penalties)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # transform stops on the test too
+        ours.transform(_stopping_data()[0][:20])
     assert theirs.n_iter_ < 600  # scikit-learn stopped on its test, not the cap
     assert abs(ours.n_iter_ - theirs.n_iter_) <= max(1, theirs.n_iter_ // 50)
     assert ours.reconstruction_err_ == pytest.approx(theirs.reconstruction_err_, rel=1e-4)
