@@ -258,6 +258,48 @@ class ViolationRule(AlternatingRule):
         return self.rule.objective(problem, NMFState(state.Lt, state.R, None))
 
 
+def computed_where(pred: jax.Array, f, *args):
+    """``f(*args)`` when ``pred``, else zeros of its shape, under a ``lax.cond``.
+
+    Under ``vmap`` (a batch of fits, each with its own ``pred``) a ``lax.cond`` becomes a
+    select that evaluates ``f`` for every fit at every call; here the batched form is one
+    ``lax.cond`` on ANY fit's ``pred`` that computes ``f`` for all fits (vmapped) when one
+    needs it, as the driver's guarded values do (``jax.custom_batching.custom_vmap``).
+    Fits whose ``pred`` is False may get ``f``'s value instead of zeros: callers select.
+
+    Args:
+        pred: a boolean scalar.
+        f: a function of ``args`` (every array it uses passed in ``args``, none closed over).
+        args: pytrees of arrays.
+
+    Returns:
+        ``f(*args)``, or zeros of its shape and dtype.
+    """
+    shape = jax.eval_shape(f, *args)
+    leaves, tree = jax.tree.flatten(args)
+
+    def zeros(lead=()):
+        return jax.tree.map(lambda s: jnp.zeros(lead + s.shape, s.dtype), shape)
+
+    @jax.custom_batching.custom_vmap
+    def run(pred, *leaves):
+        return jax.lax.cond(pred, lambda: f(*jax.tree.unflatten(tree, leaves)), zeros)
+
+    @run.def_vmap
+    def run_batched(axis_size, in_batched, pred, *leaves):
+        pred_batched, *batched = in_batched
+        args = jax.tree.unflatten(tree, leaves)
+        axes = jax.tree.unflatten(tree, [0 if b else None for b in batched])
+        if any(batched):
+            every = lambda: jax.vmap(f, in_axes=tuple(axes))(*args)
+        else:
+            every = lambda: jax.tree.map(lambda a: jnp.broadcast_to(a, (axis_size,) + a.shape), f(*args))
+        out = jax.lax.cond(jnp.any(pred), every, lambda: zeros((axis_size,)))
+        return out, jax.tree.map(lambda _: True, shape)
+
+    return run(pred, *leaves)
+
+
 class ErrorTestRule(AlternatingRule):
     """Any rule with scikit-learn's mu-style stopping test inside the compiled loop
     (sklearn/decomposition/_nmf.py, ``_fit_multiplicative_update``): every
@@ -271,8 +313,8 @@ class ErrorTestRule(AlternatingRule):
     iterations done (all chunks of a fit together), the start's error (negative until the
     first loop's :meth:`begin_fit` sets it, so later chunks keep it), the last tested error
     and the test's outcome.  The error is the wrapped rule's objective less its penalties;
-    a rule whose objective is costly (KL, beta, masked data) evaluates it under a
-    ``lax.cond`` at the tested iterations only (a select under ``vmap`` of a batch).
+    a rule whose objective is costly (KL, beta, masked data) evaluates it at the tested
+    iterations only (:func:`computed_where`: in a vmapped batch of fits too).
 
     Attributes:
         rule: the wrapped rule.
@@ -328,12 +370,9 @@ class ErrorTestRule(AlternatingRule):
         count = count + 1
         tol = self.tol.astype(error_init.dtype)
         test = (tol > 0) & (count % _CHECK_EVERY == 0)
-        if self.rule.costly_objective(problem):  # static
-            f = jax.lax.cond(
-                test,
-                lambda: self.rule.objective(problem, NMFState(Lt, R, inner)).astype(error_init.dtype),
-                lambda: jnp.zeros((), error_init.dtype),
-            )
+        if self.rule.costly_objective(problem):  # static: only at the tests
+            exact = lambda rule, problem, state: rule.objective(problem, state).astype(error_init.dtype)
+            f = computed_where(test, exact, self.rule, problem, NMFState(Lt, R, inner))
         else:
             f = objective.astype(error_init.dtype)
         error = self._error(problem, Lt, R, f)

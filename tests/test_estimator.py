@@ -612,6 +612,27 @@ def test_frobenius_mu_is_beta_mu_at_two_from_products():
     assert isinstance(jnmf.NMF(solver="mu")._rule(2.0), FrobeniusMU)
 
 
+def test_computed_where_stays_a_cond_in_a_batch():
+    """computed_where (the mu test's costly objective, every 10 iterations): f's value
+    where pred holds; vmapped over fits with their own predicates it is still ONE
+    lax.cond (on any fit's predicate), not a select that evaluates f for every fit, and
+    the zeros come back when no fit needs f."""
+    from jnmf.estimator import computed_where
+
+    f = lambda A, x: jnp.sum(A @ x) * x
+    A, xs = jnp.arange(9.0).reshape(3, 3), jnp.arange(12.0).reshape(4, 3)
+    batched = jax.vmap(lambda p, x: computed_where(p, f, A, x))
+    preds = jnp.array([True, False, True, False])
+    out = batched(preds, xs)
+    expected = jax.vmap(lambda x: f(A, x))(xs)
+    np.testing.assert_allclose(out[preds], expected[preds])
+    np.testing.assert_array_equal(batched(jnp.zeros(4, bool), xs), 0.0)
+    assert "cond[" in str(jax.make_jaxpr(batched)(preds, xs))
+    plain = jax.vmap(lambda p, x: jax.lax.cond(p, lambda: f(A, x), lambda: jnp.zeros(3)))
+    assert "cond[" not in str(jax.make_jaxpr(plain)(preds, xs))  # what it avoids
+    assert float(computed_where(jnp.array(True), f, A, xs[1])[0]) == float(f(A, xs[1])[0])
+
+
 def test_mu_test_runs_inside_one_compiled_loop(monkeypatch, capsys):
     """solver="mu" (and every solver but cd) applies scikit-learn's every-10-iterations
     test inside the compiled loop: a fit enters the loop program once (one fit: the
