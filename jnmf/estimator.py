@@ -287,7 +287,7 @@ def computed_where(pred: jax.Array, f, *args):
 
     @run.def_vmap
     def run_batched(axis_size, in_batched, pred, *leaves):
-        pred_batched, *batched = in_batched
+        _, *batched = in_batched  # the predicate is reduced with any() either way
         args = jax.tree.unflatten(tree, leaves)
         axes = jax.tree.unflatten(tree, [0 if b else None for b in batched])
         if any(batched):
