@@ -37,7 +37,9 @@ number here.
    worktree of main) and this checkout: a cold ``jnmf fit`` of a 1000 x 500 CSV at rank
    10 with an empty compilation cache, and ``jnmf fit`` without ``--rank``; then the
    first and second ``jnmf.NMF(solver="cd")`` fit of a 1000 x 500 float64 matrix in a
-   fresh process (the issue's "first jnmf.NMF fit of a shape").
+   fresh process (the issue's "first jnmf.NMF fit of a shape").  With
+   ``--estimator-solver mu`` (or ``cd``) only that estimator part, with that solver, and
+   scikit-learn's fit of the same settings after it in the same process.
 
 Run:  python experiments/bench_compile.py [--methods ahals anls ...] [--repeats 1] [--repo CHECKOUT]
       python experiments/bench_compile.py --against /work/main --repeats 3
@@ -275,23 +277,36 @@ jax.monitoring.register_event_duration_secs_listener(
 import jnmf
 warnings.simplefilter("ignore")
 m, n, rank = map(int, sys.argv[1:4])
+solver = sys.argv[4] if len(sys.argv) > 4 else "cd"
 X = np.abs(np.random.default_rng(0).standard_normal((m, n)))
 for run in ("first", "second"):
     wall, cpu = time.perf_counter(), time.process_time()
-    jnmf.NMF(n_components=rank, solver="cd", random_state=0, max_iter=200).fit_transform(X)
+    model = jnmf.NMF(n_components=rank, solver=solver, random_state=0, max_iter=200)
+    model.fit_transform(X)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     print(f"{run} fit wall {wall:5.2f} s cpu {cpu:5.2f} s, largest compile {max(seconds):.2f} s", end="; ")
+print(f"{model.n_iter_} it", end="; ")
+if len(sys.argv) > 5:  # the peer, in the same process, after jnmf's fits
+    from sklearn.decomposition import NMF
+    wall, cpu = time.perf_counter(), time.process_time()
+    peer = NMF(n_components=rank, solver=solver, random_state=0, max_iter=200).fit(X)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    print(f"scikit-learn {peer.n_iter_} it wall {wall:5.2f} s cpu {cpu:5.2f} s", end="; ")
 """
 
 
-def estimator_against(baseline: Path, m: int, n: int, rank: int, repeats: int) -> None:
-    """The first and second ``jnmf.NMF(solver="cd", max_iter=200)`` fit of a ``m x n`` float64
-    matrix in a fresh process (persistent cache off), ``baseline`` and this checkout alternated."""
-    print(f"\n== first jnmf.NMF cd fit, {m} x {n} float64, rank {rank}: {baseline} vs {REPO} ==")
+def estimator_against(
+    baseline: Path, m: int, n: int, rank: int, repeats: int, solver: str = "cd", peer: bool = False
+) -> None:
+    """The first and second ``jnmf.NMF(solver=solver, max_iter=200)`` fit of a ``m x n`` float64
+    matrix in a fresh process (persistent cache off), ``baseline`` and this checkout alternated;
+    with ``peer``, scikit-learn's fit of the same settings after them, in the same process."""
+    print(f"\n== first jnmf.NMF {solver} fit, {m} x {n} float64, rank {rank}: {baseline} vs {REPO} ==")
     for _ in range(repeats):
         for label, repo in (("before", baseline), ("after", REPO)):
             env = dict(os.environ, PYTHONPATH=str(repo))
-            command = [sys.executable, "-c", _ESTIMATOR, str(m), str(n), str(rank)]
+            command = [sys.executable, "-c", _ESTIMATOR, str(m), str(n), str(rank), solver]
+            command += ["peer"] if peer else []
             # not from this checkout's directory: "python -c" would import its jnmf first
             done = subprocess.run(
                 command, env=env, cwd=tempfile.gettempdir(), capture_output=True, text=True, check=True
@@ -376,11 +391,21 @@ def main() -> None:
     parser.add_argument(
         "--against", type=Path, help="only the cold CLI fit of a CSV, alternated with this checkout (a main)"
     )
+    parser.add_argument(
+        "--estimator-solver",
+        choices=("cd", "mu"),
+        help="with --against: only jnmf.NMF's first and second fit with this solver, and scikit-learn's",
+    )
     args = parser.parse_args()
     REPO = args.repo.resolve()
     sys.path.insert(0, str(REPO))
     print(f"load average at start: {open('/proc/loadavg').read().strip()}")
     m, n = args.shape
+    if args.against and args.estimator_solver:
+        estimator_against(
+            args.against.resolve(), m, n, args.rank, args.repeats, args.estimator_solver, peer=True
+        )
+        return
     if args.against:
         cold_against(args.against.resolve(), m, n, args.rank, args.repeats)
         estimator_against(args.against.resolve(), m, n, args.rank, args.repeats)

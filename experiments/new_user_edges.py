@@ -92,12 +92,13 @@ def main() -> None:
     from sklearn.decomposition import NMF as SkNMF
 
     X = low_rank(200, 120, 8, 0.3, seed=4)
-    sk = SkNMF(8, solver="cd", init="nndsvda", max_iter=400, tol=1e-4, random_state=0).fit(X)
-    jn = jnmf.NMF(8, solver="cd", init="nndsvda", max_iter=400, tol=1e-4, random_state=0).fit(X)
-    print(
-        f"- NMF(solver='cd') stopping, scikit-learn vs jnmf: iterations {sk.n_iter_} vs {jn.n_iter_}, "
-        f"error {sk.reconstruction_err_:.4f} vs {jn.reconstruction_err_:.4f}"
-    )
+    for solver in ("cd", "mu"):
+        settings = dict(solver=solver, init="nndsvda", max_iter=400, tol=1e-4, random_state=0)
+        sk, jn = SkNMF(8, **settings).fit(X), jnmf.NMF(8, **settings).fit(X)
+        print(
+            f"- NMF(solver={solver!r}) stopping, scikit-learn vs jnmf: iterations {sk.n_iter_} vs "
+            f"{jn.n_iter_}, error {sk.reconstruction_err_:.4f} vs {jn.reconstruction_err_:.4f}"
+        )
     X2 = low_rank(500, 300, 10, 0.3, seed=5)
     for name, model in (("jnmf.NMF", jnmf.NMF), ("scikit-learn NMF", SkNMF)):
         t0 = time.perf_counter()

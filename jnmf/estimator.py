@@ -42,12 +42,12 @@ from sklearn.utils.validation import check_array, check_is_fitted, check_non_neg
 
 from .batch import continue_restarts, initial_states
 from .data import DataOperator, dense_operator, sparse_operator
-from .driver import CONVERGED, MAX_ITERATIONS, NONFINITE, STUCK, iterate
+from .driver import CONVERGED, MAX_ITERATIONS, NONFINITE, iterate
 from .fitting import data_scale, starting_points, validated_data
 from .problem import build_problem
 from .rules import KLMU, METHODS, AlternatingRule, BetaMU, make_rule
 from .rules.base import HalfStep, NMFState
-from .rules.beta import beta_divergence, effective_data
+from .rules.beta import BetaHalfProblem, beta_divergence, effective_data
 from .rules.kl import kl_objective
 
 BETA_LOSSES = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
@@ -154,6 +154,9 @@ class FixedRRule(AlternatingRule):
     def begin_iteration(self, aux):
         return self.rule.begin_iteration(aux)
 
+    def converged(self, aux):
+        return self.rule.converged(aux)
+
     def half_problem(self, problem, side, Lt, R, aux):
         return self.rule.half_problem(problem, side, Lt, R, aux)
 
@@ -255,6 +258,192 @@ class ViolationRule(AlternatingRule):
         return self.rule.objective(problem, NMFState(state.Lt, state.R, None))
 
 
+def computed_where(pred: jax.Array, f, *args):
+    """``f(*args)`` when ``pred``, else zeros of its shape, under a ``lax.cond``.
+
+    Under ``vmap`` (a batch of fits, each with its own ``pred``) a ``lax.cond`` becomes a
+    select that evaluates ``f`` for every fit at every call; here the batched form is one
+    ``lax.cond`` on ANY fit's ``pred`` that computes ``f`` for all fits (vmapped) when one
+    needs it, as the driver's guarded values do (``jax.custom_batching.custom_vmap``).
+    Fits whose ``pred`` is False may get ``f``'s value instead of zeros: callers select.
+
+    Args:
+        pred: a boolean scalar.
+        f: a function of ``args`` (every array it uses passed in ``args``, none closed over).
+        args: pytrees of arrays.
+
+    Returns:
+        ``f(*args)``, or zeros of its shape and dtype.
+    """
+    shape = jax.eval_shape(f, *args)
+    leaves, tree = jax.tree.flatten(args)
+
+    def zeros(lead=()):
+        return jax.tree.map(lambda s: jnp.zeros(lead + s.shape, s.dtype), shape)
+
+    @jax.custom_batching.custom_vmap
+    def run(pred, *leaves):
+        return jax.lax.cond(pred, lambda: f(*jax.tree.unflatten(tree, leaves)), zeros)
+
+    @run.def_vmap
+    def run_batched(axis_size, in_batched, pred, *leaves):
+        _, *batched = in_batched  # the predicate is reduced with any() either way
+        args = jax.tree.unflatten(tree, leaves)
+        axes = jax.tree.unflatten(tree, [0 if b else None for b in batched])
+        if any(batched):
+            every = lambda: jax.vmap(f, in_axes=tuple(axes))(*args)
+        else:
+            every = lambda: jax.tree.map(lambda a: jnp.broadcast_to(a, (axis_size,) + a.shape), f(*args))
+        out = jax.lax.cond(jnp.any(pred), every, lambda: zeros((axis_size,)))
+        return out, jax.tree.map(lambda _: True, shape)
+
+    return run(pred, *leaves)
+
+
+class ErrorTestRule(AlternatingRule):
+    """Any rule with scikit-learn's mu-style stopping test inside the compiled loop
+    (sklearn/decomposition/_nmf.py, ``_fit_multiplicative_update``): every
+    ``_CHECK_EVERY`` (10) iterations, when ``tol > 0``, the error ``e = sqrt(2 D)`` (D the
+    loss without the penalties, scikit-learn's ``_beta_divergence(..., square_root=True)``)
+    is computed, and the fit stops (:meth:`converged`) when
+    ``(e_previous - e) / e_init < tol`` (``e_previous`` the last tested error, ``e_init``
+    the start's); ``n_iter_`` is then the tested iteration.
+
+    Its aux is ``(inner, count, error_init, previous, stop)``: the wrapped rule's aux, the
+    iterations done (all chunks of a fit together), the start's error (negative until the
+    first loop's :meth:`begin_fit` sets it, so later chunks keep it), the last tested error
+    and the test's outcome.  The error is the wrapped rule's objective less its penalties;
+    a rule whose objective is costly (KL, beta, masked data) evaluates it at the tested
+    iterations only (:func:`computed_where`: in a vmapped batch of fits too).
+
+    Attributes:
+        rule: the wrapped rule.
+        tol: scikit-learn's ``tol`` (an array leaf: a new value never recompiles).
+    """
+
+    rule: AlternatingRule
+    tol: jax.Array = eqx.field(converter=lambda t: np.asarray(t, np.float64), default=0.0)
+    compiler_options = _wrapped("compiler_options")
+    small_compiler_options = _wrapped("small_compiler_options")
+    method_name = _wrapped("method_name")  # the wrapped rule's batching strategy
+
+    @property
+    def loss_degree(self) -> float:
+        return self.rule.loss_degree
+
+    def _inner(self, state: NMFState) -> NMFState:
+        return NMFState(state.Lt, state.R, state.aux[0])
+
+    def _outer(self, inner: NMFState, aux) -> NMFState:
+        return NMFState(inner.Lt, inner.R, (inner.aux, *aux[1:]))
+
+    def half_step(self, hp, Xt, aux, side: str) -> HalfStep:
+        out = self.rule.half_step(hp, Xt, aux[0], side)
+        return HalfStep(out.X, (out.aux, *aux[1:]), out.step, out.stuck)
+
+    def init_aux(self, problem, Lt, R):
+        minus = jnp.full((), -1, Lt.dtype)
+        count, stop = jnp.zeros((), jnp.int32), jnp.zeros((), bool)
+        return self.rule.init_aux(problem, Lt, R), count, minus, minus, stop
+
+    def _error(self, problem, Lt, R, f):
+        loss = f - problem.penalty_L.value(Lt.T) - problem.penalty_R.value(R)
+        return jnp.sqrt(2.0 * jnp.maximum(loss, 0.0))
+
+    def begin_fit(self, problem, state, f0):
+        inner = self.rule.begin_fit(problem, self._inner(state), f0)
+        _, count, error_init, previous, stop = state.aux
+        error = self._error(problem, state.Lt, state.R, f0).astype(error_init.dtype)
+        first = error_init < 0  # the fit's first loop: later chunks keep the start's error
+        aux = (None, count, jnp.where(first, error, error_init), jnp.where(first, error, previous), stop)
+        return self._outer(inner, aux)
+
+    def begin_iteration(self, aux):
+        return (self.rule.begin_iteration(aux[0]), *aux[1:])
+
+    def half_problem(self, problem, side, Lt, R, aux):
+        return self.rule.half_problem(problem, side, Lt, R, aux[0])
+
+    def finish_iteration(self, problem, hp_R, Lt, R, aux):
+        Lt, R, inner, objective = self.rule.finish_iteration(problem, hp_R, Lt, R, aux[0])
+        _, count, error_init, previous, _ = aux
+        count = count + 1
+        tol = self.tol.astype(error_init.dtype)
+        test = (tol > 0) & (count % _CHECK_EVERY == 0)
+        if self.rule.costly_objective(problem):  # static: only at the tests
+            exact = lambda rule, problem, state: rule.objective(problem, state).astype(error_init.dtype)
+            f = computed_where(test, exact, self.rule, problem, NMFState(Lt, R, inner))
+        else:
+            f = objective.astype(error_init.dtype)
+        error = self._error(problem, Lt, R, f)
+        stop = test & ((previous - error) / error_init < tol)  # 0 / 0 at an exact start: no stop
+        return Lt, R, (inner, count, error_init, jnp.where(test, error, previous), stop), objective
+
+    def converged(self, aux):
+        inner = self.rule.converged(aux[0])
+        return aux[-1] if inner is None else aux[-1] | inner
+
+    def check(self, problem) -> None:
+        self.rule.check(problem)
+
+    def costly_objective(self, problem) -> bool:
+        return self.rule.costly_objective(problem)
+
+    def objective_may_rise(self, problem) -> bool:
+        return self.rule.objective_may_rise(problem)
+
+    def objective(self, problem, state):
+        return self.rule.objective(problem, self._inner(state))
+
+    def factors(self, state):
+        return self.rule.factors(self._inner(state))
+
+    def result_factors(self, state):
+        return self.rule.result_factors(self._inner(state))
+
+    def in_loop(self, problem, state):
+        return self._outer(self.rule.in_loop(problem, self._inner(state)), state.aux)
+
+    def out_of_loop(self, state):
+        return self._outer(self.rule.out_of_loop(self._inner(state)), state.aux)
+
+
+class FrobeniusMU(BetaMU):
+    """``solver="mu"`` for the Frobenius loss: :class:`~jnmf.rules.BetaMU` at beta = 2 (Lee &
+    Seung 2001, penalties in the denominator, as scikit-learn's), with its half problem
+    from products with the factors, as scikit-learn forms it: ``L <- L (.) (Y R') (/)
+    (L (R R') + W_1L + Q_L(L))``.  BetaMU forms ``(Y (.) P^0) R'`` and ``P R'`` from the
+    ``m x n`` model ``P = L R`` and its powers (beta is an array leaf), ~25 times the time
+    of an iteration at 1000 x 500, rank 10.  The same iterates up to rounding (BetaMU
+    floors ``P`` at ``epsilon``: a difference only where ``LR < epsilon``); with an
+    elementwise weight or loss weights, BetaMU's half problem.
+    """
+
+    def __init__(self, epsilon=1e-10):
+        super().__init__(2.0, epsilon)
+
+    @staticmethod
+    def _plain(problem) -> bool:
+        """No elementwise or loss weights (static): the products form the half problem."""
+        return not problem.masked and problem.W_0R.kind == "identity" and problem.W_0C.kind == "identity"
+
+    def half_problem(self, problem, side, Lt, R, aux):
+        if not self._plain(problem):
+            return super().half_problem(problem, side, Lt, R, aux)
+        if side == "L":
+            W_1 = problem.penalty_L.l1()
+            denominator = (R @ R.T) @ Lt + (W_1.T if W_1.ndim == 2 else W_1)
+            pairs = tuple((col, row) for row, col in problem.penalty_L.pairs())
+            return BetaHalfProblem(problem.data_product_L(R), denominator, pairs)
+        denominator = (Lt @ Lt.T) @ R + problem.penalty_R.l1()
+        return BetaHalfProblem(problem.data_product_R(Lt), denominator, problem.penalty_R.pairs())
+
+    def objective(self, problem, state):
+        if not self._plain(problem):
+            return super().objective(problem, state)
+        return problem.objective(state.Lt.T, state.R)  # eq. 3: no powers of L R
+
+
 def beta_loss_value(beta_loss) -> float:
     """``beta_loss`` as a float (the names map to 2, 1, 0)."""
     if isinstance(beta_loss, str):
@@ -307,6 +496,7 @@ def scikit_learn_start(X, k: int, init: str, random_state) -> tuple[np.ndarray, 
         ``(W, H)``, ``n_samples x k`` and ``k x n_features``.
     """
     from sklearn.utils.extmath import randomized_svd
+    from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
     dtype = X.dtype
     mean = X.mean()
@@ -316,7 +506,10 @@ def scikit_learn_start(X, k: int, init: str, random_state) -> tuple[np.ndarray, 
         H = np.abs(scale * rng.standard_normal(size=(k, X.shape[1])).astype(dtype, copy=False))
         W = np.abs(scale * rng.standard_normal(size=(X.shape[0], k)).astype(dtype, copy=False))
         return W, H
-    U, S, V = randomized_svd(X, k, random_state=random_state)
+    with threadpool_limits(1, user_api="blas"):
+        # one BLAS thread: OpenBLAS's threads beside XLA's made this 25-60 times slower on
+        # the 2-core machine (1000 x 500: 1.5 s against 0.06; 4000 x 2000: 3.1 against 0.5)
+        U, S, V = randomized_svd(X, k, random_state=random_state)
     W, H = np.zeros_like(U), np.zeros_like(V)
     W[:, 0] = np.sqrt(S[0]) * np.abs(U[:, 0])
     H[0, :] = np.sqrt(S[0]) * np.abs(V[0, :])
@@ -364,8 +557,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         solver: ``"cd"`` (default): jnmf's HALS, ``method="hals"`` (Cichocki & Phan 2009), the
             same column-wise exact minimization as scikit-learn's coordinate descent;
             Frobenius loss only.  ``"mu"``: multiplicative updates:
-            :class:`~jnmf.rules.BetaMU` (Févotte & Idier 2011; for beta = 2 the Lee & Seung
-            2001 update with the penalties in the denominator, as scikit-learn's; jnmf's
+            :class:`~jnmf.rules.BetaMU` (Févotte & Idier 2011; for beta = 2
+            :class:`FrobeniusMU`, the Lee & Seung 2001 update with the penalties in the
+            denominator, from products with the factors as scikit-learn's; jnmf's
             ``method="mu"`` is Pav's MURNMF, whose clipped numerator is not the same) and
             :class:`~jnmf.rules.KLMU` for Kullback-Leibler (an exact majorize-minimize step
             for the ridge, where scikit-learn's is a heuristic).
@@ -377,13 +571,17 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             taken just before its coordinate update) is at most ``tol`` times the first
             iteration's, as scikit-learn's cd (with ``missing="nan"``, the mu test below).
             ``solver="mu"`` and ``method``: every 10 iterations, stop when the error
-            ``e = sqrt(2 f)`` (f the objective, penalties included) improved by less than
-            ``tol * e_0`` (``e_0`` at the start) since the last test; 0 disables it.
+            ``e = sqrt(2 D)`` (D the loss without the penalties, as scikit-learn's) improved
+            by less than ``tol * e_0`` (``e_0`` at the start) since the last test; 0 disables
+            it.  Both tests run inside the compiled loop (:class:`ViolationRule`,
+            :class:`ErrorTestRule`).
         max_iter: the iteration cap (default 200).
         random_state: seeds the random initializations (int, RandomState or None).
         alpha_W, alpha_H, l1_ratio: the regularization, as in scikit-learn.
-        verbose: print a summary of the iterations after each fit (the loop runs compiled,
-            so the lines come at the end).
+        verbose: print the error at each stopping test (``solver="cd"``: every iteration;
+            otherwise every 10, when ``tol > 0``) as the fit runs, then the outcome: the
+            loop then runs in chunks from the host, one per test, and stops at the same
+            iteration as the silent fit, which is one compiled loop.
         shuffle: accepted for compatibility and ignored: jnmf's HALS sweeps the
             components in order (the result differs only by the path taken).
         restarts: jnmf extra: fit from this many starting points (different seeds; useful
@@ -524,7 +722,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             return make_rule("hals")
         if beta == 1.0:
             return KLMU()
-        return BetaMU(beta)
+        return FrobeniusMU() if beta == 2.0 else BetaMU(beta)
 
     def _penalties(self, n_samples: int, n_features: int) -> dict:
         """scikit-learn's regularization as jnmf's eq.-4 scalars (see the module docstring)."""
@@ -653,10 +851,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         scale = data_scale(X)
         root = float(np.sqrt(scale))
-        # scikit-learn's cd stops on its violation; every other solver on the mu test
+        # scikit-learn's cd stops on its violation; every other solver on the mu test: both
+        # inside the compiled loop (the rule's converged hook)
         violation_test = self.method is None and self.solver == "cd" and M is None
-        if violation_test:
-            rule = ViolationRule(rule, np.float64(self.tol))
+        rule = ViolationRule(rule, np.float64(self.tol)) if violation_test else rule
         with _compute_precision(dtype):
             problem = build_problem(dense_operator(X), k, M=M, **penalties).scaled(scale, rule.loss_degree)
             if not update_H:
@@ -676,7 +874,11 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                     if first is not None:
                         L0 = L0.at[0].set(jnp.asarray(first[0], dtype) / root)
                         R0 = R0.at[0].set(jnp.asarray(first[1], dtype) / root)
-            L, R, n_iter, status = self._iterate_in_chunks(rule, problem, L0, R0, violation_test)
+            if not violation_test:
+                rule = ErrorTestRule(rule, np.float64(self.tol))
+            # the problem's errors are the data's over scale^(degree / 2) (Problem.scaled)
+            error_unit = scale ** (rule.loss_degree / 2)
+            L, R, n_iter, status = self._iterate(rule, problem, L0, R0, error_unit)
         ok = np.isfinite(L).all(axis=(1, 2)) & np.isfinite(R).all(axis=(1, 2)) & (status != NONFINITE)
         if not ok.any():
             raise FloatingPointError(
@@ -687,22 +889,21 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         H = np.asarray(R[best] * root, dtype) if update_H else np.asarray(H_fixed, dtype)
         return W, H, int(n_iter[best]), int(status[best])
 
-    def _iterate_in_chunks(self, rule, problem, L0, R0, violation_test: bool = False):
-        """Iterate all restarts in chunks of ``_CHECK_EVERY`` iterations, with scikit-learn's
-        convergence test between chunks: a fit is done when its error ``e = sqrt(2 f)`` (f
-        the objective, penalties included) improved by less than ``tol * e_0`` over the
-        chunk.  With ``violation_test`` (``solver="cd"``, ``rule`` a :class:`ViolationRule`),
-        scikit-learn's cd test instead, after every iteration: done when the iteration's
-        violation is at most ``tol`` times the first iteration's; the rule applies it inside
-        one compiled loop (no round trip per iteration), except with ``verbose``, which
-        prints every iteration from here.  Chunks continue the rule's
-        state exactly (:func:`jnmf.batch.continue_restarts`), so the iterates are those of one
-        uninterrupted run.  Returns the factors (at the
-        iteration each fit was done), iteration counts and statuses, per restart, and sets
-        ``self._best``.
+    def _iterate(self, rule, problem, L0, R0, error_unit: float = 1.0):
+        """Iterate all restarts to scikit-learn's stopping test, which ``rule`` applies inside
+        the compiled loop (:class:`ErrorTestRule`: every 10 iterations; :class:`ViolationRule`,
+        ``solver="cd"``: every iteration): one loop program call per fit, no round trip per
+        test.  With ``verbose`` (and a test to report) the loop runs in chunks from the host
+        instead, one per test (10 iterations; cd: 1), printing each test's error (times
+        ``error_unit``: the data's units); chunks continue the rule's state exactly
+        (:func:`jnmf.batch.continue_restarts`) and the rule's test stops each fit, so the
+        iterates and the iteration counts are those of the silent run.  Returns the factors
+        (at the iteration each fit was done), iteration counts and statuses, per restart,
+        and sets ``self._best``.
         """
         b = L0.shape[0]
         states = initial_states(rule, problem, L0, R0)  # one program
+        cd = not isinstance(rule, ErrorTestRule)  # ViolationRule (or FixedRRule of one)
 
         def advance(states, iterations):
             if b == 1:  # one fit: the unbatched loop, given a leading axis of one
@@ -714,52 +915,40 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             )
 
         start = time.perf_counter()
-        first = advance(states, 0)  # the objective at the start, from the same program
-        error0 = np.sqrt(2.0 * np.maximum(np.asarray(first.objective, np.float64), 0.0))
-        previous = error0
-        n_iter = np.zeros(b, np.int64)
-        status = np.full(b, MAX_ITERATIONS)
-        done = error0 == 0
-        status[done] = CONVERGED
-        L = np.array(first.L, np.float64)
-        R = np.array(first.R, np.float64)
-        objective = np.asarray(first.objective, np.float64).copy()
-        if violation_test and not self.verbose and not done.all():
-            # the rule stops each fit on scikit-learn's cd test inside one compiled loop
-            res = advance(states, self.max_iter)
+        if not (self.verbose and self.tol > 0):
+            res = advance(states, self.max_iter)  # the whole fit: one compiled loop
             n_iter = np.asarray(res.iterations, np.int64)
-            status = np.where(done, CONVERGED, np.asarray(res.status))
-            L, R = np.array(res.L, np.float64), np.array(res.R, np.float64)
+            status = np.asarray(res.status).copy()
+            L, R = np.asarray(res.L, np.float64), np.asarray(res.R, np.float64)
             objective = np.asarray(res.objective, np.float64)
-            done[:] = True
-        violation0 = None
-        while not done.all() and n_iter.max() < self.max_iter:
-            chunk = 1 if violation_test else int(min(_CHECK_EVERY, self.max_iter - n_iter.max()))
-            res = advance(states, chunk)
-            states = res.state
-            f = np.asarray(res.objective, np.float64)
-            error = np.sqrt(2.0 * np.maximum(f, 0.0))
-            live = ~done
-            n_iter[live] += np.asarray(res.iterations)[live]
-            L[live], R[live], objective[live] = np.asarray(res.L)[live], np.asarray(res.R)[live], f[live]
-            ended = np.isin(np.asarray(res.status), (STUCK, NONFINITE)) & live
-            status[ended] = np.asarray(res.status)[ended]
-            if violation_test:
-                violation = np.asarray(res.state.aux[0], np.float64)
-                violation0 = violation if violation0 is None else violation0
-                small = (violation0 == 0) | (violation <= self.tol * violation0)
-                converged = live & ~ended & small
-            else:
-                converged = live & ~ended & (self.tol > 0) & ((previous - error) < self.tol * error0)
-            status[converged] = CONVERGED
-            done |= ended | converged
-            previous = error
-            if self.verbose:
+        else:
+            n_iter = np.zeros(b, np.int64)
+            status = np.full(b, MAX_ITERATIONS)
+            done = np.zeros(b, bool)
+            L = R = objective = None
+            while not done.all() and n_iter.max() < self.max_iter:
+                chunk = int(min(1 if cd else _CHECK_EVERY, self.max_iter - n_iter.max()))
+                res = advance(states, chunk)
+                states = res.state
+                live = ~done
+                if L is None:
+                    L, R = np.array(res.L, np.float64), np.array(res.R, np.float64)
+                    objective = np.array(res.objective, np.float64)
+                L[live], R[live] = np.asarray(res.L)[live], np.asarray(res.R)[live]
+                objective[live] = np.asarray(res.objective)[live]
+                n_iter[live] += np.asarray(res.iterations)[live]
+                status[live] = np.asarray(res.status)[live]
+                done |= live & (status != MAX_ITERATIONS)
+                if cd:  # scikit-learn's cd reports every iteration; the objective's error
+                    error = np.sqrt(2.0 * np.maximum(objective, 0.0))
+                else:  # the tested error (the loss without penalties)
+                    error = np.asarray(res.state.aux[3], np.float64)
                 seconds = time.perf_counter() - start
                 for i in np.flatnonzero(live):
                     tag = f"restart {i}: " if b > 1 else ""
                     print(
-                        f"{tag}Epoch {n_iter[i]:02d} reached after {seconds:.3f} seconds, error: {error[i]:f}"
+                        f"{tag}Epoch {n_iter[i]:02d} reached after {seconds:.3f} seconds, "
+                        f"error: {error[i] * error_unit:f}"
                     )
         ok = np.isfinite(objective) & (status != NONFINITE)
         self._best = int(np.argmin(np.where(ok, objective, np.inf)))

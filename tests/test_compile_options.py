@@ -174,7 +174,7 @@ def test_an_option_this_xla_refuses_is_dropped_not_fatal(monkeypatch):
 @on_cpu
 def test_iterate_and_the_estimator_wrappers_take_the_loop_options():
     from jnmf import driver
-    from jnmf.estimator import FixedRRule, ViolationRule
+    from jnmf.estimator import ErrorTestRule, FixedRRule, ViolationRule
 
     rule = HALS()
     small = jnmf.build_problem(jnp.ones((60, 40)), 3)
@@ -184,5 +184,7 @@ def test_iterate_and_the_estimator_wrappers_take_the_loop_options():
     big_state = rule.init(big, jnp.ones((600, 20)), jnp.ones((20, 400)))
     assert driver._iterate_for(rule, big, big_state) is driver._iterate
     assert ViolationRule(rule).small_compiler_options == CHEAP_OPTIONS
+    assert ErrorTestRule(FixedRRule(rule)).small_compiler_options == CHEAP_OPTIONS
+    assert ErrorTestRule(rule).method_name == "hals"  # the wrapped rule's batching strategy
     assert FixedRRule(KLMU()).small_compiler_options is None
     assert loop_options(ViolationRule(rule), 60, 40, 3, 1) == CHEAP_OPTIONS

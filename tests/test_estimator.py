@@ -464,48 +464,71 @@ def test_missing_nan_fits_and_transforms_around_the_gaps():
 # ----------------------------------------------------------------------- cd stopping test
 
 
-@pytest.mark.parametrize(
-    ("tol", "penalties"), [(1e-2, {}), (1e-3, {}), (1e-3, {"alpha_W": 0.01, "l1_ratio": 0.5})]
-)
-def test_cd_stops_on_scikit_learns_violation_test(tol, penalties):
-    """solver="cd" stops when the projected-gradient violation of an iteration falls to
-    tol times the first iteration's, as scikit-learn's coordinate descent: from the same
-    start the iteration counts are equal and the errors agree."""
-    from sklearn.decomposition import NMF as SkNMF
-
+def _stopping_data():
+    """40 x 30 data of rank 5 plus noise and a fixed start ``(X, W0, H0)``, float64."""
     rng = np.random.default_rng(0)
     X = rng.random((40, 5)) @ rng.random((5, 30)) + 0.05 * rng.random((40, 30))
-    W0, H0 = rng.random((40, 5)), rng.random((5, 30))
-    settings = dict(n_components=5, solver="cd", init="custom", tol=tol, max_iter=600, **penalties)
+    return X, rng.random((40, 5)), rng.random((5, 30))
+
+
+def _fit_both(solver: str, tol: float, **extra):
+    """jnmf.NMF and scikit-learn's NMF fitted from the same custom start of
+    :func:`_stopping_data` (600 iterations at most): ``(ours, W, theirs, W_sk)``."""
+    from sklearn.decomposition import NMF as SkNMF
+
+    X, W0, H0 = _stopping_data()
+    settings = dict(n_components=5, solver=solver, init="custom", tol=tol, max_iter=600, **extra)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         ours = jnmf.NMF(**settings)
         W = ours.fit_transform(X, W=W0.copy(), H=H0.copy())
         theirs = SkNMF(**settings)
         W_sk = theirs.fit_transform(X, W=W0.copy(), H=H0.copy())
+    return ours, W, theirs, W_sk
+
+
+@pytest.mark.parametrize(
+    ("tol", "penalties"), [(1e-2, {}), (1e-3, {}), (1e-3, {"alpha_W": 0.01, "l1_ratio": 0.5})]
+)
+def test_cd_stops_on_scikit_learns_violation_test(tol, penalties):
+    """solver="cd" stops when the projected-gradient violation of an iteration falls to
+    tol times the first iteration's, as scikit-learn's coordinate descent: from the same
+    start the iteration counts are equal and the errors agree; transform (W only) stops on
+    the same test, not at max_iter."""
+    ours, W, theirs, W_sk = _fit_both("cd", tol, **penalties)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # transform stops on the test too
+        ours.transform(_stopping_data()[0][:20])
     assert theirs.n_iter_ < 600  # scikit-learn stopped on its test, not the cap
     assert abs(ours.n_iter_ - theirs.n_iter_) <= max(1, theirs.n_iter_ // 50)
     assert ours.reconstruction_err_ == pytest.approx(theirs.reconstruction_err_, rel=1e-4)
     np.testing.assert_allclose(W, W_sk, rtol=1e-3, atol=1e-6)
 
 
-def test_cd_test_runs_inside_one_compiled_loop(monkeypatch, capsys):
-    """solver="cd" applies scikit-learn's violation test inside the compiled loop: a fit
-    of ~100 iterations enters the loop program twice (the start's objective, then the
-    run), not once per iteration; a new tol compiles nothing; verbose, which prints every
-    iteration from the host, stops at the same iteration with the same factors
-    (float64)."""
+def _watched_fits(monkeypatch, solver: str):
+    """The stopping-test loop tests' common part: 40 x 30 data of rank 5 plus noise, the
+    estimator's loop entry points (``iterate``, ``continue_restarts``) counted, a fit at
+    tol 1e-2 (it compiles), then one at tol 1e-3 watched for compiles.
+
+    Returns:
+        ``(X, fit, calls, model, W, compiled)``: ``fit(tol, verbose=0, **kw)`` fits from the
+        fixed custom start; ``calls`` the entry points the watched fit called (the list
+        collects later calls too); ``compiled`` whether it compiled anything.
+    """
     import jnmf.estimator as est
 
-    rng = np.random.default_rng(0)
-    X = rng.random((40, 5)) @ rng.random((5, 30)) + 0.05 * rng.random((40, 30))
-    W0, H0 = rng.random((40, 5)), rng.random((5, 30))
+    X, W0, H0 = _stopping_data()
     calls = []
-    real = est.iterate
-    monkeypatch.setattr(est, "iterate", lambda *a, **kw: calls.append(1) or real(*a, **kw))
 
-    def fit(tol, verbose=0):
-        model = jnmf.NMF(5, solver="cd", init="custom", tol=tol, max_iter=600, verbose=verbose)
+    def counted(name):
+        real = getattr(est, name)
+        return lambda *a, **kw: calls.append(name) or real(*a, **kw)
+
+    for name in ("iterate", "continue_restarts"):
+        monkeypatch.setattr(est, name, counted(name))
+
+    def fit(tol, verbose=0, **kw):
+        model = jnmf.NMF(5, solver=solver, init="custom", tol=tol, max_iter=600, verbose=verbose, **kw)
         return model, model.fit_transform(X, W=W0.copy(), H=H0.copy())
 
     fit(1e-2)  # compiles
@@ -517,13 +540,133 @@ def test_cd_test_runs_inside_one_compiled_loop(monkeypatch, capsys):
         model, W = fit(1e-3)
     finally:
         jax._src.monitoring.unregister_event_duration_listener(listener)
+    return X, fit, calls, model, W, "/jax/core/compile/backend_compile_duration" in seen
+
+
+def test_cd_test_runs_inside_one_compiled_loop(monkeypatch, capsys):
+    """solver="cd" applies scikit-learn's violation test inside the compiled loop: a fit
+    of ~100 iterations enters the loop program once, not once per iteration; a new tol
+    compiles nothing; verbose, which prints every iteration from the host, stops at the
+    same iteration with the same factors (float64)."""
+    _, fit, calls, model, W, compiled = _watched_fits(monkeypatch, "cd")
     assert model.n_iter_ > 20
-    assert len(calls) == 2
-    assert "/jax/core/compile/backend_compile_duration" not in seen
+    assert calls == ["iterate"]
+    assert not compiled
     loud, W_loud = fit(1e-3, verbose=1)
     assert loud.n_iter_ == model.n_iter_
     np.testing.assert_array_equal(W_loud, W)
     assert f"Epoch {model.n_iter_:02d}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("tol", "extra"),
+    [
+        (1e-2, {}),
+        (1e-4, {}),
+        (1e-3, {"alpha_W": 0.01, "l1_ratio": 0.5}),
+        (1e-3, {"beta_loss": "kullback-leibler"}),
+        (1e-3, {"beta_loss": 0.5}),
+    ],
+)
+def test_mu_stops_on_scikit_learns_error_test(tol, extra):
+    """solver="mu" stops as scikit-learn's multiplicative updates: every 10 iterations,
+    when (previous error - error) / initial error < tol, the error being the loss without
+    the penalties.  From the same start (float64) the iteration counts are equal, and so
+    are the factors and errors up to rounding; transform (W only, H fixed) too."""
+    ours, W, theirs, W_sk = _fit_both("mu", tol, **extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        rows = _stopping_data()[0][:20]
+        V, V_sk = ours.transform(rows), theirs.transform(rows)
+    assert 20 <= theirs.n_iter_ < 600  # scikit-learn stopped on its test, not the cap
+    assert ours.n_iter_ == theirs.n_iter_
+    assert ours.reconstruction_err_ == pytest.approx(theirs.reconstruction_err_, rel=1e-9)
+    np.testing.assert_allclose(W, W_sk, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(V, V_sk, rtol=1e-8, atol=1e-12)
+
+
+def test_frobenius_mu_is_beta_mu_at_two_from_products():
+    """FrobeniusMU (solver="mu", Frobenius loss) takes BetaMU(2)'s steps, its half problem
+    formed from products with the factors instead of the m x n model: the same iterates
+    and objective up to rounding, with penalties (float64); with an elementwise weight
+    (missing values) it is BetaMU exactly."""
+    from jnmf.driver import iterate
+    from jnmf.estimator import FrobeniusMU
+    from jnmf.rules import BetaMU
+
+    X, W0, H0 = _stopping_data()
+    M = (np.random.default_rng(2).random(X.shape) > 0.1).astype(float)
+    with jax.enable_x64(True):
+        for weight in (None, M):
+            problem = jnmf.build_problem(jnp.asarray(X), 5, M=weight, lambda_1L=0.3, lambda_2R=0.2)
+            runs = []
+            for rule in (FrobeniusMU(), BetaMU(2.0)):
+                state = rule.init(problem, jnp.asarray(W0), jnp.asarray(H0))
+                runs.append(iterate(rule, problem, state, max_iterations=30, tol=0.0, min_xstep=0.0))
+            ours, theirs = runs
+            assert ours.iterations == theirs.iterations == 30
+            exact = weight is not None
+            np.testing.assert_allclose(ours.L, theirs.L, rtol=0 if exact else 1e-10)
+            np.testing.assert_allclose(ours.R, theirs.R, rtol=0 if exact else 1e-10)
+            assert float(ours.objective) == pytest.approx(float(theirs.objective), rel=1e-12)
+    assert isinstance(jnmf.NMF(solver="mu")._rule(2.0), FrobeniusMU)
+
+
+def test_computed_where_stays_a_cond_in_a_batch():
+    """computed_where (the mu test's costly objective, every 10 iterations): f's value
+    where pred holds; vmapped over fits with their own predicates it is still ONE
+    lax.cond (on any fit's predicate), not a select that evaluates f for every fit, and
+    the zeros come back when no fit needs f."""
+    from jnmf.estimator import computed_where
+
+    f = lambda A, x: jnp.sum(A @ x) * x
+    A, xs = jnp.arange(9.0).reshape(3, 3), jnp.arange(12.0).reshape(4, 3)
+    batched = jax.vmap(lambda p, x: computed_where(p, f, A, x))
+    preds = jnp.array([True, False, True, False])
+    out = batched(preds, xs)
+    expected = jax.vmap(lambda x: f(A, x))(xs)
+    np.testing.assert_allclose(out[preds], expected[preds])
+    np.testing.assert_array_equal(batched(jnp.zeros(4, bool), xs), 0.0)
+    assert "cond[" in str(jax.make_jaxpr(batched)(preds, xs))
+    plain = jax.vmap(lambda p, x: jax.lax.cond(p, lambda: f(A, x), lambda: jnp.zeros(3)))
+    assert "cond[" not in str(jax.make_jaxpr(plain)(preds, xs))  # what it avoids
+    assert float(computed_where(jnp.array(True), f, A, xs[1])[0]) == float(f(A, xs[1])[0])
+
+
+def test_mu_test_runs_inside_one_compiled_loop(monkeypatch, capsys):
+    """solver="mu" (and every solver but cd) applies scikit-learn's every-10-iterations
+    test inside the compiled loop: a fit enters the loop program once (one fit: the
+    unbatched loop; restarts: the batched one), not once per test; a new tol compiles
+    nothing; verbose, which prints each test's error from a host loop of 10-iteration
+    chunks, stops at the same iteration with the same factors.  Missing values (a costly
+    masked objective, evaluated at the tests only) stop the same way.  Float64."""
+    X, fit, calls, model, W, compiled = _watched_fits(monkeypatch, "mu")
+    assert 20 <= model.n_iter_ < 600 and model.n_iter_ % 10 == 0
+    assert calls == ["iterate"]
+    assert not compiled
+    calls.clear()
+    loud, W_loud = fit(1e-3, verbose=1)
+    assert len(calls) == model.n_iter_ // 10  # one chunk per test, to print it
+    assert loud.n_iter_ == model.n_iter_
+    np.testing.assert_array_equal(W_loud, W)
+    out = capsys.readouterr().out
+    assert f"Epoch {model.n_iter_:02d}" in out and f"Converged at iteration {model.n_iter_}" in out
+    # the error printed at the last test is the data's (scikit-learn's), not the scaled problem's
+    printed = float(out.split(f"Epoch {model.n_iter_:02d}")[1].split("error: ")[1].split()[0])
+    assert printed == pytest.approx(np.linalg.norm(X - W @ model.components_), rel=1e-5)
+    calls.clear()
+    batch, _ = fit(1e-3, restarts=2)
+    assert calls == ["continue_restarts"]
+    assert batch.n_iter_ == model.n_iter_  # both restarts start from the custom start
+    Xn = X.copy()
+    Xn[np.random.default_rng(1).random(X.shape) < 0.1] = np.nan
+    gaps = dict(n_components=5, solver="cd", tol=1e-3, max_iter=600, missing="nan", random_state=0)
+    quiet = jnmf.NMF(**gaps)
+    W_gaps = quiet.fit_transform(Xn)
+    assert 20 <= quiet.n_iter_ < 600 and quiet.n_iter_ % 10 == 0
+    noisy = jnmf.NMF(**gaps, verbose=1)
+    np.testing.assert_array_equal(noisy.fit_transform(Xn), W_gaps)
+    assert noisy.n_iter_ == quiet.n_iter_
 
 
 # ----------------------------------------------------------------------- seeded starts
