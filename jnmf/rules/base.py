@@ -228,6 +228,29 @@ class AlternatingRule(eqx.Module):
         """The objective this rule decreases (eq. 3 unless the rule says otherwise)."""
         return problem.objective(state.Lt.T, state.R)
 
+    def start_objective(self, problem: Problem, state: NMFState) -> Array:
+        """The objective at the start of a fit, for the driver's first ``tol`` test and
+        :meth:`begin_fit`: in the same cheap form as the per-iteration objective the steps
+        report (:func:`~jnmf.quadratic.objective_after_R_step`, from the R half problem at
+        the start: one product with Y and ``O(n k^2)`` work, where :meth:`objective`'s
+        residual costs about twice that), so the first iteration's objective is compared
+        with a value of the same form.  A rule with its own objective (KL, beta) or a
+        problem whose per-iteration objective is costly (an elementwise weight) gets
+        :meth:`objective` itself.  The fit's final objective is always :meth:`objective`.
+
+        Args:
+            problem: the problem the loop runs on (prepared: its constant of eq. 7 computed).
+            state: the starting state (one fit's).
+
+        Returns:
+            eq. 3 at the state's factors (to about ``eps ||Y||^2``).
+        """
+        own = type(self).objective is not AlternatingRule.objective
+        if own or self.costly_objective(problem) or not isinstance(problem, Problem):
+            return self.objective(problem, state)
+        hp_R = half_problem(problem, "R", state.Lt, state.R)
+        return objective_after_R_step(problem, hp_R, state.Lt, state.R)
+
     @property
     def loss_degree(self) -> float:
         """The degree of homogeneity of the rule's loss in ``(Y, LR)``: 2 for eq. 3's
