@@ -14,7 +14,9 @@ optional hooks with neutral defaults:
 * :meth:`~AlternatingRule.init_aux`: rule-specific state carried in ``NMFState.aux``
   (AURNMF's annealed ``tau_k``, an optax optimizer's state per factor, KL's ``L R``);
 * :meth:`~AlternatingRule.begin_fit`: once, when the driver's loop starts, with the
-  start's objective (extrapolated HALS keeps it as its best so far);
+  start's objective (extrapolated HALS keeps it as its best so far), which the driver
+  gets from :meth:`~AlternatingRule.start_objective` (eq. 3 in the steps' cheap form,
+  one product with Y; a rule with its own objective: that objective);
 * :meth:`~AlternatingRule.begin_iteration`: once per iteration, before the L step
   (AURNMF anneals ``tau_k`` here);
 * :meth:`~AlternatingRule.half_problem`: the subproblem of a side (eq. 8's ``(G, d)``
