@@ -93,7 +93,7 @@ def main() -> int:
     runs = {}  # label -> function returning something to block on
     for method in args.methods:
         rule = jfit.make_rule(rule_of(method))  # a name, or bench_orl's ahals-ex / hals-ex
-        chosen = batching_strategy(rule, "cpu", problem=problem, rank=k, fits=B)
+        chosen = batching_strategy(rule, jax.default_backend(), problem=problem, rank=k, fits=B)
         for strategy in dict.fromkeys([*args.strategies, chosen]):
             tag = " (chosen)" if strategy == chosen else ""
             picked = restart_slots(strategy, rule.method_name, k, B)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 
 import jax
@@ -136,8 +137,46 @@ def program_options(rule, problem, R, settings: int, *args) -> dict | None:
     return loop_options(rule, m, n, R.shape[-2], math.prod(R.shape[:-2]) * settings)
 
 
+# XLA option names this jaxlib refused ("No such compile option"), found on first use.
+# XLA renames and drops options between releases: jaxlib 0.11 no longer knows
+# ``xla_cpu_use_fusion_emitters``, which jaxlib 0.10 needs (seen on 2026-12-04, where
+# every fit on CPU failed to compile with it).  A program is then compiled without the
+# refused options: a slower compile, never an error.
+_REFUSED: set[str] = set()
+_REFUSED_OPTION = re.compile(r"No such compile option: '([^']+)'")
+
+
+def refused_option(error: BaseException) -> str | None:
+    """The option name an XLA "No such compile option" error names, else None.
+
+    Args:
+        error: an exception raised by a call of a jitted function.
+
+    Returns:
+        The refused option's name, or None for any other error.
+    """
+    found = _REFUSED_OPTION.search(str(error))
+    return found.group(1) if found else None
+
+
+def known_options(options: Mapping | None) -> dict:
+    """``options`` without the names this jaxlib refused so far (:func:`refused_option`).
+
+    Args:
+        options: XLA option names and values (None: none).
+
+    Returns:
+        The options to compile with.
+    """
+    return {name: value for name, value in (options or {}).items() if name not in _REFUSED}
+
+
 def programs_by_options(fun: Callable, jit: Callable = jax.jit, **jit_kwargs) -> Callable:
     """``fun`` jitted once per set of compiler options, each made on first use.
+
+    An option the installed XLA does not know is dropped (and remembered) the first time
+    a compile refuses it, and the call is made again without it: options are a matter of
+    speed, so a renamed or removed option costs compile or run time, not the fit.
 
     Args:
         fun: the function to compile.
@@ -149,14 +188,37 @@ def programs_by_options(fun: Callable, jit: Callable = jax.jit, **jit_kwargs) ->
         ``program(options)``: the jitted ``fun`` compiled with ``options`` (a mapping
         of XLA option names to values; None or empty: XLA's defaults).
     """
-    programs: dict = {}
+    programs: dict = {}  # the jitted fun, by the options it is compiled with
+    calls: dict = {}  # program(options), by the options asked for
 
-    def program(options: Mapping | None = None):
-        key = tuple(sorted(options.items())) if options else ()
+    def jitted(options: dict):
+        key = tuple(sorted(options.items()))
         if key not in programs:
             extra = {"compiler_options": dict(key)} if key else {}
             programs[key] = jit(fun, **jit_kwargs, **extra)
         return programs[key]
+
+    def checked(options: dict):
+        def call(*args, **kwargs):
+            while True:
+                kept = known_options(options)
+                try:
+                    return jitted(kept)(*args, **kwargs)
+                except Exception as error:  # XlaRuntimeError / JaxRuntimeError, by release
+                    name = refused_option(error)
+                    if name is None or name not in kept:
+                        raise
+                    _REFUSED.add(name)  # the compile failed: nothing ran, so run it again
+
+        return call
+
+    def program(options: Mapping | None = None):
+        key = tuple(sorted((options or {}).items()))
+        if not key:
+            return jitted({})
+        if key not in calls:
+            calls[key] = checked(dict(key))
+        return calls[key]
 
     return program
 

@@ -128,11 +128,47 @@ def test_times_on_host_is_exact_and_compiles_nothing(dtype):
     np.testing.assert_array_equal(traced, expected)
 
 
+# Option names that an XLA release is known to have dropped (jaxlib 0.11 no longer knows
+# the fusion-emitter switch that jaxlib 0.10 needs); any other name XLA refuses is a typo.
+RETIRED_OPTIONS = {"xla_cpu_use_fusion_emitters"}
+
+
 def test_option_sets_are_valid_xla_options():
-    """XLA rejects an unknown option name when compiling: every set compiles."""
+    """XLA rejects an unknown option name when compiling: every name in every set is
+    known to this XLA or a known retired name, and every set compiles through
+    programs_by_options (which drops what this XLA refuses)."""
     for options in (CHEAP_OPTIONS, compile_options.ONCE_OPTIONS, jnmf.fitting.DRAW_COMPILER_OPTIONS):
-        out = jax.jit(lambda x: x * 2 + 1, compiler_options=options)(jnp.arange(3.0))
+        for name, value in options.items():
+            try:
+                jax.jit(lambda x: x + 1, compiler_options={name: value})(jnp.float32(1.0))
+            except Exception as error:  # noqa: BLE001 - the release's runtime error class
+                assert compile_options.refused_option(error) == name and name in RETIRED_OPTIONS, error
+        out = compile_options.programs_by_options(lambda x: x * 2 + 1)(options)(jnp.arange(3.0))
         np.testing.assert_array_equal(out, [1.0, 3.0, 5.0])
+
+
+def test_an_option_this_xla_refuses_is_dropped_not_fatal(monkeypatch):
+    """A renamed or removed XLA option (as jaxlib 0.11 removed one jaxlib 0.10 needs) costs
+    compile time, never the fit: the program compiles without it, and later programs skip
+    it (float64)."""
+    bogus = "xla_cpu_jnmf_test_option_that_does_not_exist"
+    program = compile_options.programs_by_options(lambda x: x * 2 + 1)
+    asked = {bogus: True, "xla_backend_optimization_level": 0}
+    np.testing.assert_array_equal(program(asked)(jnp.arange(3.0)), [1.0, 3.0, 5.0])
+    assert bogus in compile_options._REFUSED
+    assert compile_options.known_options(asked) == {"xla_backend_optimization_level": 0}
+    # a whole fit whose loop asks for another unknown option gives the fit without it
+    Y = jnp.asarray(np.random.default_rng(3).random((30, 20)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jnmf.ConvergenceWarning)
+        want = jnmf.fit(Y, 3, method="hals", max_iterations=20, key=1)
+        monkeypatch.setattr(HALS, "small_compiler_options", {bogus + "_2": True, **CHEAP_OPTIONS})
+        got = jnmf.fit(Y, 3, method="hals", max_iterations=20, key=1)
+    assert bogus + "_2" in compile_options._REFUSED
+    np.testing.assert_allclose(np.asarray(got.L), np.asarray(want.L), rtol=1e-10, atol=1e-12)
+    assert int(got.iterations) == int(want.iterations)
+    # any other compile error still reaches the caller
+    assert compile_options.refused_option(ValueError("shapes do not match")) is None
 
 
 @on_cpu

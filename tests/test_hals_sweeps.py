@@ -11,7 +11,7 @@ import pytest
 
 import jnmf
 from jnmf.quadratic import HalfProblem, half_problem_L, half_problem_R
-from jnmf.rules.hals_sweeps import hals_sweeps
+from jnmf.rules.hals_sweeps import TILE, hals_sweeps, sweep_tile
 from jnmf.weights import Weight
 
 
@@ -80,6 +80,19 @@ def test_tiled_equals_untiled(k, p, tile, max_sweeps):
     delta = jnp.asarray(0.1)
     got = jax.jit(lambda hp, X: hals_sweeps(hp, X, max_sweeps, delta, tile=tile))(hp, Xt)
     check_close(got, reference_sweeps(hp, Xt, max_sweeps, delta))
+
+
+def test_sweep_tile_by_backend():
+    """CPU sweeps run in cache-sized tiles; on an accelerator one tile spans all p
+    columns (each loop pass there is a kernel launch and a host read of the counter)."""
+    assert sweep_tile("cpu", 10304) == TILE
+    assert sweep_tile("gpu", 10304) == 10304
+    assert sweep_tile("tpu", 7) == 7
+    # the accelerator's choice is the single-tile sweep, the iterate of the reference (float64)
+    hp, Xt = random_half_problem(12, 5, 70)
+    delta = jnp.asarray(0.1)
+    got = hals_sweeps(hp, Xt, 6, delta, tile=sweep_tile("gpu", 70))
+    check_close(got, reference_sweeps(hp, Xt, 6, delta))
 
 
 def test_zero_curvature_rows_unchanged():
@@ -174,3 +187,17 @@ def test_gamma_grid_under_vmap():
     for i, g in enumerate(gammas):
         Pg = P.replace(gamma_2R=g)
         check_close(got[i], reference_sweeps(half_problem_R(Pg, Lt, R), R, 5, jnp.asarray(0.1)))
+
+
+def test_accelerated_hals_sweeps_once_off_cpu(monkeypatch):
+    """Gillis & Glineur's flop count picks many sweeps for ORL's R (85 at alpha 0.2) on
+    CPU; on an accelerator, where a sweep costs k kernel launches, accelerated HALS
+    sweeps once.  An explicit inner_sweeps is kept everywhere."""
+    from jnmf.rules import hals as hals_module
+
+    rule = jnmf.rules.HALS(inner_sweeps=None, alpha=0.2)
+    assert rule.sweeps(400, 10304, 25) == 85
+    assert rule.sweeps(10304, 400, 25) == 4
+    monkeypatch.setattr(hals_module.jax, "default_backend", lambda: "gpu")
+    assert rule.sweeps(400, 10304, 25) == 1
+    assert jnmf.rules.HALS(inner_sweeps=3).sweeps(400, 10304, 25) == 3

@@ -57,7 +57,30 @@ from ..quadratic import HalfProblem
 TILE = 1024
 
 
-def hals_sweeps(hp: HalfProblem, Xt: Array, max_sweeps: int, delta: Array, *, tile: int = TILE) -> Array:
+def sweep_tile(backend: str, p: int) -> int:
+    """The columns per tile of a sweep over a k x p unknown on ``backend``.
+
+    Tiles pay on CPU, where a tile stays in cache (:data:`TILE`).  On a GPU every pass
+    of a ``fori_loop`` is one or more kernel launches and a read of the loop's counter
+    by the host, so 1024-column tiles made a sweep ``p / 1024`` times longer: a dense
+    HALS iteration on 65536 x 8192 (rank 20, float32) took 25.6 ms on an NVIDIA H200,
+    against 1.1 ms for a multiplicative-update iteration reading Y as often
+    (experiments/gpu_check.sh, 2026-12-04).  There the sweep runs over all p columns
+    at once.
+
+    Args:
+        backend: ``"cpu"``, ``"gpu"`` or ``"tpu"`` (as ``jax.default_backend()`` names it).
+        p: the number of columns of the unknown (rows of L, or columns of R).
+
+    Returns:
+        The tile width, between 1 and ``p``.
+    """
+    return TILE if backend == "cpu" else max(int(p), 1)
+
+
+def hals_sweeps(
+    hp: HalfProblem, Xt: Array, max_sweeps: int, delta: Array, *, tile: int | None = None
+) -> Array:
     """Up to ``max_sweeps`` HALS sweeps over the rows of the factor-major unknown Xt (k x p).
 
     With ``max_sweeps > 1`` (accelerated HALS) sweeping stops early once a sweep
@@ -68,7 +91,20 @@ def hals_sweeps(hp: HalfProblem, Xt: Array, max_sweeps: int, delta: Array, *, ti
     experiments/bench_hals_tiled.py), which is why jnmf.batch batches HALS fits with
     its "hybrid" strategy there.  Differentiable (forward and reverse mode) almost
     everywhere: a fixed number of loop passes of projections.
+
+    Args:
+        hp: the half-step problem (eqs. 6-9 of Pav 2024): its split terms give the
+            row updates, its block majorizer the curvature of each row.
+        Xt: the unknown, factor-major (k x p): R itself, or L transposed.
+        max_sweeps: the most sweeps (1: plain HALS; Gillis & Glineur 2012 for more).
+        delta: the early-exit ratio of accelerated HALS (ignored for one sweep).
+        tile: columns per tile (default :func:`sweep_tile` for JAX's default backend).
+
+    Returns:
+        The swept unknown, the shape of ``Xt``.
     """
+    if tile is None:
+        tile = sweep_tile(jax.default_backend(), Xt.shape[-1])
     mixing, others = hp.split_terms()
     curvature = hp.block_majorizer()
     if hp.masked:
