@@ -31,11 +31,44 @@ def on_device(x, dtype=None):
     dtypes (a Python scalar without ``dtype`` stays weakly typed, as with ``jnp.asarray``).
     """
     if dtype is None and isinstance(x, bool | int | float):
-        return jax.device_put(x)
+        return _put_scalar(x, ("weak", type(x), repr(x)))
     if isinstance(x, bool | int | float | np.ndarray | np.generic):
         dtype = None if dtype is None else jax.dtypes.canonicalize_dtype(dtype)
-        return jax.device_put(np.asarray(x, dtype))
+        return _put_scalar(np.asarray(x, dtype))
     return jnp.asarray(x, dtype)
+
+
+# Device copies of host scalars, by bit pattern (see _put_scalar); cleared when full.
+_SCALARS: dict = {}
+_SCALARS_MAX = 4096
+
+
+def _put_scalar(x, key=None):
+    """``jax.device_put(x)`` for a host value, reusing one device array per distinct scalar.
+
+    A fit puts some 30 scalars (its penalties, their rescaled values, the stopping settings,
+    a rule's settings) on the device, ~30 us each; most are the same from fit to fit.  A JAX
+    array is immutable, so one copy serves every caller.  The key is the value's bits and
+    dtype (``key`` for a weakly typed Python scalar: its type and ``repr``, which tell
+    ``-0.0`` from ``0.0`` and keep NaN), plus what decides the array ``device_put`` makes:
+    JAX's x64 mode and default device.  Arrays (not 0-d) are put as before; so is anything
+    put while tracing (a tracer must never be kept), and a cached array that was deleted
+    (donated) is put again.
+    """
+    if key is None:
+        if not isinstance(x, np.ndarray) or x.ndim:
+            return jax.device_put(x)
+        key = (x.dtype.str, x.tobytes())
+    key = (key, jax.config.jax_enable_x64, jax.config.jax_default_device)
+    hit = _SCALARS.get(key)
+    if hit is not None and not hit.is_deleted():
+        return hit
+    out = jax.device_put(x)
+    if not isinstance(out, jax.core.Tracer):
+        if len(_SCALARS) >= _SCALARS_MAX:
+            _SCALARS.clear()
+        _SCALARS[key] = out
+    return out
 
 
 def _on_host(x):
@@ -65,7 +98,7 @@ def times(x, c):
     hx, hc = _on_host(x), _on_host(c)
     if hx is None or hc is None or hx.dtype != hc.dtype or hc.ndim:
         return x * c
-    return jax.device_put(np.asarray(hx * hc, hx.dtype))
+    return _put_scalar(np.asarray(hx * hc, hx.dtype))
 
 
 def argument_names(func: Callable) -> tuple[str, ...]:

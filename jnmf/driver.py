@@ -277,8 +277,12 @@ def iterate_impl(
     noise_floor = jnp.finfo(dtype).eps > 1e-10  # static: float32 and narrower
     # The first and last objectives (a pass over the data each) run fit by fit even in a
     # batched loop: vmapped, a data operator's row-blocked loss would hold a block per fit.
+    # The first is the rule's cheap form where it has one (AlternatingRule.start_objective:
+    # one product with Y, the form every later iteration's objective takes), the last is
+    # always recomputed from the residual.
     each_fit = (lambda f: lambda s: jax.lax.map(f, s)) if batched else (lambda f: f)
-    f0 = each_fit(lambda s: rule.objective(problem, s).astype(dtype))(state)
+    start_objective = getattr(rule, "start_objective", rule.objective)
+    f0 = each_fit(lambda s: start_objective(problem, s).astype(dtype))(state)
     # a rule whose state keeps the start's objective (extrapolated HALS) takes this one
     begin_fit = getattr(rule, "begin_fit", None)
     if begin_fit is not None:

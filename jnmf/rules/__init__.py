@@ -11,6 +11,8 @@ import functools
 import sys
 from typing import TYPE_CHECKING
 
+import jax
+
 from .anls import ANLS
 from .au import AURNMF
 from .base import AlternatingRule, HalfStep, NMFState, Rule, StepInfo
@@ -93,7 +95,19 @@ def make_rule(method: str | AlternatingRule | optax.GradientTransformation) -> A
         raise ValueError(
             f"method must be one of {sorted(METHODS)}, a jnmf rule or an optax optimizer; got {method!r}"
         )
-    return METHODS[method][1]()
+    # one rule per name (a rule is immutable): building one puts its settings on the device
+    # and a fit's settings record its repr, both of which a fit paid every time; per x64 mode
+    # and default device, which decide its settings' arrays
+    key = (method, jax.config.jax_enable_x64, jax.config.jax_default_device)
+    rule = _NAMED_RULES.get(key)
+    if rule is None or any(a.is_deleted() for a in jax.tree.leaves(rule) if isinstance(a, jax.Array)):
+        rule = METHODS[method][1]()
+        if not any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(rule)):
+            _NAMED_RULES[key] = rule
+    return rule
+
+
+_NAMED_RULES: dict = {}
 
 
 __all__ = [

@@ -14,7 +14,9 @@ optional hooks with neutral defaults:
 * :meth:`~AlternatingRule.init_aux`: rule-specific state carried in ``NMFState.aux``
   (AURNMF's annealed ``tau_k``, an optax optimizer's state per factor, KL's ``L R``);
 * :meth:`~AlternatingRule.begin_fit`: once, when the driver's loop starts, with the
-  start's objective (extrapolated HALS keeps it as its best so far);
+  start's objective (extrapolated HALS keeps it as its best so far), which the driver
+  gets from :meth:`~AlternatingRule.start_objective` (eq. 3 in the steps' cheap form,
+  one product with Y; a rule with its own objective: that objective);
 * :meth:`~AlternatingRule.begin_iteration`: once per iteration, before the L step
   (AURNMF anneals ``tau_k`` here);
 * :meth:`~AlternatingRule.half_problem`: the subproblem of a side (eq. 8's ``(G, d)``
@@ -227,6 +229,29 @@ class AlternatingRule(eqx.Module):
     def objective(self, problem: Problem, state: NMFState) -> Array:
         """The objective this rule decreases (eq. 3 unless the rule says otherwise)."""
         return problem.objective(state.Lt.T, state.R)
+
+    def start_objective(self, problem: Problem, state: NMFState) -> Array:
+        """The objective at the start of a fit, for the driver's first ``tol`` test and
+        :meth:`begin_fit`: in the same cheap form as the per-iteration objective the steps
+        report (:func:`~jnmf.quadratic.objective_after_R_step`, from the R half problem at
+        the start: one product with Y and ``O(n k^2)`` work, where :meth:`objective`'s
+        residual costs about twice that), so the first iteration's objective is compared
+        with a value of the same form.  A rule with its own objective (KL, beta) or a
+        problem whose per-iteration objective is costly (an elementwise weight) gets
+        :meth:`objective` itself.  The fit's final objective is always :meth:`objective`.
+
+        Args:
+            problem: the problem the loop runs on (prepared: its constant of eq. 7 computed).
+            state: the starting state (one fit's).
+
+        Returns:
+            eq. 3 at the state's factors (to about ``eps ||Y||^2``).
+        """
+        own = type(self).objective is not AlternatingRule.objective
+        if own or self.costly_objective(problem) or not isinstance(problem, Problem):
+            return self.objective(problem, state)
+        hp_R = half_problem(problem, "R", state.Lt, state.R)
+        return objective_after_R_step(problem, hp_R, state.Lt, state.R)
 
     @property
     def loss_degree(self) -> float:
