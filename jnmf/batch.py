@@ -51,7 +51,9 @@ one-device run's (tests/test_mesh_batch.py).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import equinox as eqx
 import jax
@@ -217,6 +219,96 @@ def restart_slots(
     if backend != "cpu" or strategy == "map" or fits < SLOT_FRACTION:
         return None  # small batches (unmeasured) run all at once, as before
     return max(SLOT_FITS, fits // SLOT_FRACTION)
+
+
+# Concurrent groups on CPU (concurrent_groups): XLA:CPU runs a program's independent ops
+# one at a time, so a batched loop's per-fit work (HALS's column sweeps, a "map" loop's
+# fits) runs on ONE core; only its large products use the others.  Two copies of the same
+# compiled program, each over half of the fits and each called from its own Python thread
+# (XLA releases the GIL while it runs), keep every core busy.  A batch of at least
+# GROUP_FITS fits per group is split into min(usable CPUs, fits // GROUP_FITS) groups.
+# Measured with experiments/bench_restarts.py (experiments/README.md, "Concurrent groups
+# on CPU").
+GROUP_FITS = 4
+
+# The environment variable that overrides the chooser on CPU (1: off; n: n groups).
+GROUPS_ENV = "JNMF_CPU_GROUPS"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one, else
+    ``os.cpu_count()``).
+
+    Returns:
+        The count, at least 1.
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - no affinity on this OS
+        return max(1, os.cpu_count() or 1)
+
+
+def concurrent_groups(
+    backend: str,
+    fits: int,
+    strategy: str | None = None,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    progress: bool = False,
+    cpus: int | None = None,
+) -> int:
+    """The number of concurrent groups a batch of ``fits`` fits runs in (a pure function
+    of the backend, the count and the machine: tolerances, counts of iterations and
+    penalties never change it).
+
+    Each group runs the same compiled one-device program on its share of the fits, from
+    its own thread (see :data:`GROUP_FITS`): on XLA:CPU a batched program runs its per-fit
+    work on one core, and groups put the others to work.
+
+    Args:
+        backend: ``"cpu"``, ``"gpu"`` or ``"tpu"``: groups only on ``"cpu"`` (an
+            accelerator runs a batch's fits in parallel already).
+        fits: the number of fits in the batch.
+        strategy: the batching strategy (unused today: every strategy runs its per-fit
+            work on one core, and groups paid for each one measured).
+        mesh: the fits are spread over a mesh: one group (the devices split them).
+        progress: progress reports from inside the loop: one group (one stream of reports).
+        cpus: the usable CPUs (default: :func:`usable_cpus`).
+
+    Returns:
+        ``min(cpus, fits // GROUP_FITS)``, at least 1; the environment variable
+        ``JNMF_CPU_GROUPS`` (a positive integer) overrides it on CPU (1: off).
+
+    Raises:
+        ValueError: ``JNMF_CPU_GROUPS`` is not a positive integer.
+    """
+    del strategy
+    if backend != "cpu" or mesh is not None or progress or fits < 2:
+        return 1
+    env = os.environ.get(GROUPS_ENV, "").strip()
+    if env:
+        try:
+            wanted = int(env)
+        except ValueError:
+            wanted = 0
+        if wanted < 1:
+            raise ValueError(f"the environment variable {GROUPS_ENV} must be a positive integer, got {env!r}")
+        return min(wanted, fits)
+    cpus = usable_cpus() if cpus is None else cpus
+    return max(1, min(cpus, fits // GROUP_FITS))
+
+
+def _groups_for(groups, fits: int, mesh, progress: bool) -> int:
+    """``groups`` checked (ValueError naming it) or chosen (:func:`concurrent_groups`),
+    and capped at ``fits``."""
+    if groups is None:
+        return concurrent_groups(jax.default_backend(), fits, mesh=mesh, progress=progress)
+    groups = check.positive_int("groups", groups)
+    if groups > 1 and mesh is not None:
+        raise ValueError("groups > 1 (concurrent groups) is not supported with mesh (spread fits)")
+    if groups > 1 and progress:
+        raise ValueError("groups > 1 (concurrent groups) is not supported with progress_every")
+    return max(1, min(groups, fits))
 
 
 def _slots_for(slots, strategy, rule, R, fits: int | None = None) -> int | None:
@@ -431,6 +523,38 @@ def _gathered(tree, kept):
     return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[kept]) if eqx.is_array(x) else x, tree)
 
 
+# ------------------------------------------------------------ concurrent groups on CPU
+def _group_parts(tree, groups: int) -> list:
+    """``tree``'s array leaves split along their leading axis into ``groups`` equal parts,
+    the last padded with copies of the last entry (:func:`_padded`, on the host), each
+    part back on the default device."""
+    count = jax.tree.leaves(eqx.filter(tree, eqx.is_array))[0].shape[0]
+    per = -(-count // groups)
+    padded = _padded(tree, per * groups)
+    part = lambda g: jax.tree.map(lambda x: jnp.asarray(x[g * per : (g + 1) * per]) if eqx.is_array(x) else x, padded)
+    return [part(g) for g in range(groups)]
+
+
+def _run_groups(program, calls: list[tuple], axis: int, count: int):
+    """``program(*args)`` for every ``args`` of ``calls`` (one per group, equal shapes),
+    each from its own thread, and the results joined in order along ``axis`` with the
+    padded fits (those from ``count`` on) dropped.
+
+    The program is compiled once, before the threads start (``lower(...).compile()`` fills
+    JAX's cache that the calls then hit), so no two threads compile it; XLA releases the
+    GIL while a program runs, so the groups run at once, each on a core of its own.  The
+    results are joined on the host, as :func:`_gathered` does (on the device each leaf's
+    concatenation would compile a program of its own)."""
+    program.lower(*calls[0]).compile()
+    with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="jnmf-group") as pool:
+        results = list(pool.map(lambda args: jax.block_until_ready(program(*args)), calls))
+    static = eqx.partition(results[0], eqx.is_array)[1]
+    keep = (slice(None),) * axis + (slice(0, count),)
+    join = lambda *xs: jnp.asarray(np.concatenate([np.asarray(x) for x in xs], axis)[keep])
+    arrays = jax.tree.map(join, *[eqx.filter(r, eqx.is_array) for r in results])
+    return eqx.combine(arrays, static)
+
+
 def _placed(tree, mesh: jax.sharding.Mesh, spec):
     """Every array leaf of ``tree`` put on ``mesh`` with the partition ``spec``."""
     sharding = jax.sharding.NamedSharding(mesh, spec)
@@ -554,6 +678,7 @@ def run_restarts(
     progress_every: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
     slots: int | None = None,
+    groups: int | None = None,
 ) -> Result:
     """Fit from each of the starting points ``L0[i], R0[i]`` as one compiled program.
 
@@ -583,25 +708,41 @@ def run_restarts(
             done (:func:`jnmf.driver._slot_loop`); a count >= the fits (per device, with
             ``mesh``) runs them all at once.  None (default): :func:`restart_slots`.
             Results are the same for every count.
+        groups: split the fits into this many equal groups (the last padded with copies of
+            the last start, dropped afterwards) and run each group's program (the same
+            compiled program: ONE compile) from its own thread at once, joining the results
+            in order: on XLA:CPU a batched program runs its per-fit work on one core, and
+            the groups put every core to work.  Each group picks its own slots.  1: one
+            program for all fits.  None (default): :func:`concurrent_groups` (on CPU with
+            2+ usable CPUs and 8+ fits; the environment variable ``JNMF_CPU_GROUPS``
+            overrides it, 1 = off).  Not with ``mesh`` or ``progress_every``.
+            Results are the same for every count.
 
     Returns:
         A :class:`~jnmf.driver.Result` whose leaves have a leading restart axis.
 
     Raises:
-        ValueError: a bad ``mesh`` or ``slots`` (before compiling), or bad shapes or settings.
+        ValueError: a bad ``mesh``, ``slots`` or ``groups`` (before compiling), or bad shapes
+            or settings.
     """
     if mesh is not None:
         check_fits_mesh("mesh", mesh)
         if progress_every is not None:
             raise ValueError("progress_every (progress reports) is not supported with mesh (spread fits)")
+    count = L0.shape[0] if L0.ndim == 3 else 1
+    groups = _groups_for(groups, count, mesh, progress_every is not None)
     rule.check(problem)
     overrides = dict(max_iterations=max_iterations, min_xstep=min_xstep, tol=tol, rel_tol=rel_tol)
     states, opts, strategy = _prepare(
         rule, problem, L0, R0, stopping, overrides, history_size, normalize, strategy
     )
-    count = L0.shape[0]
-    slots = _slots_for(slots, strategy, rule, R0, _per_device(mesh, count))
+    slots = _slots_for(slots, strategy, rule, R0, _per_device(mesh, count) if groups == 1 else -(-count // groups))
     guard_map_limit()
+    if groups > 1:
+        parts = _group_parts(states, groups)
+        program = _for_rule(_restarts_programs, rule, problem, parts[0], opts)
+        static = (int(history_size), normalize, strategy, None, slots)
+        return _run_groups(program, [(rule, problem, part, opts, *static) for part in parts], 0, count)
     if mesh is not None:
         states = _placed(_padded(states, _size_on(mesh, count)), mesh, _P(FITS_AXIS))
         rule, problem, opts = _placed((rule, problem, opts), mesh, _P())
@@ -631,6 +772,7 @@ def continue_restarts(
     normalize=None,
     strategy: str | None = None,
     slots: int | None = None,
+    groups: int | None = None,
 ) -> Result:
     """:func:`run_restarts` from a batch of rule states (e.g. ``Result.state`` of an earlier
     call), so a fit can run in chunks with tests between them; the rule's auxiliary state
@@ -638,18 +780,28 @@ def continue_restarts(
     give exactly the iterates of one longer run (with the convergence tests off).
 
     Args:
-        rule, problem, stopping, ..., slots: as for :func:`run_restarts`.
+        rule, problem, stopping, ..., slots, groups: as for :func:`run_restarts`.
         states: the rule's states with a leading restart axis.
 
     Returns:
         A :class:`~jnmf.driver.Result` whose leaves have a leading restart axis.
+
+    Raises:
+        ValueError: a bad ``slots`` or ``groups`` (before compiling), or bad settings.
     """
+    R = rule.factors(states)[1]
+    count = R.shape[0] if R.ndim == 3 else 1
+    groups = _groups_for(groups, count, None, False)
     rule.check(problem)
     overrides = dict(max_iterations=max_iterations, min_xstep=min_xstep, tol=tol, rel_tol=rel_tol)
-    R = rule.factors(states)[1]
     opts, strategy = _options(rule, stopping, overrides, history_size, normalize, strategy, R, problem)
-    slots = _slots_for(slots, strategy, rule, R)
+    slots = _slots_for(slots, strategy, rule, R, -(-count // groups))
     guard_map_limit()
+    if groups > 1:
+        parts = _group_parts(states, groups)
+        program = _for_rule(_restarts_programs, rule, problem, parts[0], opts)
+        static = (int(history_size), normalize, strategy, None, slots)
+        return _run_groups(program, [(rule, problem, part, opts, *static) for part in parts], 0, count)
     return _for_rule(_restarts_programs, rule, problem, states, opts)(
         rule, problem, states, opts, int(history_size), normalize, strategy, None, slots
     )
@@ -672,6 +824,7 @@ def run_grid(
     strategy: str | None = None,
     mesh: jax.sharding.Mesh | None = None,
     slots: int | None = None,
+    groups: int | None = None,
 ) -> Result:
     """Fit every (setting, restart) pair as one compiled program.
 
@@ -689,15 +842,21 @@ def run_grid(
         slots: as for :func:`run_restarts`, over each setting's restarts; not with the
             strategy ``"vmap"``, which runs the settings under ``vmap`` (there a slot's
             refill would be paid at every iteration).
+        groups: as for :func:`run_restarts`, over the settings x restarts fits: either the
+            settings or the restarts are split into the groups, whichever needs fewer
+            padded fits (ties: the settings), as with ``mesh``.
 
     Returns:
         A :class:`~jnmf.driver.Result` whose leaves have leading axes (G, restarts).
 
     Raises:
-        ValueError: a bad ``mesh`` or grid (before compiling), or bad shapes or settings.
+        ValueError: a bad ``mesh``, grid or ``groups`` (before compiling), or bad shapes or
+            settings.
     """
     if mesh is not None:
         check_fits_mesh("mesh", mesh)
+    if groups is not None:
+        _groups_for(groups, 2, mesh, False)  # checked before compiling
     dt = L0.dtype
     m, n = problem.shape
     k = L0.shape[-1]
@@ -719,9 +878,26 @@ def run_grid(
     if mesh is not None:
         padded_settings = (_size_on(mesh, settings) - settings) * restarts
         on_settings = padded_settings <= (_size_on(mesh, restarts) - restarts) * settings
-    local = restarts if on_settings else _per_device(mesh, restarts)
+    groups = _groups_for(groups, settings * restarts, mesh, False)
+    groups = min(groups, max(settings, restarts))
+    if groups > 1:  # split the axis that pads fewer fits (ties: the settings)
+        padded = lambda count: -(-count // groups) * groups - count
+        on_settings = padded(settings) * restarts <= padded(restarts) * settings
+        local = restarts if on_settings else -(-restarts // groups)
+    else:
+        local = restarts if on_settings else _per_device(mesh, restarts)
     slots = _slots_for(slots, strategy, rule, R0, local)
     guard_map_limit()
+    if groups > 1:
+        if on_settings:
+            calls = [(part, states) for part in _group_parts(grid, groups)]
+        else:
+            calls = [(grid, part) for part in _group_parts(states, groups)]
+        each = next(iter(calls[0][0].values())).shape[0]
+        program = _for_rule(_grid_programs, rule, problem, *calls[0], opts, settings=each)
+        static = (int(history_size), normalize, strategy, slots)
+        calls = [(rule, problem, g, st, opts, *static) for g, st in calls]
+        return _run_groups(program, calls, 0 if on_settings else 1, settings if on_settings else restarts)
     if mesh is None:
         program = _for_rule(_grid_programs, rule, problem, grid, states, opts, settings=settings)
         return program(rule, problem, grid, states, opts, int(history_size), normalize, strategy, slots)
