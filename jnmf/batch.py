@@ -527,11 +527,13 @@ def _gathered(tree, kept):
 def _group_parts(tree, groups: int) -> list:
     """``tree``'s array leaves split along their leading axis into ``groups`` equal parts,
     the last padded with copies of the last entry (:func:`_padded`, on the host), each
-    part back on the default device."""
+    part back on the default device (``jax.device_put``: no compile)."""
     count = jax.tree.leaves(eqx.filter(tree, eqx.is_array))[0].shape[0]
     per = -(-count // groups)
     padded = _padded(tree, per * groups)
-    part = lambda g: jax.tree.map(lambda x: jnp.asarray(x[g * per : (g + 1) * per]) if eqx.is_array(x) else x, padded)
+    part = lambda g: jax.tree.map(
+        lambda x: jax.device_put(x[g * per : (g + 1) * per]) if eqx.is_array(x) else x, padded
+    )
     return [part(g) for g in range(groups)]
 
 
@@ -544,13 +546,15 @@ def _run_groups(program, calls: list[tuple], axis: int, count: int):
     JAX's cache that the calls then hit), so no two threads compile it; XLA releases the
     GIL while a program runs, so the groups run at once, each on a core of its own.  The
     results are joined on the host, as :func:`_gathered` does (on the device each leaf's
-    concatenation would compile a program of its own)."""
+    concatenation would compile a program of its own), and put back with
+    ``jax.device_put``, which compiles nothing (``jnp.asarray`` of a host array compiles
+    a small program per new shape)."""
     program.lower(*calls[0]).compile()
     with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="jnmf-group") as pool:
         results = list(pool.map(lambda args: jax.block_until_ready(program(*args)), calls))
     static = eqx.partition(results[0], eqx.is_array)[1]
     keep = (slice(None),) * axis + (slice(0, count),)
-    join = lambda *xs: jnp.asarray(np.concatenate([np.asarray(x) for x in xs], axis)[keep])
+    join = lambda *xs: jax.device_put(np.concatenate([np.asarray(x) for x in xs], axis)[keep])
     arrays = jax.tree.map(join, *[eqx.filter(r, eqx.is_array) for r in results])
     return eqx.combine(arrays, static)
 
@@ -736,7 +740,9 @@ def run_restarts(
     states, opts, strategy = _prepare(
         rule, problem, L0, R0, stopping, overrides, history_size, normalize, strategy
     )
-    slots = _slots_for(slots, strategy, rule, R0, _per_device(mesh, count) if groups == 1 else -(-count // groups))
+    slots = _slots_for(
+        slots, strategy, rule, R0, _per_device(mesh, count) if groups == 1 else -(-count // groups)
+    )
     guard_map_limit()
     if groups > 1:
         parts = _group_parts(states, groups)
