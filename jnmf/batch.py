@@ -39,6 +39,16 @@ changing counts, tolerances or penalties never recompiles; every function takes
 under ``"vmap"`` over the settings; spread over a mesh, each device runs its slice
 through the slots.
 
+**Concurrent groups (CPU).**  XLA:CPU runs a program's independent operations one at a
+time, so a batched program's per-fit work (HALS's column sweeps, a ``"map"`` loop's fits)
+runs on one core; only its large products use the others.  With ``groups=G > 1``
+:func:`run_restarts`, :func:`continue_restarts` and :func:`run_grid` deal the fits into G
+equal groups (padded with copies of the last fit, as for a mesh), compile the one-device
+program once, run it on every group from its own thread (XLA releases the GIL while it
+runs) and put the results back in order, equal to one program's (tests/test_groups.py).
+:func:`concurrent_groups` picks G from the backend, the fits and the usable CPUs only
+(default ``min(CPUs, fits // 4)`` on CPU; ``JNMF_CPU_GROUPS=1`` turns it off).
+
 **Spread over devices.**  With ``mesh=`` (a 1-D :class:`jax.sharding.Mesh` whose axis is
 named ``"fits"``), :func:`run_restarts` and :func:`run_grid` split the batch over the
 mesh's devices: it is padded to a multiple of the device count with copies of its last
@@ -525,22 +535,22 @@ def _gathered(tree, kept):
 
 # ------------------------------------------------------------ concurrent groups on CPU
 def _group_parts(tree, groups: int) -> list:
-    """``tree``'s array leaves split along their leading axis into ``groups`` equal parts,
-    the last padded with copies of the last entry (:func:`_padded`, on the host), each
-    part back on the default device (``jax.device_put``: no compile)."""
+    """``tree``'s array leaves dealt along their leading axis into ``groups`` equal parts:
+    entry ``i`` goes to part ``i % groups`` (so fits that come sorted by cost, as a rank
+    survey's ranks do, are spread evenly over the groups), the leaves first padded to a
+    multiple of ``groups`` with copies of the last entry (:func:`_padded`, on the host);
+    each part back on the default device (``jax.device_put``: no compile)."""
     count = jax.tree.leaves(eqx.filter(tree, eqx.is_array))[0].shape[0]
-    per = -(-count // groups)
-    padded = _padded(tree, per * groups)
-    part = lambda g: jax.tree.map(
-        lambda x: jax.device_put(x[g * per : (g + 1) * per]) if eqx.is_array(x) else x, padded
-    )
-    return [part(g) for g in range(groups)]
+    padded = _padded(tree, -(-count // groups) * groups)
+    deal = lambda g, x: jax.device_put(np.ascontiguousarray(x[g::groups])) if eqx.is_array(x) else x
+    return [jax.tree.map(lambda x, g=g: deal(g, x), padded) for g in range(groups)]
 
 
 def _run_groups(program, calls: list[tuple], axis: int, count: int):
-    """``program(*args)`` for every ``args`` of ``calls`` (one per group, equal shapes),
-    each from its own thread, and the results joined in order along ``axis`` with the
-    padded fits (those from ``count`` on) dropped.
+    """``program(*args)`` for every ``args`` of ``calls`` (one per group, equal shapes, dealt
+    by :func:`_group_parts`), each from its own thread, and the results put back in order
+    along ``axis`` (group ``g``'s ``j``-th fit is fit ``j * groups + g``) with the padded
+    fits (those from ``count`` on) dropped.
 
     The program is compiled once, before the threads start (``lower(...).compile()`` fills
     JAX's cache that the calls then hit), so no two threads compile it; XLA releases the
@@ -554,7 +564,12 @@ def _run_groups(program, calls: list[tuple], axis: int, count: int):
         results = list(pool.map(lambda args: jax.block_until_ready(program(*args)), calls))
     static = eqx.partition(results[0], eqx.is_array)[1]
     keep = (slice(None),) * axis + (slice(0, count),)
-    join = lambda *xs: jax.device_put(np.concatenate([np.asarray(x) for x in xs], axis)[keep])
+
+    def join(*xs):  # (..., per, ...) per group -> (..., per, groups, ...) -> (..., per * groups, ...)
+        x = np.stack([np.asarray(x) for x in xs], axis + 1)
+        x = x.reshape(x.shape[:axis] + (x.shape[axis] * x.shape[axis + 1],) + x.shape[axis + 2 :])
+        return jax.device_put(np.ascontiguousarray(x[keep]))
+
     arrays = jax.tree.map(join, *[eqx.filter(r, eqx.is_array) for r in results])
     return eqx.combine(arrays, static)
 
@@ -712,10 +727,10 @@ def run_restarts(
             done (:func:`jnmf.driver._slot_loop`); a count >= the fits (per device, with
             ``mesh``) runs them all at once.  None (default): :func:`restart_slots`.
             Results are the same for every count.
-        groups: split the fits into this many equal groups (the last padded with copies of
-            the last start, dropped afterwards) and run each group's program (the same
-            compiled program: ONE compile) from its own thread at once, joining the results
-            in order: on XLA:CPU a batched program runs its per-fit work on one core, and
+        groups: deal the fits into this many equal groups (fit ``i`` to group ``i % groups``;
+            padded with copies of the last start, dropped afterwards) and run each group's
+            program (the same compiled program: ONE compile) from its own thread at once,
+            putting the results back in order: on XLA:CPU a batched program runs its per-fit work on one core, and
             the groups put every core to work.  Each group picks its own slots.  1: one
             program for all fits.  None (default): :func:`concurrent_groups` (on CPU with
             2+ usable CPUs and 8+ fits; the environment variable ``JNMF_CPU_GROUPS``
