@@ -730,12 +730,12 @@ def run_restarts(
         groups: deal the fits into this many equal groups (fit ``i`` to group ``i % groups``;
             padded with copies of the last start, dropped afterwards) and run each group's
             program (the same compiled program: ONE compile) from its own thread at once,
-            putting the results back in order: on XLA:CPU a batched program runs its per-fit work on one core, and
-            the groups put every core to work.  Each group picks its own slots.  1: one
-            program for all fits.  None (default): :func:`concurrent_groups` (on CPU with
-            2+ usable CPUs and 8+ fits; the environment variable ``JNMF_CPU_GROUPS``
-            overrides it, 1 = off).  Not with ``mesh`` or ``progress_every``.
-            Results are the same for every count.
+            putting the results back in order: on XLA:CPU a batched program runs its
+            per-fit work on one core, and the groups put every core to work.  Each group
+            picks its own slots.  1: one program for all fits.  None (default):
+            :func:`concurrent_groups` (on CPU with 2+ usable CPUs and 8+ fits; the
+            environment variable ``JNMF_CPU_GROUPS`` overrides it, 1 = off).  Not with
+            ``mesh`` or ``progress_every``.  Results are the same for every count.
 
     Returns:
         A :class:`~jnmf.driver.Result` whose leaves have a leading restart axis.
