@@ -863,9 +863,10 @@ def run_grid(
         slots: as for :func:`run_restarts`, over each setting's restarts; not with the
             strategy ``"vmap"``, which runs the settings under ``vmap`` (there a slot's
             refill would be paid at every iteration).
-        groups: as for :func:`run_restarts`, over the settings x restarts fits: either the
-            settings or the restarts are split into the groups, whichever needs fewer
-            padded fits (ties: the settings), as with ``mesh``.
+        groups: as for :func:`run_restarts`, over the settings x restarts fits: the
+            settings are dealt into the groups (each setting's restarts stay together,
+            stacked as in one program), or the restarts when there are fewer settings than
+            groups.
 
     Returns:
         A :class:`~jnmf.driver.Result` whose leaves have leading axes (G, restarts).
@@ -901,9 +902,10 @@ def run_grid(
         on_settings = padded_settings <= (_size_on(mesh, restarts) - restarts) * settings
     groups = _groups_for(groups, settings * restarts, mesh, False)
     groups = min(groups, max(settings, restarts))
-    if groups > 1:  # split the axis that pads fewer fits (ties: the settings)
-        padded = lambda count: -(-count // groups) * groups - count
-        on_settings = padded(settings) * restarts <= padded(restarts) * settings
+    if groups > 1:
+        # deal the settings (each setting's restarts stay stacked together, so the results
+        # equal a chunked sweep's, jnmf.checkpoint, to the bit), unless there are too few
+        on_settings = settings >= groups
         local = restarts if on_settings else -(-restarts // groups)
     else:
         local = restarts if on_settings else _per_device(mesh, restarts)

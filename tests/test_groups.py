@@ -107,18 +107,17 @@ def test_groups_through_slots_and_continue():
     assert_same_fits(continue_restarts(rule, problem, ref.state, groups=3, **kw), more)
 
 
-@pytest.mark.parametrize("restarts", [1, 3])
-def test_grid_groups_equal_one_program(restarts):
-    """Three settings x 1 or 3 restarts: groups split the settings (1 restart) or whichever
-    axis pads fewer fits; the result keeps its (settings, restarts) axes in order."""
+@pytest.mark.parametrize(("settings", "restarts"), [(3, 1), (2, 3)])
+def test_grid_groups_equal_one_program(settings, restarts):
+    """The settings dealt into 2 or 3 groups (3 settings), or the restarts (2 settings, 3
+    groups); the result keeps its (settings, restarts) axes in order."""
     Y, L0, R0 = starts(2, restarts)
     rule, problem = make_rule("mu"), build_problem(Y, K)
-    grid = {"lambda_1L": jnp.asarray([0.0, 0.05, 0.3])}
-    run = lambda g: run_grid(
-        rule, problem, grid, L0, R0, history_size=3, max_iterations=25, tol=1e-5, groups=g
-    )
+    grid = {"lambda_1L": jnp.asarray([0.0, 0.05, 0.3][:settings])}
+    kw = dict(history_size=3, max_iterations=25, tol=1e-5)
+    run = lambda g: run_grid(rule, problem, grid, L0, R0, groups=g, **kw)
     ref = run(1)
-    assert ref.L.shape[:2] == (3, restarts)
+    assert ref.L.shape[:2] == (settings, restarts)
     for groups in (2, 3):
         assert_same_fits(run(groups), ref)
 
