@@ -10,12 +10,11 @@ iteration counts and status exactly.  B = 7 fits do not split evenly into 2 or 3
 float64 (x64 is on in conftest.py).
 """
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_batching import count_compilations  # XLA compilations while a block runs
 
 import jnmf
 from jnmf import compile_options, make_rule
@@ -62,22 +61,6 @@ def assert_same_fits(res, ref):
     for a, b in [(res.L, ref.L), (res.R, ref.R), (res.objective, ref.objective)]:
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(np.asarray(res.history), np.asarray(ref.history), rtol=1e-12, equal_nan=True)
-
-
-@contextlib.contextmanager
-def count_compilations():
-    """Count XLA backend compilations while the block runs."""
-    events = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            events.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield events
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 @pytest.mark.parametrize(("method", "strategy"), [("ahals", "hybrid"), ("kl", "map"), ("mu", "vmap")])
