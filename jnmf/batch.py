@@ -47,7 +47,7 @@ equal groups (padded with copies of the last fit, as for a mesh), compile the on
 program once, run it on every group from its own thread (XLA releases the GIL while it
 runs) and put the results back in order, equal to one program's (tests/test_groups.py).
 :func:`concurrent_groups` picks G from the backend, the fits and the usable CPUs only
-(default ``min(CPUs, fits // 8)`` on CPU; ``JNMF_CPU_GROUPS=1`` turns it off).
+(default ``min(CPUs, fits // 2)`` on CPU; ``JNMF_CPU_GROUPS=1`` turns it off).
 
 **Spread over devices.**  With ``mesh=`` (a 1-D :class:`jax.sharding.Mesh` whose axis is
 named ``"fits"``), :func:`run_restarts` and :func:`run_grid` split the batch over the
@@ -238,12 +238,14 @@ def restart_slots(
 # (XLA releases the GIL while it runs), keep every core busy.  A batch of at least
 # GROUP_FITS fits per group is split into min(usable CPUs, fits // GROUP_FITS) groups.
 # Measured (experiments/README.md, "Concurrent groups on CPU"; ORL, rank 25, accelerated
-# HALS "hybrid", each fit to relative error 0.1755): on a quiet machine two groups of 16
-# took 3.42-3.56 s against one program's 4.70-4.77 s for 32 fits (the lead's run,
-# 19:55 UTC); under load 3.4-5.4 (other sessions' jobs, 20:05-20:30 UTC) two groups were
-# 0.91-0.95x one program at 4 fits, 0.84-0.95x at 8, 1.02-1.39x at 16 and 0.96x at 32
-# (no idle core to gain).  Groups start at 16 fits, where they did not lose.
-GROUP_FITS = 8
+# HALS "hybrid", each fit to relative error 0.1755; 2 CPUs): at load 1.2-1.9 (20:40 UTC)
+# two groups took 0.50 / 0.95 / 1.79 / 3.63 s against one program's 0.62 / 1.25 / 2.38 /
+# 4.97 s for 4 / 8 / 16 / 32 fits (1.25-1.37x); under load 3.4-5.4 (other sessions' jobs,
+# 20:05-20:30 UTC, no idle core to gain) they were 0.91-0.95x at 4 fits, 0.84-0.95x at 8,
+# 1.02-1.39x at 16, 0.96x at 32.  The Golub KL survey ("map", 200 fits) took 25-46 s in
+# two groups against 56-57 s in one (load 3.3-3.9).  Groups start at 4 fits (2 per
+# group); more than 2 CPUs were not measured.
+GROUP_FITS = 2
 
 # The environment variable that overrides the chooser on CPU (1: off; n: n groups).
 GROUPS_ENV = "JNMF_CPU_GROUPS"
@@ -737,7 +739,7 @@ def run_restarts(
             putting the results back in order: on XLA:CPU a batched program runs its
             per-fit work on one core, and the groups put every core to work.  Each group
             picks its own slots.  1: one program for all fits.  None (default):
-            :func:`concurrent_groups` (on CPU with 2+ usable CPUs and 16+ fits; the
+            :func:`concurrent_groups` (on CPU with 2+ usable CPUs and 4+ fits; the
             environment variable ``JNMF_CPU_GROUPS`` overrides it, 1 = off).  Not with
             ``mesh`` or ``progress_every``.  Results are the same for every count.
 
