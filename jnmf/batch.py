@@ -77,6 +77,7 @@ from .compile_options import (
     ONCE_OPTIONS,
     program_options,
     programs_by_options,
+    top_level_on_cpu,
     top_level_program,
 )
 from .driver import DEFAULT_STOPPING, Result, Stopping, check_static_options, iterate_impl
@@ -580,6 +581,14 @@ def _run_groups(program, calls: list[tuple], axis: int, count: int):
     return eqx.combine(arrays, static)
 
 
+def _restarts_in_groups(rule, problem, states, opts, groups, count, history_size, normalize, strategy, slots):
+    """The restarts program run on ``states`` dealt into ``groups`` concurrent groups."""
+    parts = _group_parts(states, groups)
+    program = _for_rule(_restarts_programs, rule, problem, parts[0], opts)
+    static = (int(history_size), normalize, strategy, None, slots)
+    return _run_groups(program, [(rule, problem, part, opts, *static) for part in parts], 0, count)
+
+
 def _placed(tree, mesh: jax.sharding.Mesh, spec):
     """Every array leaf of ``tree`` put on ``mesh`` with the partition ``spec``."""
     sharding = jax.sharding.NamedSharding(mesh, spec)
@@ -741,7 +750,8 @@ def run_restarts(
             picks its own slots.  1: one program for all fits.  None (default):
             :func:`concurrent_groups` (on CPU with 2+ usable CPUs and 4+ fits; the
             environment variable ``JNMF_CPU_GROUPS`` overrides it, 1 = off).  Not with
-            ``mesh`` or ``progress_every``.  Results are the same for every count.
+            ``mesh`` or ``progress_every``; only on CPU, and inside a trace (``jit``,
+            ``vmap``) the fits run as one program.  Results are the same for every count.
 
     Returns:
         A :class:`~jnmf.driver.Result` whose leaves have a leading restart axis.
@@ -765,11 +775,10 @@ def run_restarts(
         slots, strategy, rule, R0, _per_device(mesh, count) if groups == 1 else -(-count // groups)
     )
     guard_map_limit()
-    if groups > 1:
-        parts = _group_parts(states, groups)
-        program = _for_rule(_restarts_programs, rule, problem, parts[0], opts)
-        static = (int(history_size), normalize, strategy, None, slots)
-        return _run_groups(program, [(rule, problem, part, opts, *static) for part in parts], 0, count)
+    if groups > 1 and top_level_on_cpu(rule, problem, states, opts):
+        return _restarts_in_groups(
+            rule, problem, states, opts, groups, count, history_size, normalize, strategy, slots
+        )
     if mesh is not None:
         states = _placed(_padded(states, _size_on(mesh, count)), mesh, _P(FITS_AXIS))
         rule, problem, opts = _placed((rule, problem, opts), mesh, _P())
@@ -824,11 +833,10 @@ def continue_restarts(
     opts, strategy = _options(rule, stopping, overrides, history_size, normalize, strategy, R, problem)
     slots = _slots_for(slots, strategy, rule, R, -(-count // groups))
     guard_map_limit()
-    if groups > 1:
-        parts = _group_parts(states, groups)
-        program = _for_rule(_restarts_programs, rule, problem, parts[0], opts)
-        static = (int(history_size), normalize, strategy, None, slots)
-        return _run_groups(program, [(rule, problem, part, opts, *static) for part in parts], 0, count)
+    if groups > 1 and top_level_on_cpu(rule, problem, states, opts):
+        return _restarts_in_groups(
+            rule, problem, states, opts, groups, count, history_size, normalize, strategy, slots
+        )
     return _for_rule(_restarts_programs, rule, problem, states, opts)(
         rule, problem, states, opts, int(history_size), normalize, strategy, None, slots
     )
@@ -917,7 +925,7 @@ def run_grid(
         local = restarts if on_settings else _per_device(mesh, restarts)
     slots = _slots_for(slots, strategy, rule, R0, local)
     guard_map_limit()
-    if groups > 1:
+    if groups > 1 and top_level_on_cpu(rule, problem, grid, states, opts):
         if on_settings:
             calls = [(part, states) for part in _group_parts(grid, groups)]
         else:

@@ -173,3 +173,13 @@ def test_concurrent_groups_is_a_pure_choice(monkeypatch):
     monkeypatch.setenv(GROUPS_ENV, "zero")
     with pytest.raises(ValueError, match=GROUPS_ENV):
         concurrent_groups("cpu", 32, "hybrid", cpus=2)
+
+
+def test_groups_inside_a_trace_run_as_one_program():
+    """Under ``jax.jit`` the fits cannot leave the trace for threads: one program, same fits."""
+    Y, L0, R0 = starts(7)
+    rule, problem = make_rule("mu"), build_problem(Y, K)
+    kw = dict(max_iterations=10, history_size=2)
+    run = lambda L0, groups: run_restarts(rule, problem, L0, R0, groups=groups, **kw)
+    ref = run(L0, 1)
+    assert_same_fits(jax.jit(lambda L0: run(L0, 3))(L0), ref)
