@@ -47,7 +47,8 @@ equal groups (padded with copies of the last fit, as for a mesh), compile the on
 program once, run it on every group from its own thread (XLA releases the GIL while it
 runs) and put the results back in order, equal to one program's (tests/test_groups.py).
 :func:`concurrent_groups` picks G from the backend, the fits and the usable CPUs only
-(default ``min(CPUs, fits // 2)`` on CPU; ``JNMF_CPU_GROUPS=1`` turns it off).
+(default ``min(CPUs, fits // 2)`` on CPU for ``"hybrid"`` and ``"map"``;
+``JNMF_CPU_GROUPS=1`` turns it off).
 
 **Spread over devices.**  With ``mesh=`` (a 1-D :class:`jax.sharding.Mesh` whose axis is
 named ``"fits"``), :func:`run_restarts` and :func:`run_grid` split the batch over the
@@ -286,20 +287,21 @@ def concurrent_groups(
         backend: ``"cpu"``, ``"gpu"`` or ``"tpu"``: groups only on ``"cpu"`` (an
             accelerator runs a batch's fits in parallel already).
         fits: the number of fits in the batch.
-        strategy: the batching strategy (unused today: every strategy runs its per-fit
-            work on one core, and groups paid for each one measured).
+        strategy: the batching strategy: groups for ``"hybrid"`` and ``"map"`` (measured),
+            or None (unknown); ``"vmap"`` runs in one program (not measured: its per-fit
+            work is batched operations, and a sweep's chunks vmapped over their settings
+            must round as the whole sweep does, tests/test_checkpoint.py).
         mesh: the fits are spread over a mesh: one group (the devices split them).
         progress: progress reports from inside the loop: one group (one stream of reports).
         cpus: the usable CPUs (default: :func:`usable_cpus`).
 
     Returns:
-        ``min(cpus, fits // GROUP_FITS)``, at least 1; the environment variable
-        ``JNMF_CPU_GROUPS`` (a positive integer) overrides it on CPU (1: off).
+        ``min(cpus, fits // GROUP_FITS)``, at least 1 (1 for ``"vmap"``); the environment
+        variable ``JNMF_CPU_GROUPS`` (a positive integer) overrides it on CPU (1: off).
 
     Raises:
         ValueError: ``JNMF_CPU_GROUPS`` is not a positive integer.
     """
-    del strategy
     if backend != "cpu" or mesh is not None or progress or fits < 2:
         return 1
     env = os.environ.get(GROUPS_ENV, "").strip()
@@ -311,15 +313,17 @@ def concurrent_groups(
         if wanted < 1:
             raise ValueError(f"the environment variable {GROUPS_ENV} must be a positive integer, got {env!r}")
         return min(wanted, fits)
+    if strategy == "vmap":
+        return 1
     cpus = usable_cpus() if cpus is None else cpus
     return max(1, min(cpus, fits // GROUP_FITS))
 
 
-def _groups_for(groups, fits: int, mesh, progress: bool) -> int:
-    """``groups`` checked (ValueError naming it) or chosen (:func:`concurrent_groups`),
-    and capped at ``fits``."""
+def _groups_for(groups, fits: int, mesh, progress: bool, strategy: str | None = None) -> int:
+    """``groups`` checked (ValueError naming it) and capped at ``fits``, or, None, chosen
+    (:func:`concurrent_groups`) for ``strategy``."""
     if groups is None:
-        return concurrent_groups(jax.default_backend(), fits, mesh=mesh, progress=progress)
+        return concurrent_groups(jax.default_backend(), fits, strategy, mesh=mesh, progress=progress)
     groups = check.positive_int("groups", groups)
     if groups > 1 and mesh is not None:
         raise ValueError("groups > 1 (concurrent groups) is not supported with mesh (spread fits)")
@@ -748,7 +752,7 @@ def run_restarts(
             putting the results back in order: on XLA:CPU a batched program runs its
             per-fit work on one core, and the groups put every core to work.  Each group
             picks its own slots.  1: one program for all fits.  None (default):
-            :func:`concurrent_groups` (on CPU with 2+ usable CPUs and 4+ fits; the
+            :func:`concurrent_groups` (on CPU, ``"hybrid"``/``"map"``, 2+ usable CPUs, 4+ fits; the
             environment variable ``JNMF_CPU_GROUPS`` overrides it, 1 = off).  Not with
             ``mesh`` or ``progress_every``; only on CPU, and inside a trace (``jit``,
             ``vmap``) the fits run as one program.  Results are the same for every count.
@@ -765,12 +769,14 @@ def run_restarts(
         if progress_every is not None:
             raise ValueError("progress_every (progress reports) is not supported with mesh (spread fits)")
     count = L0.shape[0] if L0.ndim == 3 else 1
-    groups = _groups_for(groups, count, mesh, progress_every is not None)
+    if groups is not None:  # checked before compiling
+        groups = _groups_for(groups, count, mesh, progress_every is not None)
     rule.check(problem)
     overrides = dict(max_iterations=max_iterations, min_xstep=min_xstep, tol=tol, rel_tol=rel_tol)
     states, opts, strategy = _prepare(
         rule, problem, L0, R0, stopping, overrides, history_size, normalize, strategy
     )
+    groups = _groups_for(groups, count, mesh, progress_every is not None, strategy)
     slots = _slots_for(
         slots, strategy, rule, R0, _per_device(mesh, count) if groups == 1 else -(-count // groups)
     )
@@ -827,10 +833,12 @@ def continue_restarts(
     """
     R = rule.factors(states)[1]
     count = R.shape[0] if R.ndim == 3 else 1
-    groups = _groups_for(groups, count, None, False)
+    if groups is not None:  # checked before compiling
+        groups = _groups_for(groups, count, None, False)
     rule.check(problem)
     overrides = dict(max_iterations=max_iterations, min_xstep=min_xstep, tol=tol, rel_tol=rel_tol)
     opts, strategy = _options(rule, stopping, overrides, history_size, normalize, strategy, R, problem)
+    groups = _groups_for(groups, count, None, False, strategy)
     slots = _slots_for(slots, strategy, rule, R, -(-count // groups))
     guard_map_limit()
     if groups > 1 and top_level_on_cpu(rule, problem, states, opts):
@@ -914,7 +922,7 @@ def run_grid(
     if mesh is not None:
         padded_settings = (_size_on(mesh, settings) - settings) * restarts
         on_settings = padded_settings <= (_size_on(mesh, restarts) - restarts) * settings
-    groups = _groups_for(groups, settings * restarts, mesh, False)
+    groups = _groups_for(groups, settings * restarts, mesh, False, strategy)
     groups = min(groups, max(settings, restarts))
     if groups > 1:
         # deal the settings (each setting's restarts stay stacked together, so the results

@@ -160,7 +160,8 @@ def test_concurrent_groups_is_a_pure_choice(monkeypatch):
     assert concurrent_groups("cpu", 32, "map", cpus=4) == min(4, 32 // GROUP_FITS)
     assert concurrent_groups("cpu", 2 * GROUP_FITS - 1, "hybrid", cpus=2) == 1  # too few fits
     assert concurrent_groups("cpu", 32, "hybrid", cpus=1) == 1
-    assert concurrent_groups("gpu", 32, "vmap", cpus=8) == 1
+    assert concurrent_groups("gpu", 32, "map", cpus=8) == 1
+    assert concurrent_groups("cpu", 32, "vmap", cpus=2) == 1  # not measured: one program
     assert concurrent_groups("cpu", 32, "hybrid", cpus=2, progress=True) == 1
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("fits",))
     assert concurrent_groups("cpu", 32, "hybrid", cpus=2, mesh=mesh) == 1
