@@ -16,10 +16,12 @@ ALL-T / AML) and the restarts' iterations; then the wall times and their ratio.
 ``--seeds`` adds warm surveys with more keys (the sampling noise of the statistics).
 ``--strategies`` also times warm surveys with other batching strategies (e.g. ``vmap``:
 one batched loop whose slots are refilled as restarts stop, ``jnmf.batch.restart_slots``)
-against the default one, side by side in this run.
+against the default one, side by side in this run.  ``--groups`` times warm surveys with
+each count of concurrent groups (``JNMF_CPU_GROUPS``; 1: one program, as before
+concurrent groups), alternating with the default (chosen) count, the same key.
 
     python experiments/bench_golub_survey.py [--nrun 50] [--ranks 2 5] [--seeds 3]
-        [--init uniform|random] [--strategies vmap] [--r-output saved.txt | --skip-r]
+        [--init uniform|random] [--strategies vmap] [--groups 1] [--r-output saved.txt | --skip-r]
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ def main() -> None:
     )
     ap.add_argument("--skip-r", action="store_true")
     ap.add_argument("--strategies", nargs="*", default=[], help="also time warm surveys with these")
+    ap.add_argument("--groups", nargs="*", type=int, default=[], help="also time warm surveys so grouped")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds of the --groups comparison")
     ap.add_argument("--r-output", help="read R's results from this saved output of golub_survey_R.R")
     args = ap.parse_args()
     lo, hi = args.ranks
@@ -118,6 +122,21 @@ def main() -> None:
         t = time.perf_counter()
         jnmf.consensus(Y, ranks, restarts=args.nrun, key=7, init=args.init, strategy=strategy)
         by_strategy[strategy] = (time.perf_counter() - t, open("/proc/loadavg").read().split()[0])
+
+    by_groups = {}  # JNMF_CPU_GROUPS -> warm seconds, alternating with the chosen count
+    for groups in args.groups:
+        for value in (str(groups), ""):  # "": the chosen count (compiled first, then timed)
+            os.environ["JNMF_CPU_GROUPS"] = value
+            jnmf.consensus(Y, ranks, restarts=args.nrun, key=args.seed, init=args.init)
+        for _ in range(args.repeats):
+            for value in (str(groups), ""):
+                os.environ["JNMF_CPU_GROUPS"] = value
+                t = time.perf_counter()
+                jnmf.consensus(Y, ranks, restarts=args.nrun, key=7, init=args.init)
+                by_groups.setdefault(value or "chosen", []).append(
+                    (time.perf_counter() - t, open("/proc/loadavg").read().split()[0])
+                )
+        os.environ.pop("JNMF_CPU_GROUPS")
 
     r = None
     if args.r_output:
@@ -167,6 +186,9 @@ def main() -> None:
     for strategy, (seconds, load) in by_strategy.items():
         print(f"jnmf warm with strategy={strategy!r}: {seconds:.1f} s"
               f" (default / this = {t_warm / seconds:.2f}x; load average {load})")  # fmt: skip
+    for value, runs in by_groups.items():
+        times = ", ".join(f"{t:.1f} s (load {a})" for t, a in runs)
+        print(f"jnmf warm with JNMF_CPU_GROUPS={value}: {times}")
     if r is not None:
         print(f"R NMF (brunet, one core, sequential): {r['seconds']:.1f} s -> R / jnmf = "
               f"{r['seconds'] / cold.seconds:.1f}x cold, {r['seconds'] / t_warm:.1f}x warm")  # fmt: skip

@@ -7,9 +7,13 @@ The issue's restart goals (issue 15, part 2), measured side by side:
   pair, and with the strategy ``jnmf.batch.batching_strategy`` picks ("chosen"); each
   batched strategy with the slot count ``jnmf.batch.restart_slots`` picks (``S=``,
   continuous batching: a finished fit's slot is refilled with a pending one) and with
-  every count of ``--slots`` (a count >= the restarts: all at once, no refill);
+  every count of ``--slots`` (a count >= the restarts: all at once, no refill); each
+  batched strategy also in the concurrent groups ``jnmf.batch.concurrent_groups`` picks
+  (``G=``, each group's program from its own thread, each group picking its own slots)
+  and in every count of ``--groups`` (default 1: one program for all fits);
 * a Python loop of single jnmf fits of each ``--loop-methods`` (the first is the reference;
-  default ``jnmf.fitting.DEFAULT_METHOD``), compiled once;
+  default ``jnmf.fitting.DEFAULT_METHOD``), compiled once; with ``--threaded-loop``, also
+  that loop split over as many Python threads as there are usable CPUs;
 * a loop of scikit-learn ``NMF(solver="cd")`` fits, each run to the same error: the
   iterations each restart needs are found by bisection for ``--sk-sample`` restarts
   (scikit-learn has no callback), those fits are timed and scaled to all restarts.
@@ -28,6 +32,7 @@ import argparse
 import os
 import statistics
 import sys
+import threading
 import time
 
 from _bench_env import blas_report, clean_blas_env
@@ -48,7 +53,7 @@ from bench_orl import (  # noqa: E402
 )
 
 from jnmf import fitting as jfit  # noqa: E402
-from jnmf.batch import batching_strategy, restart_slots, run_restarts  # noqa: E402
+from jnmf.batch import batching_strategy, concurrent_groups, restart_slots, run_restarts, usable_cpus  # noqa: E402
 from jnmf.driver import Stopping, iterate  # noqa: E402
 from jnmf.problem import build_problem  # noqa: E402
 
@@ -73,6 +78,10 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--slots", type=int, nargs="*", default=[],
                     help="slot counts to run each batched strategy with, besides the chosen one")  # fmt: skip
+    ap.add_argument("--groups", type=int, nargs="*", default=[1],
+                    help="group counts for each batched strategy, besides the chosen one")  # fmt: skip
+    ap.add_argument("--threaded-loop", action="store_true",
+                    help="also time the loop of single fits over one thread per usable CPU")  # fmt: skip
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     B = 8 if args.quick else args.restarts
@@ -99,15 +108,20 @@ def main() -> int:
             picked = restart_slots(strategy, rule.method_name, k, B)
             print(f"{method} {strategy}: restart_slots chooses {picked or 'no refill'} slots for {B} fits")
             counts = [None] if strategy == "map" else dict.fromkeys([picked or B, *args.slots])
-            for slots in counts:
-                size = "" if slots is None else f" S={slots}" + ("*" if slots == (picked or B) else "")
+            chosen_groups = concurrent_groups("cpu", B, strategy)
+            for groups in dict.fromkeys([chosen_groups, *args.groups]):
+                mark = f" G={groups}" + ("*" if groups == chosen_groups else "")
+                # in groups, each group picks its own slots (the counts above are for one group)
+                for slots in counts if groups == 1 else [None]:
+                    size = "" if slots is None else f" S={slots}" + ("*" if slots == (picked or B) else "")
 
-                def batched(rule=rule, strategy=strategy, slots=slots):
-                    return run_restarts(
-                        rule, problem, L0j, R0j, stopping=stop, history_size=1, strategy=strategy, slots=slots
-                    )
+                    def batched(rule=rule, strategy=strategy, slots=slots, groups=groups):
+                        return run_restarts(
+                            rule, problem, L0j, R0j, stopping=stop, history_size=1, strategy=strategy,
+                            slots=slots, groups=groups,
+                        )  # fmt: skip
 
-                runs[f"batched {method} {strategy}{tag}{size}"] = batched
+                    runs[f"batched {method} {strategy}{tag}{mark}{size}"] = batched
     loop_labels = {}
     for method in args.loop_methods:
         loop_rule = jfit.make_rule(rule_of(method))
@@ -122,6 +136,23 @@ def main() -> int:
 
         loop_labels[method] = f"loop of {B} single {method} fits"
         runs[loop_labels[method]] = loop
+        if args.threaded_loop:
+
+            def threaded(loop_rule=loop_rule, threads=usable_cpus()):
+                out = [None] * B
+
+                def part(j):  # each thread runs every threads-th fit
+                    for i in range(j, B, threads):
+                        state = loop_rule.init(problem, L0j[i], R0j[i])
+                        res = iterate(loop_rule, problem, state, stopping=stop, history_size=1)
+                        out[i] = jax.block_until_ready(res)
+
+                workers = [threading.Thread(target=part, args=(j,)) for j in range(threads)]
+                [w.start() for w in workers]
+                [w.join() for w in workers]
+                return out
+
+            runs[f"loop of {B} single {method} fits, {usable_cpus()} threads"] = threaded
     loop_label = loop_labels[args.loop_methods[0]]
     checks = {}
     for label, fn in runs.items():  # compile, and check every restart reached the target
@@ -160,7 +191,8 @@ def main() -> int:
         print(f"{label:<46} {med[label]:>8.2f} {span:>23} {worst:>11.4f} {t_loop / med[label]:>9.2f} "
               f"{t_sk_all / med[label]:>12.2f}")  # fmt: skip
     best = min((label for label in runs if label.startswith("batched")), key=med.get)
-    print("(S=: slots, * the count restart_slots chooses; S >= restarts: all at once, no refill)")
+    print("(S=: slots, * the count restart_slots chooses; S >= restarts: all at once, no refill; "
+          "G=: concurrent groups, * the count concurrent_groups chooses)")  # fmt: skip
     print(f"best batched: {best}")
     print(f"goal: best batched >= 1.5x the jnmf loop -> {t_loop / med[best]:.2f}x")
     print(f"goal: best batched >= 10x the scikit-learn cd loop -> {t_sk_all / med[best]:.2f}x")

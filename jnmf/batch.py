@@ -39,6 +39,17 @@ changing counts, tolerances or penalties never recompiles; every function takes
 under ``"vmap"`` over the settings; spread over a mesh, each device runs its slice
 through the slots.
 
+**Concurrent groups (CPU).**  XLA:CPU runs a program's independent operations one at a
+time, so a batched program's per-fit work (HALS's column sweeps, a ``"map"`` loop's fits)
+runs on one core; only its large products use the others.  With ``groups=G > 1``
+:func:`run_restarts`, :func:`continue_restarts` and :func:`run_grid` deal the fits into G
+equal groups (padded with copies of the last fit, as for a mesh), compile the one-device
+program once, run it on every group from its own thread (XLA releases the GIL while it
+runs) and put the results back in order, equal to one program's (tests/test_groups.py).
+:func:`concurrent_groups` picks G from the backend, the fits and the usable CPUs only
+(default ``min(CPUs, fits // 2)`` on CPU for ``"hybrid"`` and ``"map"``;
+``JNMF_CPU_GROUPS=1`` turns it off).
+
 **Spread over devices.**  With ``mesh=`` (a 1-D :class:`jax.sharding.Mesh` whose axis is
 named ``"fits"``), :func:`run_restarts` and :func:`run_grid` split the batch over the
 mesh's devices: it is padded to a multiple of the device count with copies of its last
@@ -51,7 +62,9 @@ one-device run's (tests/test_mesh_batch.py).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import equinox as eqx
 import jax
@@ -65,6 +78,7 @@ from .compile_options import (
     ONCE_OPTIONS,
     program_options,
     programs_by_options,
+    top_level_on_cpu,
     top_level_program,
 )
 from .driver import DEFAULT_STOPPING, Result, Stopping, check_static_options, iterate_impl
@@ -217,6 +231,105 @@ def restart_slots(
     if backend != "cpu" or strategy == "map" or fits < SLOT_FRACTION:
         return None  # small batches (unmeasured) run all at once, as before
     return max(SLOT_FITS, fits // SLOT_FRACTION)
+
+
+# Concurrent groups on CPU (concurrent_groups): XLA:CPU runs a program's independent ops
+# one at a time, so a batched loop's per-fit work (HALS's column sweeps, a "map" loop's
+# fits) runs on ONE core; only its large products use the others.  Two copies of the same
+# compiled program, each over half of the fits and each called from its own Python thread
+# (XLA releases the GIL while it runs), keep every core busy.  A batch of at least
+# GROUP_FITS fits per group is split into min(usable CPUs, fits // GROUP_FITS) groups.
+# Measured (experiments/README.md, "Concurrent groups on CPU"; ORL, rank 25, accelerated
+# HALS "hybrid", each fit to relative error 0.1755; 2 CPUs): at load 1.2-1.9 (20:40 UTC)
+# two groups took 0.50 / 0.95 / 1.79 / 3.63 s against one program's 0.62 / 1.25 / 2.38 /
+# 4.97 s for 4 / 8 / 16 / 32 fits (1.25-1.37x); under load 3.4-5.4 (other sessions' jobs,
+# 20:05-20:30 UTC, no idle core to gain) they were 0.91-0.95x at 4 fits, 0.84-0.95x at 8,
+# 1.02-1.39x at 16, 0.96x at 32.  The Golub KL survey ("map", 200 fits) took 25-46 s in
+# two groups against 56-57 s in one (load 3.3-3.9).  Groups start at 4 fits (2 per
+# group); more than 2 CPUs were not measured.
+GROUP_FITS = 2
+
+# The environment variable that overrides the chooser on CPU (1: off; n: n groups).
+GROUPS_ENV = "JNMF_CPU_GROUPS"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one, else
+    ``os.cpu_count()``).
+
+    Returns:
+        The count, at least 1.
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - no affinity on this OS
+        return max(1, os.cpu_count() or 1)
+
+
+def concurrent_groups(
+    backend: str,
+    fits: int,
+    strategy: str | None = None,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    progress: bool = False,
+    cpus: int | None = None,
+) -> int:
+    """The number of concurrent groups a batch of ``fits`` fits runs in (a pure function
+    of the backend, the count and the machine: tolerances, counts of iterations and
+    penalties never change it).
+
+    Each group runs the same compiled one-device program on its share of the fits, from
+    its own thread (see :data:`GROUP_FITS`): on XLA:CPU a batched program runs its per-fit
+    work on one core, and groups put the others to work.
+
+    Args:
+        backend: ``"cpu"``, ``"gpu"`` or ``"tpu"``: groups only on ``"cpu"`` (an
+            accelerator runs a batch's fits in parallel already).
+        fits: the number of fits in the batch.
+        strategy: the batching strategy: groups for ``"hybrid"`` and ``"map"`` (measured),
+            or None (unknown); ``"vmap"`` runs in one program (not measured: its per-fit
+            work is batched operations, and a sweep's chunks vmapped over their settings
+            must round as the whole sweep does, tests/test_checkpoint.py).
+        mesh: the fits are spread over a mesh: one group (the devices split them).
+        progress: progress reports from inside the loop: one group (one stream of reports).
+        cpus: the usable CPUs (default: :func:`usable_cpus`).
+
+    Returns:
+        ``min(cpus, fits // GROUP_FITS)``, at least 1 (1 for ``"vmap"``); the environment
+        variable ``JNMF_CPU_GROUPS`` (a positive integer) overrides it on CPU (1: off).
+
+    Raises:
+        ValueError: ``JNMF_CPU_GROUPS`` is not a positive integer.
+    """
+    if backend != "cpu" or mesh is not None or progress or fits < 2:
+        return 1
+    env = os.environ.get(GROUPS_ENV, "").strip()
+    if env:
+        try:
+            wanted = int(env)
+        except ValueError:
+            wanted = 0
+        if wanted < 1:
+            raise ValueError(f"the environment variable {GROUPS_ENV} must be a positive integer, got {env!r}")
+        return min(wanted, fits)
+    if strategy == "vmap":
+        return 1
+    cpus = usable_cpus() if cpus is None else cpus
+    return max(1, min(cpus, fits // GROUP_FITS))
+
+
+def _groups_for(groups, fits: int, mesh, progress: bool, strategy: str | None = None) -> int:
+    """``groups`` checked (ValueError naming it) and capped at ``fits``, or, None, chosen
+    (:func:`concurrent_groups`) for ``strategy``."""
+    if groups is None:
+        return concurrent_groups(jax.default_backend(), fits, strategy, mesh=mesh, progress=progress)
+    groups = check.positive_int("groups", groups)
+    if groups > 1 and mesh is not None:
+        raise ValueError("groups > 1 (concurrent groups) is not supported with mesh (spread fits)")
+    if groups > 1 and progress:
+        raise ValueError("groups > 1 (concurrent groups) is not supported with progress_every")
+    return max(1, min(groups, fits))
 
 
 def _slots_for(slots, strategy, rule, R, fits: int | None = None) -> int | None:
@@ -431,6 +544,55 @@ def _gathered(tree, kept):
     return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[kept]) if eqx.is_array(x) else x, tree)
 
 
+# ------------------------------------------------------------ concurrent groups on CPU
+def _group_parts(tree, groups: int) -> list:
+    """``tree``'s array leaves dealt along their leading axis into ``groups`` equal parts:
+    entry ``i`` goes to part ``i % groups`` (so fits that come sorted by cost, as a rank
+    survey's ranks do, are spread evenly over the groups), the leaves first padded to a
+    multiple of ``groups`` with copies of the last entry (:func:`_padded`, on the host);
+    each part back on the default device (``jax.device_put``: no compile)."""
+    count = jax.tree.leaves(eqx.filter(tree, eqx.is_array))[0].shape[0]
+    padded = _padded(tree, -(-count // groups) * groups)
+    deal = lambda g, x: jax.device_put(np.ascontiguousarray(x[g::groups])) if eqx.is_array(x) else x
+    return [jax.tree.map(lambda x, g=g: deal(g, x), padded) for g in range(groups)]
+
+
+def _run_groups(program, calls: list[tuple], axis: int, count: int):
+    """``program(*args)`` for every ``args`` of ``calls`` (one per group, equal shapes, dealt
+    by :func:`_group_parts`), each from its own thread, and the results put back in order
+    along ``axis`` (group ``g``'s ``j``-th fit is fit ``j * groups + g``) with the padded
+    fits (those from ``count`` on) dropped.
+
+    The program is compiled once, before the threads start (``lower(...).compile()`` fills
+    JAX's cache that the calls then hit), so no two threads compile it; XLA releases the
+    GIL while a program runs, so the groups run at once, each on a core of its own.  The
+    results are joined on the host, as :func:`_gathered` does (on the device each leaf's
+    concatenation would compile a program of its own), and put back with
+    ``jax.device_put``, which compiles nothing (``jnp.asarray`` of a host array compiles
+    a small program per new shape)."""
+    program.lower(*calls[0]).compile()
+    with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="jnmf-group") as pool:
+        results = list(pool.map(lambda args: jax.block_until_ready(program(*args)), calls))
+    static = eqx.partition(results[0], eqx.is_array)[1]
+    keep = (slice(None),) * axis + (slice(0, count),)
+
+    def join(*xs):  # (..., per, ...) per group -> (..., per, groups, ...) -> (..., per * groups, ...)
+        x = np.stack([np.asarray(x) for x in xs], axis + 1)
+        x = x.reshape(x.shape[:axis] + (x.shape[axis] * x.shape[axis + 1],) + x.shape[axis + 2 :])
+        return jax.device_put(np.ascontiguousarray(x[keep]))
+
+    arrays = jax.tree.map(join, *[eqx.filter(r, eqx.is_array) for r in results])
+    return eqx.combine(arrays, static)
+
+
+def _restarts_in_groups(rule, problem, states, opts, groups, count, history_size, normalize, strategy, slots):
+    """The restarts program run on ``states`` dealt into ``groups`` concurrent groups."""
+    parts = _group_parts(states, groups)
+    program = _for_rule(_restarts_programs, rule, problem, parts[0], opts)
+    static = (int(history_size), normalize, strategy, None, slots)
+    return _run_groups(program, [(rule, problem, part, opts, *static) for part in parts], 0, count)
+
+
 def _placed(tree, mesh: jax.sharding.Mesh, spec):
     """Every array leaf of ``tree`` put on ``mesh`` with the partition ``spec``."""
     sharding = jax.sharding.NamedSharding(mesh, spec)
@@ -554,6 +716,7 @@ def run_restarts(
     progress_every: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
     slots: int | None = None,
+    groups: int | None = None,
 ) -> Result:
     """Fit from each of the starting points ``L0[i], R0[i]`` as one compiled program.
 
@@ -583,25 +746,45 @@ def run_restarts(
             done (:func:`jnmf.driver._slot_loop`); a count >= the fits (per device, with
             ``mesh``) runs them all at once.  None (default): :func:`restart_slots`.
             Results are the same for every count.
+        groups: deal the fits into this many equal groups (fit ``i`` to group ``i % groups``;
+            padded with copies of the last start, dropped afterwards) and run each group's
+            program (the same compiled program: ONE compile) from its own thread at once,
+            putting the results back in order: on XLA:CPU a batched program runs its
+            per-fit work on one core, and the groups put every core to work.  Each group
+            picks its own slots.  1: one program for all fits.  None (default):
+            :func:`concurrent_groups` (on CPU, ``"hybrid"``/``"map"``, 2+ usable CPUs, 4+ fits; the
+            environment variable ``JNMF_CPU_GROUPS`` overrides it, 1 = off).  Not with
+            ``mesh`` or ``progress_every``; only on CPU, and inside a trace (``jit``,
+            ``vmap``) the fits run as one program.  Results are the same for every count.
 
     Returns:
         A :class:`~jnmf.driver.Result` whose leaves have a leading restart axis.
 
     Raises:
-        ValueError: a bad ``mesh`` or ``slots`` (before compiling), or bad shapes or settings.
+        ValueError: a bad ``mesh``, ``slots`` or ``groups`` (before compiling), or bad shapes
+            or settings.
     """
     if mesh is not None:
         check_fits_mesh("mesh", mesh)
         if progress_every is not None:
             raise ValueError("progress_every (progress reports) is not supported with mesh (spread fits)")
+    count = L0.shape[0] if L0.ndim == 3 else 1
+    if groups is not None:  # checked before compiling
+        groups = _groups_for(groups, count, mesh, progress_every is not None)
     rule.check(problem)
     overrides = dict(max_iterations=max_iterations, min_xstep=min_xstep, tol=tol, rel_tol=rel_tol)
     states, opts, strategy = _prepare(
         rule, problem, L0, R0, stopping, overrides, history_size, normalize, strategy
     )
-    count = L0.shape[0]
-    slots = _slots_for(slots, strategy, rule, R0, _per_device(mesh, count))
+    groups = _groups_for(groups, count, mesh, progress_every is not None, strategy)
+    slots = _slots_for(
+        slots, strategy, rule, R0, _per_device(mesh, count) if groups == 1 else -(-count // groups)
+    )
     guard_map_limit()
+    if groups > 1 and top_level_on_cpu(rule, problem, states, opts):
+        return _restarts_in_groups(
+            rule, problem, states, opts, groups, count, history_size, normalize, strategy, slots
+        )
     if mesh is not None:
         states = _placed(_padded(states, _size_on(mesh, count)), mesh, _P(FITS_AXIS))
         rule, problem, opts = _placed((rule, problem, opts), mesh, _P())
@@ -631,6 +814,7 @@ def continue_restarts(
     normalize=None,
     strategy: str | None = None,
     slots: int | None = None,
+    groups: int | None = None,
 ) -> Result:
     """:func:`run_restarts` from a batch of rule states (e.g. ``Result.state`` of an earlier
     call), so a fit can run in chunks with tests between them; the rule's auxiliary state
@@ -638,18 +822,29 @@ def continue_restarts(
     give exactly the iterates of one longer run (with the convergence tests off).
 
     Args:
-        rule, problem, stopping, ..., slots: as for :func:`run_restarts`.
+        rule, problem, stopping, ..., slots, groups: as for :func:`run_restarts`.
         states: the rule's states with a leading restart axis.
 
     Returns:
         A :class:`~jnmf.driver.Result` whose leaves have a leading restart axis.
+
+    Raises:
+        ValueError: a bad ``slots`` or ``groups`` (before compiling), or bad settings.
     """
+    R = rule.factors(states)[1]
+    count = R.shape[0] if R.ndim == 3 else 1
+    if groups is not None:  # checked before compiling
+        groups = _groups_for(groups, count, None, False)
     rule.check(problem)
     overrides = dict(max_iterations=max_iterations, min_xstep=min_xstep, tol=tol, rel_tol=rel_tol)
-    R = rule.factors(states)[1]
     opts, strategy = _options(rule, stopping, overrides, history_size, normalize, strategy, R, problem)
-    slots = _slots_for(slots, strategy, rule, R)
+    groups = _groups_for(groups, count, None, False, strategy)
+    slots = _slots_for(slots, strategy, rule, R, -(-count // groups))
     guard_map_limit()
+    if groups > 1 and top_level_on_cpu(rule, problem, states, opts):
+        return _restarts_in_groups(
+            rule, problem, states, opts, groups, count, history_size, normalize, strategy, slots
+        )
     return _for_rule(_restarts_programs, rule, problem, states, opts)(
         rule, problem, states, opts, int(history_size), normalize, strategy, None, slots
     )
@@ -672,6 +867,7 @@ def run_grid(
     strategy: str | None = None,
     mesh: jax.sharding.Mesh | None = None,
     slots: int | None = None,
+    groups: int | None = None,
 ) -> Result:
     """Fit every (setting, restart) pair as one compiled program.
 
@@ -689,15 +885,22 @@ def run_grid(
         slots: as for :func:`run_restarts`, over each setting's restarts; not with the
             strategy ``"vmap"``, which runs the settings under ``vmap`` (there a slot's
             refill would be paid at every iteration).
+        groups: as for :func:`run_restarts`, over the settings x restarts fits: the
+            settings are dealt into the groups (each setting's restarts stay together,
+            stacked as in one program), or the restarts when there are fewer settings than
+            groups.
 
     Returns:
         A :class:`~jnmf.driver.Result` whose leaves have leading axes (G, restarts).
 
     Raises:
-        ValueError: a bad ``mesh`` or grid (before compiling), or bad shapes or settings.
+        ValueError: a bad ``mesh``, grid or ``groups`` (before compiling), or bad shapes or
+            settings.
     """
     if mesh is not None:
         check_fits_mesh("mesh", mesh)
+    if groups is not None:
+        _groups_for(groups, 2, mesh, False)  # checked before compiling
     dt = L0.dtype
     m, n = problem.shape
     k = L0.shape[-1]
@@ -719,9 +922,27 @@ def run_grid(
     if mesh is not None:
         padded_settings = (_size_on(mesh, settings) - settings) * restarts
         on_settings = padded_settings <= (_size_on(mesh, restarts) - restarts) * settings
-    local = restarts if on_settings else _per_device(mesh, restarts)
+    groups = _groups_for(groups, settings * restarts, mesh, False, strategy)
+    groups = min(groups, max(settings, restarts))
+    if groups > 1:
+        # deal the settings (each setting's restarts stay stacked together, so the results
+        # equal a chunked sweep's, jnmf.checkpoint, to the bit), unless there are too few
+        on_settings = settings >= groups
+        local = restarts if on_settings else -(-restarts // groups)
+    else:
+        local = restarts if on_settings else _per_device(mesh, restarts)
     slots = _slots_for(slots, strategy, rule, R0, local)
     guard_map_limit()
+    if groups > 1 and top_level_on_cpu(rule, problem, grid, states, opts):
+        if on_settings:
+            calls = [(part, states) for part in _group_parts(grid, groups)]
+        else:
+            calls = [(grid, part) for part in _group_parts(states, groups)]
+        each = next(iter(calls[0][0].values())).shape[0]
+        program = _for_rule(_grid_programs, rule, problem, *calls[0], opts, settings=each)
+        static = (int(history_size), normalize, strategy, slots)
+        calls = [(rule, problem, g, st, opts, *static) for g, st in calls]
+        return _run_groups(program, calls, 0 if on_settings else 1, settings if on_settings else restarts)
     if mesh is None:
         program = _for_rule(_grid_programs, rule, problem, grid, states, opts, settings=settings)
         return program(rule, problem, grid, states, opts, int(history_size), normalize, strategy, slots)
