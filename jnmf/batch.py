@@ -76,6 +76,7 @@ from . import _validate as check
 from .compile_cache import guard_map_limit
 from .compile_options import (
     ONCE_OPTIONS,
+    compile_ahead,
     program_options,
     programs_by_options,
     top_level_on_cpu,
@@ -563,14 +564,14 @@ def _run_groups(program, calls: list[tuple], axis: int, count: int):
     along ``axis`` (group ``g``'s ``j``-th fit is fit ``j * groups + g``) with the padded
     fits (those from ``count`` on) dropped.
 
-    The program is compiled once, before the threads start (``lower(...).compile()`` fills
+    The program is compiled once, before the threads start (:func:`compile_ahead` fills
     JAX's cache that the calls then hit), so no two threads compile it; XLA releases the
     GIL while a program runs, so the groups run at once, each on a core of its own.  The
     results are joined on the host, as :func:`_gathered` does (on the device each leaf's
     concatenation would compile a program of its own), and put back with
     ``jax.device_put``, which compiles nothing (``jnp.asarray`` of a host array compiles
     a small program per new shape)."""
-    program.lower(*calls[0]).compile()
+    compile_ahead(program, *calls[0])
     with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="jnmf-group") as pool:
         results = list(pool.map(lambda args: jax.block_until_ready(program(*args)), calls))
     static = eqx.partition(results[0], eqx.is_array)[1]
@@ -922,8 +923,14 @@ def run_grid(
     if mesh is not None:
         padded_settings = (_size_on(mesh, settings) - settings) * restarts
         on_settings = padded_settings <= (_size_on(mesh, restarts) - restarts) * settings
+    chosen = groups is None
     groups = _groups_for(groups, settings * restarts, mesh, False, strategy)
     groups = min(groups, max(settings, restarts))
+    if chosen and groups > 1 and settings < 2 * groups and restarts < 2 * groups:
+        # a group of one setting and one restart compiles its loops over them away (trip
+        # count 1), and XLA then fuses and rounds differently from a chunk's or the whole
+        # grid's program (1e-14 in float64): a chosen count keeps two or more per group
+        groups = max(1, settings // 2, restarts // 2)
     if groups > 1:
         # deal the settings (each setting's restarts stay stacked together, so the results
         # equal a chunked sweep's, jnmf.checkpoint, to the bit), unless there are too few

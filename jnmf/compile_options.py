@@ -199,17 +199,21 @@ def programs_by_options(fun: Callable, jit: Callable = jax.jit, **jit_kwargs) ->
         return programs[key]
 
     def checked(options: dict):
-        def call(*args, **kwargs):
+        def retried(use):  # use(the jitted fun), again without each option XLA refuses
             while True:
                 kept = known_options(options)
                 try:
-                    return jitted(kept)(*args, **kwargs)
+                    return use(jitted(kept))
                 except Exception as error:  # XlaRuntimeError / JaxRuntimeError, by release
                     name = refused_option(error)
                     if name is None or name not in kept:
                         raise
                     _REFUSED.add(name)  # the compile failed: nothing ran, so run it again
 
+        def call(*args, **kwargs):
+            return retried(lambda program: program(*args, **kwargs))
+
+        call.compile_ahead = lambda *args: retried(lambda program: program.lower(*args).compile())
         return call
 
     def program(options: Mapping | None = None):
@@ -221,6 +225,21 @@ def programs_by_options(fun: Callable, jit: Callable = jax.jit, **jit_kwargs) ->
         return calls[key]
 
     return program
+
+
+def compile_ahead(program: Callable, *args):
+    """Compile ``program`` (from :func:`programs_by_options`) for ``args`` without running
+    it, into JAX's cache that a later ``program(*args)`` hits.
+
+    Args:
+        program: a jitted function, or one :func:`programs_by_options` made.
+        *args: the arguments of the later call.
+
+    Returns:
+        The compiled program.
+    """
+    ahead = getattr(program, "compile_ahead", None)
+    return ahead(*args) if ahead is not None else program.lower(*args).compile()
 
 
 def top_level_program(fun: Callable, options: Mapping, jit: Callable = jax.jit, **jit_kwargs) -> Callable:
