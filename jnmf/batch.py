@@ -889,7 +889,8 @@ def run_grid(
         groups: as for :func:`run_restarts`, over the settings x restarts fits: the
             settings are dealt into the groups (each setting's restarts stay together,
             stacked as in one program), or the restarts when there are fewer settings than
-            groups.
+            groups.  None (default): :func:`concurrent_groups` of the settings alone, so
+            a chosen count only deals settings, two or more per group.
 
     Returns:
         A :class:`~jnmf.driver.Result` whose leaves have leading axes (G, restarts).
@@ -923,14 +924,15 @@ def run_grid(
     if mesh is not None:
         padded_settings = (_size_on(mesh, settings) - settings) * restarts
         on_settings = padded_settings <= (_size_on(mesh, restarts) - restarts) * settings
-    chosen = groups is None
-    groups = _groups_for(groups, settings * restarts, mesh, False, strategy)
-    groups = min(groups, max(settings, restarts))
-    if chosen and groups > 1 and settings < 2 * groups and restarts < 2 * groups:
-        # a group of one setting and one restart compiles its loops over them away (trip
-        # count 1), and XLA then fuses and rounds differently from a chunk's or the whole
-        # grid's program (1e-14 in float64): a chosen count keeps two or more per group
-        groups = max(1, settings // 2, restarts // 2)
+    if groups is None:
+        # a chosen count deals the settings only, GROUP_FITS or more per group: each
+        # setting's restarts stay stacked and each group's loop over its settings runs at
+        # least twice, so the results equal a chunked sweep's (jnmf.checkpoint) to the bit
+        # (a group of one setting compiles that loop away, and XLA then fused and rounded
+        # differently: 1e-14 in float64)
+        groups = _groups_for(None, settings, mesh, False, strategy)
+    else:
+        groups = min(_groups_for(groups, settings * restarts, mesh, False, strategy), max(settings, restarts))
     if groups > 1:
         # deal the settings (each setting's restarts stay stacked together, so the results
         # equal a chunked sweep's, jnmf.checkpoint, to the bit), unless there are too few
