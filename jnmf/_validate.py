@@ -47,27 +47,45 @@ def _put_scalar(x, key=None):
     """``jax.device_put(x)`` for a host value, reusing one device array per distinct scalar.
 
     A fit puts some 30 scalars (its penalties, their rescaled values, the stopping settings,
-    a rule's settings) on the device, ~30 us each; most are the same from fit to fit.  A JAX
-    array is immutable, so one copy serves every caller.  The key is the value's bits and
-    dtype (``key`` for a weakly typed Python scalar: its type and ``repr``, which tell
-    ``-0.0`` from ``0.0`` and keep NaN), plus what decides the array ``device_put`` makes:
-    JAX's x64 mode and default device.  Arrays (not 0-d) are put as before; so is anything
-    put while tracing (a tracer must never be kept), and a cached array that was deleted
-    (donated) is put again.
+    a rule's settings) on the device, ~30 us each; most are the same from fit to fit.  The
+    key is the value's bits and dtype (``key`` for a weakly typed Python scalar: its type
+    and ``repr``, which tell ``-0.0`` from ``0.0`` and keep NaN); see :func:`device_cached`.
+    Arrays (not 0-d) are put as before.
     """
     if key is None:
         if not isinstance(x, np.ndarray) or x.ndim:
             return jax.device_put(x)
         key = (x.dtype.str, x.tobytes())
+    return device_cached(_SCALARS, key, lambda: jax.device_put(x), _SCALARS_MAX)
+
+
+def device_cached(cache: dict, key, make: Callable, limit: int):
+    """``make()``, kept in ``cache`` under ``key`` and reused while it lasts.
+
+    For immutable device values that every fit would otherwise build again (scalars, seed
+    keys, named rules).  The key also holds what decides the arrays ``make`` builds: JAX's
+    x64 mode and default device.  A value holding a tracer (built while tracing) is never
+    kept, one holding a deleted (donated) array is built again, and the cache is cleared
+    when it holds ``limit`` values.
+
+    Args:
+        cache: the dict the values live in (one per kind of value).
+        key: what tells the values apart (hashable).
+        make: builds the value (a pytree of device arrays, or one array).
+        limit: the most values ``cache`` holds.
+
+    Returns:
+        The cached or new value.
+    """
     key = (key, jax.config.jax_enable_x64, jax.config.jax_default_device)
-    hit = _SCALARS.get(key)
-    if hit is not None and not hit.is_deleted():
+    hit = cache.get(key)
+    if hit is not None and not any(a.is_deleted() for a in jax.tree.leaves(hit) if isinstance(a, jax.Array)):
         return hit
-    out = jax.device_put(x)
-    if not isinstance(out, jax.core.Tracer):
-        if len(_SCALARS) >= _SCALARS_MAX:
-            _SCALARS.clear()
-        _SCALARS[key] = out
+    out = make()
+    if not any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(out)):
+        if len(cache) >= limit:
+            cache.clear()
+        cache[key] = out
     return out
 
 

@@ -169,16 +169,8 @@ def seed_key(seed: int) -> Array:
     """
     if 0 <= seed < 2**31 and jax.config.jax_default_prng_impl == "threefry2x32":
         # one key per seed (a key is immutable; ~0.1 ms to build, paid by every fit)
-        cache = (seed, jax.config.jax_default_device)
-        key = _SEED_KEYS.get(cache)
-        if key is None or key.is_deleted():
-            key = jax.random.wrap_key_data(jax.device_put(np.array([0, seed], np.uint32)))
-            if isinstance(key, jax.core.Tracer):
-                return key
-            if len(_SEED_KEYS) >= 256:
-                _SEED_KEYS.clear()
-            _SEED_KEYS[cache] = key
-        return key
+        make = lambda: jax.random.wrap_key_data(jax.device_put(np.array([0, seed], np.uint32)))
+        return check.device_cached(_SEED_KEYS, seed, make, 256)
     return jax.random.key(seed)
 
 

@@ -11,8 +11,7 @@ import functools
 import sys
 from typing import TYPE_CHECKING
 
-import jax
-
+from .._validate import device_cached
 from .anls import ANLS
 from .au import AURNMF
 from .base import AlternatingRule, HalfStep, NMFState, Rule, StepInfo
@@ -98,13 +97,7 @@ def make_rule(method: str | AlternatingRule | optax.GradientTransformation) -> A
     # one rule per name (a rule is immutable): building one puts its settings on the device
     # and a fit's settings record its repr, both of which a fit paid every time; per x64 mode
     # and default device, which decide its settings' arrays
-    key = (method, jax.config.jax_enable_x64, jax.config.jax_default_device)
-    rule = _NAMED_RULES.get(key)
-    if rule is None or any(a.is_deleted() for a in jax.tree.leaves(rule) if isinstance(a, jax.Array)):
-        rule = METHODS[method][1]()
-        if not any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(rule)):
-            _NAMED_RULES[key] = rule
-    return rule
+    return device_cached(_NAMED_RULES, method, METHODS[method][1], 64)
 
 
 _NAMED_RULES: dict = {}
