@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .data import DataOperator, DenseData
+from .data import DataOperator, DenseData, TransposedDense
 
 Factors = tuple[Float[Array, "m k"], Float[Array, "k n"]]
 
@@ -71,7 +71,7 @@ def _svd(Y, rank: int):
     if not isinstance(Y, DataOperator):
         U, S, Vt = jnp.linalg.svd(Y, full_matrices=False)
         return U[:, :rank], S[:rank], Vt[:rank]
-    if isinstance(Y, DenseData):
+    if isinstance(Y, DenseData | TransposedDense):
         return _svd(Y.dense(), rank)
     m, n = Y.shape
     width = min(rank + 10, m, n)
