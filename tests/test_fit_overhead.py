@@ -155,3 +155,18 @@ def test_a_fit_of_fortran_ordered_data_equals_the_c_ordered_one(method):
     np.testing.assert_allclose(b.objective, a.objective, rtol=1e-12)
     np.testing.assert_allclose(b.L, a.L, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(b.R, a.R, rtol=1e-9, atol=1e-12)
+
+
+def test_the_data_scale_is_the_value_checks_maximum():
+    # the host checks' max serves fit's data scale once, for the array they just checked
+    Yc = np.array(Y)
+    checked = check.data("Y", Yc)
+    assert check.checked_maximum(checked) == float(Y.max())
+    assert check.checked_maximum(checked) is None  # forgotten once asked for
+    check.data("Y", Yc)
+    assert check.checked_maximum(np.array(Y)) is None  # another array: not trusted
+    Yc[0, 0] = 7.5  # changed after its check: the scale is max(Y) again
+    assert jnmf.fitting.data_scale(Yc) == 7.5
+    check.data("Y", Yc)
+    assert jnmf.fitting.data_scale(Yc) == 7.5
+    assert jnmf.fitting.data_scale(np.zeros((2, 2))) == 1.0
