@@ -49,6 +49,7 @@ from .rules import KLMU, METHODS, AlternatingRule, BetaMU, make_rule
 from .rules.base import HalfStep, NMFState
 from .rules.beta import BetaHalfProblem, beta_divergence, effective_data
 from .rules.kl import kl_objective
+from .rules.wrapped import WrappedRule
 
 BETA_LOSSES = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
 INITS = ("random", "nndsvd", "nndsvda", "nndsvdar", "custom")
@@ -116,64 +117,21 @@ _MODEL_FLOOR = 1e-10
 _CHECK_EVERY = 10
 
 
-def _wrapped(name: str) -> property:
-    """The wrapped rule's attribute ``name`` (its XLA options: jnmf.compile_options)."""
-    return property(lambda self: getattr(self.rule, name, None))
-
-
-class FixedRRule(AlternatingRule):
+class FixedRRule(WrappedRule):
     """A rule with R held fixed: its L half steps only (the estimator's ``transform``).
 
-    Wraps any alternating rule: every hook is the wrapped rule's, and the R half step
-    returns R unchanged (its half problem is still formed, which the wrapped rule's
-    bookkeeping and objective may use).
+    Wraps any alternating rule: every hook is the wrapped rule's (:class:`WrappedRule`),
+    and the R half step returns R unchanged (its half problem is still formed, which the
+    wrapped rule's bookkeeping and objective may use).
 
     Attributes:
         rule: the wrapped rule.
     """
 
-    rule: AlternatingRule
-    compiler_options = _wrapped("compiler_options")
-    small_compiler_options = _wrapped("small_compiler_options")
-
-    @property
-    def loss_degree(self) -> float:
-        return self.rule.loss_degree
-
     def half_step(self, hp, Xt, aux, side: str) -> HalfStep:
         if side == "R":
             return HalfStep(Xt, aux, step=jnp.zeros((), Xt.dtype))
         return self.rule.half_step(hp, Xt, aux, side)
-
-    def init_aux(self, problem, Lt, R):
-        return self.rule.init_aux(problem, Lt, R)
-
-    def begin_fit(self, problem, state, f0):
-        return self.rule.begin_fit(problem, state, f0)
-
-    def begin_iteration(self, aux):
-        return self.rule.begin_iteration(aux)
-
-    def converged(self, aux):
-        return self.rule.converged(aux)
-
-    def half_problem(self, problem, side, Lt, R, aux):
-        return self.rule.half_problem(problem, side, Lt, R, aux)
-
-    def finish_iteration(self, problem, hp_R, Lt, R, aux):
-        return self.rule.finish_iteration(problem, hp_R, Lt, R, aux)
-
-    def check(self, problem) -> None:
-        self.rule.check(problem)
-
-    def objective(self, problem, state):
-        return self.rule.objective(problem, state)
-
-    def factors(self, state):
-        return self.rule.factors(state)
-
-    def objective_may_rise(self, problem) -> bool:
-        return self.rule.objective_may_rise(problem)
 
 
 def sweep_violation(hp, old: jax.Array, new: jax.Array) -> jax.Array:
@@ -204,27 +162,28 @@ def sweep_violation(hp, old: jax.Array, new: jax.Array) -> jax.Array:
     return jnp.sum(jnp.abs(jnp.where(old == 0, jnp.minimum(g, 0.0), g)))
 
 
-class ViolationRule(AlternatingRule):
+class ViolationRule(WrappedRule):
     """A one-sweep HALS rule that also sums scikit-learn's cd violation over each iteration,
     and stops on ``solver="cd"``'s test ``violation / violation_init <= tol`` inside the
     compiled loop (:meth:`converged`; ``violation_init`` is the first iteration's).
 
     Its aux is ``(violation, violation_init)``: the violation of the iteration's L and R
-    sweeps so far, and the first iteration's (negative until that iteration ends).
+    sweeps so far, and the first iteration's (negative until that iteration ends).  The
+    wrapped rule keeps no auxiliary state (one-sweep HALS); every other hook is its own
+    (:class:`WrappedRule`).
 
     Attributes:
         rule: the wrapped HALS rule (one sweep per half step, as scikit-learn's cd).
         tol: scikit-learn's ``tol`` (an array leaf: a new value never recompiles).
     """
 
-    rule: AlternatingRule
     tol: jax.Array = eqx.field(converter=lambda t: np.asarray(t, np.float64), default=0.0)
-    compiler_options = _wrapped("compiler_options")
-    small_compiler_options = _wrapped("small_compiler_options")
 
-    @property
-    def loss_degree(self) -> float:
-        return self.rule.loss_degree
+    def inner_aux(self, aux):
+        return None
+
+    def outer_aux(self, inner, aux):
+        return aux
 
     def half_step(self, hp, Xt, aux, side: str) -> HalfStep:
         out = self.rule.half_step(hp, Xt, None, side)
@@ -243,19 +202,10 @@ class ViolationRule(AlternatingRule):
         # scikit-learn breaks when violation_init == 0, or violation / violation_init <= tol
         return (first == 0) | (violation <= self.tol.astype(violation.dtype) * first)
 
-    def half_problem(self, problem, side, Lt, R, aux):
-        return self.rule.half_problem(problem, side, Lt, R, None)
-
     def finish_iteration(self, problem, hp_R, Lt, R, aux):
         Lt, R, _, objective = self.rule.finish_iteration(problem, hp_R, Lt, R, None)
         violation, first = aux
         return Lt, R, (violation, jnp.where(first < 0, violation, first)), objective
-
-    def check(self, problem) -> None:
-        self.rule.check(problem)
-
-    def objective(self, problem, state):
-        return self.rule.objective(problem, NMFState(state.Lt, state.R, None))
 
 
 def computed_where(pred: jax.Array, f, *args):
@@ -300,7 +250,7 @@ def computed_where(pred: jax.Array, f, *args):
     return run(pred, *leaves)
 
 
-class ErrorTestRule(AlternatingRule):
+class ErrorTestRule(WrappedRule):
     """Any rule with scikit-learn's mu-style stopping test inside the compiled loop
     (sklearn/decomposition/_nmf.py, ``_fit_multiplicative_update``): every
     ``_CHECK_EVERY`` (10) iterations, when ``tol > 0``, the error ``e = sqrt(2 D)`` (D the
@@ -321,25 +271,13 @@ class ErrorTestRule(AlternatingRule):
         tol: scikit-learn's ``tol`` (an array leaf: a new value never recompiles).
     """
 
-    rule: AlternatingRule
     tol: jax.Array = eqx.field(converter=lambda t: np.asarray(t, np.float64), default=0.0)
-    compiler_options = _wrapped("compiler_options")
-    small_compiler_options = _wrapped("small_compiler_options")
-    method_name = _wrapped("method_name")  # the wrapped rule's batching strategy
 
-    @property
-    def loss_degree(self) -> float:
-        return self.rule.loss_degree
+    def inner_aux(self, aux):
+        return aux[0]
 
-    def _inner(self, state: NMFState) -> NMFState:
-        return NMFState(state.Lt, state.R, state.aux[0])
-
-    def _outer(self, inner: NMFState, aux) -> NMFState:
-        return NMFState(inner.Lt, inner.R, (inner.aux, *aux[1:]))
-
-    def half_step(self, hp, Xt, aux, side: str) -> HalfStep:
-        out = self.rule.half_step(hp, Xt, aux[0], side)
-        return HalfStep(out.X, (out.aux, *aux[1:]), out.step, out.stuck)
+    def outer_aux(self, inner, aux):
+        return (inner, *aux[1:])
 
     def init_aux(self, problem, Lt, R):
         minus = jnp.full((), -1, Lt.dtype)
@@ -350,19 +288,18 @@ class ErrorTestRule(AlternatingRule):
         loss = f - problem.penalty_L.value(Lt.T) - problem.penalty_R.value(R)
         return jnp.sqrt(2.0 * jnp.maximum(loss, 0.0))
 
+    def start_objective(self, problem, state):
+        # the exact start: scikit-learn's error_at_init is the residual's, and every test
+        # divides by it
+        return self.objective(problem, state)
+
     def begin_fit(self, problem, state, f0):
-        inner = self.rule.begin_fit(problem, self._inner(state), f0)
+        inner = self.rule.begin_fit(problem, self.inner_state(state), f0)
         _, count, error_init, previous, stop = state.aux
         error = self._error(problem, state.Lt, state.R, f0).astype(error_init.dtype)
         first = error_init < 0  # the fit's first loop: later chunks keep the start's error
         aux = (None, count, jnp.where(first, error, error_init), jnp.where(first, error, previous), stop)
-        return self._outer(inner, aux)
-
-    def begin_iteration(self, aux):
-        return (self.rule.begin_iteration(aux[0]), *aux[1:])
-
-    def half_problem(self, problem, side, Lt, R, aux):
-        return self.rule.half_problem(problem, side, Lt, R, aux[0])
+        return self.outer_state(inner, aux)
 
     def finish_iteration(self, problem, hp_R, Lt, R, aux):
         Lt, R, inner, objective = self.rule.finish_iteration(problem, hp_R, Lt, R, aux[0])
@@ -382,30 +319,6 @@ class ErrorTestRule(AlternatingRule):
     def converged(self, aux):
         inner = self.rule.converged(aux[0])
         return aux[-1] if inner is None else aux[-1] | inner
-
-    def check(self, problem) -> None:
-        self.rule.check(problem)
-
-    def costly_objective(self, problem) -> bool:
-        return self.rule.costly_objective(problem)
-
-    def objective_may_rise(self, problem) -> bool:
-        return self.rule.objective_may_rise(problem)
-
-    def objective(self, problem, state):
-        return self.rule.objective(problem, self._inner(state))
-
-    def factors(self, state):
-        return self.rule.factors(self._inner(state))
-
-    def result_factors(self, state):
-        return self.rule.result_factors(self._inner(state))
-
-    def in_loop(self, problem, state):
-        return self._outer(self.rule.in_loop(problem, self._inner(state)), state.aux)
-
-    def out_of_loop(self, state):
-        return self._outer(self.rule.out_of_loop(self._inner(state)), state.aux)
 
 
 class FrobeniusMU(BetaMU):

@@ -182,3 +182,38 @@ def test_initialize_user_factors_and_errors():
         random_init(jnp.ones(3), 1, KEY)
     L, R = initialize(Y, K, "nndsvd")  # deterministic: no key needed
     assert L.shape == (M, K)
+
+
+def _svd_input_shapes(jaxpr) -> list[tuple[int, ...]]:
+    """The operand shapes of every SVD in ``jaxpr`` and its sub-jaxprs."""
+    shapes = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "svd":
+            shapes.append(tuple(eqn.invars[0].aval.shape))
+        for param in eqn.params.values():
+            sub = getattr(param, "jaxpr", param)
+            if hasattr(sub, "eqns"):
+                shapes += _svd_input_shapes(sub)
+    return shapes
+
+
+@pytest.mark.parametrize("as_operator", [False, True])
+def test_nndsvd_of_large_dense_data_uses_products_only(monkeypatch, as_operator):
+    """Above the exact SVD's size (jnmf.init._exact_svd_pays) dense NNDSVD comes from the
+    randomized range finder: no SVD of an m x n matrix in the program, and the same start
+    as the exact SVD's to ~1e-6 on data of decaying spectrum (rank 3 plus 1% noise; x64)."""
+    from jnmf import init as jinit
+    from jnmf.data import dense_operator
+
+    rng = np.random.default_rng(5)
+    m, n, k = 400, 300, 3
+    A = rng.random((m, k)) @ rng.random((k, n)) + 0.01 * rng.random((m, n))
+    assert not jinit._exact_svd_pays((m, n), k)
+    Y = dense_operator(A) if as_operator else jnp.asarray(A)
+    shapes = _svd_input_shapes(jax.make_jaxpr(lambda Y: jinit.nndsvd(Y, k))(Y).jaxpr)
+    assert shapes and all(max(s) <= m and min(s) <= k + jinit.OVERSAMPLING for s in shapes), shapes
+    L, R = jinit.nndsvd(Y, k)
+    monkeypatch.setattr(jinit, "EXACT_SVD_ENTRIES", m * n)  # the exact SVD, for reference
+    Le, Re = jinit.nndsvd(Y, k)
+    scale = float(np.max(np.asarray(Le @ Re)))
+    np.testing.assert_allclose(np.asarray(L @ R), np.asarray(Le @ Re), atol=1e-6 * scale)

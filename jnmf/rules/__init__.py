@@ -20,6 +20,7 @@ from .hals import HALS
 from .kl import KLMU
 from .mu import MURNMF
 from .projected import ProjectedGradient
+from .wrapped import WrappedRule
 
 if TYPE_CHECKING:
     import optax
@@ -119,5 +120,6 @@ __all__ = [
     "ProjectedGradient",
     "Rule",
     "StepInfo",
+    "WrappedRule",
     "make_rule",
 ]
