@@ -8,7 +8,9 @@
 * ``make_rule`` returns one rule per name, per x64 mode;
 * a Fortran-ordered Y goes to the device as its transpose (``data.TransposedDense``, no
   host transpose), and every operator method and every rule's fit equal those of the
-  C-ordered Y (float64, to 1e-12).
+  C-ordered Y (float64, to 1e-12);
+* the host value checks' maximum serves as the data scale only for the array they just
+  checked, once.
 
 x64 is on (conftest.py): the float64 comparisons are exactness tests.
 """
