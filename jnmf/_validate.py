@@ -12,6 +12,7 @@ import inspect
 import os
 import sys
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 
 import jax
@@ -205,10 +206,13 @@ def _check_dtype(name: str, arr) -> None:
 _CHECK_BLOCK = 1 << 22
 
 
-def _check_values(name: str, arr, *, nonneg: bool = True) -> None:
+def _check_values(name: str, arr, *, nonneg: bool = True):
+    """Raise unless ``arr`` is finite (and non-negative); return its largest entry (None for
+    a traced or empty array)."""
     if is_traced(arr):
-        return
+        return None
     flat = np.ravel(arr, order="K")  # a view of a C- or F-contiguous array
+    top = None
     for start in range(0, max(flat.size, 1), _CHECK_BLOCK):
         block = flat[start : start + _CHECK_BLOCK]
         if not block.size:
@@ -220,6 +224,22 @@ def _check_values(name: str, arr, *, nonneg: bool = True) -> None:
             raise ValueError(f"{name} must be finite; it contains NaN or infinite entries")
         if nonneg and low < 0:
             raise ValueError(f"{name} must be non-negative; it has entries < 0 (min {arr.min()})")
+        top = high if top is None else max(top, high)
+    return top
+
+
+# The largest entry of the last array :func:`data` returned, with a weak reference to that
+# array: the data scale (``fitting.data_scale``, max(Y)) takes it instead of another pass.
+_LAST_MAXIMUM: list = [None, None]
+
+
+def checked_maximum(arr) -> float | None:
+    """The largest entry of ``arr`` if ``arr`` is the array :func:`data` last returned (its
+    check computed it), else None; forgotten once asked for, so an array changed in place
+    afterwards is not trusted."""
+    held, top = _LAST_MAXIMUM
+    _LAST_MAXIMUM[:] = [None, None]
+    return float(top) if held is not None and held() is arr and top is not None else None
 
 
 _warned_downcast = False
@@ -291,7 +311,7 @@ def data(name: str, x) -> np.ndarray:
     if arr.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(arr.shape)}")
     arr = arr.astype(float_dtype(arr), copy=False)
-    _check_values(name, arr)
+    _LAST_MAXIMUM[:] = [weakref.ref(arr), _check_values(name, arr)]
     return arr
 
 

@@ -15,6 +15,8 @@ Every algorithm needs only a few things of the data matrix ``Y`` (``m x n``):
 :class:`DataOperator` states that interface; each kind of data is one final class:
 
 * :class:`DenseData`: a dense ``m x n`` array;
+* :class:`TransposedDense`: a dense array held as its transpose (a Fortran-ordered host
+  array, put on the device without a host transpose);
 * :class:`MaskedData`: dense, with an elementwise loss weight M (0 = missing);
 * :class:`SparseData`: the stored entries of a sparse matrix in coordinate form (from
   any scipy.sparse format or a ``jax.experimental.sparse`` BCOO/BCSR); the unstored
@@ -440,6 +442,90 @@ class DenseData(_DenseArray):
 
     def row_block(self, start, stop):
         return DenseData(self.Y[start:stop], self.inv_scale)
+
+
+class TransposedDense(DataOperator):
+    """A dense ``m x n`` Y held as its transpose ``Yt`` (``n x m``).
+
+    A Fortran-ordered host array (scikit-learn users' ``X.T``, ORL's images as columns) is
+    C-contiguous as Y': :func:`dense_operator` puts ``Y'`` on the device as it is, where
+    :class:`DenseData` would need a transposed host copy first (3.5 ms on ORL, 10304 x 400
+    float32; the plain copy of Y' to the device is 1.5 ms).  Every method is
+    :class:`DenseData`'s on ``Y'`` with the roles of the factors and of the loss weights
+    swapped (``Y ~ L R`` iff ``Y' ~ R' L'``; ``<Y, W_0R Y W_0C> = <Y', W_0C Y' W_0R>``), so
+    the products contract ``Yt``'s other axis (XLA's dot reads either; no transposed copy
+    of Y is made) and the loss sums blocks of Y's columns.  One code path for the
+    arithmetic; results equal DenseData's to rounding (a different summation order).
+
+    The stored entries (:meth:`stored`, :meth:`sampled`, :meth:`entry_weights`,
+    :meth:`with_stored`: the divergences' elementwise terms) are in ``Yt``'s order, ``n x m``,
+    as sparse data's are in its own order; :attr:`Y` and :meth:`dense` are ``m x n``.
+    """
+
+    Yt: Array
+    inv_scale: Array
+
+    def __init__(self, Yt, inv_scale=None):
+        self.Yt = Yt
+        self.inv_scale = _as_scale(1.0 if inv_scale is None else inv_scale, Yt.dtype)
+
+    @property
+    def _flipped(self) -> DenseData:
+        """The operator of Y' (the same arrays, no copy)."""
+        return DenseData(self.Yt, self.inv_scale)
+
+    @property
+    def Y(self) -> Array:
+        """Y (``m x n``), a transposed view of ``Yt`` (a copy outside a compiled program)."""
+        return self.Yt.T
+
+    @property
+    def shape(self):
+        n, m = self.Yt.shape
+        return (m, n)
+
+    @property
+    def dtype(self):
+        return self.Yt.dtype
+
+    def scaled(self, scale):
+        return TransposedDense(self.Yt, self.inv_scale / on_device(scale, self.Yt.dtype))
+
+    def product_R(self, Ft):
+        return self._flipped.product_L(Ft)  # (Ft s) Yt' = Ft Y
+
+    def product_L(self, R):
+        return self._flipped.product_R(R)  # (R s) Yt = R Y'
+
+    def half_norm(self, W_0R, W_0C):
+        return self._flipped.half_norm(W_0C, W_0R)
+
+    def loss(self, L, R, W_0R, W_0C):
+        return self._flipped.loss(R.T, L.T, W_0C, W_0R)
+
+    def stored(self):
+        return self.Yt * self.inv_scale
+
+    def sampled(self, Lt, R):
+        return R.T @ Lt  # (L R)'
+
+    def entry_weights(self, w, v):
+        return v[:, None] * w[None, :]
+
+    def with_stored(self, values):
+        return TransposedDense(values)
+
+    def maximum(self):
+        return jnp.max(self.Yt) * self.inv_scale
+
+    def mean(self):
+        return jnp.mean(self.Yt) * self.inv_scale
+
+    def row_block(self, start, stop):
+        return TransposedDense(self.Yt[:, start:stop], self.inv_scale)
+
+    def dense(self):
+        return self.Yt.T * self.inv_scale
 
 
 class MaskedData(_DenseArray):
@@ -1325,17 +1411,27 @@ def sparse_from_coo(rows, cols, values, shape, unstored: str = "zero", dtype=Non
     )
 
 
-def dense_operator(Y) -> DenseData:
-    """A :class:`DenseData` over a validated host (NumPy) or device array.
+def dense_operator(Y) -> DenseData | TransposedDense:
+    """The dense operator over a validated host (NumPy) or device array.
 
-    ``jax.device_put`` of a C-contiguous NumPy array whose buffer is 64-byte aligned is
-    zero-copy on the CPU backend (the device array aliases the caller's memory, e.g. an
-    ``np.load(..., mmap_mode="r")`` file or an array from :func:`aligned_empty`); any
-    other array is copied once.
+    Args:
+        Y: an ``m x n`` array (or an operator, returned as it is).
+
+    Returns:
+        A :class:`DenseData`, or for a Fortran-ordered (and not C-ordered) NumPy array a
+        :class:`TransposedDense` over its transpose, which is C-contiguous: no host
+        transpose.  ``jax.device_put`` of a C-contiguous NumPy array whose buffer is 64-byte
+        aligned is zero-copy on the CPU backend (the device array aliases the caller's
+        memory, e.g. an ``np.load(..., mmap_mode="r")`` file or an array from
+        :func:`aligned_empty`); any other array is copied once.
     """
     if isinstance(Y, DataOperator):
         return Y
-    return DenseData(Y if isinstance(Y, jax.Array) else jax.device_put(np.ascontiguousarray(Y)))
+    if isinstance(Y, jax.Array):
+        return DenseData(Y)
+    if Y.ndim == 2 and Y.flags.f_contiguous and not Y.flags.c_contiguous:
+        return TransposedDense(jax.device_put(Y.T))
+    return DenseData(jax.device_put(np.ascontiguousarray(Y)))
 
 
 def aligned_empty(shape, dtype, alignment: int = 64) -> np.ndarray:

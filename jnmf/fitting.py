@@ -203,7 +203,9 @@ def data_scale(Y: np.ndarray) -> float:
     if isinstance(Y, DataOperator):
         top = float(Y.maximum())
     else:
-        top = float(np.max(Y)) if Y.size else 0.0
+        top = check.checked_maximum(Y)  # the value checks' max, if they just checked Y
+        if top is None:
+            top = float(np.max(Y)) if Y.size else 0.0
     return top if top > 0 else 1.0
 
 

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .data import DataOperator, DenseData
+from .data import DataOperator, DenseData, TransposedDense
 
 Factors = tuple[Float[Array, "m k"], Float[Array, "k n"]]
 
@@ -91,7 +91,7 @@ def _svd(Y, rank: int):
     and no ``m x n`` array besides Y.  Its key is fixed: the result is deterministic.
     """
     if isinstance(Y, DataOperator):
-        if isinstance(Y, DenseData) and _exact_svd_pays(Y.shape, rank):
+        if isinstance(Y, DenseData | TransposedDense) and _exact_svd_pays(Y.shape, rank):
             return _svd(Y.dense(), rank)
         times_Y, times_Yt = Y.product_R, Y.product_L  # A -> A Y (A: w x m); B -> B Y' (B: w x n)
     else:

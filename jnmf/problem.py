@@ -36,7 +36,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from . import _validate as check
-from .data import DataOperator, DenseData, MaskedData, SparseData
+from .data import DataOperator, DenseData, MaskedData, SparseData, TransposedDense
 from .weights import Weight
 
 PenaltyPairs = tuple[tuple[Weight, Weight], ...]
@@ -423,7 +423,7 @@ def build_problem(Y, rank: int, *, W_0R=None, W_0C=None, M=None, **penalties) ->
     check.square_weight("W_0C", W_0C, n, psd=True)
     w0r = None if W_0R is None else jnp.asarray(W_0R, dt)
     w0c = None if W_0C is None else jnp.asarray(W_0C, dt)
-    if operator and not isinstance(Y, DenseData):
+    if operator and not isinstance(Y, DenseData | TransposedDense):
         if M is not None:
             raise ValueError(
                 "M (an elementwise weight) needs dense data; for sparse data, missing='unstored' "

@@ -5,7 +5,12 @@
   objective otherwise, and equals eq. 3 from the residual (float64, to 1e-12);
 * host scalars put on the device once (``_validate.on_device``) keep their bits, weak
   types and dtypes, and a deleted (donated) one is put again;
-* ``make_rule`` returns one rule per name, per x64 mode.
+* ``make_rule`` returns one rule per name, per x64 mode;
+* a Fortran-ordered Y goes to the device as its transpose (``data.TransposedDense``, no
+  host transpose), and every operator method and every rule's fit equal those of the
+  C-ordered Y (float64, to 1e-12);
+* the host value checks' maximum serves as the data scale only for the array they just
+  checked, once.
 
 x64 is on (conftest.py): the float64 comparisons are exactness tests.
 """
@@ -15,9 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jnmf
 from jnmf import _validate as check
+from jnmf.data import DenseData, TransposedDense, dense_operator
 from jnmf.problem import build_problem
 from jnmf.rules import HALS, KLMU, MURNMF, make_rule
+from jnmf.weights import Weight
 
 CHEAP_PROGRAMS = True
 
@@ -90,3 +98,77 @@ def test_device_scalars_follow_the_x64_mode():
     rule64 = make_rule("ahals")
     assert rule64.delta.dtype == jnp.float64 and float(rule64.delta) == 0.1
     assert make_rule("ahals") is rule64 and make_rule("hals") is not rule64
+
+
+def test_fortran_ordered_data_goes_to_the_device_transposed():
+    Yf = np.asfortranarray(Y)
+    op = dense_operator(Yf)
+    assert isinstance(op, TransposedDense) and op.shape == (M, N)
+    assert op.Yt.shape == (N, M)
+    np.testing.assert_array_equal(np.asarray(op.Y), Y)
+    np.testing.assert_array_equal(np.asarray(op.dense()), Y)
+    assert isinstance(dense_operator(np.ascontiguousarray(Y)), DenseData)
+    assert isinstance(dense_operator(Y[:, :1].copy(order="F")), DenseData)  # C- and F-ordered alike
+
+
+def _weights():
+    w, v = np.linspace(0.5, 2.0, M), np.linspace(1.5, 0.2, N)
+    A = rng.random((M, M))
+    B = rng.random((N, N))
+    return [
+        (Weight.identity(), Weight.identity()),
+        (Weight.scalar(2.0), Weight.offdiag(0.3)),
+        (Weight.from_user(jnp.asarray(w)), Weight.from_user(jnp.asarray(v))),
+        (Weight.from_user(jnp.asarray(A @ A.T)), Weight.from_user(jnp.asarray(B @ B.T))),
+    ]
+
+
+def test_transposed_operator_equals_the_dense_one_in_float64():
+    dense = DenseData(jnp.asarray(Y)).scaled(3.0)
+    flipped = TransposedDense(jnp.asarray(np.ascontiguousarray(Y.T))).scaled(3.0)
+    L, R = jnp.asarray(L0), jnp.asarray(R0)
+    close = dict(rtol=1e-12, atol=0)
+    np.testing.assert_allclose(flipped.product_R(L.T), dense.product_R(L.T), **close)
+    np.testing.assert_allclose(flipped.product_L(R), dense.product_L(R), **close)
+    for W_0R, W_0C in _weights():
+        np.testing.assert_allclose(flipped.half_norm(W_0R, W_0C), dense.half_norm(W_0R, W_0C), **close)
+        np.testing.assert_allclose(flipped.loss(L, R, W_0R, W_0C), dense.loss(L, R, W_0R, W_0C), **close)
+    np.testing.assert_allclose(flipped.maximum(), dense.maximum(), **close)
+    np.testing.assert_allclose(flipped.mean(), dense.mean(), **close)
+    # the stored entries are in Yt's order, consistently across the four methods
+    w, v = jnp.linspace(0.5, 2.0, M), jnp.linspace(1.5, 0.2, N)
+    np.testing.assert_array_equal(flipped.stored().T, dense.stored())
+    np.testing.assert_allclose(flipped.sampled(L.T, R).T, dense.sampled(L.T, R), **close)
+    np.testing.assert_array_equal(flipped.entry_weights(w, v).T, dense.entry_weights(w, v))
+    twice, twice_dense = flipped.with_stored(flipped.stored() * 2.0), dense.with_stored(dense.stored() * 2.0)
+    np.testing.assert_allclose(twice.product_L(R), twice_dense.product_L(R), **close)
+    block = flipped.row_block(5, 17)
+    assert block.shape == (12, N)
+    np.testing.assert_allclose(block.product_L(R), dense.row_block(5, 17).product_L(R), **close)
+
+
+@pytest.mark.filterwarnings("ignore::jnmf.ConvergenceWarning")  # capped on purpose
+@pytest.mark.parametrize("method", ["ahals", "hals", "mu", "au", "kl", "beta", "anls"])
+def test_a_fit_of_fortran_ordered_data_equals_the_c_ordered_one(method):
+    kw = dict(method=method, init=(L0, R0), max_iterations=6, tol=0.0, history_size=1, lambda_1R=0.1)
+    a = jnmf.fit(np.ascontiguousarray(Y), K, **kw)
+    b = jnmf.fit(np.asfortranarray(Y), K, **kw)
+    assert int(a.iterations) == int(b.iterations) == 6
+    np.testing.assert_allclose(b.objective, a.objective, rtol=1e-12)
+    np.testing.assert_allclose(b.L, a.L, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(b.R, a.R, rtol=1e-9, atol=1e-12)
+
+
+def test_the_data_scale_is_the_value_checks_maximum():
+    # the host checks' max serves fit's data scale once, for the array they just checked
+    Yc = np.array(Y)
+    checked = check.data("Y", Yc)
+    assert check.checked_maximum(checked) == float(Y.max())
+    assert check.checked_maximum(checked) is None  # forgotten once asked for
+    check.data("Y", Yc)
+    assert check.checked_maximum(np.array(Y)) is None  # another array: not trusted
+    Yc[0, 0] = 7.5  # changed after its check: the scale is max(Y) again
+    assert jnmf.fitting.data_scale(Yc) == 7.5
+    check.data("Y", Yc)
+    assert jnmf.fitting.data_scale(Yc) == 7.5
+    assert jnmf.fitting.data_scale(np.zeros((2, 2))) == 1.0
