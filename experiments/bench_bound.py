@@ -234,7 +234,8 @@ def method_rows(method: str, chosen: str, problem, L0, R0, counts, repeats: int,
     counts_of_groups = [chosen_groups(strategy, batch, g) for g in args.groups] if batch > 1 else [1]
     rows = []
     for groups in dict.fromkeys(counts_of_groups):  # distinct, in order ("auto" is 1 under "vmap")
-        slots = args.slots or (restart_slots(strategy, None, k, -(-batch // groups)) if batch > 1 else None)
+        per_group = -(-batch // groups)
+        slots = args.slots or (restart_slots(strategy, rule.method_name, k, per_group) if batch > 1 else None)
         timed = iteration_and_bound(method, problem, L0, R0, *counts, repeats, strategy, groups, slots)
         per_iter, bound = timed[:2]
         how = strategy + (f" G{groups}" if batch > 1 else "") + (f" S{slots}" if slots else "")
