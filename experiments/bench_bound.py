@@ -40,7 +40,11 @@ CPU ``"hybrid"`` and ``"map"`` fits are dealt into concurrent groups, one thread
 (``--slots`` overrides :func:`jnmf.batch.restart_slots`).  The bound of a grouped row is
 the same as one program's: the 32 fits' products as ONE fat product, compiled alone,
 which XLA runs on all cores; so a ratio at or below 1 is possible only if the groups
-overlap their per-fit work with products.  Groups pay in wall time (two threads at once):
+overlap their per-fit work with products.  The column ``vs slots`` divides by the
+products as the slots stack them instead (S fits' products stacked, compiled alone,
+times 32 / S): by default 32 fits run through 2 slots, and a 50-row product runs slower
+than an 800-row one, so the first ratio includes that and the second does not.  Groups
+pay in wall time (two threads at once):
 with ``--clock cpu`` both threads' time is counted, so CPU-time ratios cannot show their
 gain and read the groups' total work instead.
 
@@ -160,7 +164,11 @@ def chosen_groups(strategy: str, fits: int, groups: str) -> int:
 def iteration_and_bound(
     method: str, problem, L0, R0, n1: int, n2: int, repeats: int, strategy=None, groups: int = 1, slots=None
 ):
-    """(seconds per iteration, bound seconds, strategy), timed interleaved.
+    """(seconds per iteration, bound seconds, strategy, slots' bound seconds), timed
+    interleaved.
+
+    The slots' bound (None unless ``slots`` < the fits) is the products stacked as the
+    slots stack them: S fits' products stacked, times fits / S.
 
     The iteration goes through run_restarts (see the module docstring) with ``groups``
     concurrent groups (1: one program) and ``slots`` (None: run_restarts's choice).  The
@@ -185,14 +193,21 @@ def iteration_and_bound(
         return jax.block_until_ready(res.factors)
 
     run(n1)  # compile (max_iterations is traced: n2 runs the same program)
-    bound = bound_call(method, problem.data.Y, jnp.swapaxes(L0, 1, 2), R0, L0.shape[0])
-    diffs, tb = [], []
+    Lt0, batch = jnp.swapaxes(L0, 1, 2), L0.shape[0]
+    bound = bound_call(method, problem.data.Y, Lt0, R0, batch)
+    # the products as the slots stack them: S fits at a time, batch / S times
+    narrow = None
+    if slots and slots < batch and method in FROBENIUS:
+        narrow = bound_call(method, problem.data.Y, Lt0[:slots], R0[:slots], slots)
+    diffs, tb, tn = [], [], []
     for _ in range(repeats):
         t1 = median_time(lambda: run(n1), 1)
         diffs.append(median_time(lambda: run(n2), 1) - t1)  # paired within the round
         tb.append(median_time(bound, 4))
+        if narrow is not None:
+            tn.append(median_time(narrow, 4) * batch / slots)
     per_iter = statistics.median(diffs) / (n2 - n1)
-    return per_iter, statistics.median(tb), strategy
+    return per_iter, statistics.median(tb), strategy, statistics.median(tn) if tn else None
 
 
 def print_pieces(method: str, problem, L, R, per_iter: float, repeats: int) -> None:
@@ -226,7 +241,8 @@ def print_pieces(method: str, problem, L, R, per_iter: float, repeats: int) -> N
 
 
 def method_rows(method: str, chosen: str, problem, L0, R0, counts, repeats: int, args):
-    """Each row of a method: (how it ran, ms per iteration, bound ms, ratio); batched, one
+    """Each row of a method: (how it ran, ms per iteration, bound ms, ratio, ratio to the
+    slots' bound or None); batched, one
     row per distinct group count of ``args.groups`` (``"auto"``: what a user runs)."""
     batch, k = R0.shape[0], R0.shape[-2]
     rule = make_rule(rule_of(method))
@@ -237,9 +253,9 @@ def method_rows(method: str, chosen: str, problem, L0, R0, counts, repeats: int,
         per_group = -(-batch // groups)
         slots = args.slots or (restart_slots(strategy, rule.method_name, k, per_group) if batch > 1 else None)
         timed = iteration_and_bound(method, problem, L0, R0, *counts, repeats, strategy, groups, slots)
-        per_iter, bound = timed[:2]
+        per_iter, bound, narrow = timed[0], timed[1], timed[3]
         how = strategy + (f" G{groups}" if batch > 1 else "") + (f" S{slots}" if slots else "")
-        rows.append((how, 1e3 * per_iter, 1e3 * bound, per_iter / bound))
+        rows.append((how, 1e3 * per_iter, 1e3 * bound, per_iter / bound, narrow and per_iter / narrow))
     return rows
 
 
@@ -274,7 +290,7 @@ def main() -> None:
     print(f"jax {jax.__version__} on {jax.default_backend()} ({os.cpu_count()} CPUs), clock {args.clock}; "
           f"load average at start: {open('/proc/loadavg').read().split()[:3]}")  # fmt: skip
     print(f"{'method':6} {'case':18} {'dtype':8} {'mode':12} {'strategy':16} "
-          f"{'ms/iter':>8} {'bound ms':>9} {'ratio':>6}")  # fmt: skip
+          f"{'ms/iter':>8} {'bound ms':>9} {'ratio':>6} {'vs slots':>8}")  # fmt: skip
     start = time.perf_counter()
     rows = []
     for case in args.cases:
@@ -303,7 +319,8 @@ def main() -> None:
                     for row in method_rows(method, chosen, problem, L0, R0, (n1, n2), repeats, args):
                         rows.append((method, label, dtype, mode_label, *row))
                         print(f"{method:6} {label:18} {dtype:8} {mode_label:12} {row[0]:16} "
-                              f"{row[1]:8.2f} {row[2]:9.2f} {row[3]:6.2f}", flush=True)  # fmt: skip
+                              f"{row[1]:8.2f} {row[2]:9.2f} {row[3]:6.2f} "
+                              + (f"{row[4]:8.2f}" if row[4] else f"{'-':>8}"), flush=True)  # fmt: skip
                         per_iter = row[1] / 1e3
                     if args.pieces and batch == 1 and method in ("hals", "ahals", "hals-ex", "ahals-ex"):
                         print_pieces(method, problem, L0[0], R0[0], per_iter, args.repeats)
