@@ -42,8 +42,8 @@ the same as one program's: the 32 fits' products as ONE fat product, compiled al
 which XLA runs on all cores; so a ratio at or below 1 is possible only if the groups
 overlap their per-fit work with products.  The column ``vs slots`` divides by the
 products as the slots stack them instead (S fits' products stacked, compiled alone,
-times 32 / S): by default 32 fits run through 2 slots, and a 50-row product runs slower
-than an 800-row one, so the first ratio includes that and the second does not.  Groups
+times 32 / S): by default 32 fits run through 2 slots (8 for MU and AU), and a 50-row
+product runs slower than an 800-row one, so the first ratio includes that and the second does not.  Groups
 pay in wall time (two threads at once):
 with ``--clock cpu`` both threads' time is counted, so CPU-time ratios cannot show their
 gain and read the groups' total work instead.
