@@ -31,6 +31,23 @@ For 32 restarts the Frobenius bound is the products of the 32 factors stacked
 (``k = 32 * rank``: one fat GEMM per side, what ``vmap`` stacking can reach), and the
 KL bound is its single-fit bound under ``vmap`` (each restart's ``L R`` is its own).
 
+**Batched rows: one program and what a user runs.**  Each batched method gets a row per
+distinct group count of ``--groups`` (default ``1 auto``): ``G1`` is one program for the
+32 fits, ``auto`` is ``run_restarts``'s default (:func:`jnmf.batch.concurrent_groups`: on
+CPU ``"hybrid"`` and ``"map"`` fits are dealt into concurrent groups, one thread each;
+``"vmap"`` runs one program, so its ``auto`` row is the ``G1`` row).  The column
+``strategy`` reads e.g. ``hybrid G2 S2``: strategy, groups, slots per group
+(``--slots`` overrides :func:`jnmf.batch.restart_slots`).  The bound of a grouped row is
+the same as one program's: the 32 fits' products as ONE fat product, compiled alone,
+which XLA runs on all cores; so a ratio at or below 1 is possible only if the groups
+overlap their per-fit work with products.  The column ``vs slots`` divides by the
+products as the slots stack them instead (S fits' products stacked, compiled alone,
+times 32 / S): by default 32 fits run through 2 slots (8 for MU and AU), and a 50-row
+product runs slower than an 800-row one, so the first ratio includes that and the second does not.  Groups
+pay in wall time (two threads at once):
+with ``--clock cpu`` both threads' time is counted, so CPU-time ratios cannot show their
+gain and read the groups' total work instead.
+
     python experiments/bench_bound.py            # every case (~15 minutes on 2 cores)
     python experiments/bench_bound.py --quick    # ORL and float32 only, fewer repeats
     python experiments/bench_bound.py --quick --pieces --strategies auto hybrid
@@ -54,7 +71,7 @@ jax.config.update("jax_enable_x64", True)  # float64 cases; every array below ha
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jnmf.batch import batching_strategy, run_restarts  # noqa: E402
+from jnmf.batch import batching_strategy, concurrent_groups, restart_slots, run_restarts  # noqa: E402
 from jnmf.driver import Stopping  # noqa: E402
 from jnmf.problem import build_problem  # noqa: E402
 from jnmf.quadratic import half_problem  # noqa: E402
@@ -136,12 +153,27 @@ def bound_call(method: str, Y, Lt, R, batch: int):
     return fn
 
 
-def iteration_and_bound(method: str, problem, L0, R0, n1: int, n2: int, repeats: int, strategy=None):
-    """(seconds per iteration, bound seconds, strategy), timed interleaved.
+def chosen_groups(strategy: str, fits: int, groups: str) -> int:
+    """The concurrent groups a batched row runs in: ``"1"`` one program, ``"auto"`` what
+    ``run_restarts`` picks by default (:func:`jnmf.batch.concurrent_groups`), or a count."""
+    if groups == "auto":
+        return concurrent_groups(jax.default_backend(), fits, strategy)
+    return min(int(groups), fits)
 
-    The iteration goes through run_restarts (see the module docstring).  The calls are
-    interleaved (N1 iterations, N2 iterations, the bound, 4 times per round) so that a
-    change of the machine's load hits both sides of the ratio alike.
+
+def iteration_and_bound(
+    method: str, problem, L0, R0, n1: int, n2: int, repeats: int, strategy=None, groups: int = 1, slots=None
+):
+    """(seconds per iteration, bound seconds, strategy, slots' bound seconds), timed
+    interleaved.
+
+    The slots' bound (None unless ``slots`` < the fits) is the products stacked as the
+    slots stack them: S fits' products stacked, times fits / S.
+
+    The iteration goes through run_restarts (see the module docstring) with ``groups``
+    concurrent groups (1: one program) and ``slots`` (None: run_restarts's choice).  The
+    calls are interleaved (N1 iterations, N2 iterations, the bound, 4 times per round) so
+    that a change of the machine's load hits both sides of the ratio alike.
     """
     rule = make_rule(rule_of(method))  # a name, or bench_orl's ahals-ex / hals-ex
     # as run_restarts chooses it: by method, rank and number of fits
@@ -149,19 +181,33 @@ def iteration_and_bound(method: str, problem, L0, R0, n1: int, n2: int, repeats:
 
     def run(n):
         res = run_restarts(
-            rule, problem, L0, R0, stopping=Stopping(max_iterations=n, tol=0.0), strategy=strategy
+            rule,
+            problem,
+            L0,
+            R0,
+            stopping=Stopping(max_iterations=n, tol=0.0),
+            strategy=strategy,
+            groups=groups,
+            slots=slots,
         )
         return jax.block_until_ready(res.factors)
 
     run(n1)  # compile (max_iterations is traced: n2 runs the same program)
-    bound = bound_call(method, problem.data.Y, jnp.swapaxes(L0, 1, 2), R0, L0.shape[0])
-    diffs, tb = [], []
+    Lt0, batch = jnp.swapaxes(L0, 1, 2), L0.shape[0]
+    bound = bound_call(method, problem.data.Y, Lt0, R0, batch)
+    # the products as the slots stack them: S fits at a time, batch / S times
+    narrow = None
+    if slots and slots < batch and method in FROBENIUS:
+        narrow = bound_call(method, problem.data.Y, Lt0[:slots], R0[:slots], slots)
+    diffs, tb, tn = [], [], []
     for _ in range(repeats):
         t1 = median_time(lambda: run(n1), 1)
         diffs.append(median_time(lambda: run(n2), 1) - t1)  # paired within the round
         tb.append(median_time(bound, 4))
+        if narrow is not None:
+            tn.append(median_time(narrow, 4) * batch / slots)
     per_iter = statistics.median(diffs) / (n2 - n1)
-    return per_iter, statistics.median(tb), strategy
+    return per_iter, statistics.median(tb), strategy, statistics.median(tn) if tn else None
 
 
 def print_pieces(method: str, problem, L, R, per_iter: float, repeats: int) -> None:
@@ -194,6 +240,25 @@ def print_pieces(method: str, problem, L, R, per_iter: float, repeats: int) -> N
     print(f"    {'rest of the iteration':24} {1e3 * (per_iter - total):7.2f} ms", flush=True)
 
 
+def method_rows(method: str, chosen: str, problem, L0, R0, counts, repeats: int, args):
+    """Each row of a method: (how it ran, ms per iteration, bound ms, ratio, ratio to the
+    slots' bound or None); batched, one
+    row per distinct group count of ``args.groups`` (``"auto"``: what a user runs)."""
+    batch, k = R0.shape[0], R0.shape[-2]
+    rule = make_rule(rule_of(method))
+    strategy = batching_strategy(rule, problem=problem, rank=k, fits=batch) if chosen == "auto" else chosen
+    counts_of_groups = [chosen_groups(strategy, batch, g) for g in args.groups] if batch > 1 else [1]
+    rows = []
+    for groups in dict.fromkeys(counts_of_groups):  # distinct, in order ("auto" is 1 under "vmap")
+        per_group = -(-batch // groups)
+        slots = args.slots or (restart_slots(strategy, rule.method_name, k, per_group) if batch > 1 else None)
+        timed = iteration_and_bound(method, problem, L0, R0, *counts, repeats, strategy, groups, slots)
+        per_iter, bound, narrow = timed[0], timed[1], timed[3]
+        how = strategy + (f" G{groups}" if batch > 1 else "") + (f" S{slots}" if slots else "")
+        rows.append((how, 1e3 * per_iter, 1e3 * bound, per_iter / bound, narrow and per_iter / narrow))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="ORL, float32, 3 repeats")
@@ -208,6 +273,11 @@ def main() -> None:
                     help="the two iteration counts of the batched runs (default 5 25)")  # fmt: skip
     ap.add_argument("--strategies", nargs="+", default=["auto"], choices=["auto", "vmap", "hybrid", "map"],
                     help="batching strategies of the batched runs (auto: jnmf's choice)")  # fmt: skip
+    ap.add_argument("--groups", nargs="+", default=["1", "auto"],
+                    help="concurrent groups of the batched runs: 1 (one program), auto (what a user "
+                         "runs: run_restarts's default), or a count; repeated counts run once")  # fmt: skip
+    ap.add_argument("--slots", type=int, default=None,
+                    help="slots of the batched loops (default: run_restarts's, restart_slots)")  # fmt: skip
     ap.add_argument("--pieces", action="store_true", help="also time the pieces of hals/ahals iterations")
     ap.add_argument("--clock", choices=list(CLOCKS), default="wall",
                     help="wall time, or process CPU time (robust to other processes' load)")  # fmt: skip
@@ -219,8 +289,8 @@ def main() -> None:
 
     print(f"jax {jax.__version__} on {jax.default_backend()} ({os.cpu_count()} CPUs), clock {args.clock}; "
           f"load average at start: {open('/proc/loadavg').read().split()[:3]}")  # fmt: skip
-    print(f"{'method':6} {'case':18} {'dtype':8} {'mode':12} {'strategy':8} "
-          f"{'ms/iter':>8} {'bound ms':>9} {'ratio':>6}")  # fmt: skip
+    print(f"{'method':6} {'case':18} {'dtype':8} {'mode':12} {'strategy':16} "
+          f"{'ms/iter':>8} {'bound ms':>9} {'ratio':>6} {'vs slots':>8}")  # fmt: skip
     start = time.perf_counter()
     rows = []
     for case in args.cases:
@@ -244,15 +314,14 @@ def main() -> None:
                 for method, chosen in [(m_, s_) for m_ in args.methods for s_ in strategies]:
                     if chosen == "hybrid" and method not in FROBENIUS:
                         continue  # hybrid batches the alternating rules' half steps only
-                    per_iter, bound, strategy = iteration_and_bound(
-                        method, problem, L0, R0, n1, n2, repeats, None if chosen == "auto" else chosen
-                    )
                     label = f"{case} {m}x{n} k{k}"
-                    row = (method, label, dtype, f"{mode}" + (f" x{batch}" if batch > 1 else ""), strategy,
-                           1e3 * per_iter, 1e3 * bound, per_iter / bound)  # fmt: skip
-                    rows.append(row)
-                    print(f"{row[0]:6} {row[1]:18} {row[2]:8} {row[3]:12} {row[4]:8} "
-                          f"{row[5]:8.2f} {row[6]:9.2f} {row[7]:6.2f}", flush=True)  # fmt: skip
+                    mode_label = f"{mode}" + (f" x{batch}" if batch > 1 else "")
+                    for row in method_rows(method, chosen, problem, L0, R0, (n1, n2), repeats, args):
+                        rows.append((method, label, dtype, mode_label, *row))
+                        print(f"{method:6} {label:18} {dtype:8} {mode_label:12} {row[0]:16} "
+                              f"{row[1]:8.2f} {row[2]:9.2f} {row[3]:6.2f} "
+                              + (f"{row[4]:8.2f}" if row[4] else f"{'-':>8}"), flush=True)  # fmt: skip
+                        per_iter = row[1] / 1e3
                     if args.pieces and batch == 1 and method in ("hals", "ahals", "hals-ex", "ahals-ex"):
                         print_pieces(method, problem, L0[0], R0[0], per_iter, args.repeats)
     print(f"total {time.perf_counter() - start:.0f} s; load average at end: "

@@ -109,6 +109,18 @@ STRATEGIES = ("vmap", "hybrid", "map")
 SLOT_FITS = 2
 SLOT_FRACTION = 16
 
+# ... except for the methods that run all their work batched ("vmap": MU, AU), whose
+# slots stack the products of more fits.  At 2 slots a batched MU/AU loop multiplies Y by
+# 50-row factors (ORL, rank 25), and a 50-row product runs slower than a wide one:
+# 16 x k = 50 took 180 ms of CPU against 155 for k = 800 (experiments/README.md,
+# "Batched rows as a user runs them"; 2026-12-04 23:00-23:41 UTC, load 8-12, CPU time).
+# 32 fits x (T(8) - T(2)) / 6 iterations, tol = 0: MU at S = 2 / 8 / 32 took 201 / 179 ms
+# and 212 / 179 / 199 ms per iteration, AU 238 / 203 and 226 / 204 / 249 (S = 32 loses to
+# the batched Gram matrices of 32 fits, a slow batched dot_general); 16 MU fits to tol
+# 1e-4 (384-454 iterations) 45.9 s at S = 2 against 41.2 s at S = 8.  Unmeasured for the
+# other "vmap" rules (they keep SLOT_FITS).
+VMAP_SLOT_FITS: dict[str, int] = {"mu": 8, "au": 8}
+
 # On CPU the strategy depends on the method and on whether stacking the fits' products
 # with Y pays, i.e. on the rank.  One product of a fit with Y (``Y R'`` or ``L' Y``) does
 # 2k flops per element of Y read: at small k one fit's products are bound by streaming Y
@@ -220,7 +232,8 @@ def restart_slots(
 
     Args:
         strategy: the batching strategy (``"map"``: every fit has its own loop, no slots).
-        method_name: the rule's ``method_name`` (unused today: one rule for all).
+        method_name: the rule's ``method_name``: under ``"vmap"``, MU and AU take at least
+            :data:`VMAP_SLOT_FITS` slots (their stacked products run faster wider).
         rank: the rank of every fit (unused today).
         fits: the number of fits B in the batch (on one device).
         backend: ``"cpu"`` (default), ``"gpu"`` or ``"tpu"``: slots are measured on CPU
@@ -231,7 +244,8 @@ def restart_slots(
     """
     if backend != "cpu" or strategy == "map" or fits < SLOT_FRACTION:
         return None  # small batches (unmeasured) run all at once, as before
-    return max(SLOT_FITS, fits // SLOT_FRACTION)
+    least = VMAP_SLOT_FITS.get(method_name, SLOT_FITS) if strategy == "vmap" else SLOT_FITS
+    return max(least, fits // SLOT_FRACTION)
 
 
 # Concurrent groups on CPU (concurrent_groups): XLA:CPU runs a program's independent ops

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jnmf.batch
 from jnmf import compile_options, make_rule, progress
 from jnmf.batch import _loop_over_active, restart_slots, run_grid, run_restarts
 from jnmf.driver import Stopping
@@ -68,7 +69,7 @@ class Reports:
         self.seen.append((iteration, objective, finished))
 
 
-@pytest.mark.parametrize(("method", "strategy"), [("ahals", "hybrid"), ("kl", "vmap")])
+@pytest.mark.parametrize(("method", "strategy"), [("ahals", "hybrid"), ("kl", "vmap"), ("mu", "vmap")])
 def test_slots_equal_fit_by_fit(method, strategy):
     Y, L0, R0 = starts()
     rule, problem = make_rule(method), build_problem(Y, K)
@@ -123,6 +124,14 @@ def test_slots_argument_and_choice():
     chosen = restart_slots("hybrid", "hals", 25, 32)
     assert chosen is not None and 1 <= chosen < 32
     assert restart_slots("hybrid", "hals", 25, 32, "gpu") is None  # measured on CPU only
+    # MU / AU under "vmap" stack wider slots (their products run faster wider); others keep
+    # the hybrid rule's count; still fewer slots than fits, and none for a small batch
+    for method in ("mu", "au"):
+        wide = restart_slots("vmap", method, 25, 32)
+        assert chosen < wide < 32 and wide >= jnmf.batch.VMAP_SLOT_FITS[method]
+        assert restart_slots("vmap", method, 25, 8) is None
+        assert restart_slots("vmap", method, 25, 32, "gpu") is None
+    assert restart_slots("vmap", "pg", 25, 32) == chosen
 
 
 @pytest.mark.parametrize("method", ["ahals", "ahals-plain"])
