@@ -56,6 +56,7 @@ from .problem import scale_factors
 
 SCHEMES = ("speckled", "bicv")
 SELECTION_RULES = ("min", "1se")
+EXTENSIONS = ("pinv", "nnls")
 DEFAULT_HOLDOUT = {"speckled": 0.05, "bicv": 0.5}
 
 
@@ -154,9 +155,19 @@ def _block_indices(key, m: int, n: int, holdout: float, repeats: int) -> tuple[n
     return np.stack(I), np.stack(J)
 
 
+def _fold_in(gram, linear, extension: str):
+    """The columns x of ``min 1/2 x' gram x - linear' x``: least squares through the
+    pseudo-inverse (``"pinv"``; zero padded or collapsed components get 0) or non-negative
+    least squares (``"nnls"``)."""
+    if extension == "nnls":
+        return nnls_bpp_columns(gram, -linear)[0]
+    return jnp.linalg.pinv(gram, hermitian=True) @ linear
+
+
 @eqx.filter_jit
-def _bicv_predictions(Y, L, R, I, J, keep_rows, keep_cols):
-    """Owen & Perry's (2009) NMF extension: ``A_hat = L_C R_B`` for every fit.
+def _bicv_predictions(Y, L, R, I, J, keep_rows, keep_cols, extension: str = "pinv"):
+    """Owen & Perry's (2009) extension ``A_hat = L_C R_B`` for every fit (see the module
+    docstring; ``extension`` chooses how ``L_C`` and ``R_B`` are solved for).
 
     ``L``/``R`` are (repeats, fits, ., .); ``I``/``J`` the held-out rows and columns and
     ``keep_rows``/``keep_cols`` the kept ones, per repeat.  Returns (repeats, fits, |I|, |J|).
@@ -168,9 +179,9 @@ def _bicv_predictions(Y, L, R, I, J, keep_rows, keep_cols):
         C = Y_rep[I][:, keep_cols]  # |I| x (n - |J|)
         B = Y_rep[keep_rows][:, J]  # (m - |I|) x |J|
         # C ~ L_C R_D:  min 1/2 x' (R_D R_D') x - (R_D c)' x for each row c of C
-        L_Ct = nnls_bpp_columns(R_D @ R_D.T, -(R_D @ C.T))[0]  # k x |I|
+        L_Ct = _fold_in(R_D @ R_D.T, R_D @ C.T, extension)  # k x |I|
         # B ~ L_D R_B:  columns of R_B
-        R_B = nnls_bpp_columns(L_D.T @ L_D, -(L_D.T @ B))[0]  # k x |J|
+        R_B = _fold_in(L_D.T @ L_D, L_D.T @ B, extension)  # k x |J|
         return L_Ct.T @ R_B
 
     per_fit = jax.vmap(one, in_axes=(None, 0, 0, None, None, None, None))
@@ -185,7 +196,7 @@ def cross_validate_rank(
     holdout: float | None = None,
     repeats: int = 3,
     restarts: int = 2,
-    method="ahals",
+    method="anls",
     key=None,
     max_iterations: int = 2000,
     tol: float = 1e-5,
@@ -194,6 +205,7 @@ def cross_validate_rank(
     strategy: str | None = None,
     checkpoint: str | os.PathLike | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    extension: str = "pinv",
 ) -> RankCV:
     """Pick the rank of ``Y ~ L R`` by cross-validation, all fits in one compiled program.
 
@@ -214,7 +226,11 @@ def cross_validate_rank(
         repeats: independent hold-outs (each its own mask or blocks).
         restarts: random starts per rank and repeat; the lowest training objective is scored.
         method: a Frobenius method of :func:`jnmf.fit` that supports elementwise weights
-            (every Frobenius method does; default ``"ahals"``).
+            (every Frobenius method does).  Default ``"anls"``: with the hold-out's
+            elementwise weight, accelerated HALS runs without extrapolation and its fits
+            of rank >= r stopped at the iteration cap, under-fitted, on rank-r data, which
+            tipped the picks (see the module docstring); ANLS converges there in fewer
+            and cheaper iterations.
         key: int seed, JAX key or NumPy Generator.
         max_iterations, tol: stopping of each fit (relative objective change ``tol``).
         rule: ``"1se"`` (default: the smallest rank whose mean test error is within one
@@ -232,6 +248,11 @@ def cross_validate_rank(
             the one-program call (``checkpoint=None``) bit for bit when the fits run one
             by one (``strategy="map"``) and to rounding otherwise (batched products over
             other batch sizes).
+        extension: how bicv predicts the held-out block from the fit ``D ~ L_D R_D`` of
+            the kept rows and columns: ``"pinv"`` (default; least squares,
+            ``A_hat = C (L_D R_D)^+ B``, Owen & Perry's form) or ``"nnls"`` (two
+            non-negative least-squares fold-ins, the NMF version; depends on which of
+            the many NMFs of ``D`` the fit found, see the module docstring).
         mesh: a 1-D :class:`jax.sharding.Mesh` whose axis is named ``"fits"``, to spread
             the fits over its devices, Y replicated on each (:func:`jnmf.batch.run_grid`:
             the (rank, restart) pairs, or the repeats when that pads fewer fits, are
@@ -257,6 +278,8 @@ def cross_validate_rank(
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
     if rule not in SELECTION_RULES:
         raise ValueError(f"rule must be one of {SELECTION_RULES}, got {rule!r}")
+    if extension not in EXTENSIONS:
+        raise ValueError(f"extension must be one of {EXTENSIONS}, got {extension!r}")
     if isinstance(ranks, int | np.integer):
         raise ValueError("ranks must be a sequence of at least two ranks to compare, e.g. range(2, 9)")
     rank_list = [int(check.positive_int("ranks", r)) for r in ranks]
@@ -280,7 +303,7 @@ def cross_validate_rank(
             f"method must minimize the Frobenius loss for cross-validation, got {s.rule.method_name!r}"
         )
     plan = _sparse_plan if s.sparse else _dense_plan
-    pipe, fit_ranks = plan(s, rank_list, scheme, holdout, repeats, stopping, strategy, mesh)
+    pipe, fit_ranks = plan(s, rank_list, scheme, holdout, repeats, stopping, strategy, mesh, extension)
 
     if directory is None:
         scores = fit_ranks(None)
@@ -299,6 +322,7 @@ def cross_validate_rank(
             repeats=repeats,
             strategy=strategy or batching_strategy(s.rule, problem=pipe.scaled, rank=s.rank, fits=s.restarts),
             missing=missing,
+            **({"extension": extension} if scheme == "bicv" else {}),
         )
         scores = {name: np.concatenate([c[name] for c in chunks], axis=1) for name in chunks[0]}
     ranks_arr = np.asarray(rank_list)
@@ -320,7 +344,7 @@ def cross_validate_rank(
     )
 
 
-def _dense_plan(s, rank_list, scheme, holdout, repeats, stopping, strategy, mesh=None):
+def _dense_plan(s, rank_list, scheme, holdout, repeats, stopping, strategy, mesh=None, extension="pinv"):
     """The pipeline and ``fit_ranks(only)`` (fit and score ``rank_list[only]``, None: every
     rank as one program) of dense data: the hold-outs are a grid of dense masks."""
     top = max(rank_list)
@@ -356,7 +380,7 @@ def _dense_plan(s, rank_list, scheme, holdout, repeats, stopping, strategy, mesh
     dt = s.Y.dtype
     Y_train_only = np.where(train.all(axis=0), s.Y, 0).astype(dt)  # no held-out value reaches the starts
     pipe = pipeline(s, M=np.ones((m, n), dt))  # the base weight the grid of masks replaces
-    blocks = (I, J) if scheme == "bicv" else None
+    blocks = (I, J, extension) if scheme == "bicv" else None
 
     def fit_ranks(only: slice | None) -> dict[str, np.ndarray]:
         """Fit and score ``rank_list[only]`` (None: every rank, as one program)."""
@@ -381,7 +405,7 @@ def _dense_plan(s, rank_list, scheme, holdout, repeats, stopping, strategy, mesh
 def _scores(s, res, count: int, train: np.ndarray, test: np.ndarray, blocks) -> dict[str, np.ndarray]:
     """Test and train errors (``repeats x count``) of the best restart of each repeat and
     rank of one grid run over ``count`` ranks, and every fit's iterations and status
-    (``repeats x count x restarts``).  ``blocks`` are bicv's held-out rows and columns."""
+    (``repeats x count x restarts``).  ``blocks``: bicv's held-out rows, columns and extension."""
     repeats = train.shape[0]
     m, n = s.Y.shape
     L, R = scale_factors(res.L, res.R, s.scale)  # (repeats, count * restarts, ., .)
@@ -392,11 +416,13 @@ def _scores(s, res, count: int, train: np.ndarray, test: np.ndarray, blocks) -> 
 
     Y64 = np.asarray(s.Y, np.float64)
     if blocks is not None:
-        I, J = blocks
+        I, J, extension = blocks
         keep_rows = np.stack([np.setdiff1d(np.arange(m), I[t]) for t in range(repeats)])
         keep_cols = np.stack([np.setdiff1d(np.arange(n), J[t]) for t in range(repeats)])
         A_hat = np.asarray(
-            _bicv_predictions(jnp.asarray(s.Y), L, R, jnp.asarray(I), jnp.asarray(J), keep_rows, keep_cols),
+            _bicv_predictions(
+                jnp.asarray(s.Y), L, R, jnp.asarray(I), jnp.asarray(J), keep_rows, keep_cols, extension
+            ),
             np.float64,
         )
     L, R = np.asarray(L, np.float64), np.asarray(R, np.float64)
@@ -515,11 +541,11 @@ def _sampled_models(rows, cols, L, R):
 
 
 @eqx.filter_jit
-def _bicv_block_errors(data, L, R, I, J, keep_rows, keep_cols):
-    """Owen & Perry's (2009) NMF extension on sparse data: the squared error summed over the
+def _bicv_block_errors(data, L, R, I, J, keep_rows, keep_cols, extension: str = "pinv"):
+    """Owen & Perry's (2009) extension on sparse data: the squared error summed over the
     held-out block ``A = Y[I, J]`` of every fit, without forming a block.
 
-    ``L_C`` and ``R_B`` solve the NNLS problems of the dense scheme; their linear terms are
+    ``L_C`` and ``R_B`` solve the (least-squares or NNLS) problems of the dense scheme; their linear terms are
     products of the data with the kept part of the other factor (one pass over Y), and
     ``||A - L_C R_B||^2 = ||A||^2 - 2 <A, L_C R_B> + <L_C' L_C, R_B R_B'>`` with the middle
     term sampled at A's stored entries.  ``keep_rows``/``keep_cols`` are 0/1 vectors.
@@ -529,8 +555,8 @@ def _bicv_block_errors(data, L, R, I, J, keep_rows, keep_cols):
     def one(L, R, I, J, keep_rows, keep_cols, in_block):
         R_D = R * keep_cols[None, :]
         Lt_D = L.T * keep_rows[None, :]
-        L_Ct = nnls_bpp_columns(R_D @ R_D.T, -data.product_L(R_D)[:, I])[0]  # k x |I|
-        R_B = nnls_bpp_columns(Lt_D @ Lt_D.T, -data.product_R(Lt_D)[:, J])[0]  # k x |J|
+        L_Ct = _fold_in(R_D @ R_D.T, data.product_L(R_D)[:, I], extension)  # k x |I|
+        R_B = _fold_in(Lt_D @ Lt_D.T, data.product_R(Lt_D)[:, J], extension)  # k x |J|
         L_C_full = jnp.zeros((data.shape[0], L.shape[1]), L.dtype).at[I].set(L_Ct.T)
         R_B_full = jnp.zeros((R.shape[0], data.shape[1]), R.dtype).at[:, J].set(R_B)
         model = jnp.sum(L_C_full[data.rows] * R_B_full.T[data.cols], axis=-1)
@@ -546,7 +572,7 @@ def _bicv_block_errors(data, L, R, I, J, keep_rows, keep_cols):
     return jax.vmap(per_fit, in_axes=(0, 0, 0, 0, 0, 0, 0))(L, R, I, J, keep_rows, keep_cols, in_block)
 
 
-def _sparse_plan(s, rank_list, scheme, holdout, repeats, stopping, strategy, mesh=None):
+def _sparse_plan(s, rank_list, scheme, holdout, repeats, stopping, strategy, mesh=None, extension="pinv"):
     """:func:`_dense_plan` for sparse data (see the comment above)."""
     data: SparseData = s.Y
     m, n = data.shape
@@ -604,7 +630,9 @@ def _sparse_plan(s, rank_list, scheme, holdout, repeats, stopping, strategy, mes
                 problem, L, R, train, test_stored, test_zero, Y_stored, data
             )
         else:
-            train_error, test_error = _bicv_scores(problem, L, R, I, J, keep_rows, keep_cols, Y_stored, data)
+            train_error, test_error = _bicv_scores(
+                problem, L, R, I, J, keep_rows, keep_cols, Y_stored, data, extension
+            )
         shape = (repeats, count, s.restarts)
         return {
             "test_error": test_error,
@@ -648,7 +676,7 @@ def _speckled_scores(problem, L, R, train, test_stored, test_zero, Y_stored, dat
     return train_error, test_error
 
 
-def _bicv_scores(problem, L, R, I, J, keep_rows, keep_cols, Y_stored, data):
+def _bicv_scores(problem, L, R, I, J, keep_rows, keep_cols, Y_stored, data, extension="pinv"):
     """Train and test mean squared errors (``repeats x count``) of sparse bi-cross-validation."""
     m, n = problem.shape
     repeats = keep_rows.shape[0]
@@ -664,6 +692,7 @@ def _bicv_scores(problem, L, R, I, J, keep_rows, keep_cols, Y_stored, data):
             jnp.asarray(J),
             jnp.asarray(keep_rows),
             jnp.asarray(keep_cols),
+            extension,
         ),
         np.float64,
     )
