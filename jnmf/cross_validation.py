@@ -9,11 +9,14 @@ Two schemes:
   noise of the observed entries and predicts the hidden ones worse.
 * **bicv**, bi-cross-validation (Owen & Perry 2009): each repeat holds out a block of
   rows I and a block of columns J.  Writing ``Y = [[A, B], [C, D]]`` with ``A = Y[I, J]``
-  the held-out block, the rank-k fit ``D ~ L_D R_D`` of the rows and columns kept is
-  extended by two non-negative least-squares problems, ``C ~ L_C R_D`` (for ``L_C``) and
-  ``B ~ L_D R_B`` (for ``R_B``), and ``A`` is predicted as ``L_C R_B`` (the NMF version
-  of Owen & Perry's ``B D_k^+ C``; their sec. 5).  The score is the mean squared error
-  on A.
+  the held-out block (so C holds A's rows, B its columns), the rank-k NMF
+  ``D ~ L_D R_D`` of the rows and columns kept is extended by two least-squares
+  problems, ``C ~ L_C R_D`` (for ``L_C``) and ``B ~ L_D R_B`` (for ``R_B``), and ``A`` is
+  predicted as ``L_C R_B = C (L_D R_D)^+ B``: Owen & Perry's ``B D_k^+ C`` (their
+  lettering swaps B and C) with the NMF fit as ``D_k`` (``extension="pinv"``).
+  ``extension="nnls"`` solves the two problems with non-negative least squares (the
+  NMF fold-in of their sec. 5, and jnmf's default before issue 15).  The score is the
+  mean squared error on A.
 
 **One program.**  The fits of all ranks are padded to the largest rank with components
 that start (and stay) at zero, as in :func:`jnmf.consensus`; the repeats are the
@@ -24,11 +27,41 @@ with the lowest training objective is scored.  The selected rank is the smallest
 whose mean test error over repeats is within one standard error of the lowest (``rule="1se"``, the usual guard
 against noise in the curve), or the rank of the lowest mean (``rule="min"``).
 
-Measured on synthetic data of known rank r = 3, 6, 9 (100 x 80, 5% noise; see
-tests/test_cross_validation.py): speckled hold-out with ``"1se"`` picks r; its test
-error keeps rising past r.  The NMF bi-cross-validation curve falls steeply up to r
-and is then nearly flat (the NNLS extension step limits over-fitting), so it picked
-r for r = 3 and r + 2 .. r + 3 for r = 6, 9: read it as an elbow, not a minimum.
+**Why these defaults** (issue 15: on rank-6 data, 100 x 80 with 2% noise, speckled
+picked 7 and bicv 6, and other seeds swapped them).  Past the true rank r the held-out
+error rises slowly, by ~1-4% per extra component at this size, so anything that moves
+the curve by a few percent flips the pick:
+
+* *The NNLS fold-in.*  The NMF of D is not unique (dense factors: ``L_D Q``,
+  ``Q^-1 R_D`` fit as well wherever both stay non-negative), and the fold-in
+  ``C ~ L_C R_D`` with ``L_C >= 0`` cannot follow ``Q``.  On the issue's data the rank-6
+  fits of D from random starts reached the training error of a fit started at the true
+  factors, yet their NNLS-predicted block's error was 9-24x that of the fits started at
+  the true factors (4 data sets), and higher than at ranks 7-9: past r the curve was
+  noise.  The least-squares prediction depends on ``L_D R_D`` only: at the noise level
+  from either start, and rising past r (Owen & Perry's over-fitting through ``D_k^+``).
+* *Unconverged fits.*  Under the hold-out's elementwise weight accelerated HALS runs
+  without extrapolation, and on rank-r data its fits of rank >= r crept: they stopped
+  at the 2000-iteration cap (issue's data, float32: every rank 6-9 had a fit there) or
+  by ``tol`` while still moving (float64, one mask: rank 6 after 1909 iterations with
+  its test error 0.9% above its converged value; rank 7 at the cap, 3% below its
+  converged, over-fitted, value), as large a change as the gap being measured.  ANLS
+  (exact per-row solves) stopped by its tolerance there (at most 1122 iterations), in
+  2-4x less CPU time per call (Golub 5000 x 38 and 100 x 80), hence ``method="anls"``.
+
+Measured with experiments/cv_rank_accuracy.py (the issue's data generator, 100 x 80,
+r = 3, 6, 9, noise 2% and 5%, 10 data seeds each, ranks r - 3 .. r + 3, key 0, float32,
+2026-12-04, load 9-13): how often the ``"1se"`` rule picked r, of 20 data sets per r,
+and the CPU seconds of all 60 calls:
+
+    speckled, ANLS (default)                    r = 3: 20, 6: 20, 9: 20    168 s
+    speckled, accelerated HALS (before)         r = 3: 20, 6: 20, 9: 17    298 s
+    bicv, ANLS, least squares (default)         r = 3: 20, 6: 20, 9: 20    108 s
+    bicv, accelerated HALS, least squares       r = 3: 18, 6: 16, 9:  4    263 s
+    bicv, accelerated HALS, NNLS (before)       r = 3: 14, 6: 11, 9: 13    285 s
+
+The least-squares prediction needs converged fits: from accelerated HALS's creeping
+fits its curve past r jumped 100-800x at some ranks (``D_k^+`` of a poor fit).
 """
 
 from __future__ import annotations
@@ -248,11 +281,6 @@ def cross_validate_rank(
             the one-program call (``checkpoint=None``) bit for bit when the fits run one
             by one (``strategy="map"``) and to rounding otherwise (batched products over
             other batch sizes).
-        extension: how bicv predicts the held-out block from the fit ``D ~ L_D R_D`` of
-            the kept rows and columns: ``"pinv"`` (default; least squares,
-            ``A_hat = C (L_D R_D)^+ B``, Owen & Perry's form) or ``"nnls"`` (two
-            non-negative least-squares fold-ins, the NMF version; depends on which of
-            the many NMFs of ``D`` the fit found, see the module docstring).
         mesh: a 1-D :class:`jax.sharding.Mesh` whose axis is named ``"fits"``, to spread
             the fits over its devices, Y replicated on each (:func:`jnmf.batch.run_grid`:
             the (rank, restart) pairs, or the repeats when that pads fewer fits, are
@@ -261,6 +289,11 @@ def cross_validate_rank(
             in float64: the same test errors to 1e-10 and the same selected rank).  With
             ``checkpoint`` each rank's fits are spread so; the checkpoint does not record
             the mesh.
+        extension: how bicv predicts the held-out block from the fit ``D ~ L_D R_D`` of
+            the kept rows and columns: ``"pinv"`` (default; least squares,
+            ``A_hat = C (L_D R_D)^+ B``, Owen & Perry's form) or ``"nnls"`` (two
+            non-negative least-squares fold-ins, the NMF version; depends on which of
+            the many NMFs of ``D`` the fit found, see the module docstring).
 
     Returns:
         A :class:`RankCV` with the test error per rank and repeat and the selected rank.
