@@ -65,9 +65,10 @@ def _issue_15_data():
 @pytest.mark.parametrize("scheme", ["speckled", "bicv"])
 def test_issue_15_rank_6_data_gets_rank_6(scheme):
     """Both schemes pick 6 on the issue's data with the defaults (float64).  Before,
-    bicv picked 9 here (its NNLS extension gave rank 6 a held-out error 10-25x the
-    noise's); speckled picked 6 here but 7 in float32 with ranks 3-9 (its fits stopped at
-    the iteration cap; experiments/cv_rank_accuracy.py counts how often)."""
+    bicv picked 9 here (its NNLS extension's held-out error at rank 6 was 9-24x the
+    least-squares one's); speckled picked 6 here but 7 in float32 with ranks 3-9 (its
+    accelerated HALS fits stopped at the iteration cap; experiments/cv_rank_accuracy.py
+    counts how often)."""
     cv = cross_validate_rank(_issue_15_data(), RANKS, scheme=scheme, key=0)
     assert cv.selected_rank == 6, cv.table()
 
