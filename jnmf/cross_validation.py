@@ -38,8 +38,9 @@ the curve by a few percent flips the pick:
   fits of D from random starts reached the training error of a fit started at the true
   factors, yet their NNLS-predicted block's error was 9-24x the least-squares
   prediction's (4 data sets), and higher than at ranks 7-9: past r the curve was noise
-  (from the true factors the NNLS error was at the least-squares level in 3 of the 4).  The least-squares prediction depends on ``L_D R_D`` only: at the noise level
-  from either start, and rising past r (Owen & Perry's over-fitting through ``D_k^+``).
+  (from the true factors the NNLS error was at the least-squares level in 3 of the 4).
+  The least-squares prediction depends on ``L_D R_D`` only: at the noise level from
+  either start, and rising past r (Owen & Perry's over-fitting through ``D_k^+``).
 * *Unconverged fits.*  Under the hold-out's elementwise weight accelerated HALS runs
   without extrapolation, and on rank-r data its fits of rank >= r crept: they stopped
   at the 2000-iteration cap (issue's data, float32: every rank 6-9 had a fit there) or
