@@ -101,7 +101,14 @@ def main() -> None:
                             off = select_rank(cv.ranks, cv.test_error, rule) - r
                             picks[config, rule][off] += 1
                             picks[config, rule, r][off] += 1
-        print(f"  {config}: done, {cpu[config]:.0f} s CPU, load {os.getloadavg()[0]:.1f}", flush=True)
+        exact = " ".join(
+            f"{picks[config, '1se', r][0]}/{sum(picks[config, '1se', r].values())}" for r in args.ranks
+        )
+        print(
+            f"  {config}: done, {cpu[config]:.0f} s CPU, load {os.getloadavg()[0]:.1f}; "
+            f"1se exact per r: {exact}",
+            flush=True,
+        )
 
     offsets = [-2, -1, 0, 1, 2]
     head = "  ".join(f"{o:+d}" if o else " r" for o in offsets)
