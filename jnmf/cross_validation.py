@@ -48,7 +48,7 @@ the curve by a few percent flips the pick:
   its test error 0.9% above its converged value; rank 7 at the cap, 3% below its
   converged, over-fitted, value), as large a change as the gap being measured.  ANLS
   (exact per-row solves) stopped by its tolerance there (at most 1122 iterations), in
-  2-4x less CPU time per call (Golub 5000 x 38 and 100 x 80), hence ``method="anls"``.
+  1.8-4x less CPU time per call (Golub 5000 x 38 and 100 x 80), hence ``method="anls"``.
 
 Measured with experiments/cv_rank_accuracy.py (the issue's data generator, 100 x 80,
 r = 3, 6, 9, noise 2% and 5%, 10 data seeds each, ranks r - 3 .. r + 3, key 0, float32,
@@ -62,7 +62,9 @@ and the CPU seconds of all 60 calls:
     bicv, accelerated HALS, NNLS (before)       r = 3: 14, 6: 11, 9: 13    285 s
 
 The least-squares prediction needs converged fits: from accelerated HALS's creeping
-fits its curve past r jumped 100-800x at some ranks (``D_k^+`` of a poor fit).
+fits its curve past r jumped 100-800x at some ranks (``D_k^+`` of a poor fit); the NNLS
+fold-in from converged ANLS fits picked r in 3 of 18.  On the tests' generator
+(Gaussian noise, 5 seeds) both defaults picked r in 30 of 30, the old bicv in 15.
 """
 
 from __future__ import annotations
