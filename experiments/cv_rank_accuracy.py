@@ -16,7 +16,7 @@ default), and candidates on top of a scheme: ``-r4`` / ``-r8`` restarts, ``-rep5
 repeats, ``-long`` (``max_iterations=6000, tol=1e-7``), ``-anls`` / ``-ahals`` (the
 fitting method; jnmf's default for CV is ``"anls"`` since issue 15, ``"ahals"`` before).
 
-    python experiments/cv_rank_accuracy.py                      # ~3 min on 2 cores
+    python experiments/cv_rank_accuracy.py                      # ~2 min on 2 cores (108 s, load 5)
     python experiments/cv_rank_accuracy.py --seeds 10 --keys 2  # the full table
     python experiments/cv_rank_accuracy.py --configs speckled speckled-long speckled-rep5
 """
