@@ -9,11 +9,14 @@ Two schemes:
   noise of the observed entries and predicts the hidden ones worse.
 * **bicv**, bi-cross-validation (Owen & Perry 2009): each repeat holds out a block of
   rows I and a block of columns J.  Writing ``Y = [[A, B], [C, D]]`` with ``A = Y[I, J]``
-  the held-out block, the rank-k fit ``D ~ L_D R_D`` of the rows and columns kept is
-  extended by two non-negative least-squares problems, ``C ~ L_C R_D`` (for ``L_C``) and
-  ``B ~ L_D R_B`` (for ``R_B``), and ``A`` is predicted as ``L_C R_B`` (the NMF version
-  of Owen & Perry's ``B D_k^+ C``; their sec. 5).  The score is the mean squared error
-  on A.
+  the held-out block (so C holds A's rows, B its columns), the rank-k NMF
+  ``D ~ L_D R_D`` of the rows and columns kept is extended by two least-squares
+  problems, ``C ~ L_C R_D`` (for ``L_C``) and ``B ~ L_D R_B`` (for ``R_B``), and ``A`` is
+  predicted as ``L_C R_B = C (L_D R_D)^+ B``: Owen & Perry's ``B D_k^+ C`` (their
+  lettering swaps B and C) with the NMF fit as ``D_k`` (``extension="pinv"``).
+  ``extension="nnls"`` solves the two problems with non-negative least squares (the
+  NMF fold-in of their sec. 5, and jnmf's default before issue 15).  The score is the
+  mean squared error on A.
 
 **One program.**  The fits of all ranks are padded to the largest rank with components
 that start (and stay) at zero, as in :func:`jnmf.consensus`; the repeats are the
@@ -24,11 +27,44 @@ with the lowest training objective is scored.  The selected rank is the smallest
 whose mean test error over repeats is within one standard error of the lowest (``rule="1se"``, the usual guard
 against noise in the curve), or the rank of the lowest mean (``rule="min"``).
 
-Measured on synthetic data of known rank r = 3, 6, 9 (100 x 80, 5% noise; see
-tests/test_cross_validation.py): speckled hold-out with ``"1se"`` picks r; its test
-error keeps rising past r.  The NMF bi-cross-validation curve falls steeply up to r
-and is then nearly flat (the NNLS extension step limits over-fitting), so it picked
-r for r = 3 and r + 2 .. r + 3 for r = 6, 9: read it as an elbow, not a minimum.
+**Why these defaults** (issue 15: on rank-6 data, 100 x 80 with 2% noise, speckled
+picked 7 and bicv 6, and other seeds swapped them).  Past the true rank r the held-out
+error rises slowly, by ~1-4% per extra component at this size, so anything that moves
+the curve by a few percent flips the pick:
+
+* *The NNLS fold-in.*  The NMF of D is not unique (dense factors: ``L_D Q``,
+  ``Q^-1 R_D`` fit as well wherever both stay non-negative), and the fold-in
+  ``C ~ L_C R_D`` with ``L_C >= 0`` cannot follow ``Q``.  On the issue's data the rank-6
+  fits of D from random starts reached the training error of a fit started at the true
+  factors, yet their NNLS-predicted block's error was 9-24x the least-squares
+  prediction's (4 data sets), and higher than at ranks 7-9: past r the curve was noise
+  (from the true factors the NNLS error was at the least-squares level in 3 of the 4).
+  The least-squares prediction depends on ``L_D R_D`` only: at the noise level from
+  either start, and rising past r (Owen & Perry's over-fitting through ``D_k^+``).
+* *Unconverged fits.*  Under the hold-out's elementwise weight accelerated HALS runs
+  without extrapolation, and on rank-r data its fits of rank >= r crept: they stopped
+  at the 2000-iteration cap (issue's data, float32: every rank 6-9 had a fit there) or
+  by ``tol`` while still moving (float64, one mask: rank 6 after 1909 iterations with
+  its test error 0.9% above its converged value; rank 7 at the cap, 3% below its
+  converged, over-fitted, value), as large a change as the gap being measured.  ANLS
+  (exact per-row solves) stopped by its tolerance there (at most 1122 iterations), in
+  1.8-4x less CPU time per call (Golub 5000 x 38 and 100 x 80), hence ``method="anls"``.
+
+Measured with experiments/cv_rank_accuracy.py (the issue's data generator, 100 x 80,
+r = 3, 6, 9, noise 2% and 5%, 10 data seeds each, ranks r - 3 .. r + 3, key 0, float32,
+2026-12-04, load 9-13): how often the ``"1se"`` rule picked r, of 20 data sets per r,
+and the CPU seconds of all 60 calls:
+
+    speckled, ANLS (default)                    r = 3: 20, 6: 20, 9: 20    168 s
+    speckled, accelerated HALS (before)         r = 3: 20, 6: 20, 9: 17    298 s
+    bicv, ANLS, least squares (default)         r = 3: 20, 6: 20, 9: 20    108 s
+    bicv, accelerated HALS, least squares       r = 3: 18, 6: 16, 9:  4    263 s
+    bicv, accelerated HALS, NNLS (before)       r = 3: 14, 6: 11, 9: 13    285 s
+
+The least-squares prediction needs converged fits: from accelerated HALS's creeping
+fits its curve past r jumped 100-800x at some ranks (``D_k^+`` of a poor fit); the NNLS
+fold-in from converged ANLS fits picked r in 3 of 18.  On the tests' generator
+(Gaussian noise, 5 seeds) both defaults picked r in 30 of 30, the old bicv in 15.
 """
 
 from __future__ import annotations
@@ -56,6 +92,7 @@ from .problem import scale_factors
 
 SCHEMES = ("speckled", "bicv")
 SELECTION_RULES = ("min", "1se")
+EXTENSIONS = ("pinv", "nnls")
 DEFAULT_HOLDOUT = {"speckled": 0.05, "bicv": 0.5}
 
 
@@ -154,9 +191,19 @@ def _block_indices(key, m: int, n: int, holdout: float, repeats: int) -> tuple[n
     return np.stack(I), np.stack(J)
 
 
+def _fold_in(gram, linear, extension: str):
+    """The columns x of ``min 1/2 x' gram x - linear' x``: least squares through the
+    pseudo-inverse (``"pinv"``; zero padded or collapsed components get 0) or non-negative
+    least squares (``"nnls"``)."""
+    if extension == "nnls":
+        return nnls_bpp_columns(gram, -linear)[0]
+    return jnp.linalg.pinv(gram, hermitian=True) @ linear
+
+
 @eqx.filter_jit
-def _bicv_predictions(Y, L, R, I, J, keep_rows, keep_cols):
-    """Owen & Perry's (2009) NMF extension: ``A_hat = L_C R_B`` for every fit.
+def _bicv_predictions(Y, L, R, I, J, keep_rows, keep_cols, extension: str = "pinv"):
+    """Owen & Perry's (2009) extension ``A_hat = L_C R_B`` for every fit (see the module
+    docstring; ``extension`` chooses how ``L_C`` and ``R_B`` are solved for).
 
     ``L``/``R`` are (repeats, fits, ., .); ``I``/``J`` the held-out rows and columns and
     ``keep_rows``/``keep_cols`` the kept ones, per repeat.  Returns (repeats, fits, |I|, |J|).
@@ -168,9 +215,9 @@ def _bicv_predictions(Y, L, R, I, J, keep_rows, keep_cols):
         C = Y_rep[I][:, keep_cols]  # |I| x (n - |J|)
         B = Y_rep[keep_rows][:, J]  # (m - |I|) x |J|
         # C ~ L_C R_D:  min 1/2 x' (R_D R_D') x - (R_D c)' x for each row c of C
-        L_Ct = nnls_bpp_columns(R_D @ R_D.T, -(R_D @ C.T))[0]  # k x |I|
+        L_Ct = _fold_in(R_D @ R_D.T, R_D @ C.T, extension)  # k x |I|
         # B ~ L_D R_B:  columns of R_B
-        R_B = nnls_bpp_columns(L_D.T @ L_D, -(L_D.T @ B))[0]  # k x |J|
+        R_B = _fold_in(L_D.T @ L_D, L_D.T @ B, extension)  # k x |J|
         return L_Ct.T @ R_B
 
     per_fit = jax.vmap(one, in_axes=(None, 0, 0, None, None, None, None))
@@ -185,7 +232,7 @@ def cross_validate_rank(
     holdout: float | None = None,
     repeats: int = 3,
     restarts: int = 2,
-    method="ahals",
+    method="anls",
     key=None,
     max_iterations: int = 2000,
     tol: float = 1e-5,
@@ -194,6 +241,7 @@ def cross_validate_rank(
     strategy: str | None = None,
     checkpoint: str | os.PathLike | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    extension: str = "pinv",
 ) -> RankCV:
     """Pick the rank of ``Y ~ L R`` by cross-validation, all fits in one compiled program.
 
@@ -214,7 +262,11 @@ def cross_validate_rank(
         repeats: independent hold-outs (each its own mask or blocks).
         restarts: random starts per rank and repeat; the lowest training objective is scored.
         method: a Frobenius method of :func:`jnmf.fit` that supports elementwise weights
-            (every Frobenius method does; default ``"ahals"``).
+            (every Frobenius method does).  Default ``"anls"``: with the hold-out's
+            elementwise weight, accelerated HALS runs without extrapolation and its fits
+            of rank >= r stopped at the iteration cap, under-fitted, on rank-r data, which
+            tipped the picks (see the module docstring); ANLS converges there in fewer
+            and cheaper iterations.
         key: int seed, JAX key or NumPy Generator.
         max_iterations, tol: stopping of each fit (relative objective change ``tol``).
         rule: ``"1se"`` (default: the smallest rank whose mean test error is within one
@@ -240,6 +292,11 @@ def cross_validate_rank(
             in float64: the same test errors to 1e-10 and the same selected rank).  With
             ``checkpoint`` each rank's fits are spread so; the checkpoint does not record
             the mesh.
+        extension: how bicv predicts the held-out block from the fit ``D ~ L_D R_D`` of
+            the kept rows and columns: ``"pinv"`` (default; least squares,
+            ``A_hat = C (L_D R_D)^+ B``, Owen & Perry's form) or ``"nnls"`` (two
+            non-negative least-squares fold-ins, the NMF version; depends on which of
+            the many NMFs of ``D`` the fit found, see the module docstring).
 
     Returns:
         A :class:`RankCV` with the test error per rank and repeat and the selected rank.
@@ -257,6 +314,8 @@ def cross_validate_rank(
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
     if rule not in SELECTION_RULES:
         raise ValueError(f"rule must be one of {SELECTION_RULES}, got {rule!r}")
+    if extension not in EXTENSIONS:
+        raise ValueError(f"extension must be one of {EXTENSIONS}, got {extension!r}")
     if isinstance(ranks, int | np.integer):
         raise ValueError("ranks must be a sequence of at least two ranks to compare, e.g. range(2, 9)")
     rank_list = [int(check.positive_int("ranks", r)) for r in ranks]
@@ -280,7 +339,7 @@ def cross_validate_rank(
             f"method must minimize the Frobenius loss for cross-validation, got {s.rule.method_name!r}"
         )
     plan = _sparse_plan if s.sparse else _dense_plan
-    pipe, fit_ranks = plan(s, rank_list, scheme, holdout, repeats, stopping, strategy, mesh)
+    pipe, fit_ranks = plan(s, rank_list, scheme, holdout, repeats, stopping, strategy, mesh, extension)
 
     if directory is None:
         scores = fit_ranks(None)
@@ -299,6 +358,7 @@ def cross_validate_rank(
             repeats=repeats,
             strategy=strategy or batching_strategy(s.rule, problem=pipe.scaled, rank=s.rank, fits=s.restarts),
             missing=missing,
+            **({"extension": extension} if scheme == "bicv" else {}),
         )
         scores = {name: np.concatenate([c[name] for c in chunks], axis=1) for name in chunks[0]}
     ranks_arr = np.asarray(rank_list)
@@ -320,7 +380,7 @@ def cross_validate_rank(
     )
 
 
-def _dense_plan(s, rank_list, scheme, holdout, repeats, stopping, strategy, mesh=None):
+def _dense_plan(s, rank_list, scheme, holdout, repeats, stopping, strategy, mesh=None, extension="pinv"):
     """The pipeline and ``fit_ranks(only)`` (fit and score ``rank_list[only]``, None: every
     rank as one program) of dense data: the hold-outs are a grid of dense masks."""
     top = max(rank_list)
@@ -356,7 +416,7 @@ def _dense_plan(s, rank_list, scheme, holdout, repeats, stopping, strategy, mesh
     dt = s.Y.dtype
     Y_train_only = np.where(train.all(axis=0), s.Y, 0).astype(dt)  # no held-out value reaches the starts
     pipe = pipeline(s, M=np.ones((m, n), dt))  # the base weight the grid of masks replaces
-    blocks = (I, J) if scheme == "bicv" else None
+    blocks = (I, J, extension) if scheme == "bicv" else None
 
     def fit_ranks(only: slice | None) -> dict[str, np.ndarray]:
         """Fit and score ``rank_list[only]`` (None: every rank, as one program)."""
@@ -381,7 +441,7 @@ def _dense_plan(s, rank_list, scheme, holdout, repeats, stopping, strategy, mesh
 def _scores(s, res, count: int, train: np.ndarray, test: np.ndarray, blocks) -> dict[str, np.ndarray]:
     """Test and train errors (``repeats x count``) of the best restart of each repeat and
     rank of one grid run over ``count`` ranks, and every fit's iterations and status
-    (``repeats x count x restarts``).  ``blocks`` are bicv's held-out rows and columns."""
+    (``repeats x count x restarts``).  ``blocks``: bicv's held-out rows, columns and extension."""
     repeats = train.shape[0]
     m, n = s.Y.shape
     L, R = scale_factors(res.L, res.R, s.scale)  # (repeats, count * restarts, ., .)
@@ -392,11 +452,13 @@ def _scores(s, res, count: int, train: np.ndarray, test: np.ndarray, blocks) -> 
 
     Y64 = np.asarray(s.Y, np.float64)
     if blocks is not None:
-        I, J = blocks
+        I, J, extension = blocks
         keep_rows = np.stack([np.setdiff1d(np.arange(m), I[t]) for t in range(repeats)])
         keep_cols = np.stack([np.setdiff1d(np.arange(n), J[t]) for t in range(repeats)])
         A_hat = np.asarray(
-            _bicv_predictions(jnp.asarray(s.Y), L, R, jnp.asarray(I), jnp.asarray(J), keep_rows, keep_cols),
+            _bicv_predictions(
+                jnp.asarray(s.Y), L, R, jnp.asarray(I), jnp.asarray(J), keep_rows, keep_cols, extension
+            ),
             np.float64,
         )
     L, R = np.asarray(L, np.float64), np.asarray(R, np.float64)
@@ -515,11 +577,11 @@ def _sampled_models(rows, cols, L, R):
 
 
 @eqx.filter_jit
-def _bicv_block_errors(data, L, R, I, J, keep_rows, keep_cols):
-    """Owen & Perry's (2009) NMF extension on sparse data: the squared error summed over the
+def _bicv_block_errors(data, L, R, I, J, keep_rows, keep_cols, extension: str = "pinv"):
+    """Owen & Perry's (2009) extension on sparse data: the squared error summed over the
     held-out block ``A = Y[I, J]`` of every fit, without forming a block.
 
-    ``L_C`` and ``R_B`` solve the NNLS problems of the dense scheme; their linear terms are
+    ``L_C`` and ``R_B`` solve the (least-squares or NNLS) problems of the dense scheme; their linear terms are
     products of the data with the kept part of the other factor (one pass over Y), and
     ``||A - L_C R_B||^2 = ||A||^2 - 2 <A, L_C R_B> + <L_C' L_C, R_B R_B'>`` with the middle
     term sampled at A's stored entries.  ``keep_rows``/``keep_cols`` are 0/1 vectors.
@@ -529,8 +591,8 @@ def _bicv_block_errors(data, L, R, I, J, keep_rows, keep_cols):
     def one(L, R, I, J, keep_rows, keep_cols, in_block):
         R_D = R * keep_cols[None, :]
         Lt_D = L.T * keep_rows[None, :]
-        L_Ct = nnls_bpp_columns(R_D @ R_D.T, -data.product_L(R_D)[:, I])[0]  # k x |I|
-        R_B = nnls_bpp_columns(Lt_D @ Lt_D.T, -data.product_R(Lt_D)[:, J])[0]  # k x |J|
+        L_Ct = _fold_in(R_D @ R_D.T, data.product_L(R_D)[:, I], extension)  # k x |I|
+        R_B = _fold_in(Lt_D @ Lt_D.T, data.product_R(Lt_D)[:, J], extension)  # k x |J|
         L_C_full = jnp.zeros((data.shape[0], L.shape[1]), L.dtype).at[I].set(L_Ct.T)
         R_B_full = jnp.zeros((R.shape[0], data.shape[1]), R.dtype).at[:, J].set(R_B)
         model = jnp.sum(L_C_full[data.rows] * R_B_full.T[data.cols], axis=-1)
@@ -546,7 +608,7 @@ def _bicv_block_errors(data, L, R, I, J, keep_rows, keep_cols):
     return jax.vmap(per_fit, in_axes=(0, 0, 0, 0, 0, 0, 0))(L, R, I, J, keep_rows, keep_cols, in_block)
 
 
-def _sparse_plan(s, rank_list, scheme, holdout, repeats, stopping, strategy, mesh=None):
+def _sparse_plan(s, rank_list, scheme, holdout, repeats, stopping, strategy, mesh=None, extension="pinv"):
     """:func:`_dense_plan` for sparse data (see the comment above)."""
     data: SparseData = s.Y
     m, n = data.shape
@@ -604,7 +666,9 @@ def _sparse_plan(s, rank_list, scheme, holdout, repeats, stopping, strategy, mes
                 problem, L, R, train, test_stored, test_zero, Y_stored, data
             )
         else:
-            train_error, test_error = _bicv_scores(problem, L, R, I, J, keep_rows, keep_cols, Y_stored, data)
+            train_error, test_error = _bicv_scores(
+                problem, L, R, I, J, keep_rows, keep_cols, Y_stored, data, extension
+            )
         shape = (repeats, count, s.restarts)
         return {
             "test_error": test_error,
@@ -648,7 +712,7 @@ def _speckled_scores(problem, L, R, train, test_stored, test_zero, Y_stored, dat
     return train_error, test_error
 
 
-def _bicv_scores(problem, L, R, I, J, keep_rows, keep_cols, Y_stored, data):
+def _bicv_scores(problem, L, R, I, J, keep_rows, keep_cols, Y_stored, data, extension="pinv"):
     """Train and test mean squared errors (``repeats x count``) of sparse bi-cross-validation."""
     m, n = problem.shape
     repeats = keep_rows.shape[0]
@@ -664,6 +728,7 @@ def _bicv_scores(problem, L, R, I, J, keep_rows, keep_cols, Y_stored, data):
             jnp.asarray(J),
             jnp.asarray(keep_rows),
             jnp.asarray(keep_cols),
+            extension,
         ),
         np.float64,
     )
