@@ -710,8 +710,10 @@ def _survey_outputs(args, ranks: Sequence[int], plots: bool) -> Outputs:
 
 
 def _cross_validation(args, Y: np.ndarray, ranks: Sequence[int], outputs: Outputs, plots: bool, say) -> dict:
-    """``jnmf rank --cv``: cross-validated test error per rank (Frobenius, accelerated HALS)."""
+    """``jnmf rank --cv``: cross-validated test error per rank (Frobenius; the fits' method is
+    :func:`jnmf.cross_validate_rank`'s default, ANLS)."""
     import jnmf
+    from jnmf.cross_validation import DEFAULT_CV_METHOD
 
     cv = _call_jnmf(
         jnmf.cross_validate_rank,
@@ -724,7 +726,7 @@ def _cross_validation(args, Y: np.ndarray, ranks: Sequence[int], outputs: Output
         missing=args.missing,
         checkpoint=_checkpoint(args, "cv"),
     )
-    say(f"\ncross-validation ({args.cv}, {args.cv_repeats} repeats, ahals): test MSE per rank")
+    say(f"\ncross-validation ({args.cv}, {args.cv_repeats} repeats, {DEFAULT_CV_METHOD}): test MSE per rank")
     say(cv.table())
     say(
         f"Cross-validation picks rank {cv.selected_rank} (the smallest rank whose test error is within one "

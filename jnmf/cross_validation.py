@@ -94,6 +94,9 @@ SCHEMES = ("speckled", "bicv")
 SELECTION_RULES = ("min", "1se")
 EXTENSIONS = ("pinv", "nnls")
 DEFAULT_HOLDOUT = {"speckled": 0.05, "bicv": 0.5}
+# the fits' method (see cross_validate_rank's ``method``: ANLS converges under the hold-out's
+# weight where accelerated HALS crawls)
+DEFAULT_CV_METHOD = "anls"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,7 +235,7 @@ def cross_validate_rank(
     holdout: float | None = None,
     repeats: int = 3,
     restarts: int = 2,
-    method="anls",
+    method=DEFAULT_CV_METHOD,
     key=None,
     max_iterations: int = 2000,
     tol: float = 1e-5,
