@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 FLAG = "JNMF_BENCH_REEXEC"
@@ -49,3 +50,21 @@ def blas_report() -> str:
     overrides = [v for v in BLAS_VARS if v in os.environ]
     lines.append(f"OpenBLAS overrides in environment: {overrides or 'none'}")
     return "\n".join(lines)
+
+
+def best_time(fn, repeats: int) -> float:
+    """The shortest wall time (``time.perf_counter``) of ``repeats`` calls of ``fn``.
+
+    Args:
+        fn: what to time (it must block until its work is done, e.g. ``jax.block_until_ready``).
+        repeats: the number of calls.
+
+    Returns:
+        Seconds.
+    """
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)

@@ -18,12 +18,12 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _bench_env import best_time
 
 from jnmf import fitting as jfit
 from jnmf.batch import run_restarts
@@ -83,15 +83,6 @@ RULES = {
     "anls": lambda: ANLS(),
     "anls-before": lambda: ANLSBefore(),
 }
-
-
-def best_time(fn, repeats):
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return min(out)
 
 
 def random_start(Y, k, seed, restarts=None):

@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from _bench_env import best_time  # noqa: E402
 
 from jnmf.batch import run_restarts  # noqa: E402
 from jnmf.driver import Stopping, iterate  # noqa: E402
@@ -49,15 +50,6 @@ def load(name: str) -> np.ndarray:
     from sklearn.datasets import load_digits
 
     return (load_digits().data.T / 16.0).astype(np.float32)  # 64 pixels x 1797 images
-
-
-def best(fn, repeats: int) -> float:
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return min(out)
 
 
 def main() -> None:
@@ -103,9 +95,9 @@ def main() -> None:
                 t = time.perf_counter()
                 fn()
                 compile_times.append(time.perf_counter() - t)
-            tv = best(lambda: batched("vmap"), args.repeats)
-            tm = best(lambda: batched("map"), args.repeats)
-            tl = best(loop, args.repeats)
+            tv = best_time(lambda: batched("vmap"), args.repeats)
+            tm = best_time(lambda: batched("map"), args.repeats)
+            tl = best_time(loop, args.repeats)
             ct = "/".join(f"{c:.1f}" for c in compile_times)
             row = f"{method:>6} {B:>3} {tv:>8.3f} {tm:>8.3f} {tl:>8.3f} {tl / tv:>9.2f} {tl / tm:>9.2f}"
             print(f"{row} {ct:>21}", flush=True)

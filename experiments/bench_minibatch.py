@@ -14,23 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
-from _bench_env import blas_report, clean_blas_env
+from _bench_env import best_time, blas_report, clean_blas_env
 
 clean_blas_env()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-
-
-def best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main() -> None:
@@ -75,8 +65,8 @@ def main() -> None:
         return _initialize_nmf(X, k, init="nndsvda", random_state=0)
 
     jn(), jn_start()  # compile
-    t_jn, t_sk = best(jn, args.repeats), best(sk, args.repeats)
-    s_jn, s_sk = best(jn_start, args.repeats), best(sk_start, args.repeats)
+    t_jn, t_sk = best_time(jn, args.repeats), best_time(sk, args.repeats)
+    s_jn, s_sk = best_time(jn_start, args.repeats), best_time(sk_start, args.repeats)
     e_jn = jnmf.MiniBatchNMF(k, **settings).fit(X).reconstruction_err_
     e_sk = SkMiniBatchNMF(k, **settings).fit(X).reconstruction_err_
     print(f"{'':<22} {'fit s':>8} {'start s':>8} {'error':>10}")
