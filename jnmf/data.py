@@ -504,22 +504,22 @@ class TransposedDense(DataOperator):
         return self._flipped.loss(R.T, L.T, W_0C, W_0R)
 
     def stored(self):
-        return self.Yt * self.inv_scale
+        return self._flipped.stored()  # in Yt's order
 
     def sampled(self, Lt, R):
-        return R.T @ Lt  # (L R)'
+        return self._flipped.sampled(R, Lt)  # (L R)' = R' Lt
 
     def entry_weights(self, w, v):
-        return v[:, None] * w[None, :]
+        return self._flipped.entry_weights(v, w)
 
     def with_stored(self, values):
         return TransposedDense(values)
 
     def maximum(self):
-        return jnp.max(self.Yt) * self.inv_scale
+        return self._flipped.maximum()
 
     def mean(self):
-        return jnp.mean(self.Yt) * self.inv_scale
+        return self._flipped.mean()
 
     def row_block(self, start, stop):
         return TransposedDense(self.Yt[:, start:stop], self.inv_scale)

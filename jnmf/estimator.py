@@ -131,7 +131,7 @@ class FixedRRule(WrappedRule):
     def half_step(self, hp, Xt, aux, side: str) -> HalfStep:
         if side == "R":
             return HalfStep(Xt, aux, step=jnp.zeros((), Xt.dtype))
-        return self.rule.half_step(hp, Xt, aux, side)
+        return super().half_step(hp, Xt, aux, side)
 
 
 def sweep_violation(hp, old: jax.Array, new: jax.Array) -> jax.Array:
