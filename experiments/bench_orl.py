@@ -61,7 +61,10 @@ VARIANTS = {
 
 
 def rule_of(method: str):
-    """A method name of jnmf or of VARIANTS, as ``fit`` takes it."""
+    """A method name of jnmf or of VARIANTS, as ``fit`` takes it; ``ahals-a<alpha>``
+    (e.g. ``ahals-a0.5``) is extrapolated accelerated HALS with that ``alpha``."""
+    if method.startswith("ahals-a"):
+        return HALS(inner_sweeps=None, extrapolate=True, alpha=float(method[len("ahals-a") :]))
     return VARIANTS[method]() if method in VARIANTS else method
 
 

@@ -165,12 +165,15 @@ def main() -> int:
             worst = max(rel_err(Y, res.L[i], res.R[i]) for i in range(B))
         checks[label] = (its, worst)
     times = {label: [] for label in runs}
+    cpu_times = {label: [] for label in runs}  # this process's CPU time, all threads
     for _ in range(args.repeats):
         for label, fn in runs.items():
-            t = time.perf_counter()
+            c, t = time.process_time(), time.perf_counter()
             jax.block_until_ready(fn())
             times[label].append(time.perf_counter() - t)
+            cpu_times[label].append(time.process_time() - c)
     med = {label: statistics.median(ts) for label, ts in times.items()}
+    cpu = {label: statistics.median(ts) for label, ts in cpu_times.items()}
 
     sk_iters = [sk_iterations_to_target(Y, L0[i], R0[i], "cd", args.cap) for i in range(sk_sample)]
     t_sk = 0.0
@@ -183,13 +186,13 @@ def main() -> int:
           f"{t_sk:.2f} s, scaled to {B}: {t_sk_all:.2f} s")  # fmt: skip
 
     t_loop = med[loop_label]
-    print(f"{'run':<46} {'seconds':>8} {'iterations min/med/max':>23} {'worst error':>11} "
+    print(f"{'run':<46} {'seconds':>8} {'CPU s':>6} {'iterations min/med/max':>23} {'worst error':>11} "
           f"{'loop/this':>9} {'sklearn/this':>12}")  # fmt: skip
     for label in runs:
         its, worst = checks[label]
         span = f"{its.min()}/{int(np.median(its))}/{its.max()}"
-        print(f"{label:<46} {med[label]:>8.2f} {span:>23} {worst:>11.4f} {t_loop / med[label]:>9.2f} "
-              f"{t_sk_all / med[label]:>12.2f}")  # fmt: skip
+        print(f"{label:<46} {med[label]:>8.2f} {cpu[label]:>6.2f} {span:>23} {worst:>11.4f} "
+              f"{t_loop / med[label]:>9.2f} {t_sk_all / med[label]:>12.2f}")  # fmt: skip
     best = min((label for label in runs if label.startswith("batched")), key=med.get)
     print("(S=: slots, * the count restart_slots chooses; S >= restarts: all at once, no refill; "
           "G=: concurrent groups, * the count concurrent_groups chooses)")  # fmt: skip

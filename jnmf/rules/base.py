@@ -23,6 +23,8 @@ optional hooks with neutral defaults:
   by default; the KL rule, whose objective is not eq. 3, builds its own);
 * :meth:`~AlternatingRule.finish_iteration`: after the R step, the objective at the
   new iterate and any clean-up (AURNMF snaps tiny values to zero);
+* :meth:`~AlternatingRule.keep_factors`: which factors the state keeps, the previous
+  state's or the new iterate's (extrapolated HALS keeps the best iterate so far);
 * :meth:`~AlternatingRule.in_loop` / :meth:`~AlternatingRule.out_of_loop`: what the
   driver's loop carries beyond the public state (KL's ``L R``), added and dropped.
 
@@ -205,6 +207,27 @@ class AlternatingRule(eqx.Module):
         """(Lt, R, aux, objective) at the end of an iteration."""
         return Lt, R, aux, objective_after_R_step(problem, hp_R, Lt, R)
 
+    def keep_factors(
+        self, Lt_old: Array, R_old: Array, Lt: Array, R: Array, aux: PyTree
+    ) -> tuple[Array, Array]:
+        """The factors the state keeps after an iteration (default: the new iterate's).
+
+        Called after :meth:`finish_iteration` with the previous state's factors, so a rule
+        that keeps an earlier iterate (extrapolated HALS keeps the best so far) selects
+        between the two here instead of carrying a copy of the old factors in ``aux``:
+        a factor the loop carries in two places is copied by XLA every iteration.
+
+        Args:
+            Lt_old, R_old: the factors of the state before the iteration.
+            Lt, R: the factors :meth:`finish_iteration` returned.
+            aux: the auxiliary state :meth:`finish_iteration` returned.
+
+        Returns:
+            The state's new ``(Lt, R)``.
+        """
+        del Lt_old, R_old, aux
+        return Lt, R
+
     def check(self, problem: Problem) -> None:
         """Raise a ValueError naming the setting when this rule cannot solve ``problem``
         exactly (weight kinds are static; values are checked when concrete)."""
@@ -370,6 +393,7 @@ def alternate(
         step_L = max_abs(half_L.X - Lt_old) if half_L.step is None else half_L.step
         step_R = max_abs(half_R.X - R_old) if half_R.step is None else half_R.step
         Lt, R, aux, objective = rule.finish_iteration(problem, hp_R, half_L.X, half_R.X, half_R.aux)
+        Lt, R = rule.keep_factors(Lt_old, R_old, Lt, R, aux)
         stuck = jnp.zeros((), bool) if half_R.stuck is None else half_R.stuck
         info = StepInfo(jnp.stack([step_L, step_R]), objective, stuck, converged=rule.converged(aux))
         return NMFState(Lt, R, aux), info

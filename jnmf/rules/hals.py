@@ -111,8 +111,8 @@ class ExtrapolationState(eqx.Module):
         best: the objective of the best iterate (the state's factors).  A fresh state
             (:meth:`HALS.init_aux`) holds ``inf`` in both: the driver's loop puts the start's
             objective there (:meth:`HALS.begin_fit`), from the objective it computes anyway.
-        best_Lt, best_R: the best iterate as the half steps saw it (passed through to
-            :meth:`HALS.finish_iteration`, which only gets the new factors).
+        improved: whether the last reported iterate became the best (the state's factors
+            are then replaced by it, :meth:`HALS.keep_factors`).
     """
 
     Lt: Array
@@ -123,8 +123,7 @@ class ExtrapolationState(eqx.Module):
     beta_max: Array
     last: Array
     best: Array
-    best_Lt: Array
-    best_R: Array
+    improved: Array
 
 
 def extrapolate(X_new: Array, X_old: Array, beta: Array) -> Array:
@@ -253,17 +252,17 @@ class HALS(AlternatingRule):
         delta = self.delta.astype(Xt.dtype)
         if aux is None:  # no extrapolation (or "auto" on a problem that refuses it)
             return HalfStep(hals_sweeps(hp, Xt, n_sweeps, delta), aux)
-        # Xt is the best iterate's factor (kept for finish_iteration); the iteration
-        # itself runs on the extrapolation's points in aux
+        # Xt is the best iterate's factor (the state's, which keep_factors compares the
+        # new iterate with); the iteration itself runs on the extrapolation's points in aux
         if side == "L":
             # from L_hat_{k-1}; hp is built at R_hat_{k-1} (half_problem below)
             Lt = hals_sweeps(hp, aux.Lt, n_sweeps, delta)
             L_hat = extrapolate(Lt, aux.Lt_base, aux.beta)
-            aux = eqx.tree_at(lambda a: (a.Lt, a.Lt_base, a.best_Lt), aux, (L_hat, Lt, Xt))
+            aux = eqx.tree_at(lambda a: (a.Lt, a.Lt_base), aux, (L_hat, Lt))
             return HalfStep(L_hat, aux)
         # from R_hat_{k-1} (Ang & Gillis); hp is built at L_hat_k
         R = hals_sweeps(hp, aux.R_hat, n_sweeps, delta)
-        aux = eqx.tree_at(lambda a: (a.R, a.R_hat, a.best_R), aux, (R, extrapolate(R, aux.R, aux.beta), Xt))
+        aux = eqx.tree_at(lambda a: (a.R, a.R_hat), aux, (R, extrapolate(R, aux.R, aux.beta)))
         return HalfStep(R, aux)
 
     # ---------------------------------------------------- extrapolation hooks
@@ -287,7 +286,8 @@ class HALS(AlternatingRule):
             return None
         beta = ex.beta0.astype(Lt.dtype)
         unknown = jnp.full_like(beta, jnp.inf)
-        return ExtrapolationState(Lt, R, Lt, R, beta, jnp.ones_like(beta), unknown, unknown, Lt, R)
+        improved = jnp.zeros(beta.shape, bool)
+        return ExtrapolationState(Lt, R, Lt, R, beta, jnp.ones_like(beta), unknown, unknown, improved)
 
     def begin_fit(self, problem: Problem, state: NMFState, f0: Array) -> NMFState:
         """The start's objective ``f0`` (the driver's, at the state's factors) as the last and
@@ -350,7 +350,7 @@ class HALS(AlternatingRule):
         )
         better = f < aux.best
         aux = eqx.tree_at(
-            lambda a: (a.R_hat, a.beta, a.beta_max, a.last, a.best),
+            lambda a: (a.R_hat, a.beta, a.beta_max, a.last, a.best, a.improved),
             aux,
             (
                 jnp.where(worse, R, aux.R_hat),  # restart: the next L step at R_k itself
@@ -358,11 +358,34 @@ class HALS(AlternatingRule):
                 beta_max,
                 f.astype(dt),
                 jnp.where(better, f.astype(dt), aux.best),
+                better,
             ),
         )
         # the reported objective is the new iterate's (the stopping tests follow the
-        # iteration); the fit's final objective is recomputed at the state, the best
-        return jnp.where(better, Lt, aux.best_Lt), jnp.where(better, R, aux.best_R), aux, f
+        # iteration); keep_factors keeps the better of it and the state's factors, and
+        # the fit's final objective is recomputed at the state, the best
+        return Lt, R, aux, f
+
+    def keep_factors(self, Lt_old: Array, R_old: Array, Lt: Array, R: Array, aux):
+        """With extrapolation the state keeps the best iterate so far: the new one when it
+        improved on the best (:meth:`finish_iteration`), else the previous state's.
+
+        The selection is made here, from the state's own factors, rather than from a copy
+        of them carried in ``aux`` (as before 2026-12-05): the loop then carries three
+        arrays the size of each factor per fit instead of four, and XLA no longer copies
+        the state's L into ``aux`` every iteration.
+
+        Args:
+            Lt_old, R_old: the state's factors before the iteration (the best so far).
+            Lt, R: the reported iterate ``(L_hat_k, R_k)``.
+            aux: the extrapolation's state after :meth:`finish_iteration`.
+
+        Returns:
+            The state's new ``(Lt, R)``.
+        """
+        if aux is None:
+            return Lt, R
+        return jnp.where(aux.improved, Lt, Lt_old), jnp.where(aux.improved, R, R_old)
 
     def objective_may_rise(self, problem: Problem) -> bool:
         """True where it extrapolates: the objective rises at a restart, which the

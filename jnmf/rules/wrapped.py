@@ -106,6 +106,9 @@ class WrappedRule(AlternatingRule):
         Lt, R, inner, objective = self.rule.finish_iteration(problem, hp_R, Lt, R, self.inner_aux(aux))
         return Lt, R, self.outer_aux(inner, aux), objective
 
+    def keep_factors(self, Lt_old: Array, R_old: Array, Lt: Array, R: Array, aux: PyTree):
+        return self.rule.keep_factors(Lt_old, R_old, Lt, R, self.inner_aux(aux))
+
     def check(self, problem: Problem) -> None:
         self.rule.check(problem)
 
