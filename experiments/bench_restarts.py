@@ -80,6 +80,12 @@ def main() -> int:
                     help="slot counts to run each batched strategy with, besides the chosen one")  # fmt: skip
     ap.add_argument("--groups", type=int, nargs="*", default=[1],
                     help="group counts for each batched strategy, besides the chosen one")  # fmt: skip
+    ap.add_argument(
+        "--fit-level",
+        action="store_true",
+        help="also time the user's calls: one jnmf.fit(restarts=B) against a loop of B jnmf.fit "
+        "calls (each: checks, data on the device, start, loop, final objective)",
+    )
     ap.add_argument("--threaded-loop", action="store_true",
                     help="also time the loop of single fits over one thread per usable CPU")  # fmt: skip
     ap.add_argument("--quick", action="store_true")
@@ -153,6 +159,23 @@ def main() -> int:
                 return out
 
             runs[f"loop of {B} single {method} fits, {usable_cpus()} threads"] = threaded
+    if args.fit_level:
+        # what a user writes: jnmf.fit with a stack of starts, or a loop of jnmf.fit calls;
+        # fit's own pipeline on both sides (it rescales Y, so counts may differ by one or two)
+        method = args.loop_methods[0]
+
+        def fit_batched(method=method):
+            return jfit.fit(Y, k, method=rule_of(method), init=(L0, R0), restarts=B, stopping=stop,
+                            history_size=1, return_all=True)  # fmt: skip
+
+        def fit_loop(method=method):
+            return [
+                jfit.fit(Y, k, method=rule_of(method), init=(L0[i], R0[i]), stopping=stop, history_size=1)
+                for i in range(B)
+            ]
+
+        runs[f"jnmf.fit {method} restarts={B}"] = fit_batched
+        runs[f"loop of {B} jnmf.fit {method} calls"] = fit_loop
     loop_label = loop_labels[args.loop_methods[0]]
     checks = {}
     for label, fn in runs.items():  # compile, and check every restart reached the target
@@ -160,6 +183,9 @@ def main() -> int:
         if isinstance(res, list):
             its = np.array([int(r.iterations) for r in res])
             worst = max(rel_err(Y, r.L, r.R) for r in res)
+        elif getattr(res, "all_L", None) is not None:  # jnmf.fit(return_all=True): every restart
+            its = np.asarray(res.all_iterations)
+            worst = max(rel_err(Y, res.all_L[i], res.all_R[i]) for i in range(B))
         else:
             its = np.asarray(res.iterations)
             worst = max(rel_err(Y, res.L[i], res.R[i]) for i in range(B))
