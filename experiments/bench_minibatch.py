@@ -24,17 +24,6 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def best_cpu(fn, repeats: int) -> float:
-    """The least CPU time (``time.process_time``, all threads) of ``repeats`` calls of ``fn``:
-    less noisy than wall time on a loaded machine."""
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return min(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", type=int, nargs=2, default=(1000, 500))
@@ -78,7 +67,7 @@ def main() -> None:
 
     jn(), jn_start()  # compile
     t_jn, t_sk = best_time(jn, args.repeats), best_time(sk, args.repeats)
-    c_jn, c_sk = best_cpu(jn, args.repeats), best_cpu(sk, args.repeats)
+    c_jn, c_sk = (best_time(f, args.repeats, clock=time.process_time) for f in (jn, sk))
     s_jn, s_sk = best_time(jn_start, args.repeats), best_time(sk_start, args.repeats)
     e_jn = jnmf.MiniBatchNMF(k, **settings).fit(X).reconstruction_err_
     e_sk = SkMiniBatchNMF(k, **settings).fit(X).reconstruction_err_
