@@ -5,7 +5,7 @@ The same constructor parameters, defaults and fitted attributes as scikit-learn 
 ``inverse_transform`` / ``get_feature_names_out``.  scikit-learn is optional for jnmf:
 this module needs it, ``import jnmf`` does not (``jnmf.MiniBatchNMF`` imports it on first use).
 
-Numerics (jnmf's own, jitted JAX, one compiled step per batch shape): the online
+Numerics (jnmf's own, jitted JAX): the online
 multiplicative updates for the beta-divergence of Lefèvre, Bach & Févotte (2011), as
 scikit-learn documents them.  Per mini-batch ``X_b``:
 
@@ -28,8 +28,16 @@ component with a zero column of W_b counts 1 in H's denominator (so a batch of z
 rows shrinks H, as scikit-learn's does, rather than leaving it unchanged).
 
 Regularization is scikit-learn's (see :mod:`jnmf.estimator`), with the H terms
-scaled to a batch (``alpha_H`` times the batch size).  Sparse X is taken batch by
-batch; each batch is made dense (``batch_size x n_features``) for the update.
+scaled to a batch (``alpha_H`` times the batch size).
+
+Programs: for dense X (and ``verbose=0``) the whole fit is one compiled program
+(``_fit_steps``): X is uploaded once, a ``lax.while_loop`` cuts the batches with
+``dynamic_slice`` (a short last batch, with its own H penalties, through ``lax.cond``),
+updates W in place and evaluates the stopping rule in the loop; the counts, tolerances,
+forgetting and penalties are traced, so changing them does not compile again.  Sparse X
+and ``verbose`` fits run a host loop instead, one compiled step per batch (sparse X taken
+batch by batch, each batch made dense, ``batch_size x n_features``; verbose printing each
+step's costs as scikit-learn does).
 """
 
 from __future__ import annotations
@@ -189,8 +197,7 @@ def _divergence(X, W, H, beta: float, eps):
     return res / (beta * (beta - 1.0))
 
 
-@functools.partial(jax.jit, static_argnames=("beta", "solve"))
-def _minibatch_step(X, W, H, A, B, rho, regs, solve_tol, solve_iter, eps, *, beta: float, solve: bool):
+def _batch_step(X, W, H, A, B, rho, regs, solve_tol, solve_iter, eps, beta: float, solve: bool):
     """One mini-batch step: W_b (one step from W, or with ``solve`` a fresh solve from a
     constant start), the batch cost (per row), then H from the forgetful accumulators
     (Lefèvre et al. 2011).  Returns ``(W, H, A, B, cost, change)``, ``change`` the
@@ -208,6 +215,83 @@ def _minibatch_step(X, W, H, A, B, rho, regs, solve_tol, solve_iter, eps, *, bet
     Hn, A, B = _h_update(X, W, H, A, B, rho, l1H, l2H, eps, beta)
     change = jnp.linalg.norm(Hn - H) / jnp.linalg.norm(Hn)
     return W, Hn, A, B, cost / X.shape[0], change
+
+
+_minibatch_step = jax.jit(_batch_step, static_argnames=("beta", "solve"))
+
+
+@functools.partial(jax.jit, static_argnames=("batch", "beta", "solve"))
+def _fit_steps(
+    X, W, H, rho, regs, regs_last, weights, total, tol, max_no_improvement, solve_tol, solve_iter, eps,
+    *, batch: int, beta: float, solve: bool,
+):  # fmt: skip
+    """The whole mini-batch fit as one program: up to ``total`` steps over the rows of X
+    in batches of ``batch`` (cycling; the last batch of a pass is shorter when ``batch``
+    does not divide n_samples, with its own penalties ``regs_last``), stopped by
+    scikit-learn's rule (see ``MiniBatchNMF._converged``) evaluated in the loop.
+
+    Args:
+        X: ``n_samples x n_features`` data, on the device.
+        W, H: the start; ``A, B`` start at ``H`` and ones.
+        rho: the forgetting of H's statistics per step.
+        regs, regs_last: (l1_W, l2_W, l1_H, l2_H) for a full and for the last batch.
+        weights: ``(a, 1 - a, a_last, 1 - a_last)``, the weights of a batch's cost in the
+            smoothed cost (``a = rows / (n_samples + 1)``).
+        total: the most steps; tol: the H change that stops (0: never);
+        max_no_improvement: steps without a new minimum of the smoothed cost that stop.
+        solve_tol, solve_iter, eps: as ``_batch_step``'s.
+        batch, beta, solve: static (the batch rows, the beta-divergence, fresh W solves).
+
+    Returns:
+        ``(W, H, A, B, steps)``.  Every count, tolerance, penalty and weight is traced:
+        changing one does not compile again.
+    """
+    n = X.shape[0]
+    per_iter = -(-n // batch)
+    last_rows = n - (per_iter - 1) * batch
+    ragged = last_rows != batch
+
+    def update(start, rows, regs, W, H, A, B):
+        Xb = jax.lax.dynamic_slice_in_dim(X, start, rows, 0)
+        Wb = jax.lax.dynamic_slice_in_dim(W, start, rows, 0)
+        Wb, H, A, B, cost, change = _batch_step(
+            Xb, Wb, H, A, B, rho, regs, solve_tol, solve_iter, eps, beta, solve
+        )
+        return jax.lax.dynamic_update_slice_in_dim(W, Wb, start, 0), H, A, B, cost, change
+
+    def cond(c):
+        return (c[0] < total) & ~c[-1]
+
+    def body(c):
+        step, W, H, A, B, ewa, ewa_min, no_improvement, _ = c
+        j = step % per_iter
+        if ragged:
+            last = j == per_iter - 1
+            W, H, A, B, cost, change = jax.lax.cond(
+                last,
+                lambda W, H, A, B: update(n - last_rows, last_rows, regs_last, W, H, A, B),
+                lambda W, H, A, B: update(j * batch, batch, regs, W, H, A, B),
+                W, H, A, B,
+            )  # fmt: skip
+            a, a1 = jnp.where(last, weights[2], weights[0]), jnp.where(last, weights[3], weights[1])
+        else:
+            W, H, A, B, cost, change = update(j * batch, batch, regs, W, H, A, B)
+            a, a1 = weights[0], weights[1]
+        step = step + 1
+        # step 1 is not judged; step 2 starts the smoothed cost and its minimum
+        first = step <= 2
+        ewa = jnp.where(first, cost, ewa * a1 + cost * a)
+        better = first | (ewa < ewa_min)
+        ewa_min = jnp.where(better, ewa, ewa_min)
+        no_improvement = jnp.where(better, 0, no_improvement + 1)
+        judged = step >= 2
+        stop = judged & (((tol > 0) & (change <= tol)) | (no_improvement >= max_no_improvement))
+        return step, W, H, A, B, ewa, ewa_min, no_improvement, stop
+
+    zero, count = jnp.zeros((), X.dtype), jnp.zeros((), jnp.int32)
+    start = (count, W, H, H, jnp.ones_like(H), zero, zero, count, jnp.asarray(False))
+    steps, W, H, A, B, *_ = jax.lax.while_loop(cond, body, start)
+    return W, H, A, B, steps
 
 
 @functools.partial(jax.jit, static_argnames=("beta",))
@@ -397,34 +481,16 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         per_iter = math.ceil(n_samples / batch)
         total = int(self.max_iter) * per_iter
         tmax = self.max_iter if self.transform_max_iter is None else self.transform_max_iter
-        Xc = X.tocsr() if sp.issparse(X) else X
-        self._ewa_cost = self._ewa_cost_min = None
-        self._no_improvement = 0
         t0 = time.perf_counter()
         with _compute_precision(dtype):
             eps = jnp.asarray(_EPS, dtype)
             rho = jnp.asarray(self._rho, dtype)
-            Hj = jnp.asarray(H, dtype)
-            A, B = Hj, jnp.ones_like(Hj)
             solve_tol, solve_iter = jnp.asarray(self.tol, dtype), jnp.asarray(self.fresh_restarts_max_iter)
-            regs = {}  # by batch rows (the last batch may be shorter)
-            for step in range(total):
-                start = (step % per_iter) * batch
-                Xb = Xc[start : start + batch]
-                rows = Xb.shape[0]
-                if rows not in regs:
-                    regs[rows] = self._regs(n_features, rows, dtype)
-                Xb = jnp.asarray(Xb.toarray() if sp.issparse(Xb) else Xb, dtype)
-                guard_map_limit()  # a new batch shape compiles a step
-                Wb, Hj, A, B, cost, change = _minibatch_step(
-                    Xb, jnp.asarray(W[start : start + batch]), Hj, A, B, rho, regs[rows],
-                    solve_tol, solve_iter, eps, beta=beta, solve=bool(self.fresh_restarts),
-                )  # fmt: skip
-                W[start : start + batch] = np.asarray(Wb)
-                cost, change = (float(v) for v in jax.device_get((cost, change)))
-                if self._converged(step, total, rows, n_samples, cost, change):
-                    break
-            n_steps = step + 1
+            args = (X, W, H, total, rho, solve_tol, solve_iter, eps, beta)
+            if sp.issparse(X) or self.verbose:
+                Hj, A, B, n_steps = self._host_steps(*args)
+            else:
+                W, Hj, A, B, n_steps = self._device_steps(*args)
             H = np.asarray(Hj, dtype)
             if self.fresh_restarts:
                 W = self._solve_W(X, H, tmax)
@@ -439,6 +505,55 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             print(f"MiniBatchNMF: {n_steps} steps in {time.perf_counter() - t0:.2f} s")
         self._A, self._B = A, B
         return np.asarray(W, dtype), H, n_iter, n_steps
+
+    def _host_steps(self, X, W, H, total, rho, solve_tol, solve_iter, eps, beta):
+        """The steps on the host (sparse X, or verbose): one compiled step per batch, the
+        stopping rule in Python (``_converged``, which prints when verbose).  Updates the
+        NumPy W in place; returns ``(H, A, B, steps)``."""
+        n_samples, n_features = X.shape
+        dtype, batch = X.dtype, self._batch_size
+        per_iter = math.ceil(n_samples / batch)
+        Xc = X.tocsr() if sp.issparse(X) else X
+        self._ewa_cost = self._ewa_cost_min = None
+        self._no_improvement = 0
+        Hj = jnp.asarray(H, dtype)
+        A, B = Hj, jnp.ones_like(Hj)
+        regs = {}  # by batch rows (the last batch may be shorter)
+        for step in range(total):
+            start = (step % per_iter) * batch
+            Xb = Xc[start : start + batch]
+            rows = Xb.shape[0]
+            if rows not in regs:
+                regs[rows] = self._regs(n_features, rows, dtype)
+            Xb = jnp.asarray(Xb.toarray() if sp.issparse(Xb) else Xb, dtype)
+            guard_map_limit()  # a new batch shape compiles a step
+            Wb, Hj, A, B, cost, change = _minibatch_step(
+                Xb, jnp.asarray(W[start : start + batch]), Hj, A, B, rho, regs[rows],
+                solve_tol, solve_iter, eps, beta=beta, solve=bool(self.fresh_restarts),
+            )  # fmt: skip
+            W[start : start + batch] = np.asarray(Wb)
+            cost, change = (float(v) for v in jax.device_get((cost, change)))
+            if self._converged(step, total, rows, n_samples, cost, change):
+                break
+        return Hj, A, B, step + 1
+
+    def _device_steps(self, X, W, H, total, rho, solve_tol, solve_iter, eps, beta):
+        """The steps as one compiled program (dense X, not verbose): ``_fit_steps``, X
+        uploaded once, the stopping rule in the loop.  Returns ``(W, H, A, B, steps)``."""
+        n_samples, n_features = X.shape
+        dtype, batch = X.dtype, self._batch_size
+        last = n_samples - (math.ceil(n_samples / batch) - 1) * batch
+        a, a_last = (min(rows / (n_samples + 1), 1.0) for rows in (batch, last))
+        mni = np.iinfo(np.int32).max if self.max_no_improvement is None else self.max_no_improvement
+        guard_map_limit()
+        Wj, Hj, A, B, steps = _fit_steps(
+            jnp.asarray(X, dtype), jnp.asarray(W, dtype), jnp.asarray(H, dtype), rho,
+            self._regs(n_features, batch, dtype), self._regs(n_features, last, dtype),
+            jnp.asarray((a, 1 - a, a_last, 1 - a_last), dtype), jnp.asarray(total, jnp.int32),
+            jnp.asarray(self.tol, dtype), jnp.asarray(mni, jnp.int32),
+            solve_tol, solve_iter, eps, batch=batch, beta=beta, solve=bool(self.fresh_restarts),
+        )  # fmt: skip
+        return np.asarray(Wj, dtype), Hj, A, B, int(steps)
 
     def _converged(
         self, step: int, total: int, rows: int, n_samples: int, cost: float, change: float

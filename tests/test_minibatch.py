@@ -184,9 +184,12 @@ def test_fit_and_partial_fit_match_sklearn(beta_loss):
         (2, 10, 1e-9, 3, "Converged (lack of improvement in objective function) at step 18/"),
     ],
 )
-def test_stopping_matches_sklearn(capsys, beta_loss, batch_size, tol, max_no_improvement, reason):
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_stopping_matches_sklearn(capsys, beta_loss, batch_size, tol, max_no_improvement, reason, verbose):
     """Both stopping rules fire at scikit-learn's step (the first step not judged, the
-    smoothed cost's weight from each batch's rows)."""
+    smoothed cost's weight from each batch's rows), float64: in the one compiled program
+    (verbose=0; 40 rows in batches of 3 leave a last batch of 1) and in the host loop
+    that prints (verbose=1)."""
     rng = np.random.RandomState(0)
     X, W, H = _factors(rng, 40, 6, 3)
     kw = dict(
@@ -194,10 +197,37 @@ def test_stopping_matches_sklearn(capsys, beta_loss, batch_size, tol, max_no_imp
         max_no_improvement=max_no_improvement, max_iter=500,
     )  # fmt: skip
     theirs = SKMB(**kw).fit(X, W=W.copy(), H=H.copy())
-    ours = MB(**kw, verbose=1).fit(X, W=W.copy(), H=H.copy())
+    ours = MB(**kw, verbose=verbose).fit(X, W=W.copy(), H=H.copy())
     assert ours.n_steps_ == theirs.n_steps_
-    assert reason in capsys.readouterr().out
+    assert (reason in capsys.readouterr().out) == bool(verbose)
     assert_allclose(ours.components_, theirs.components_, rtol=1e-9)
+
+
+def test_dense_fit_is_one_program_not_recompiled_for_new_values(monkeypatch):
+    """A dense, quiet fit runs no per-step program (the host loop's step is made to fail)
+    and compiles its loop once: new max_iter, tol, max_no_improvement, forget_factor or
+    penalties reuse it, and the fits still follow scikit-learn's (float64)."""
+    from jnmf import minibatch
+
+    def no_host_step(*args, **kwargs):
+        raise AssertionError("the host loop ran")
+
+    monkeypatch.setattr(minibatch, "_minibatch_step", no_host_step)
+    X, W, H = _factors(np.random.RandomState(1), 37, 6, 3)
+    base = dict(n_components=3, init="custom", batch_size=8, beta_loss=1)
+    settings = [
+        dict(max_iter=4, tol=1e-4, max_no_improvement=10),
+        dict(max_iter=9, tol=0.0, max_no_improvement=None, forget_factor=0.3),
+        dict(max_iter=7, tol=1e-3, max_no_improvement=2, alpha_W=0.2, alpha_H=0.1, l1_ratio=0.4),
+    ]
+    sizes = []
+    for kw in settings:
+        ours = MB(**base, **kw).fit(X, W=W.copy(), H=H.copy())
+        theirs = SKMB(**base, **kw).fit(X, W=W.copy(), H=H.copy())
+        assert ours.n_steps_ == theirs.n_steps_
+        assert_allclose(ours.components_, theirs.components_, rtol=1e-9)
+        sizes.append(minibatch._fit_steps._cache_size())
+    assert sizes[0] >= 1 and sizes[-1] == sizes[0]
 
 
 def test_zero_batches_do_not_stop_kl_fit():
