@@ -70,6 +70,14 @@ from .estimator import (
 )
 from .init import initialize
 
+# The start as ONE compiled program, as jnmf.fit draws its starts: run op by op, the
+# NNDSVD of a 20000 x 1000 matrix dispatched dozens of small programs (its transposes
+# alone 1.9 s of a 4.4 s start, experiments/README.md "bench_minibatch.py").  XLA's
+# default options, not jnmf.fit's cheaper-to-compile ones for its random draws: at that
+# size the start's run time matters (0.42-0.69 s warm against 0.92-1.80 with those
+# options and 0.74-2.33 op by op, 2026-12-05 02:50 UTC, load 3.7).
+_initialize = jax.jit(initialize, static_argnums=(1, 2))
+
 __all__ = ["MiniBatchNMF"]
 
 _EPS = float(np.finfo(np.float32).eps)  # scikit-learn's floor of W H and of zero denominators
@@ -463,7 +471,7 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         if not np.any(Xd):
             return np.zeros((n_samples, k), X.dtype), np.zeros((k, n_features), X.dtype), k
         with _compute_precision(X.dtype):
-            L0, R0 = initialize(dense_operator(Xd), k, init, jax.random.key(seed))
+            L0, R0 = _initialize(dense_operator(Xd), k, init, jax.random.key(seed))
         return np.array(L0, X.dtype), np.array(R0, X.dtype), k
 
     # ------------------------------------------------------------ fitting
