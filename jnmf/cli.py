@@ -421,14 +421,18 @@ def _plots_available() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
-def _begin_work(args, plots: bool) -> bool:
+def _begin_work(args, plots: bool, outputs: Outputs) -> bool:
     """After every argument check that needs no data, before any work: 64-bit mode with
     ``--float64``, the persistent compilation cache (before anything compiles, so every
     program of this run can come from it; ``args.compile_cache``) and matplotlib's Agg
-    backend.  Returns whether figures are drawn."""
+    backend.  Returns whether figures are drawn (when matplotlib, found installed, does not
+    import, the figures are dropped from ``outputs``)."""
     _enable_float64(args)
     args.compile_cache = _enable_compile_cache(args)
-    return plots and _use_agg()
+    if plots and not _use_agg():
+        outputs.names[:] = [name for name in outputs.names if not name.endswith(".png")]
+        return False
+    return plots
 
 
 def _use_agg() -> bool:
@@ -519,7 +523,7 @@ def _run_fit(args) -> int:
     if plots:
         outputs.names.append("convergence.png")
     outputs.check()
-    plots = _begin_work(args, plots)
+    plots = _begin_work(args, plots, outputs)
 
     matrix = _load_input(args, timings)
     Y = matrix.values
@@ -914,7 +918,7 @@ def _run_rank(args) -> int:
     outputs.check()
     if args.checkpoint is not None and Path(args.checkpoint).exists() and not Path(args.checkpoint).is_dir():
         raise UsageError(f"--checkpoint {args.checkpoint} exists and is not a directory")
-    plots = _begin_work(args, plots)
+    plots = _begin_work(args, plots, outputs)
     matrix = _load_input(args, timings)
     m, n = matrix.values.shape
     if ranks[-1] > min(m, n):
@@ -956,7 +960,7 @@ def _run_demo(args) -> int:
             print(f"writing the results to {args.out} (a new temporary directory; --out DIR to choose)")
     outputs = _survey_outputs(args, ranks, plots)
     outputs.check()
-    plots = _begin_work(args, plots)
+    plots = _begin_work(args, plots, outputs)
     import jax
 
     import jnmf
@@ -1086,7 +1090,7 @@ def _run_programs(args) -> int:
         names += ["k_selection.png"] + [f"clustergram_k{k}.png" for k in ranks]
     outputs = Outputs(Path(args.out), args.force, names)
     outputs.check()
-    plots = _begin_work(args, plots)
+    plots = _begin_work(args, plots, outputs)
     import scipy.sparse
 
     import jnmf
