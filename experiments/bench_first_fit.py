@@ -9,8 +9,8 @@ shape and a CLI usage error, in fresh processes, alternating an old checkout and
    events), the same fit again (its run time), and scikit-learn's fit of the same
    settings in the same process.
 2. CLI usage errors (a missing input, an unwritable ``--out``, a bad ``--rank``, ``--help``):
-   the wall time of ``python -m jnmf ...`` and whether JAX was imported by then (a
-   ``sitecustomize``-free wrapper runs ``jnmf.cli.main`` and reports ``"jax" in
+   the wall and CPU time of the process and whether JAX was imported by then (a
+   small wrapper runs ``jnmf.cli.main`` and reports ``"jax" in
    sys.modules`` at the end).
 3. ``python -c "import jnmf"``: the import alone.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -103,15 +104,22 @@ def first_fit(checkout: Path) -> dict:
     return result
 
 
-def usage_error(checkout: Path, args: list[str], cwd: str) -> tuple[float, int, str, str]:
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def usage_error(checkout: Path, args: list[str], cwd: str) -> tuple[float, float, int, str, str]:
+    cpu = children_cpu()
     start = time.perf_counter()
     command = [sys.executable, "-c", WRAPPED_CLI, *args]
     p = subprocess.run(command, env=env_for(checkout), capture_output=True, text=True, cwd=cwd)
     wall = time.perf_counter() - start
+    cpu = children_cpu() - cpu
     lines = p.stderr.strip().splitlines()
     jax_state = lines[-1] if lines else ""
     message = (lines[-2] if len(lines) > 1 else "") or (p.stdout.strip().splitlines() or [""])[-1]
-    return wall, p.returncode, jax_state, message
+    return wall, cpu, p.returncode, jax_state, message
 
 
 def import_time(checkout: Path) -> float:
@@ -168,9 +176,10 @@ def main() -> None:
             for rep in range(args.repeats):
                 for case in cases:
                     for side, checkout in sides.items():
-                        wall, code, jax_state, message = usage_error(checkout, case, tmp)
+                        wall, cpu, code, jax_state, message = usage_error(checkout, case, tmp)
                         print(
-                            f"  {side} #{rep} jnmf {' '.join(case)}: {wall:.2f} s, exit {code}, {jax_state}; "
+                            f"  {side} #{rep} jnmf {' '.join(case)}: {wall:.2f} s (CPU {cpu:.2f}), "
+                            f"exit {code}, {jax_state}; "
                             f"{message[:90]}; {load()}",
                             flush=True,
                         )
