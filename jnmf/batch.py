@@ -714,6 +714,26 @@ def initial_states_impl(rule, problem, L0, R0):
 initial_states = top_level_program(initial_states_impl, ONCE_OPTIONS, eqx.filter_jit)
 
 
+def initial_state_impl(rule, problem, L0, R0):
+    """The rule's starting state of one start ``L0`` (m, k), ``R0`` (k, n), unbatched.
+
+    Args:
+        rule: the rule (its ``init``).
+        problem: the problem the fit solves.
+        L0, R0: the starting factors.
+
+    Returns:
+        The state.
+    """
+    return rule.init(problem, L0, R0)
+
+
+# One fit's starting state, compiled cheaply like initial_states; a single fit run on it
+# needs no program to drop the batch axis of one (issue 15: each tiny program a first fit
+# of a new shape compiles costs ~10-40 ms).
+initial_state = top_level_program(initial_state_impl, ONCE_OPTIONS, eqx.filter_jit)
+
+
 def run_restarts(
     rule,
     problem: Problem,

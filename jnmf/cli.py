@@ -16,6 +16,7 @@ same command skips compiling; ``--no-cache`` or ``JNMF_NO_COMPILE_CACHE=1`` turn
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -31,7 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .driver import DEFAULT_STOPPING
+# Only what checking the arguments needs is imported here (NumPy, the file readers and
+# jnmf.names): JAX and the solvers are imported once the arguments passed, so a usage
+# error prints at once (issue 15: it took 1.2-1.4 s when JAX came first).
 from .io import (
     SUFFIXES,
     LabeledMatrix,
@@ -41,8 +44,7 @@ from .io import (
     read_matrix,
     write_labeled_csv,
 )
-from .progress import progress_bar, stderr_is_terminal
-from .rules import DEFAULT_METHOD
+from .names import DEFAULT_MAX_ITERATIONS, DEFAULT_METHOD, DEFAULT_TOL, METHOD_DESCRIPTIONS
 
 INIT_NAMES = ("random", "sparse", "nndsvd", "nndsvda", "nndsvdar")
 PENALTIES = ("lambda_1L", "lambda_1R", "lambda_2L", "lambda_2R", "gamma_2L", "gamma_2R")
@@ -413,6 +415,26 @@ def _prefetch_plotting() -> threading.Thread:
     return thread
 
 
+def _plots_available() -> bool:
+    """Whether matplotlib is installed, found without importing it (the import comes after
+    the arguments are checked: :func:`_begin_work`)."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def _begin_work(args, plots: bool, outputs: Outputs) -> bool:
+    """After every argument check that needs no data, before any work: 64-bit mode with
+    ``--float64``, the persistent compilation cache (before anything compiles, so every
+    program of this run can come from it; ``args.compile_cache``) and matplotlib's Agg
+    backend.  Returns whether figures are drawn (when matplotlib, found installed, does not
+    import, the figures are dropped from ``outputs``)."""
+    _enable_float64(args)
+    args.compile_cache = _enable_compile_cache(args)
+    if plots and not _use_agg():
+        outputs.names[:] = [name for name in outputs.names if not name.endswith(".png")]
+        return False
+    return plots
+
+
 def _use_agg() -> bool:
     """Select matplotlib's file-only Agg backend; False when matplotlib is not installed."""
     try:
@@ -454,6 +476,8 @@ def _input_summary(args, matrix: LabeledMatrix) -> dict:
 
 def _show_progress(args) -> bool:
     """Progress bars only for a person watching: stderr a terminal, and no --quiet."""
+    from .progress import stderr_is_terminal
+
     return not args.quiet and stderr_is_terminal()
 
 
@@ -492,14 +516,14 @@ def _run_fit(args) -> int:
     start = time.perf_counter()
     timings: dict = {}
     _check_input_exists(args)
-    plots = _use_agg()
+    plots = _plots_available()
     outputs = Outputs(
         Path(args.out), args.force, ["factors.npz", "L.csv", "R.csv", "summary.json", "result.npz"]
     )
     if plots:
         outputs.names.append("convergence.png")
     outputs.check()
-    _enable_float64(args)
+    plots = _begin_work(args, plots, outputs)
 
     matrix = _load_input(args, timings)
     Y = matrix.values
@@ -637,6 +661,8 @@ def survey(
 
     Y64 = np.asarray(Y, np.float64)
     norm = np.linalg.norm(Y64[~np.isnan(Y64)])
+    from .progress import progress_bar
+
     with progress_bar(1, f"rank survey {ranks[0]}-{ranks[-1]}", enabled=progress, unit="survey") as bar:
         result = _call_jnmf(
             jnmf.consensus,
@@ -887,12 +913,12 @@ def _run_rank(args) -> int:
     timings: dict = {}
     ranks = _requested_ranks(args, RANK_RANKS)
     _check_input_exists(args)
-    plots = _use_agg()
+    plots = _plots_available()
     outputs = _survey_outputs(args, ranks, plots)
     outputs.check()
     if args.checkpoint is not None and Path(args.checkpoint).exists() and not Path(args.checkpoint).is_dir():
         raise UsageError(f"--checkpoint {args.checkpoint} exists and is not a directory")
-    _enable_float64(args)
+    plots = _begin_work(args, plots, outputs)
     matrix = _load_input(args, timings)
     m, n = matrix.values.shape
     if ranks[-1] > min(m, n):
@@ -924,20 +950,21 @@ def _run_rank(args) -> int:
 
 
 def _run_demo(args) -> int:
-    import jax
-
-    import jnmf
-
     start = time.perf_counter()
     timings: dict = {}
     ranks = _requested_ranks(args, DEMO_RANKS)
-    plots = _use_agg()
+    plots = _plots_available()
     if args.out is None:
         args.out = tempfile.mkdtemp(prefix="jnmf-demo-")
         if not args.quiet:
             print(f"writing the results to {args.out} (a new temporary directory; --out DIR to choose)")
     outputs = _survey_outputs(args, ranks, plots)
     outputs.check()
+    plots = _begin_work(args, plots, outputs)
+    import jax
+
+    import jnmf
+
     data = jnmf.load_golub()
     Y = np.asarray(data.expression, np.float32)
     timings["load"] = time.perf_counter() - start
@@ -1050,19 +1077,12 @@ PROGRAMS_RANKS = tuple(range(7, 13))
 
 
 def _run_programs(args) -> int:
-    import scipy.sparse
-
-    import jnmf
-    import jnmf.plot
-    from jnmf.programs import prepare
-    from jnmf.rules.fixed import nnls_fixed
-
     say = (lambda *a: None) if args.quiet else print
     start = time.perf_counter()
     timings: dict = {}
     ranks = _requested_ranks(args, PROGRAMS_RANKS)
     _check_input_exists(args)
-    plots = _use_agg()
+    plots = _plots_available()
     names = ["programs.npz", "k_selection.tsv", "summary.json"]
     for k in ranks:
         names += [f"spectra_k{k}.csv", f"spectra_tpm_k{k}.csv", f"usages_k{k}.csv"]
@@ -1070,7 +1090,14 @@ def _run_programs(args) -> int:
         names += ["k_selection.png"] + [f"clustergram_k{k}.png" for k in ranks]
     outputs = Outputs(Path(args.out), args.force, names)
     outputs.check()
-    _enable_float64(args)
+    plots = _begin_work(args, plots, outputs)
+    import scipy.sparse
+
+    import jnmf
+    import jnmf.plot
+    from jnmf.programs import prepare
+    from jnmf.rules.fixed import nnls_fixed
+
     matrix = _load_input(args, timings)
     counts = matrix.values
     cell_names, gene_names = matrix.row_names, matrix.column_names
@@ -1154,7 +1181,10 @@ def _run_programs(args) -> int:
 
 
 def _add_programs_command(sub, methods: Sequence[str]) -> None:
-    from .programs import DEFAULT_MAX_ITERATIONS, DEFAULT_METHOD, DEFAULT_REL_TOL, DEFAULT_TOL
+    from .names import PROGRAMS_MAX_ITERATIONS as DEFAULT_MAX_ITERATIONS
+    from .names import PROGRAMS_METHOD as DEFAULT_METHOD
+    from .names import PROGRAMS_REL_TOL as DEFAULT_REL_TOL
+    from .names import PROGRAMS_TOL as DEFAULT_TOL
 
     cmd = sub.add_parser(
         "programs",
@@ -1217,12 +1247,13 @@ def build_parser() -> argparse.ArgumentParser:
     Returns:
         The parser; each subcommand sets ``args.run`` to its function.
     """
-    import jnmf
+    from . import __version__
 
-    methods = list(jnmf.METHODS)  # the table jnmf.fit validates against
-    method_lines = "\n".join(f"  {name:<6} {entry[0]}" for name, entry in jnmf.METHODS.items())
+    # the names jnmf.fit validates against (jnmf.rules.METHODS), read without importing JAX
+    methods = list(METHOD_DESCRIPTIONS)
+    method_lines = "\n".join(f"  {name:<6} {text}" for name, text in METHOD_DESCRIPTIONS.items())
     parser = _Parser(prog="jnmf", description=__doc__, formatter_class=_HelpFormatter)
-    parser.add_argument("--version", action="version", version=f"jnmf {jnmf.__version__}")
+    parser.add_argument("--version", action="version", version=f"jnmf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(
@@ -1281,12 +1312,12 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"penalty {name} of the regularized objective (jnmf.objective)",
         )
     fit.add_argument(
-        "--max-iterations", type=_nonneg_int, default=DEFAULT_STOPPING.max_iterations, help="iteration cap"
+        "--max-iterations", type=_nonneg_int, default=DEFAULT_MAX_ITERATIONS, help="iteration cap"
     )
     fit.add_argument(
         "--tol",
         type=_nonneg_float,
-        default=DEFAULT_STOPPING.tol,
+        default=DEFAULT_TOL,
         help="stop when the objective changes by less than this fraction (0: never)",
     )
     fit.add_argument("--seed", type=int, default=0, help="seed of the random initialization")
@@ -1341,8 +1372,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     try:
         args = build_parser().parse_args(argv)
-        # before anything compiles, so every program of this run can come from the cache
-        args.compile_cache = _enable_compile_cache(args)
+        # each command checks its arguments, then turns the compilation cache on (_begin_work)
+        args.compile_cache = None
         return args.run(args)
     except UsageError as err:
         print(f"jnmf: error: {err}", file=sys.stderr)

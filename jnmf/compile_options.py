@@ -64,9 +64,18 @@ def top_level_on_cpu(*args) -> bool:
 # size (0: every loop compiled with XLA's optimizations, for long or repeated fits).
 SMALL_LOOP_ENTRIES = 16_384
 
-# Fusion emitters off and LLVM level 0: the cheapest compile XLA:CPU offers, for programs
-# whose run time is negligible (once per fit, or a small problem's loop).
-CHEAP_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 0}
+# Fusion emitters off, LLVM level 0 and the program's LLVM code generated as one module
+# rather than split into parts for parallel code generation: the cheapest compile XLA:CPU
+# offers, for programs whose run time is negligible (once per fit, or a small problem's
+# loop).  Unsplit, the estimator's loop program at 500 x 300, rank 10 spent ~0.08 s less
+# CPU compiling (0.57-0.62 s against 0.67-0.89 s for its whole first fit, 6 runs each,
+# alternated, load 5.5-6; XLA's own profile showed 50 ms in "SplitModule" alone), with no
+# change in run time (experiments/README.md, "First contact").
+CHEAP_OPTIONS = {
+    "xla_cpu_use_fusion_emitters": False,
+    "xla_backend_optimization_level": 0,
+    "xla_cpu_parallel_codegen_split_count": 1,
+}
 
 # The programs a fit runs once, before and after its loop (elementwise work on the
 # factors and one pass over Y): compiled as cheaply as XLA:CPU can.

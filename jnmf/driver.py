@@ -65,6 +65,7 @@ from . import _validate as check
 from . import progress
 from .compile_cache import guard_map_limit
 from .compile_options import program_options, programs_by_options
+from .names import DEFAULT_MAX_ITERATIONS, DEFAULT_TOL
 
 Normalize = Literal["max", "sum"] | None
 
@@ -98,8 +99,8 @@ class Stopping:
             off; R's NMF uses 40, i.e. the clusters held for 410 iterations).
     """
 
-    max_iterations: int = 1000
-    tol: float = 1e-4
+    max_iterations: int = DEFAULT_MAX_ITERATIONS
+    tol: float = DEFAULT_TOL
     min_xstep: float = 0.0
     rel_tol: float = 0.0
     target: float = 0.0

@@ -40,7 +40,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, check_non_negative, validate_data
 
-from .batch import continue_restarts, initial_states
+from .batch import continue_restarts, initial_state, initial_states
 from .data import DataOperator, dense_operator, sparse_operator
 from .driver import CONVERGED, MAX_ITERATIONS, NONFINITE, iterate
 from .fitting import data_scale, starting_points, validated_data
@@ -367,6 +367,11 @@ def beta_loss_value(beta_loss) -> float:
 def _compute_precision(dtype):
     """Float64 data are computed in float64: JAX's 64-bit mode for this call only."""
     return jax.enable_x64(True) if np.dtype(dtype) == np.float64 else contextlib.nullcontext()
+
+
+def _host_scaled(A, dtype, root: float) -> np.ndarray:
+    """``A / root`` in ``dtype``, on the host (as XLA rounds it: one division in ``dtype``)."""
+    return np.asarray(np.asarray(A, dtype) / np.asarray(root, dtype), dtype)
 
 
 def _check_init_factor(A, shape, whom: str) -> np.ndarray:
@@ -770,23 +775,25 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         rule = ViolationRule(rule, np.float64(self.tol)) if violation_test else rule
         with _compute_precision(dtype):
             problem = build_problem(dense_operator(X), k, M=M, **penalties).scaled(scale, rule.loss_degree)
+            # starts given on the host are scaled there (NumPy rounds x / root as XLA
+            # does): a first fit of a new shape compiles no program for it
             if not update_H:
                 avg = np.sqrt(float(X.mean()) / k) / root
-                L0 = jnp.full((1, m, k), avg, dtype)
-                R0 = jnp.asarray(H_fixed, dtype)[None] / root
+                L0 = np.full((1, m, k), avg, dtype)
+                R0 = _host_scaled(H_fixed, dtype, root)[None]
                 rule = FixedRRule(rule)
             elif isinstance(init, tuple):
-                L0 = jnp.broadcast_to(jnp.asarray(init[0], dtype) / root, (restarts, m, k))
-                R0 = jnp.broadcast_to(jnp.asarray(init[1], dtype) / root, (restarts, k, n))
+                L0 = np.broadcast_to(_host_scaled(init[0], dtype, root), (restarts, m, k))
+                R0 = np.broadcast_to(_host_scaled(init[1], dtype, root), (restarts, k, n))
             else:
                 # one compiled draw, at fit's draw options (jnmf.fitting.starting_points)
                 if first is not None and restarts == 1:  # no draw to compile
-                    L0, R0 = (jnp.asarray(A, dtype)[None] / root for A in first)
+                    L0, R0 = (_host_scaled(A, dtype, root)[None] for A in first)
                 else:
                     L0, R0 = starting_points(problem.data, k, init, restarts, jax.random.key(seed))
                     if first is not None:
-                        L0 = L0.at[0].set(jnp.asarray(first[0], dtype) / root)
-                        R0 = R0.at[0].set(jnp.asarray(first[1], dtype) / root)
+                        L0 = L0.at[0].set(_host_scaled(first[0], dtype, root))
+                        R0 = R0.at[0].set(_host_scaled(first[1], dtype, root))
             if not violation_test:
                 rule = ErrorTestRule(rule, np.float64(self.tol))
             # the problem's errors are the data's over scale^(degree / 2) (Problem.scaled)
@@ -815,25 +822,31 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         and sets ``self._best``.
         """
         b = L0.shape[0]
-        states = initial_states(rule, problem, L0, R0)  # one program
+        if b == 1:  # one fit: the unbatched state and loop (no programs to drop or add an axis)
+            states = initial_state(rule, problem, L0[0], R0[0])  # one program
+        else:
+            states = initial_states(rule, problem, L0, R0)  # one program
         cd = not isinstance(rule, ErrorTestRule)  # ViolationRule (or FixedRRule of one)
 
         def advance(states, iterations):
-            if b == 1:  # one fit: the unbatched loop, given a leading axis of one
-                one = jax.tree.map(lambda a: a[0], states)
-                res = iterate(rule, problem, one, max_iterations=iterations, tol=0.0, history_size=1)
-                return jax.tree.map(lambda a: a[None], res)
+            if b == 1:
+                return iterate(rule, problem, states, max_iterations=iterations, tol=0.0, history_size=1)
             return continue_restarts(
                 rule, problem, states, max_iterations=iterations, tol=0.0, history_size=1
             )
 
+        def host(a, dtype=None):
+            """A result field on the host, with the leading fit axis (added here for one fit)."""
+            a = np.asarray(a, dtype)
+            return a[None] if b == 1 else a
+
         start = time.perf_counter()
         if not (self.verbose and self.tol > 0):
             res = advance(states, self.max_iter)  # the whole fit: one compiled loop
-            n_iter = np.asarray(res.iterations, np.int64)
-            status = np.asarray(res.status).copy()
-            L, R = np.asarray(res.L, np.float64), np.asarray(res.R, np.float64)
-            objective = np.asarray(res.objective, np.float64)
+            n_iter = host(res.iterations, np.int64)
+            status = host(res.status).copy()
+            L, R = host(res.L, np.float64), host(res.R, np.float64)
+            objective = host(res.objective, np.float64)
         else:
             n_iter = np.zeros(b, np.int64)
             status = np.full(b, MAX_ITERATIONS)
@@ -845,17 +858,17 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 states = res.state
                 live = ~done
                 if L is None:
-                    L, R = np.array(res.L, np.float64), np.array(res.R, np.float64)
-                    objective = np.array(res.objective, np.float64)
-                L[live], R[live] = np.asarray(res.L)[live], np.asarray(res.R)[live]
-                objective[live] = np.asarray(res.objective)[live]
-                n_iter[live] += np.asarray(res.iterations)[live]
-                status[live] = np.asarray(res.status)[live]
+                    L, R = host(res.L, np.float64).copy(), host(res.R, np.float64).copy()
+                    objective = host(res.objective, np.float64).copy()
+                L[live], R[live] = host(res.L)[live], host(res.R)[live]
+                objective[live] = host(res.objective)[live]
+                n_iter[live] += host(res.iterations)[live]
+                status[live] = host(res.status)[live]
                 done |= live & (status != MAX_ITERATIONS)
                 if cd:  # scikit-learn's cd reports every iteration; the objective's error
                     error = np.sqrt(2.0 * np.maximum(objective, 0.0))
                 else:  # the tested error (the loss without penalties)
-                    error = np.asarray(res.state.aux[3], np.float64)
+                    error = host(res.state.aux[3], np.float64)
                 seconds = time.perf_counter() - start
                 for i in np.flatnonzero(live):
                     tag = f"restart {i}: " if b > 1 else ""

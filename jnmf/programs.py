@@ -64,6 +64,7 @@ from .batch import batching_strategy, run_restarts
 from .consensus import _cache_size
 from .driver import Stopping, status_names
 from .fitting import _setup, as_key, pipeline
+from .names import PROGRAMS_MAX_ITERATIONS, PROGRAMS_METHOD, PROGRAMS_REL_TOL, PROGRAMS_TOL
 from .problem import check_penalty_keywords
 from .rules.fixed import nnls_fixed
 
@@ -83,10 +84,11 @@ __all__ = [
 
 # The default solver and stopping of the replicates (see the module docstring for the
 # measurement): accelerated HALS stopped on the relative change of the factors.
-DEFAULT_METHOD = "ahals"
-DEFAULT_TOL = 0.0
-DEFAULT_REL_TOL = 1e-4
-DEFAULT_MAX_ITERATIONS = 1000
+# (their values live in jnmf.names, which the command line reads without importing JAX)
+DEFAULT_METHOD = PROGRAMS_METHOD
+DEFAULT_TOL = PROGRAMS_TOL
+DEFAULT_REL_TOL = PROGRAMS_REL_TOL
+DEFAULT_MAX_ITERATIONS = PROGRAMS_MAX_ITERATIONS
 
 
 # ----------------------------------------------------------------- consensus steps (numpy)

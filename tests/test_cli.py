@@ -519,6 +519,107 @@ def test_existing_outputs_need_force(env, good_npy, capsys):
     assert_error(run_in_process(capsys, "demo", "--out", out), 1, "factors.npz", "--force")
 
 
+# A usage error, then whether JAX was imported by the time main() returned (or raised
+# SystemExit, as --help does): one line "<exit code> <jax imported>".
+_USAGE_PROBE = """
+import sys
+from jnmf import cli
+code = None
+try:
+    code = cli.main(sys.argv[1:])
+except SystemExit as stop:
+    code = stop.code
+print(code, "jax" in sys.modules)
+"""
+
+
+def test_usage_errors_are_reported_before_jax_is_imported(env, good_npy):
+    """Every check that needs no data runs before JAX (or any solver) is imported: a
+    usage error prints at once (issue 15: it took 1.2-1.4 s).  Fails on the code before
+    the lazy imports, where ``jnmf.cli`` imported all of jnmf and JAX first."""
+    folder = good_npy.parent
+    (folder / "out").mkdir()
+    (folder / "out" / "summary.json").write_text("{}")
+    (folder / "a-file").write_text("")
+    cases = {
+        ("fit", "missing.csv", "--rank", "3"): 1,
+        ("fit", "data.txt", "--rank", "3"): 1,  # missing, and a type jnmf cannot read
+        ("fit", "data.npy", "--rank", "x"): 2,
+        ("fit", "data.npy", "--rank", "3", "--method", "nope"): 2,
+        ("fit", "data.npy", "--rank", "3", "--out", "out"): 1,  # exists, no --force
+        ("fit", "data.npy", "--rank", "3", "--out", "a-file/out"): 1,  # unwritable
+        ("rank", "missing.csv"): 1,
+        ("rank", "data.npy", "--ranks", "5-2"): 2,
+        ("demo", "--out", "a-file/x"): 1,
+        ("programs", "missing.csv"): 1,
+        ("--help",): 0,
+        ("fit", "--help"): 0,
+    }
+    for args, code in cases.items():
+        result = subprocess.run(
+            [sys.executable, "-c", _USAGE_PROBE, *args], cwd=folder, env=env, capture_output=True, text=True
+        )
+        assert result.stdout.strip().splitlines()[-1] == f"{code} False", (args, result.stdout, result.stderr)
+
+
+def test_import_jnmf_is_lazy_and_complete(env, tmp_path):
+    """``import jnmf`` imports no JAX; the first public name used imports every one, as an
+    eager import did; a submodule named like a public function leaves the function in
+    place, whichever is imported first."""
+    probe = """
+import sys, types
+import jnmf
+assert "jax" not in sys.modules
+from jnmf.programs import prepare  # the submodule first: jnmf.programs stays the function
+import jnmf.consensus
+assert callable(jnmf.programs) and not isinstance(jnmf.programs, types.ModuleType)
+assert callable(jnmf.consensus) and not isinstance(jnmf.consensus, types.ModuleType)
+assert not isinstance(jnmf.giqpm, types.ModuleType)
+for name in jnmf.__all__:
+    assert getattr(jnmf, name) is not None, name
+assert jnmf.rules.HALS is jnmf.HALS and jnmf.fitting.fit is jnmf.fit
+assert set(jnmf.__all__) <= set(dir(jnmf))
+from jnmf import *  # noqa
+assert fit is jnmf.fit
+try:
+    jnmf.no_such_name
+except AttributeError as e:
+    assert "no_such_name" in str(e)
+else:
+    raise AssertionError("no AttributeError")
+print("ok")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_cli_method_names_are_the_registry():
+    """The names and descriptions the CLI reads without JAX (jnmf.names) are the method
+    registry's, and the defaults it shows are the solvers'."""
+    import importlib
+
+    import jnmf
+    from jnmf import names
+    from jnmf.driver import DEFAULT_STOPPING
+    from jnmf.rules import DEFAULT_METHOD
+
+    assert list(names.METHOD_DESCRIPTIONS) == list(jnmf.METHODS)
+    assert all(jnmf.METHODS[name][0] == text for name, text in names.METHOD_DESCRIPTIONS.items())
+    assert names.DEFAULT_METHOD == DEFAULT_METHOD
+    assert (names.DEFAULT_MAX_ITERATIONS, names.DEFAULT_TOL) == (
+        DEFAULT_STOPPING.max_iterations,
+        DEFAULT_STOPPING.tol,
+    )
+    programs = importlib.import_module("jnmf.programs")  # jnmf.programs is the function
+    assert (programs.DEFAULT_METHOD, programs.DEFAULT_TOL, programs.DEFAULT_REL_TOL) == (
+        names.PROGRAMS_METHOD,
+        names.PROGRAMS_TOL,
+        names.PROGRAMS_REL_TOL,
+    )
+
+
 # ----------------------------------------------------------------------------- help
 
 

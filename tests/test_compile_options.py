@@ -44,7 +44,8 @@ def test_loop_options_add_a_rules_small_options_only_when_small():
         small_compiler_options = {"xla_backend_optimization_level": 0}
 
     assert loop_options(Base(), 5000, 2000, 20, 1) == {"xla_cpu_use_fusion_emitters": False}
-    assert loop_options(Base(), 100, 80, 5, 3) == CHEAP_OPTIONS
+    both = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 0}
+    assert loop_options(Base(), 100, 80, 5, 3) == both
     assert loop_options(object(), 10, 10, 2, 1) is None
 
 

@@ -12,6 +12,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from .._validate import device_cached
+from ..names import DEFAULT_METHOD, METHOD_DESCRIPTIONS
 from .anls import ANLS
 from .au import AURNMF
 from .base import AlternatingRule, HalfStep, NMFState, Rule, StepInfo
@@ -25,7 +26,6 @@ from .wrapped import WrappedRule
 if TYPE_CHECKING:
     import optax
 
-DEFAULT_METHOD = "ahals"
 # accelerated HALS's sweep share (HALS's ``alpha``) for method "ahals", which extrapolates.
 # With extrapolation, to relative error 0.1755 on ORL (rank 25) alpha 0.2 / 0.3 / 0.5 took
 # 22 / 20 / 17 iterations and 0.37 / 0.33 / 0.34 s of CPU; on a random 2000 x 1000 rank-20
@@ -45,30 +45,21 @@ def _default_pg() -> ProjectedGradient:
     return ProjectedGradient(optax.adam(1e-2))
 
 
-# name -> (description, factory)
+# name -> (description, factory); the names and descriptions live in jnmf.names, which the
+# command line reads without importing JAX
+_FACTORIES: dict[str, object] = {
+    "ahals": lambda: HALS(inner_sweeps=None, alpha=AHALS_ALPHA, extrapolate="auto"),
+    "ahals-plain": lambda: HALS(inner_sweeps=None),
+    "hals": lambda: HALS(inner_sweeps=1),
+    "mu": MURNMF,
+    "au": AURNMF,
+    "anls": ANLS,
+    "kl": KLMU,
+    "beta": lambda: BetaMU(1.5),
+    "pg": _default_pg,
+}
 METHODS: dict[str, tuple[str, object]] = {
-    "ahals": (
-        "accelerated HALS (Gillis & Glineur 2012) with extrapolation (Ang & Gillis 2019) where"
-        " supported (not with an elementwise weight M or missing values: there plain ahals)",
-        lambda: HALS(inner_sweeps=None, alpha=AHALS_ALPHA, extrapolate="auto"),
-    ),
-    "ahals-plain": (
-        "accelerated HALS (Gillis & Glineur 2012) without extrapolation: repeated sweeps while they pay",
-        lambda: HALS(inner_sweeps=None),
-    ),
-    "hals": ("HALS (Cichocki & Phan 2009), one column sweep per half step", lambda: HALS(inner_sweeps=1)),
-    "mu": ("multiplicative update (Lee & Seung 2001; MURNMF, Pav 2024 Alg. 1)", MURNMF),
-    "au": ("additive update with optimal step (AURNMF/GAURNMF, Pav 2024 Alg. 3)", AURNMF),
-    "anls": ("alternating non-negative least squares, exact NNLS half steps (Kim & Park 2011)", ANLS),
-    "kl": ("KL-divergence multiplicative update (Lee & Seung 2001)", KLMU),
-    "beta": (
-        "beta-divergence multiplicative update (Févotte & Idier 2011), beta=1.5; BetaMU(beta) for others",
-        lambda: BetaMU(1.5),
-    ),
-    "pg": (
-        "projected gradient driven by an optax optimizer (default adam(1e-2))",
-        _default_pg,
-    ),
+    name: (description, _FACTORIES[name]) for name, description in METHOD_DESCRIPTIONS.items()
 }
 
 
