@@ -36,6 +36,7 @@ import os
 import sys
 import time
 
+from _bench_env import best_time as _best_time
 from _bench_env import blas_report, clean_blas_env
 
 clean_blas_env()
@@ -98,13 +99,8 @@ clock = CLOCKS["wall"]
 
 
 def best_time(fn, repeats: int = 3) -> float:
-    """Shortest time (``clock``) of ``repeats`` calls."""
-    times = []
-    for _ in range(repeats):
-        t = clock()
-        fn()
-        times.append(clock() - t)
-    return min(times)
+    """Shortest time of ``repeats`` calls on this script's ``clock`` (``--clock``)."""
+    return _best_time(fn, repeats, clock)
 
 
 def sk_nmf(Y, L0, R0, solver: str, iters: int):
